@@ -1,0 +1,172 @@
+//! Finding the addresses this node publishes, when the Corefile does not name them.
+//!
+//! The best guess is the local address of the route to etcd: it is the address other nodes of the
+//! cluster can reach this one at, on the network that matters. When that route is local (etcd on
+//! this very machine), the original plugin's rule applies: the first interface that is up and not a
+//! loopback, with an IPv4 address. Either way the IPv6 address is a global one on the same interface.
+
+use std::ffi::CStr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Addresses {
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+#[derive(Clone, Debug)]
+struct Interface {
+    name: String,
+    up: bool,
+    loopback: bool,
+    address: IpAddr,
+}
+
+pub fn detect(endpoints: &[String]) -> Addresses {
+    let interfaces = interfaces();
+    let routed = endpoints.iter().find_map(|e| route_source(e));
+    if let Some(ip) = routed.filter(|ip| !ip.is_loopback()) {
+        if let Some(iface) = interfaces.iter().find(|i| i.address == ip) {
+            return on_interface(&interfaces, &iface.name);
+        }
+        return from_ip(ip);
+    }
+    let first = interfaces.iter().find(|i| i.up && !i.loopback && i.address.is_ipv4());
+    match (first, routed) {
+        (Some(iface), _) => on_interface(&interfaces, &iface.name),
+        (None, Some(ip)) => from_ip(ip),
+        (None, None) => Addresses::default(),
+    }
+}
+
+fn from_ip(ip: IpAddr) -> Addresses {
+    match ip {
+        IpAddr::V4(v4) => Addresses { ipv4: Some(v4), ipv6: None },
+        IpAddr::V6(v6) => Addresses { ipv4: None, ipv6: Some(v6) },
+    }
+}
+
+/// The interface's first IPv4 address and first global IPv6 address.
+fn on_interface(interfaces: &[Interface], name: &str) -> Addresses {
+    let mut found = Addresses::default();
+    for iface in interfaces.iter().filter(|i| i.name == name) {
+        match iface.address {
+            IpAddr::V4(v4) if found.ipv4.is_none() => found.ipv4 = Some(v4),
+            IpAddr::V6(v6) if found.ipv6.is_none() && is_global_v6(v6) => found.ipv6 = Some(v6),
+            _ => {}
+        }
+    }
+    found
+}
+
+/// Not loopback, not link-local, not multicast; unique-local addresses count, clusters use them.
+fn is_global_v6(ip: Ipv6Addr) -> bool {
+    let link_local = ip.segments()[0] & 0xffc0 == 0xfe80;
+    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || link_local)
+}
+
+/// The local address the kernel would send from to reach the endpoint. Connecting a UDP socket
+/// sends nothing; it only picks the route.
+fn route_source(endpoint: &str) -> Option<IpAddr> {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, rest)| rest);
+    let authority = rest.split('/').next()?;
+    let target = authority.to_socket_addrs().ok()?.next()?;
+    let local: SocketAddr = match target {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(local).ok()?;
+    socket.connect(target).ok()?;
+    Some(socket.local_addr().ok()?.ip())
+}
+
+fn interfaces() -> Vec<Interface> {
+    let mut list = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we only read and then free exactly once.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return list;
+        }
+        let mut cursor = head;
+        while let Some(ifa) = cursor.as_ref() {
+            cursor = ifa.ifa_next;
+            let Some(address) = sockaddr_ip(ifa.ifa_addr) else { continue };
+            list.push(Interface {
+                name: CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned(),
+                up: ifa.ifa_flags & libc::IFF_UP as u32 != 0,
+                loopback: ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0,
+                address,
+            });
+        }
+        libc::freeifaddrs(head);
+    }
+    list
+}
+
+/// SAFETY: `addr` is null or points to a sockaddr whose family says how large it is.
+unsafe fn sockaddr_ip(addr: *const libc::sockaddr) -> Option<IpAddr> {
+    let family = i32::from(addr.as_ref()?.sa_family);
+    match family {
+        libc::AF_INET => {
+            let sin = &*(addr as *const libc::sockaddr_in);
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
+        }
+        libc::AF_INET6 => {
+            let sin6 = &*(addr as *const libc::sockaddr_in6);
+            Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(name: &str, up: bool, loopback: bool, address: &str) -> Interface {
+        Interface { name: name.into(), up, loopback, address: address.parse().unwrap() }
+    }
+
+    #[test]
+    fn picks_the_interfaces_ipv4_and_global_ipv6() {
+        let list = [
+            iface("lo", true, true, "127.0.0.1"),
+            iface("eth0", true, false, "fe80::1"),
+            iface("eth0", true, false, "10.0.0.3"),
+            iface("eth0", true, false, "fd00::3"),
+            iface("eth0", true, false, "10.0.0.4"),
+            iface("eth1", true, false, "192.168.1.2"),
+        ];
+        let got = on_interface(&list, "eth0");
+        assert_eq!(got, Addresses { ipv4: Some("10.0.0.3".parse().unwrap()), ipv6: Some("fd00::3".parse().unwrap()) });
+    }
+
+    #[test]
+    fn global_ipv6() {
+        for (ip, want) in [
+            ("fd00::3", true),
+            ("2001:db8::1", true),
+            ("fe80::1", false),
+            ("febf::1", false),
+            ("::1", false),
+            ("ff02::1", false),
+        ] {
+            assert_eq!(is_global_v6(ip.parse().unwrap()), want, "{ip}");
+        }
+    }
+
+    #[test]
+    fn routes_to_a_local_endpoint_from_loopback() {
+        assert_eq!(route_source("http://127.0.0.1:2379"), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            route_source("http://[::1]:2379/"),
+            "::1".parse().ok().filter(|_| UdpSocket::bind("[::1]:0").is_ok())
+        );
+    }
+
+    #[test]
+    fn this_machine_has_interfaces() {
+        assert!(interfaces().iter().any(|i| i.loopback && i.address == IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    }
+}

@@ -1,0 +1,93 @@
+//! The validated configuration every other module works from, with its defaults.
+//!
+//! `corefile` is the only producer; everything here has already been checked, so the rest of the
+//! daemon never re-validates a setting.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::pattern::Pattern;
+
+pub const DEFAULT_ENDPOINT: &str = "http://localhost:2379";
+pub const DEFAULT_LIMIT: u32 = 10;
+pub const DEFAULT_PORT: u16 = 53;
+pub const DEFAULT_TTL: u32 = 5;
+pub const DEFAULT_LEASE: u32 = 20;
+pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the configuration came from, for messages.
+    pub source: PathBuf,
+    /// Addresses to answer DNS on; empty means every address.
+    pub listen: Vec<IpAddr>,
+    pub port: u16,
+    /// etcd client URLs, tried in this order.
+    pub endpoints: Vec<String>,
+    pub ids: RangeInclusive<u32>,
+    pub pattern: Pattern,
+    /// Addresses to publish; `None` for both means detect them.
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub ttl: u32,
+    /// etcd lease TTL in seconds.
+    pub lease: u32,
+    pub poll: Duration,
+}
+
+/// Reads a Go-style duration (`500ms`, `2s`, `1m30s`, `1.5s`), or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration (examples: 500ms, 2s, 1m)");
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    let mut total = 0f64;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let number: f64 = rest[..number_len].parse().map_err(|_| bad())?;
+        rest = &rest[number_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += number * scale;
+        rest = &rest[unit_len..];
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ms = Duration::from_millis;
+        let cases = [
+            ("500ms", ms(500)),
+            ("2s", ms(2000)),
+            ("1m30s", ms(90_000)),
+            ("1.5s", ms(1500)),
+            ("3", ms(3000)),
+            ("1h", ms(3_600_000)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for text in ["", "s", "5x", "ms5", "1..5s", "-1s", "5 s"] {
+            assert!(parse_duration(text).is_err(), "{text}");
+        }
+    }
+}

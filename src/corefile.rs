@@ -1,0 +1,496 @@
+//! Reading a Corefile: the subset of CoreDNS's syntax idetcd needs, turned into a `Config`.
+//!
+//! ```text
+//! .:53 {                              # server block: ZONE[:PORT] ...
+//!     bind 10.0.0.3                   # directives, one per line
+//!     idetcd {                        # nested block
+//!         endpoint http://10.0.0.5:2379
+//!         pattern worker{{.ID}}.tf.local.
+//!     }
+//! }
+//! ```
+//!
+//! Tokens are separated by white space; `#` at the start of a token comments out the rest of the
+//! line; `"..."` quotes a token; `{` and `}` are braces only as tokens of their own, so
+//! `worker{{.ID}}` is one word. `{$NAME}` and `{$NAME:default}` are replaced by environment
+//! variables, as in CoreDNS. Every error names the file and line.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use crate::config::{self, Config};
+use crate::pattern::Pattern;
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Error {
+    pub source: PathBuf,
+    /// 0 when the error is about the file as a whole.
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            0 => write!(f, "{}: {}", self.source.display(), self.message),
+            line => write!(f, "{}:{}: {}", self.source.display(), line, self.message),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+const SERVER_DIRECTIVES: &str = "bind, idetcd";
+const IDETCD_DIRECTIVES: &str = "endpoint, limit, pattern, address, ttl, lease, poll";
+
+pub fn load(path: &Path) -> Result<Config, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error {
+        source: path.to_path_buf(),
+        line: 0,
+        message: format!("cannot read the Corefile: {e}"),
+    })?;
+    parse(&text, path, &|name| std::env::var(name).ok())
+}
+
+/// Parses Corefile text; `env` looks up `{$NAME}` placeholders.
+pub fn parse(text: &str, source: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Error> {
+    let fail = |line: usize, message: String| Error { source: source.to_path_buf(), line, message };
+    let tokens = lex(text, env).map_err(|(line, message)| fail(line, message))?;
+    let mut parser = Parser { tokens, pos: 0 };
+    let blocks = parser.blocks().map_err(|(line, message)| fail(line, message))?;
+    match blocks.as_slice() {
+        [] => Err(fail(0, "no server block; expected something like `. { idetcd { ... } }`".into())),
+        [block] => {
+            let mut config = build(block).map_err(|(line, message)| fail(line, message))?;
+            config.source = source.to_path_buf();
+            Ok(config)
+        }
+        [_, second, ..] => Err(fail(second.line, "only one server block is supported".into())),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Token {
+    text: String,
+    line: usize,
+    /// Quoted tokens are never braces.
+    quoted: bool,
+}
+
+impl Token {
+    fn is(&self, brace: &str) -> bool {
+        !self.quoted && self.text == brace
+    }
+}
+
+type Failure = (usize, String);
+
+fn lex(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Token>, Failure> {
+    let mut tokens = Vec::new();
+    let mut chars = text.chars().peekable();
+    let mut line = 1;
+    while let Some(&c) = chars.peek() {
+        if c == '\n' {
+            line += 1;
+            chars.next();
+        } else if c.is_whitespace() {
+            chars.next();
+        } else if c == '#' {
+            while chars.peek().is_some_and(|&c| c != '\n') {
+                chars.next();
+            }
+        } else if c == '"' {
+            let start = line;
+            chars.next();
+            let mut word = String::new();
+            loop {
+                match chars.next() {
+                    None => return Err((start, "unterminated quoted string".into())),
+                    Some('"') => break,
+                    Some('\\') if matches!(chars.peek(), Some('"') | Some('\\')) => {
+                        word.push(chars.next().unwrap_or('\\'))
+                    }
+                    Some(c) => {
+                        if c == '\n' {
+                            line += 1;
+                        }
+                        word.push(c);
+                    }
+                }
+            }
+            tokens.push(Token { text: substitute(&word, env, start)?, line: start, quoted: true });
+        } else {
+            let mut word = String::new();
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                word.push(c);
+                chars.next();
+            }
+            tokens.push(Token { text: substitute(&word, env, line)?, line, quoted: false });
+        }
+    }
+    Ok(tokens)
+}
+
+/// Replaces `{$NAME}` and `{$NAME:default}`. An unset variable without a default is an error,
+/// not an empty string, which would only surface later as a puzzling message.
+fn substitute(word: &str, env: &dyn Fn(&str) -> Option<String>, line: usize) -> Result<String, Failure> {
+    let mut out = String::new();
+    let mut rest = word;
+    while let Some(start) = rest.find("{$") {
+        let Some(len) = rest[start..].find('}') else { break };
+        let inner = &rest[start + 2..start + len];
+        let (name, default) = match inner.split_once(':') {
+            Some((name, default)) => (name, Some(default)),
+            None => (inner, None),
+        };
+        let value = env(name)
+            .or_else(|| default.map(str::to_string))
+            .ok_or_else(|| (line, format!("environment variable {name} is not set")))?;
+        out.push_str(&rest[..start]);
+        out.push_str(&value);
+        rest = &rest[start + len + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blocks
+
+#[derive(Debug)]
+struct Block {
+    keys: Vec<Token>,
+    line: usize,
+    directives: Vec<Directive>,
+}
+
+#[derive(Debug)]
+struct Directive {
+    name: Token,
+    args: Vec<Token>,
+    block: Option<Vec<Directive>>,
+}
+
+struct Parser {
+    tokens: Vec<Token>,
+    pos: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.pos)
+    }
+
+    fn next(&mut self) -> Option<Token> {
+        let t = self.tokens.get(self.pos).cloned();
+        self.pos += 1;
+        t
+    }
+
+    fn blocks(&mut self) -> Result<Vec<Block>, Failure> {
+        let mut blocks = Vec::new();
+        while let Some(first) = self.peek().cloned() {
+            if first.is("{") || first.is("}") {
+                return Err((
+                    first.line,
+                    format!("unexpected '{}': expected a server block key such as `.:53`", first.text),
+                ));
+            }
+            let mut keys = Vec::new();
+            while let Some(t) = self.peek() {
+                if t.line != first.line || t.is("{") {
+                    break;
+                }
+                keys.push(self.next().unwrap_or_else(|| first.clone()));
+            }
+            match self.next() {
+                Some(t) if t.is("{") && t.line == first.line => {}
+                _ => return Err((first.line, "expected '{' after the server block key(s) on the same line".into())),
+            }
+            let directives = self.directives(first.line)?;
+            blocks.push(Block { keys, line: first.line, directives });
+        }
+        Ok(blocks)
+    }
+
+    /// Directives up to and including the closing brace of a block opened on `opened`.
+    fn directives(&mut self, opened: usize) -> Result<Vec<Directive>, Failure> {
+        let mut directives = Vec::new();
+        loop {
+            let Some(name) = self.next() else {
+                return Err((opened, "block opened here is never closed with '}'".into()));
+            };
+            if name.is("}") {
+                return Ok(directives);
+            }
+            if name.is("{") {
+                return Err((name.line, "unexpected '{': a block must follow a directive name".into()));
+            }
+            let mut args = Vec::new();
+            let mut block = None;
+            while let Some(t) = self.peek() {
+                if t.line != name.line || t.is("}") {
+                    break;
+                }
+                let t = self.next().unwrap_or_else(|| name.clone());
+                if t.is("{") {
+                    block = Some(self.directives(t.line)?);
+                    break;
+                }
+                args.push(t);
+            }
+            directives.push(Directive { name, args, block });
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Directives into settings
+
+fn build(block: &Block) -> Result<Config, Failure> {
+    let port = server_port(&block.keys)?;
+    let mut listen = Vec::new();
+    let mut idetcd = None;
+    for d in &block.directives {
+        match d.name.text.as_str() {
+            "bind" => {
+                no_block(d)?;
+                if d.args.is_empty() {
+                    return Err((d.name.line, "bind needs at least one address".into()));
+                }
+                for a in &d.args {
+                    let ip: IpAddr =
+                        a.text.parse().map_err(|_| (a.line, format!("bind: {:?} is not an IP address", a.text)))?;
+                    listen.push(ip);
+                }
+            }
+            "idetcd" => {
+                if idetcd.is_some() {
+                    return Err((d.name.line, "idetcd is configured twice in this server block".into()));
+                }
+                if let Some(a) = d.args.first() {
+                    return Err((a.line, format!("idetcd takes no arguments, only a block: unexpected {:?}", a.text)));
+                }
+                idetcd = Some(d);
+            }
+            other => {
+                return Err((
+                    d.name.line,
+                    format!("unknown directive {other:?} in server block (known: {SERVER_DIRECTIVES})"),
+                ));
+            }
+        }
+    }
+    let Some(idetcd) = idetcd else {
+        return Err((block.line, "server block has no idetcd { ... } block".into()));
+    };
+    let mut settings = Settings::default();
+    for d in idetcd.block.as_deref().unwrap_or_default() {
+        settings.apply(d)?;
+    }
+    let Some(pattern) = settings.pattern else {
+        return Err((idetcd.name.line, "idetcd needs a pattern, such as `pattern worker{{.ID}}.tf.local.`".into()));
+    };
+    let limit = settings.limit.unwrap_or(config::DEFAULT_LIMIT);
+    Ok(Config {
+        source: PathBuf::new(),
+        listen,
+        port,
+        endpoints: settings.endpoints.unwrap_or_else(|| vec![config::DEFAULT_ENDPOINT.to_string()]),
+        ids: 1..=limit,
+        pattern,
+        ipv4: settings.ipv4,
+        ipv6: settings.ipv6,
+        ttl: settings.ttl.unwrap_or(config::DEFAULT_TTL),
+        lease: settings.lease.unwrap_or(config::DEFAULT_LEASE),
+        poll: settings.poll.unwrap_or(config::DEFAULT_POLL),
+    })
+}
+
+/// The port of the server block keys (`.`, `.:1053`, `dns://tf.local:53`); all keys must agree.
+fn server_port(keys: &[Token]) -> Result<u16, Failure> {
+    let mut port = None;
+    for key in keys {
+        let text = key.text.trim_end_matches(',');
+        let text = text.strip_prefix("dns://").unwrap_or(text);
+        if let Some((scheme, _)) = text.split_once("://") {
+            return Err((key.line, format!("{scheme}:// servers are not supported, only plain DNS")));
+        }
+        let this = match text.rsplit_once(':') {
+            Some((_, p)) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| (key.line, format!("{:?} is not a valid port", p)))?,
+            None => config::DEFAULT_PORT,
+        };
+        if port.is_some_and(|p| p != this) {
+            return Err((key.line, "all keys of a server block must use the same port".into()));
+        }
+        port = Some(this);
+    }
+    Ok(port.unwrap_or(config::DEFAULT_PORT))
+}
+
+#[derive(Default)]
+struct Settings {
+    endpoints: Option<Vec<String>>,
+    limit: Option<u32>,
+    pattern: Option<Pattern>,
+    ipv4: Option<std::net::Ipv4Addr>,
+    ipv6: Option<std::net::Ipv6Addr>,
+    address_given: bool,
+    ttl: Option<u32>,
+    lease: Option<u32>,
+    poll: Option<std::time::Duration>,
+}
+
+impl Settings {
+    fn apply(&mut self, d: &Directive) -> Result<(), Failure> {
+        no_block(d)?;
+        let line = d.name.line;
+        let name = d.name.text.as_str();
+        let twice = || (line, format!("{name} is given twice"));
+        match name {
+            "endpoint" => {
+                if d.args.is_empty() {
+                    return Err((line, "endpoint needs at least one URL".into()));
+                }
+                let urls =
+                    d.args.iter().map(|a| endpoint_url(&a.text).map_err(|m| (a.line, m))).collect::<Result<_, _>>()?;
+                replace(&mut self.endpoints, urls).map_err(|_| twice())
+            }
+            "limit" => {
+                let n = number(d, 1, 1_000_000)?;
+                replace(&mut self.limit, n).map_err(|_| twice())
+            }
+            "pattern" => {
+                if d.args.is_empty() {
+                    return Err((line, "pattern needs a name pattern, such as worker{{.ID}}.tf.local.".into()));
+                }
+                // `worker{{ .ID }}.tf.local.` arrives as three words; they are one pattern.
+                let text = d.args.iter().map(|a| a.text.as_str()).collect::<Vec<_>>().join(" ");
+                let pattern = Pattern::parse(&text).map_err(|e| (line, format!("pattern {text:?}: {e}")))?;
+                replace(&mut self.pattern, pattern).map_err(|_| twice())
+            }
+            "address" => {
+                if std::mem::replace(&mut self.address_given, true) {
+                    return Err(twice());
+                }
+                if d.args.is_empty() {
+                    return Err((line, "address needs an IPv4 address, an IPv6 address, or one of each".into()));
+                }
+                for a in &d.args {
+                    let ip: IpAddr =
+                        a.text.parse().map_err(|_| (a.line, format!("address: {:?} is not an IP address", a.text)))?;
+                    let duplicate = match ip {
+                        IpAddr::V4(v4) => self.ipv4.replace(v4).is_some(),
+                        IpAddr::V6(v6) => self.ipv6.replace(v6).is_some(),
+                    };
+                    if duplicate {
+                        return Err((a.line, "address takes at most one IPv4 and one IPv6 address".into()));
+                    }
+                    if ip.is_unspecified() || ip.is_multicast() {
+                        return Err((a.line, format!("address: {ip} cannot be published as a node's address")));
+                    }
+                }
+                Ok(())
+            }
+            "ttl" => {
+                let n = number(d, 0, i32::MAX as u32)?;
+                replace(&mut self.ttl, n).map_err(|_| twice())
+            }
+            "lease" => {
+                let n = number(d, 1, 86_400)?;
+                replace(&mut self.lease, n).map_err(|_| twice())
+            }
+            "poll" => {
+                let [a] = d.args.as_slice() else {
+                    return Err((line, "poll takes one duration, such as 500ms or 2s".into()));
+                };
+                let poll = config::parse_duration(&a.text).map_err(|m| (a.line, format!("poll: {m}")))?;
+                if poll < std::time::Duration::from_millis(10) {
+                    return Err((a.line, "poll must be at least 10ms".into()));
+                }
+                replace(&mut self.poll, poll).map_err(|_| twice())
+            }
+            other => Err((line, format!("unknown directive {other:?} in idetcd block (known: {IDETCD_DIRECTIVES})"))),
+        }
+    }
+}
+
+fn replace<T>(slot: &mut Option<T>, value: T) -> Result<(), ()> {
+    match slot.replace(value) {
+        None => Ok(()),
+        Some(_) => Err(()),
+    }
+}
+
+fn no_block(d: &Directive) -> Result<(), Failure> {
+    match d.block {
+        Some(_) => Err((d.name.line, format!("{} does not take a block", d.name.text))),
+        None => Ok(()),
+    }
+}
+
+fn number(d: &Directive, min: u32, max: u32) -> Result<u32, Failure> {
+    let name = &d.name.text;
+    let [a] = d.args.as_slice() else {
+        return Err((d.name.line, format!("{name} takes one number")));
+    };
+    match a.text.parse::<u32>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err((a.line, format!("{name}: {:?} is not a number from {min} to {max}", a.text))),
+    }
+}
+
+/// `http://host:port`, `https://host:port`, or a bare `host:port` as the etcd Go client accepts;
+/// the port defaults to etcd's 2379.
+fn endpoint_url(text: &str) -> Result<String, String> {
+    let (scheme, rest) = match text.split_once("://") {
+        Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
+        Some((scheme, _)) => {
+            return Err(format!("endpoint {text:?}: scheme {scheme}:// is not supported, use http:// or https://"))
+        }
+        None => ("http", text),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains(|c: char| c.is_whitespace() || c == '@') {
+        return Err(format!("endpoint {text:?} has no usable host"));
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']').ok_or_else(|| format!("endpoint {text:?}: unclosed '['"))?;
+            (format!("[{host}]"), after.strip_prefix(':'))
+        }
+        None if authority.matches(':').count() > 1 => {
+            return Err(format!("endpoint {text:?}: write IPv6 addresses in brackets, as http://[::1]:2379"));
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host.to_string(), Some(port)),
+            None => (authority.to_string(), None),
+        },
+    };
+    let port = match port {
+        None => 2379,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("endpoint {text:?}: {p:?} is not a valid port"))?,
+    };
+    Ok(format!("{scheme}://{host}:{port}{path}"))
+}
+
+#[cfg(test)]
+mod tests;

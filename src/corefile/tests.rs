@@ -1,0 +1,166 @@
+use std::time::Duration;
+
+use super::*;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn parse_ok(text: &str) -> Config {
+    parse(text, Path::new("Corefile"), &no_env).unwrap_or_else(|e| panic!("{text}\n=> {e}"))
+}
+
+fn parse_err(text: &str) -> String {
+    match parse(text, Path::new("Corefile"), &no_env) {
+        Ok(c) => panic!("{text}\n=> parsed: {c:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_original_readme_example_parses() {
+    // The example in the original plugin's README, with the braces its page lost put back.
+    let c = parse_ok(
+        ". {\n    idetcd {\n        endpoint ETCDENDPOINTS\n        limit 5\n        pattern worker{{.ID}}.tf.local.\n    }\n}\n",
+    );
+    assert_eq!(c.endpoints, ["http://ETCDENDPOINTS:2379"]);
+    assert_eq!(c.ids, 1..=5);
+    assert_eq!(c.pattern.name(1), "worker1.tf.local.");
+    assert_eq!(c.port, 53);
+}
+
+#[test]
+fn defaults() {
+    let c = parse_ok(". {\n idetcd {\n  pattern worker{{.ID}}.tf.local.\n }\n}");
+    assert_eq!(c.endpoints, ["http://localhost:2379"]);
+    assert_eq!(c.ids, 1..=10);
+    assert_eq!((c.ttl, c.lease, c.poll), (5, 20, Duration::from_secs(1)));
+    assert_eq!((c.ipv4, c.ipv6), (None, None));
+    assert!(c.listen.is_empty());
+    assert_eq!(c.port, 53);
+}
+
+#[test]
+fn every_setting() {
+    let c = parse_ok(
+        r#"
+        # a comment line
+        .:1053 {    # a trailing comment
+            bind 127.0.0.2 ::1
+            idetcd {
+                endpoint http://10.0.0.5:2379 https://[fd00::5]:2379/ 10.0.0.6
+                limit 32
+                pattern "worker{{ .ID }}.tf.local"
+                address 10.0.0.3 fd00::3
+                ttl 30
+                lease 10
+                poll 250ms
+            }
+        }
+        "#,
+    );
+    assert_eq!(c.port, 1053);
+    assert_eq!(c.listen, ["127.0.0.2".parse::<IpAddr>().unwrap(), "::1".parse().unwrap()]);
+    assert_eq!(c.endpoints, ["http://10.0.0.5:2379", "https://[fd00::5]:2379", "http://10.0.0.6:2379"]);
+    assert_eq!(c.ids, 1..=32);
+    assert_eq!(c.pattern.to_string(), "worker{{.ID}}.tf.local.");
+    assert_eq!(c.ipv4, Some("10.0.0.3".parse().unwrap()));
+    assert_eq!(c.ipv6, Some("fd00::3".parse().unwrap()));
+    assert_eq!((c.ttl, c.lease, c.poll), (30, 10, Duration::from_millis(250)));
+}
+
+#[test]
+fn pattern_with_spaces_inside_the_braces() {
+    let c = parse_ok(". {\n idetcd {\n  pattern worker{{ .ID }}.tf.local.\n }\n}");
+    assert_eq!(c.pattern.name(7), "worker7.tf.local.");
+}
+
+#[test]
+fn server_block_keys() {
+    for (key, port) in [
+        (".", 53),
+        (".:1053", 1053),
+        ("dns://.:5300", 5300),
+        ("tf.local.:53", 53),
+        ("tf.local:8053 example.org:8053", 8053),
+    ] {
+        let c = parse_ok(&format!("{key} {{\n idetcd {{\n  pattern w{{{{.ID}}}}.tf.local.\n }}\n}}"));
+        assert_eq!(c.port, port, "{key}");
+    }
+}
+
+#[test]
+fn environment_placeholders() {
+    let env = |name: &str| (name == "ETCD").then(|| "http://10.1.1.1:2379".to_string());
+    let text = ". {\n idetcd {\n  endpoint {$ETCD}\n  limit {$LIMIT:7}\n  pattern w{{.ID}}.tf.local.\n }\n}";
+    let c = parse(text, Path::new("Corefile"), &env).unwrap();
+    assert_eq!(c.endpoints, ["http://10.1.1.1:2379"]);
+    assert_eq!(c.ids, 1..=7);
+    let err = parse(". {\n idetcd {\n  endpoint {$NOPE}\n }\n}", Path::new("Corefile"), &env).unwrap_err();
+    assert_eq!(err.to_string(), "Corefile:3: environment variable NOPE is not set");
+}
+
+#[test]
+fn errors_name_the_line_and_the_problem() {
+    let idetcd =
+        |body: &str| format!(". {{\n    idetcd {{\n        pattern w{{{{.ID}}}}.tf.local.\n{body}\n    }}\n}}\n");
+    let cases = [
+        (idetcd("        limit"), "Corefile:4: limit takes one number"),
+        (idetcd("        limit five"), "Corefile:4: limit: \"five\" is not a number from 1 to 1000000"),
+        (idetcd("        limit 0"), "Corefile:4: limit: \"0\" is not a number from 1 to 1000000"),
+        (idetcd("        limit 5 6"), "Corefile:4: limit takes one number"),
+        (idetcd("        endpoint"), "Corefile:4: endpoint needs at least one URL"),
+        (idetcd("        endpoint ftp://x"), "Corefile:4: endpoint \"ftp://x\": scheme ftp:// is not supported, use http:// or https://"),
+        (idetcd("        endpoint http://x:99999"), "Corefile:4: endpoint \"http://x:99999\": \"99999\" is not a valid port"),
+        (idetcd("        endpoint http://::1:2379"), "Corefile:4: endpoint \"http://::1:2379\": write IPv6 addresses in brackets, as http://[::1]:2379"),
+        (idetcd("        address 10.0.0.300"), "Corefile:4: address: \"10.0.0.300\" is not an IP address"),
+        (idetcd("        address 10.0.0.3 10.0.0.4"), "Corefile:4: address takes at most one IPv4 and one IPv6 address"),
+        (idetcd("        address 0.0.0.0"), "Corefile:4: address: 0.0.0.0 cannot be published as a node's address"),
+        (idetcd("        ttl -1"), "Corefile:4: ttl: \"-1\" is not a number from 0 to 2147483647"),
+        (idetcd("        lease 0"), "Corefile:4: lease: \"0\" is not a number from 1 to 86400"),
+        (idetcd("        poll soon"), "Corefile:4: poll: \"soon\" is not a duration (examples: 500ms, 2s, 1m)"),
+        (idetcd("        poll 1ms"), "Corefile:4: poll must be at least 10ms"),
+        (idetcd("        pattern x{{.ID}}.y."), "Corefile:4: pattern is given twice"),
+        (idetcd("        limit 3\n        limit 4"), "Corefile:5: limit is given twice"),
+        (idetcd("        upstream 8.8.8.8"), "Corefile:4: unknown directive \"upstream\" in idetcd block (known: endpoint, limit, pattern, address, ttl, lease, poll)"),
+        (idetcd("        limit 3 {\n        }"), "Corefile:4: limit does not take a block"),
+        (
+            ". {\n idetcd {\n  pattern worker.tf.local.\n }\n}".into(),
+            "Corefile:3: pattern \"worker.tf.local.\": pattern must contain {{.ID}}",
+        ),
+        (
+            ". {\n idetcd {\n  pattern a.w{{.ID}}.tf.local.\n }\n}".into(),
+            "Corefile:3: pattern \"a.w{{.ID}}.tf.local.\": {{.ID}} must be in the first label of the pattern",
+        ),
+        (". {\n idetcd {\n  pattern\n }\n}".into(), "Corefile:3: pattern needs a name pattern, such as worker{{.ID}}.tf.local."),
+        (". {\n idetcd {\n  limit 3\n }\n}".into(), "Corefile:2: idetcd needs a pattern, such as `pattern worker{{.ID}}.tf.local.`"),
+        (". {\n log\n}".into(), "Corefile:2: unknown directive \"log\" in server block (known: bind, idetcd)"),
+        (". {\n bind\n idetcd {\n }\n}".into(), "Corefile:2: bind needs at least one address"),
+        (". {\n bind eth0\n}".into(), "Corefile:2: bind: \"eth0\" is not an IP address"),
+        (". {\n}".into(), "Corefile:1: server block has no idetcd { ... } block"),
+        (". {\n idetcd {\n  pattern w{{.ID}}.z.\n }\n idetcd {\n }\n}".into(), "Corefile:5: idetcd is configured twice in this server block"),
+        (". {\n idetcd extra {\n }\n}".into(), "Corefile:2: idetcd takes no arguments, only a block: unexpected \"extra\""),
+        (". {\n idetcd {\n  pattern w{{.ID}}.z.\n }\n".into(), "Corefile:1: block opened here is never closed with '}'"),
+        ("\n\n. {\n idetcd {\n  pattern w{{.ID}}.z.\n".into(), "Corefile:4: block opened here is never closed with '}'"),
+        (". {\n idetcd {\n  pattern w{{.ID}}.z.\n }\n}\n}".into(), "Corefile:6: unexpected '}': expected a server block key such as `.:53`"),
+        (".\n{\n}".into(), "Corefile:1: expected '{' after the server block key(s) on the same line"),
+        (".:0 {\n}".into(), "Corefile:1: \"0\" is not a valid port"),
+        (".:53 x:54 {\n}".into(), "Corefile:1: all keys of a server block must use the same port"),
+        ("tls://. {\n}".into(), "Corefile:1: tls:// servers are not supported, only plain DNS"),
+        (". {\n idetcd {\n  pattern \"w{{.ID}}.z.\n }\n}".into(), "Corefile:3: unterminated quoted string"),
+        ("# only a comment\n".into(), "Corefile: no server block; expected something like `. { idetcd { ... } }`"),
+        (
+            ". {\n idetcd {\n  pattern w{{.ID}}.z.\n }\n}\n.:1053 {\n idetcd {\n  pattern w{{.ID}}.z.\n }\n}".into(),
+            "Corefile:6: only one server block is supported",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(parse_err(&text), want, "\n{text}");
+    }
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let err = load(Path::new("/nonexistent/Corefile")).unwrap_err();
+    assert!(err.to_string().starts_with("/nonexistent/Corefile: cannot read the Corefile: "), "{err}");
+}

@@ -1,0 +1,175 @@
+//! Wiring the daemon together: sockets, threads, channels and signals, and the orderly stop.
+//!
+//! Sockets are bound first, so that a port already in use fails the start at once, before any
+//! name is claimed. Then the answering threads start (answering SERVFAIL in the zone until the first
+//! snapshot), then the etcd thread. The main thread only waits: for a signal, which makes the etcd
+//! thread release the name, or for a thread that stopped, which ends the daemon with an error.
+
+use std::fmt;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::address;
+use crate::config::Config;
+use crate::etcd;
+use crate::membership::{self, Settings};
+use crate::messages::{Command, Event};
+use crate::record::Record;
+use crate::server::{self, View};
+use crate::zone::Snapshot;
+
+/// How long the release may take before the daemon exits anyway; the lease then frees the name.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub enum Error {
+    Bind(server::BindError),
+    NoAddress,
+    Signals(std::io::Error),
+    Spawn(std::io::Error),
+    /// The etcd thread gave up, with its reason.
+    Fatal(String),
+    ThreadExited(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Bind(e) => e.fmt(f),
+            Error::NoAddress => {
+                write!(f, "found no address to publish for this node; name one with `address` in the Corefile")
+            }
+            Error::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
+            Error::Spawn(e) => write!(f, "cannot start a thread: {e}"),
+            Error::Fatal(why) => write!(f, "{why}"),
+            Error::ThreadExited(name) => write!(f, "thread {name} stopped unexpectedly"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub fn run(config: &Config) -> Result<(), Error> {
+    let listeners = server::bind(&config.listen, config.port, 1).map_err(Error::Bind)?;
+    let record = own_record(config)?;
+    log::info!(
+        "idetcd {} serving {} on port {}, publishing {}",
+        env!("CARGO_PKG_VERSION"),
+        config.pattern,
+        config.port,
+        record.to_json()
+    );
+
+    let (events_tx, events) = crossbeam_channel::unbounded();
+    let (commands, commands_rx) = crossbeam_channel::unbounded();
+    let empty = Arc::new(Snapshot::empty(&config.pattern));
+    let mut updates = Vec::new();
+    let mut view = || {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        updates.push(tx);
+        View::new(Arc::clone(&empty), rx)
+    };
+    for (i, udp) in listeners.udp.into_iter().enumerate() {
+        let view = view();
+        spawn(&format!("udp-{i}"), &events_tx, move || server::serve_udp(udp, view))?;
+    }
+    let view = view();
+    spawn("tcp", &events_tx, move || server::serve_tcp(listeners.tcp, view))?;
+
+    let settings = Settings {
+        pattern: config.pattern.clone(),
+        ids: config.ids.clone(),
+        record,
+        lease_ttl: config.lease,
+        poll: config.poll,
+        ttl: config.ttl,
+    };
+    let client = etcd::Client::new(&config.endpoints);
+    let events_for_etcd = events_tx.clone();
+    spawn("etcd", &events_tx, move || membership::run(settings, client, commands_rx, events_for_etcd, updates))?;
+
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(Error::Signals)?;
+    let events_for_signals = events_tx.clone();
+    spawn("signals", &events_tx, move || {
+        for signal in signals.forever() {
+            if events_for_signals.send(Event::Signal(signal)).is_err() {
+                return;
+            }
+        }
+    })?;
+
+    wait(&events, &commands)
+}
+
+fn wait(events: &Receiver<Event>, commands: &Sender<Command>) -> Result<(), Error> {
+    let failure = match events.recv() {
+        Ok(Event::Signal(signal)) => {
+            let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+            log::info!("{name}: releasing the name and stopping");
+            None
+        }
+        Ok(Event::Fatal(why)) => return Err(Error::Fatal(why)),
+        Ok(Event::Released) => return Ok(()),
+        Ok(Event::ThreadExited(name)) => {
+            log::error!("thread {name} stopped; releasing the name and stopping");
+            Some(Error::ThreadExited(name))
+        }
+        Err(_) => return Err(Error::ThreadExited("main".into())),
+    };
+    let _ = commands.send(Command::Shutdown);
+    let deadline = std::time::Instant::now() + RELEASE_TIMEOUT;
+    loop {
+        match events.recv_deadline(deadline) {
+            Ok(Event::Released) | Err(_) => break,
+            // A second signal: stop waiting for etcd.
+            Ok(Event::Signal(_)) => break,
+            Ok(Event::Fatal(why)) => return Err(Error::Fatal(why)),
+            Ok(Event::ThreadExited(_)) => {}
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// The record this node publishes: the Corefile's addresses, or detected ones.
+fn own_record(config: &Config) -> Result<Record, Error> {
+    let (ipv4, ipv6) = match (config.ipv4, config.ipv6) {
+        (None, None) => {
+            let found = address::detect(&config.endpoints);
+            (found.ipv4, found.ipv6)
+        }
+        given => given,
+    };
+    if ipv4.is_none() && ipv6.is_none() {
+        return Err(Error::NoAddress);
+    }
+    Ok(Record { ipv4, ipv6, port: Some(config.port) })
+}
+
+/// Starts a named thread that tells the main thread when it ends, however it ends.
+fn spawn(name: &str, events: &Sender<Event>, body: impl FnOnce() + Send + 'static) -> Result<(), Error> {
+    let guard = ExitGuard { name: name.to_string(), events: events.clone() };
+    thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let _guard = guard;
+            body();
+        })
+        .map(|_| ())
+        .map_err(Error::Spawn)
+}
+
+struct ExitGuard {
+    name: String,
+    events: Sender<Event>,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let _ = self.events.send(Event::ThreadExited(std::mem::take(&mut self.name)));
+    }
+}

@@ -1,0 +1,479 @@
+//! DNS wire format: reading queries, writing answers, and encoding the records a zone snapshot
+//! precomputes. Only this module knows the wire format.
+//!
+//! Answering is a pure function from a query packet and a snapshot to a response packet, written
+//! into a caller's buffer. It never allocates and never panics, whatever the packet holds: the
+//! snapshot holds every answer section ready-made, so a response is the query's own header and
+//! question (which keeps the client's letter case) followed by a copied section, with the ID and
+//! flags patched and an OPT record when the client sent one.
+
+use domain::base::iana::{Class, Opcode, OptRcode, Rtype};
+use domain::base::name::Name;
+
+use crate::zone::{Found, Snapshot};
+
+const HEADER_LEN: usize = 12;
+/// The EDNS payload size we advertise and the most we send over UDP: DNS Flag Day 2020's value,
+/// which avoids IP fragmentation on any common path.
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
+/// What a client without EDNS can receive (RFC 1035 §4.2.1).
+const MIN_UDP_PAYLOAD: u16 = 512;
+/// Our OPT record: root owner, type, class (payload), TTL (extended rcode, version, flags), rdlength.
+const OPT_LEN: usize = 11;
+/// A pointer to the question name, which always starts right after the header.
+const QUESTION_POINTER: [u8; 2] = [0xC0, HEADER_LEN as u8];
+
+const FLAG_QR: u16 = 0x8000;
+const FLAG_AA: u16 = 0x0400;
+const FLAG_TC: u16 = 0x0200;
+const FLAG_RD: u16 = 0x0100;
+const FLAG_CD: u16 = 0x0010;
+const OPCODE_MASK: u16 = 0x7800;
+
+const TYPE_TXT: u16 = Rtype::TXT.to_int();
+const TYPE_OPT: u16 = Rtype::OPT.to_int();
+const TYPE_AXFR: u16 = Rtype::AXFR.to_int();
+const TYPE_IXFR: u16 = Rtype::IXFR.to_int();
+const TYPE_ANY: u16 = Rtype::ANY.to_int();
+const CLASS_IN: u16 = Class::IN.to_int();
+const CLASS_CH: u16 = Class::CH.to_int();
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// Where an answering thread stands besides its snapshot.
+#[derive(Clone, Copy, Debug)]
+pub struct Context {
+    pub transport: Transport,
+    /// Whether this node holds its name right now; `id.server.` names it only then.
+    pub identity_held: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Answering
+
+/// Writes the response to `query` into `out` and returns its length, or 0 when the packet must not
+/// be answered (shorter than a header, or itself a response). `out` must hold `MAX_UDP_PAYLOAD`
+/// bytes for UDP and 65 535 for TCP.
+pub fn respond(query: &[u8], snapshot: &Snapshot, context: Context, out: &mut [u8]) -> usize {
+    let Some(header) = Header::read(query) else { return 0 };
+    if header.flags & FLAG_QR != 0 {
+        return 0;
+    }
+    let mut lower = [0u8; 255];
+    let parsed = parse(query, &header, &mut lower);
+    let mut reply =
+        Reply { header: &header, question: None, edns: None, rcode: OptRcode::NOERROR, aa: false, section: None };
+    match parsed {
+        Err(question) => {
+            // Anything we cannot read: FORMERR, unless the opcode is one we do not do at all.
+            reply.question = question;
+            reply.rcode = if header.opcode() != Opcode::QUERY.to_int() { OptRcode::NOTIMP } else { OptRcode::FORMERR };
+        }
+        Ok(q) => {
+            reply.question = Some(q.question);
+            reply.edns = q.edns;
+            answer(&q, &lower[..q.name_len], snapshot, context, &mut reply);
+        }
+    }
+    reply.write(snapshot, context.transport, out)
+}
+
+fn answer<'a>(q: &Query<'a>, lower: &[u8], snapshot: &'a Snapshot, context: Context, reply: &mut Reply<'a>) {
+    if q.opcode != Opcode::QUERY.to_int() {
+        reply.rcode = OptRcode::NOTIMP;
+        return;
+    }
+    if let Some(edns) = q.edns {
+        if edns.version != 0 {
+            reply.rcode = OptRcode::BADVERS;
+            return;
+        }
+    }
+    match q.qclass {
+        CLASS_IN => answer_in(q.qtype, lower, snapshot, reply),
+        CLASS_CH if lower == b"\x02id\x06server\x00" || lower == b"\x08hostname\x04bind\x00" => {
+            let identity = snapshot.identity().filter(|_| context.identity_held);
+            let Some(identity) = identity else {
+                reply.rcode = OptRcode::SERVFAIL;
+                return;
+            };
+            reply.aa = true;
+            if q.qtype == TYPE_TXT || q.qtype == TYPE_ANY {
+                reply.section = Some(identity);
+            }
+        }
+        _ => reply.rcode = OptRcode::REFUSED,
+    }
+}
+
+fn answer_in<'a>(qtype: u16, lower: &[u8], snapshot: &'a Snapshot, reply: &mut Reply<'a>) {
+    let found = snapshot.lookup(lower);
+    if matches!(found, Found::OutOfZone) {
+        reply.rcode = OptRcode::REFUSED;
+        return;
+    }
+    if !snapshot.is_ready() {
+        // Nothing read from etcd yet: "no such name" would be cached by clients and be wrong.
+        reply.rcode = OptRcode::SERVFAIL;
+        return;
+    }
+    if qtype == TYPE_AXFR || qtype == TYPE_IXFR {
+        reply.rcode = OptRcode::REFUSED;
+        return;
+    }
+    reply.aa = true;
+    match found {
+        Found::Name(rrsets) => {
+            // ANY gets one RRset, not everything (RFC 8482).
+            let rrset = match qtype {
+                TYPE_ANY => rrsets.first(),
+                _ => rrsets.iter().find(|r| r.rtype == qtype),
+            };
+            reply.section = Some(rrset.map_or(snapshot.negative(), |r| r.section));
+        }
+        Found::NxDomain => {
+            reply.rcode = OptRcode::NXDOMAIN;
+            reply.section = Some(snapshot.negative());
+        }
+        Found::OutOfZone => unreachable!("handled above"),
+    }
+}
+
+struct Reply<'a> {
+    header: &'a Header,
+    /// The question as the client sent it: name, type and class.
+    question: Option<&'a [u8]>,
+    edns: Option<Edns>,
+    rcode: OptRcode,
+    aa: bool,
+    section: Option<Section>,
+}
+
+impl Reply<'_> {
+    fn write(&self, snapshot: &Snapshot, transport: Transport, out: &mut [u8]) -> usize {
+        let limit = match (transport, self.edns) {
+            (Transport::Tcp, _) => u16::MAX as usize,
+            (Transport::Udp, None) => MIN_UDP_PAYLOAD as usize,
+            (Transport::Udp, Some(e)) => e.payload.clamp(MIN_UDP_PAYLOAD, MAX_UDP_PAYLOAD) as usize,
+        }
+        .min(out.len());
+        let question = self.question.unwrap_or(&[]);
+        let section = self.section.map(|s| (snapshot.section_bytes(s), s));
+        let opt_len = if self.edns.is_some() { OPT_LEN } else { 0 };
+        let full = HEADER_LEN + question.len() + section.map_or(0, |(b, _)| b.len()) + opt_len;
+        // Only answers can be too large: header, question and OPT always fit in 512 bytes.
+        let (truncated, section) = if full > limit { (true, None) } else { (false, section) };
+        let mut flags = FLAG_QR | (self.header.flags & (OPCODE_MASK | FLAG_RD | FLAG_CD));
+        flags |= u16::from(self.rcode.rcode().to_int());
+        if self.aa {
+            flags |= FLAG_AA;
+        }
+        if truncated {
+            flags |= FLAG_TC;
+        }
+        let counts = section.map_or([0; 3], |(_, s)| s.counts);
+        let mut w = Writer { out, len: 0 };
+        w.u16(self.header.id);
+        w.u16(flags);
+        w.u16(u16::from(self.question.is_some()));
+        w.u16(counts[0]);
+        w.u16(counts[1]);
+        w.u16(counts[2] + u16::from(self.edns.is_some()));
+        w.bytes(question);
+        if let Some((bytes, _)) = section {
+            w.bytes(bytes);
+        }
+        if self.edns.is_some() {
+            w.bytes(&[0]);
+            w.u16(TYPE_OPT);
+            w.u16(MAX_UDP_PAYLOAD);
+            w.bytes(&[self.rcode.ext(), 0, 0, 0]);
+            w.u16(0);
+        }
+        w.len
+    }
+}
+
+/// Writes into a buffer already known to be large enough.
+struct Writer<'a> {
+    out: &'a mut [u8],
+    len: usize,
+}
+
+impl Writer<'_> {
+    fn bytes(&mut self, b: &[u8]) {
+        self.out[self.len..self.len + b.len()].copy_from_slice(b);
+        self.len += b.len();
+    }
+
+    fn u16(&mut self, v: u16) {
+        self.bytes(&v.to_be_bytes());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading queries
+
+struct Header {
+    id: u16,
+    flags: u16,
+    qdcount: u16,
+    ancount: u16,
+    nscount: u16,
+    arcount: u16,
+}
+
+impl Header {
+    fn read(packet: &[u8]) -> Option<Header> {
+        let h = packet.get(..HEADER_LEN)?;
+        let at = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
+        Some(Header { id: at(0), flags: at(2), qdcount: at(4), ancount: at(6), nscount: at(8), arcount: at(10) })
+    }
+
+    fn opcode(&self) -> u8 {
+        ((self.flags & OPCODE_MASK) >> 11) as u8
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Edns {
+    payload: u16,
+    version: u8,
+}
+
+struct Query<'a> {
+    opcode: u8,
+    question: &'a [u8],
+    /// Length of the question name in wire form; its lowercase copy is in the caller's buffer.
+    name_len: usize,
+    qtype: u16,
+    qclass: u16,
+    edns: Option<Edns>,
+}
+
+/// Reads the one question, lowercasing its name into `lower`, and finds the OPT record. On error
+/// returns the question when it could be read, to echo it in the FORMERR.
+fn parse<'a>(packet: &'a [u8], header: &Header, lower: &mut [u8; 255]) -> Result<Query<'a>, Option<&'a [u8]>> {
+    if header.qdcount != 1 {
+        return Err(None);
+    }
+    let mut r = Reader { packet, pos: HEADER_LEN };
+    let name_len = r.question_name(lower).ok_or(None)?;
+    let qtype = r.u16().ok_or(None)?;
+    let qclass = r.u16().ok_or(None)?;
+    let question = &packet[HEADER_LEN..r.pos];
+    let query = Query { opcode: header.opcode(), question, name_len, qtype, qclass, edns: None };
+    find_edns(&mut r, header).map(|edns| Query { edns, ..query }).ok_or(Some(question))
+}
+
+/// Skips the answer and authority sections and reads the additional one for an OPT record. A
+/// section that does not parse, or a second OPT record, makes the query malformed (RFC 6891 §6.1.1).
+fn find_edns(r: &mut Reader, header: &Header) -> Option<Option<Edns>> {
+    for _ in 0..u32::from(header.ancount) + u32::from(header.nscount) {
+        r.skip_record()?;
+    }
+    let mut edns = None;
+    for _ in 0..header.arcount {
+        let owner_is_root = r.packet.get(r.pos) == Some(&0);
+        r.skip_name()?;
+        let rtype = r.u16()?;
+        let class = r.u16()?;
+        let ttl = r.u32()?;
+        let rdlen = r.u16()?;
+        r.skip(usize::from(rdlen))?;
+        if rtype == TYPE_OPT {
+            if edns.is_some() || !owner_is_root {
+                return None;
+            }
+            edns = Some(Edns { payload: class, version: (ttl >> 16) as u8 });
+        }
+    }
+    Some(edns)
+}
+
+struct Reader<'a> {
+    packet: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn skip(&mut self, n: usize) -> Option<()> {
+        let end = self.pos.checked_add(n).filter(|&end| end <= self.packet.len())?;
+        self.pos = end;
+        Some(())
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        let b = self.packet.get(self.pos..self.pos + 2)?;
+        self.pos += 2;
+        Some(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from(self.u16()?) << 16 | u32::from(self.u16()?))
+    }
+
+    /// The question name: plain labels only (nothing precedes it that a pointer could point to),
+    /// at most 255 bytes, copied in lowercase.
+    fn question_name(&mut self, lower: &mut [u8; 255]) -> Option<usize> {
+        let mut len = 0;
+        loop {
+            let label = usize::from(*self.packet.get(self.pos)?);
+            if label > 63 || len + 1 + label > lower.len() {
+                return None;
+            }
+            let bytes = self.packet.get(self.pos..self.pos + 1 + label)?;
+            for (dst, src) in lower[len..len + 1 + label].iter_mut().zip(bytes) {
+                *dst = src.to_ascii_lowercase();
+            }
+            // The length byte must not be lowercased: 0x41..0x5A are valid label lengths too.
+            lower[len] = bytes[0];
+            len += 1 + label;
+            self.pos += 1 + label;
+            if label == 0 {
+                return Some(len);
+            }
+        }
+    }
+
+    /// Any name in a record: labels ending in the root or in a compression pointer.
+    fn skip_name(&mut self) -> Option<()> {
+        loop {
+            let label = *self.packet.get(self.pos)?;
+            match label {
+                0 => return self.skip(1),
+                1..=63 => self.skip(1 + usize::from(label))?,
+                0xC0..=0xFF => return self.skip(2),
+                _ => return None,
+            }
+        }
+    }
+
+    fn skip_record(&mut self) -> Option<()> {
+        self.skip_name()?;
+        self.skip(8)?;
+        let rdlen = self.u16()?;
+        self.skip(usize::from(rdlen))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding records for snapshots
+
+/// A run of ready-made records in a snapshot's byte arena, and how many go in each section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Section {
+    pub start: u32,
+    pub len: u32,
+    /// Answer, authority and additional counts.
+    pub counts: [u16; 3],
+}
+
+/// Whose name a record carries.
+#[derive(Clone, Copy)]
+pub enum Owner<'a> {
+    /// The question's name, as a pointer, so it carries the client's letter case.
+    Question,
+    /// A name in wire form, written out.
+    Name(&'a [u8]),
+}
+
+#[derive(Clone, Copy)]
+pub enum Part {
+    Answer = 0,
+    Authority = 1,
+    Additional = 2,
+}
+
+/// Appends records to an arena, answers before authority before additional.
+pub struct SectionWriter<'a> {
+    arena: &'a mut Vec<u8>,
+    start: usize,
+    counts: [u16; 3],
+}
+
+impl<'a> SectionWriter<'a> {
+    pub fn new(arena: &'a mut Vec<u8>) -> Self {
+        let start = arena.len();
+        SectionWriter { arena, start, counts: [0; 3] }
+    }
+
+    pub fn record(&mut self, part: Part, owner: Owner, rtype: Rtype, class: Class, ttl: u32, rdata: &[u8]) {
+        match owner {
+            Owner::Question => self.arena.extend_from_slice(&QUESTION_POINTER),
+            Owner::Name(name) => self.arena.extend_from_slice(name),
+        }
+        self.arena.extend_from_slice(&rtype.to_int().to_be_bytes());
+        self.arena.extend_from_slice(&class.to_int().to_be_bytes());
+        self.arena.extend_from_slice(&ttl.to_be_bytes());
+        // Every rdata we write is far below 64 KiB (names, addresses, one TXT string).
+        self.arena.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        self.arena.extend_from_slice(rdata);
+        self.counts[part as usize] += 1;
+    }
+
+    pub fn finish(self) -> Section {
+        Section { start: self.start as u32, len: (self.arena.len() - self.start) as u32, counts: self.counts }
+    }
+}
+
+/// A name in lowercase wire form, from text such as `worker3.tf.local.` (a missing final dot is
+/// implied).
+pub fn wire_name(text: &str) -> Result<Vec<u8>, String> {
+    let absolute = if text.ends_with('.') { text.to_string() } else { format!("{text}.") };
+    let name = Name::vec_from_str(&absolute).map_err(|e| format!("{text:?} is not a domain name: {e}"))?;
+    let mut wire = name.as_slice().to_vec();
+    lowercase_labels(&mut wire);
+    Ok(wire)
+}
+
+fn lowercase_labels(wire: &mut [u8]) {
+    let mut i = 0;
+    while i < wire.len() && wire[i] != 0 {
+        let len = usize::from(wire[i]);
+        wire[i + 1..=i + len].make_ascii_lowercase();
+        i += 1 + len;
+    }
+}
+
+/// Whether `name` is `zone` or below it; both in lowercase wire form.
+pub fn is_within(name: &[u8], zone: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        if name.len() - i == zone.len() && &name[i..] == zone {
+            return true;
+        }
+        i += 1 + usize::from(name[i]);
+    }
+    false
+}
+
+pub fn soa_rdata(mname: &[u8], rname: &[u8], serial: u32, ttl: u32) -> Vec<u8> {
+    // Refresh, retry and expire matter only to secondaries, which this zone does not have; the
+    // minimum is the negative-caching TTL (RFC 2308) and follows the answers' TTL.
+    let mut rdata = [mname, rname].concat();
+    for v in [serial, 3600, 600, 86400, ttl] {
+        rdata.extend_from_slice(&v.to_be_bytes());
+    }
+    rdata
+}
+
+/// TXT rdata holding `text` as character-strings of at most 255 bytes each.
+pub fn txt_rdata(text: &str) -> Vec<u8> {
+    let mut rdata = Vec::with_capacity(text.len() + 1);
+    for chunk in text.as_bytes().chunks(255) {
+        rdata.push(chunk.len() as u8);
+        rdata.extend_from_slice(chunk);
+    }
+    if rdata.is_empty() {
+        rdata.push(0);
+    }
+    rdata
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,382 @@
+//! Answers checked by parsing them with the `domain` crate, an implementation independent of ours.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use domain::base::iana::{Class, Opcode, OptRcode, Rtype};
+use domain::base::{Message, MessageBuilder, Name, ParsedName, Question};
+use domain::rdata::AllRecordData;
+
+use super::*;
+use crate::pattern::Pattern;
+use crate::record::Record;
+use crate::zone::{Inputs, Snapshot};
+
+fn snapshot(own: Option<&str>) -> Snapshot {
+    let pattern = Pattern::parse("worker{{.ID}}.tf.local.").unwrap();
+    let mut members = BTreeMap::new();
+    members.insert(
+        1,
+        Record { ipv4: Some("10.0.0.1".parse().unwrap()), ipv6: Some("fd00::1".parse().unwrap()), port: Some(53) },
+    );
+    members.insert(2, Record { ipv4: Some("10.0.0.2".parse().unwrap()), ipv6: None, port: Some(53) });
+    members.insert(3, Record { ipv4: None, ipv6: Some("fd00::3".parse().unwrap()), port: None });
+    Snapshot::build(&Inputs { pattern: &pattern, ttl: 5, revision: 42, own_name: own, members: &members })
+}
+
+const HELD: Context = Context { transport: Transport::Udp, identity_held: true };
+
+struct Q {
+    name: &'static str,
+    rtype: Rtype,
+    class: Class,
+    edns: Option<(u16, u8)>,
+    opcode: Opcode,
+    id: u16,
+}
+
+fn q(name: &'static str, rtype: Rtype) -> Q {
+    Q { name, rtype, class: Class::IN, edns: None, opcode: Opcode::QUERY, id: 0x1234 }
+}
+
+impl Q {
+    fn class(self, class: Class) -> Q {
+        Q { class, ..self }
+    }
+
+    fn edns(self, payload: u16, version: u8) -> Q {
+        Q { edns: Some((payload, version)), ..self }
+    }
+
+    fn opcode(self, opcode: Opcode) -> Q {
+        Q { opcode, ..self }
+    }
+
+    fn packet(&self) -> Vec<u8> {
+        let mut b = MessageBuilder::new_vec();
+        b.header_mut().set_id(self.id);
+        b.header_mut().set_rd(true);
+        b.header_mut().set_opcode(self.opcode);
+        let mut b = b.question();
+        let name = Name::<Vec<u8>>::from_str(self.name).unwrap();
+        b.push(Question::new(name, self.rtype, self.class)).unwrap();
+        let mut b = b.additional();
+        if let Some((payload, version)) = self.edns {
+            b.opt(|opt| {
+                opt.set_udp_payload_size(payload);
+                opt.set_version(version);
+                Ok(())
+            })
+            .unwrap();
+        }
+        b.finish()
+    }
+}
+
+fn ask(packet: &[u8], snapshot: &Snapshot, context: Context) -> Option<Message<Vec<u8>>> {
+    let mut out = vec![0u8; 65535];
+    let n = respond(packet, snapshot, context, &mut out);
+    (n > 0).then(|| Message::from_octets(out[..n].to_vec()).expect("answer parses"))
+}
+
+fn answer(query: Q) -> Message<Vec<u8>> {
+    ask(&query.packet(), &snapshot(Some("worker2.tf.local.")), HELD).expect("an answer")
+}
+
+/// A section's records in presentation form.
+fn records(section: domain::base::message::RecordSection<'_, Vec<u8>>) -> Vec<String> {
+    section
+        .map(|rr| {
+            let rr = rr.unwrap().into_record::<AllRecordData<_, ParsedName<_>>>().unwrap().unwrap();
+            format!("{} {} {} {} {}", rr.owner(), rr.ttl().as_secs(), rr.class(), rr.rtype(), rr.data())
+        })
+        .collect()
+}
+
+fn rcode(m: &Message<Vec<u8>>) -> OptRcode {
+    m.opt_rcode()
+}
+
+#[test]
+fn member_addresses() {
+    let m = answer(q("worker1.tf.local.", Rtype::A));
+    assert_eq!(rcode(&m), OptRcode::NOERROR);
+    assert!(m.header().aa() && m.header().qr() && m.header().rd() && !m.header().ra());
+    assert_eq!(m.header().id(), 0x1234);
+    assert_eq!(records(m.answer().unwrap()), ["worker1.tf.local 5 IN A 10.0.0.1"]);
+    let m = answer(q("worker1.tf.local.", Rtype::AAAA));
+    assert_eq!(records(m.answer().unwrap()), ["worker1.tf.local 5 IN AAAA fd00::1"]);
+    assert_eq!(m.header_counts().nscount(), 0);
+}
+
+#[test]
+fn the_question_comes_back_as_asked() {
+    let m = answer(q("WoRkEr1.Tf.LoCaL.", Rtype::A));
+    let question = m.sole_question().unwrap();
+    assert_eq!(question.qname().to_string(), "WoRkEr1.Tf.LoCaL");
+    // The answer's owner points at the question, so it carries the same case.
+    assert_eq!(records(m.answer().unwrap()), ["WoRkEr1.Tf.LoCaL 5 IN A 10.0.0.1"]);
+}
+
+#[test]
+fn nodata_for_a_member_without_that_type() {
+    for (name, rtype) in [
+        ("worker2.tf.local.", Rtype::AAAA),
+        ("worker3.tf.local.", Rtype::A),
+        ("worker1.tf.local.", Rtype::MX),
+        ("tf.local.", Rtype::A),
+    ] {
+        let m = answer(q(name, rtype));
+        assert_eq!(rcode(&m), OptRcode::NOERROR, "{name} {rtype}");
+        assert!(m.header().aa());
+        assert_eq!(m.header_counts().ancount(), 0);
+        assert_eq!(
+            records(m.authority().unwrap()),
+            ["tf.local 5 IN SOA worker2.tf.local. hostmaster.tf.local. 42 3600 600 86400 5"],
+            "{name} {rtype}"
+        );
+    }
+}
+
+#[test]
+fn nxdomain_for_other_names_in_the_zone() {
+    for name in ["worker4.tf.local.", "worker01.tf.local.", "a.worker1.tf.local.", "x.tf.local.", "worker0.tf.local."] {
+        let m = answer(q(name, Rtype::A));
+        assert_eq!(rcode(&m), OptRcode::NXDOMAIN, "{name}");
+        assert!(m.header().aa());
+        assert_eq!(m.header_counts().ancount(), 0);
+        assert_eq!(m.authority().unwrap().count(), 1, "{name}");
+    }
+}
+
+#[test]
+fn apex_records() {
+    let m = answer(q("tf.local.", Rtype::SOA));
+    assert_eq!(
+        records(m.answer().unwrap()),
+        ["tf.local 5 IN SOA worker2.tf.local. hostmaster.tf.local. 42 3600 600 86400 5"]
+    );
+    let m = answer(q("TF.local.", Rtype::NS));
+    assert_eq!(records(m.answer().unwrap()), ["TF.local 5 IN NS worker2.tf.local."]);
+    assert_eq!(records(m.additional().unwrap()), ["worker2.tf.local 5 IN A 10.0.0.2"]);
+}
+
+#[test]
+fn any_gets_one_rrset() {
+    let m = answer(q("worker1.tf.local.", Rtype::ANY));
+    assert_eq!(records(m.answer().unwrap()), ["worker1.tf.local 5 IN A 10.0.0.1"]);
+}
+
+#[test]
+fn out_of_zone_is_refused_and_no_larger_than_the_query() {
+    for query in [
+        q("example.com.", Rtype::A),
+        q("local.", Rtype::A),
+        q(".", Rtype::NS),
+        q("xtf.local.", Rtype::A),
+        q("worker1.tf.local.com.", Rtype::A).edns(4096, 0),
+    ] {
+        let packet = query.packet();
+        let m = ask(&packet, &snapshot(Some("worker2.tf.local.")), HELD).unwrap();
+        assert_eq!(rcode(&m), OptRcode::REFUSED);
+        assert!(!m.header().aa());
+        assert!(m.as_slice().len() <= packet.len());
+    }
+}
+
+#[test]
+fn zone_transfers_are_refused() {
+    for rtype in [Rtype::AXFR, Rtype::IXFR] {
+        let m = ask(
+            &q("tf.local.", rtype).packet(),
+            &snapshot(Some("worker2.tf.local.")),
+            Context { transport: Transport::Tcp, identity_held: true },
+        );
+        assert_eq!(rcode(&m.unwrap()), OptRcode::REFUSED);
+    }
+}
+
+#[test]
+fn identity_in_the_chaos_class() {
+    for name in ["id.server.", "hostname.bind.", "ID.Server."] {
+        let m = answer(q(name, Rtype::TXT).class(Class::CH));
+        assert_eq!(rcode(&m), OptRcode::NOERROR);
+        assert_eq!(
+            records(m.answer().unwrap()),
+            [format!("{} 0 CH TXT \"worker2.tf.local.\"", name.trim_end_matches('.'))]
+        );
+    }
+    let m = answer(q("version.bind.", Rtype::TXT).class(Class::CH));
+    assert_eq!(rcode(&m), OptRcode::REFUSED);
+    let m = answer(q("id.server.", Rtype::A).class(Class::CH));
+    assert_eq!((rcode(&m), m.header_counts().ancount()), (OptRcode::NOERROR, 0));
+}
+
+#[test]
+fn no_identity_while_the_name_is_not_held() {
+    let lost = Context { transport: Transport::Udp, identity_held: false };
+    let m = ask(&q("id.server.", Rtype::TXT).class(Class::CH).packet(), &snapshot(Some("worker2.tf.local.")), lost)
+        .unwrap();
+    assert_eq!(rcode(&m), OptRcode::SERVFAIL);
+    let m = ask(&q("id.server.", Rtype::TXT).class(Class::CH).packet(), &snapshot(None), HELD).unwrap();
+    assert_eq!(rcode(&m), OptRcode::SERVFAIL);
+}
+
+#[test]
+fn servfail_in_the_zone_until_etcd_was_read() {
+    let empty = Snapshot::empty(&Pattern::parse("worker{{.ID}}.tf.local.").unwrap());
+    let m = ask(&q("worker1.tf.local.", Rtype::A).packet(), &empty, HELD).unwrap();
+    assert_eq!(rcode(&m), OptRcode::SERVFAIL);
+    let m = ask(&q("example.com.", Rtype::A).packet(), &empty, HELD).unwrap();
+    assert_eq!(rcode(&m), OptRcode::REFUSED);
+}
+
+#[test]
+fn other_classes_are_refused() {
+    let m = answer(q("worker1.tf.local.", Rtype::A).class(Class::HS));
+    assert_eq!(rcode(&m), OptRcode::REFUSED);
+}
+
+#[test]
+fn edns_is_echoed_with_our_payload_size() {
+    let m = answer(q("worker1.tf.local.", Rtype::A).edns(4096, 0));
+    let opt = m.opt().expect("OPT in the answer");
+    assert_eq!(opt.udp_payload_size(), MAX_UDP_PAYLOAD);
+    assert_eq!(opt.version(), 0);
+    assert_eq!(records(m.answer().unwrap()), ["worker1.tf.local 5 IN A 10.0.0.1"]);
+    let m = answer(q("worker1.tf.local.", Rtype::A));
+    assert!(m.opt().is_none());
+}
+
+#[test]
+fn unknown_edns_version_is_badvers() {
+    let m = answer(q("worker1.tf.local.", Rtype::A).edns(1232, 1));
+    assert_eq!(rcode(&m), OptRcode::BADVERS);
+    assert_eq!(m.header_counts().ancount(), 0);
+    assert!(m.opt().is_some());
+}
+
+#[test]
+fn answers_that_do_not_fit_are_truncated() {
+    let packet = q("worker1.tf.local.", Rtype::AAAA).edns(1232, 0).packet();
+    let snapshot = snapshot(Some("worker2.tf.local."));
+    let mut out = [0u8; 60];
+    let n = respond(&packet, &snapshot, HELD, &mut out);
+    let m = Message::from_octets(out[..n].to_vec()).unwrap();
+    assert!(m.header().tc());
+    assert_eq!(m.header_counts().ancount(), 0);
+    assert_eq!(m.sole_question().unwrap().qname().to_string(), "worker1.tf.local");
+    assert!(m.opt().is_some());
+}
+
+#[test]
+fn other_opcodes_are_notimp() {
+    for opcode in [Opcode::NOTIFY, Opcode::UPDATE, Opcode::IQUERY, Opcode::STATUS] {
+        let m = answer(q("tf.local.", Rtype::SOA).opcode(opcode));
+        assert_eq!(rcode(&m), OptRcode::NOTIMP, "{opcode}");
+        assert_eq!(m.header().opcode(), opcode);
+    }
+}
+
+#[test]
+fn malformed_queries_are_formerr() {
+    let good = q("worker1.tf.local.", Rtype::A).packet();
+    let with_counts = |qd: u16, an: u16, ar: u16| {
+        let mut p = good.clone();
+        p[4..6].copy_from_slice(&qd.to_be_bytes());
+        p[6..8].copy_from_slice(&an.to_be_bytes());
+        p[10..12].copy_from_slice(&ar.to_be_bytes());
+        p
+    };
+    let mut compressed_question = good[..12].to_vec();
+    compressed_question.extend_from_slice(&[0xC0, 0x0C, 0, 1, 0, 1]);
+    let mut long_label = good[..12].to_vec();
+    long_label.extend_from_slice(&[64]);
+    long_label.extend_from_slice(&[b'a'; 64]);
+    long_label.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let mut two_opts = q("worker1.tf.local.", Rtype::A).edns(1232, 0).packet();
+    let opt = two_opts[two_opts.len() - 11..].to_vec();
+    two_opts.extend_from_slice(&opt);
+    two_opts[10..12].copy_from_slice(&2u16.to_be_bytes());
+    let cases: [(&str, Vec<u8>); 8] = [
+        ("no question", with_counts(0, 0, 0)),
+        ("two questions", with_counts(2, 0, 0)),
+        ("question cut short", good[..good.len() - 2].to_vec()),
+        ("answer count beyond the packet", with_counts(1, 1, 0)),
+        ("additional count beyond the packet", with_counts(1, 0, 3)),
+        ("pointer in the question", compressed_question),
+        ("label over 63 bytes", long_label),
+        ("two OPT records", two_opts),
+    ];
+    for (what, packet) in cases {
+        let m = ask(&packet, &snapshot(Some("worker2.tf.local.")), HELD).unwrap_or_else(|| panic!("{what}: no answer"));
+        assert_eq!(rcode(&m), OptRcode::FORMERR, "{what}");
+        assert_eq!(m.header().id(), 0x1234, "{what}");
+    }
+}
+
+#[test]
+fn responses_and_runts_get_no_answer() {
+    let mut response = q("worker1.tf.local.", Rtype::A).packet();
+    response[2] |= 0x80;
+    let s = snapshot(Some("worker2.tf.local."));
+    assert!(ask(&response, &s, HELD).is_none());
+    for len in 0..12 {
+        assert!(ask(&vec![0u8; len], &s, HELD).is_none());
+    }
+}
+
+#[test]
+fn random_packets_never_panic_nor_overflow() {
+    let s = snapshot(Some("worker2.tf.local."));
+    let seeds: Vec<Vec<u8>> = vec![
+        q("worker1.tf.local.", Rtype::A).packet(),
+        q("worker1.tf.local.", Rtype::A).edns(512, 0).packet(),
+        q("id.server.", Rtype::TXT).class(Class::CH).packet(),
+    ];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut random = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out = vec![0u8; MAX_UDP_PAYLOAD as usize];
+    for i in 0..200_000 {
+        let mut packet = seeds[i % seeds.len()].clone();
+        match random() % 3 {
+            0 => {
+                for _ in 0..1 + random() % 4 {
+                    let at = (random() as usize) % packet.len();
+                    packet[at] = random() as u8;
+                }
+            }
+            1 => packet.truncate((random() as usize) % (packet.len() + 1)),
+            _ => packet = (0..random() % 600).map(|_| random() as u8).collect(),
+        }
+        let n = respond(&packet, &s, HELD, &mut out);
+        assert!(n <= out.len());
+        if n > 0 {
+            assert!(n >= HEADER_LEN);
+            assert_eq!(out[..2], packet[..2], "the ID is echoed");
+        }
+    }
+}
+
+#[test]
+fn wire_names() {
+    assert_eq!(wire_name("Worker1.TF.local.").unwrap(), b"\x07worker1\x02tf\x05local\x00");
+    assert_eq!(wire_name("tf.local").unwrap(), b"\x02tf\x05local\x00");
+    assert!(is_within(b"\x07worker1\x02tf\x05local\x00", b"\x02tf\x05local\x00"));
+    assert!(is_within(b"\x02tf\x05local\x00", b"\x02tf\x05local\x00"));
+    assert!(!is_within(b"\x03xtf\x05local\x00", b"\x02tf\x05local\x00"));
+    assert!(!is_within(b"\x05local\x00", b"\x02tf\x05local\x00"));
+}
+
+#[test]
+fn long_txt_is_split_into_strings() {
+    let text = "a".repeat(300);
+    let rdata = txt_rdata(&text);
+    assert_eq!(rdata.len(), 302);
+    assert_eq!((rdata[0], rdata[256]), (255, 45));
+}

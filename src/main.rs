@@ -1,0 +1,60 @@
+//! idetcd: every node of a cluster runs it with the same Corefile; each claims the lowest free name
+//! in etcd and answers DNS for all of them. `main` only wires things up and maps errors to exit
+//! codes; ARCHITECTURE.md has the map.
+
+mod address;
+mod claim;
+mod cli;
+mod config;
+mod corefile;
+mod daemon;
+mod dns;
+mod etcd;
+mod membership;
+mod messages;
+mod pattern;
+mod record;
+mod server;
+mod zone;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let command = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("idetcd: {e}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        cli::Command::Help => {
+            println!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        cli::Command::Version => {
+            println!("idetcd {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        cli::Command::Run { conf } => {
+            init_logging();
+            let result = corefile::load(&conf)
+                .map_err(|e| e.to_string())
+                .and_then(|config| daemon::run(&config).map_err(|e| e.to_string()));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("idetcd: error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .format_target(false)
+        .init();
+}

@@ -1,0 +1,393 @@
+//! The etcd thread: claims this node's name, keeps its lease alive, reads the other members and
+//! hands answering threads a new snapshot whenever they change, and releases the name at shutdown.
+//!
+//! It is the only thread that talks to etcd. Everything it does is retried with backoff when etcd
+//! cannot be reached; meanwhile answering threads go on with the last snapshot they received.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::claim::{self, ClaimError};
+use crate::etcd::{self, Lease};
+use crate::messages::{Command, Event, Update};
+use crate::pattern::Pattern;
+use crate::record::Record;
+use crate::zone::{Inputs, Snapshot};
+
+/// While etcd cannot be reached, repeat the warning this often, not at every retry.
+const WARN_EVERY: Duration = Duration::from_secs(30);
+const RETRY_MIN: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+pub struct Settings {
+    pub pattern: Pattern,
+    pub ids: RangeInclusive<u32>,
+    pub record: Record,
+    /// Requested lease TTL in seconds; etcd may grant more.
+    pub lease_ttl: u32,
+    pub poll: Duration,
+    /// TTL of DNS answers.
+    pub ttl: u32,
+}
+
+struct Held {
+    id: u32,
+    name: String,
+}
+
+struct Membership {
+    settings: Settings,
+    value: String,
+    client: etcd::Client,
+    updates: Vec<Sender<Update>>,
+    lease: Option<Lease>,
+    held: Option<Held>,
+    /// The ID held last, to ask for again after losing the lease.
+    last_id: Option<u32>,
+    /// (count, newest mod revision) of the key range when the members were last read.
+    marker: Option<(i64, i64)>,
+    members: BTreeMap<u32, Record>,
+    /// Bad keys already warned about, with the revision that was bad.
+    warned: HashSet<(Vec<u8>, i64)>,
+    trouble: Trouble,
+    next_keepalive: Instant,
+    next_poll: Instant,
+}
+
+pub fn run(
+    settings: Settings,
+    client: etcd::Client,
+    commands: Receiver<Command>,
+    events: Sender<Event>,
+    updates: Vec<Sender<Update>>,
+) {
+    let now = Instant::now();
+    let mut m = Membership {
+        value: settings.record.to_json(),
+        settings,
+        client,
+        updates,
+        lease: None,
+        held: None,
+        last_id: None,
+        marker: None,
+        members: BTreeMap::new(),
+        warned: HashSet::new(),
+        trouble: Trouble::default(),
+        next_keepalive: now,
+        next_poll: now,
+    };
+    let mut retry = Backoff::new();
+    loop {
+        if m.held.is_none() {
+            match m.claim() {
+                Ok(()) => {
+                    retry.reset();
+                    m.poll();
+                }
+                Err(ClaimError::Full { ids }) => {
+                    let full = ClaimError::Full { ids };
+                    log::error!("{full}");
+                    let _ = events.send(Event::Fatal(full.to_string()));
+                    return;
+                }
+                Err(ClaimError::Etcd(e)) => {
+                    m.trouble.failed("cannot claim a name", &e);
+                    if wait(&commands, retry.next()) {
+                        m.release();
+                        let _ = events.send(Event::Released);
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let deadline = m.next_keepalive.min(m.next_poll);
+        if wait(&commands, deadline.saturating_duration_since(Instant::now())) {
+            m.release();
+            let _ = events.send(Event::Released);
+            return;
+        }
+        let now = Instant::now();
+        if now >= m.next_keepalive {
+            m.keepalive();
+        }
+        if now >= m.next_poll && m.held.is_some() {
+            m.poll();
+        }
+    }
+}
+
+/// Sleeps up to `timeout`; true when told to shut down (or when the main thread is gone).
+fn wait(commands: &Receiver<Command>, timeout: Duration) -> bool {
+    match commands.recv_timeout(timeout) {
+        Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => true,
+        Err(RecvTimeoutError::Timeout) => false,
+    }
+}
+
+impl Membership {
+    fn claim(&mut self) -> Result<(), ClaimError> {
+        let lease = match self.lease {
+            Some(lease) => lease,
+            None => {
+                let lease = self.client.lease_grant(self.settings.lease_ttl)?;
+                self.lease = Some(lease);
+                lease
+            }
+        };
+        let request = claim::Request {
+            pattern: &self.settings.pattern,
+            ids: self.settings.ids.clone(),
+            value: self.value.as_bytes(),
+            lease: lease.id,
+            preferred: self.last_id,
+        };
+        let claimed = match claim::claim(&mut self.client, &request) {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                match &e {
+                    // The lease ran out while claims kept failing: the next attempt needs a new one.
+                    ClaimError::Etcd(etcd::Error::Rejected { code: etcd::CODE_NOT_FOUND, .. }) => self.lease = None,
+                    ClaimError::Full { .. } => self.revoke(),
+                    ClaimError::Etcd(_) => {}
+                }
+                return Err(e);
+            }
+        };
+        self.trouble.recovered(self.client.endpoint());
+        log::info!(
+            "claimed {} (ID {}, lease {:x} of {}s, {} etcd requests)",
+            claimed.name,
+            claimed.id,
+            lease.id,
+            lease.ttl,
+            claimed.requests
+        );
+        let now = Instant::now();
+        self.held = Some(Held { id: claimed.id, name: claimed.name });
+        self.last_id = Some(claimed.id);
+        self.marker = None;
+        self.next_keepalive = now + renew_interval(lease.ttl);
+        self.broadcast(Update::HeldUntil(Some(now + Duration::from_secs(lease.ttl as u64))));
+        Ok(())
+    }
+
+    fn keepalive(&mut self) {
+        let Some(lease) = self.lease else { return };
+        let now = Instant::now();
+        match self.client.lease_keepalive(lease.id) {
+            Ok(Some(ttl)) => {
+                self.trouble.recovered(self.client.endpoint());
+                log::debug!("renewed lease {:x} for {ttl}s", lease.id);
+                self.next_keepalive = now + renew_interval(ttl);
+                if self.held.is_some() {
+                    self.broadcast(Update::HeldUntil(Some(now + Duration::from_secs(ttl as u64))));
+                }
+            }
+            Ok(None) => {
+                self.trouble.recovered(self.client.endpoint());
+                let name = self.held.as_ref().map_or("no name", |h| h.name.as_str());
+                log::warn!("lease {:x} for {name} is gone (expired or revoked); claiming a name again", lease.id);
+                self.lose();
+            }
+            Err(e) => {
+                self.trouble.failed("cannot renew the lease", &e);
+                self.next_keepalive = now + RETRY_MIN.max(Duration::from_secs(1));
+            }
+        }
+    }
+
+    /// Forgets the lease and the name: the next loop turn claims again, preferring the same ID.
+    fn lose(&mut self) {
+        self.lease = None;
+        self.held = None;
+        self.broadcast(Update::HeldUntil(None));
+    }
+
+    /// Reads the members if anything changed since the last read, and publishes a new snapshot.
+    fn poll(&mut self) {
+        self.next_poll = Instant::now() + self.settings.poll;
+        let (start, end) = self.settings.pattern.key_range();
+        if let Some(marker) = self.marker {
+            match self.client.range_newest(start.as_bytes(), end.as_bytes()) {
+                Ok(newest) if (newest.count, newest.kvs.first().map_or(0, |kv| kv.mod_revision)) == marker => {
+                    self.trouble.recovered(self.client.endpoint());
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => return self.trouble.failed("cannot read the members", &e),
+            }
+        }
+        match self.client.range(start.as_bytes(), end.as_bytes()) {
+            Ok(range) => {
+                self.trouble.recovered(self.client.endpoint());
+                self.apply(range);
+            }
+            Err(e) => self.trouble.failed("cannot read the members", &e),
+        }
+    }
+
+    fn apply(&mut self, range: etcd::Range) {
+        let newest = range.kvs.iter().map(|kv| kv.mod_revision).max().unwrap_or(0);
+        self.marker = Some((range.count, newest));
+        let mut members = BTreeMap::new();
+        let mut own_key = None;
+        for kv in &range.kvs {
+            let id = std::str::from_utf8(&kv.key).ok().and_then(|key| self.settings.pattern.id_of(key));
+            if let (Some(held), Some(id)) = (&self.held, id) {
+                if held.id == id {
+                    own_key = Some(kv.lease);
+                }
+            }
+            let parsed = match id {
+                Some(id) => Record::parse(&kv.value).map(|record| (id, record)).map_err(|e| e.to_string()),
+                None => Err(format!("does not follow the pattern {}", self.settings.pattern)),
+            };
+            match parsed {
+                Ok((id, record)) => {
+                    members.insert(id, record);
+                }
+                Err(why) => {
+                    if self.warned.insert((kv.key.clone(), kv.mod_revision)) {
+                        log::warn!("ignoring etcd key {:?}: {why}", String::from_utf8_lossy(&kv.key));
+                    }
+                }
+            }
+        }
+        self.log_changes(&members);
+        self.members = members;
+        // Someone deleted our key, or it moved to another lease: the name is no longer ours.
+        if let (Some(held), Some(lease)) = (&self.held, self.lease) {
+            if own_key != Some(lease.id) {
+                log::warn!("{} is no longer held by this node's lease in etcd; claiming a name again", held.name);
+                self.held = None;
+                self.broadcast(Update::HeldUntil(None));
+            }
+        }
+        let own_name = self.held.as_ref().map(|h| h.name.as_str());
+        let snapshot = Snapshot::build(&Inputs {
+            pattern: &self.settings.pattern,
+            ttl: self.settings.ttl,
+            revision: range.revision,
+            own_name,
+            members: &self.members,
+        });
+        log::debug!("read {} members at revision {}", self.members.len(), range.revision);
+        self.broadcast(Update::Snapshot(Arc::new(snapshot)));
+    }
+
+    fn log_changes(&self, members: &BTreeMap<u32, Record>) {
+        let pattern = &self.settings.pattern;
+        for (id, record) in members {
+            match self.members.get(id) {
+                None => log::info!("member joined: {} {}", pattern.name(*id), describe(record)),
+                Some(old) if old != record => log::info!("member changed: {} {}", pattern.name(*id), describe(record)),
+                Some(_) => {}
+            }
+        }
+        for id in self.members.keys().filter(|id| !members.contains_key(id)) {
+            log::info!("member left: {}", pattern.name(*id));
+        }
+    }
+
+    fn broadcast(&self, update: Update) {
+        for tx in &self.updates {
+            let message = match &update {
+                Update::Snapshot(s) => Update::Snapshot(Arc::clone(s)),
+                Update::HeldUntil(t) => Update::HeldUntil(*t),
+            };
+            let _ = tx.send(message);
+        }
+    }
+
+    /// Revokes the lease, which frees the name at once.
+    fn release(&mut self) {
+        let name = self.held.as_ref().map(|h| h.name.clone());
+        self.revoke();
+        if let Some(name) = name {
+            log::info!("released {name}");
+        }
+    }
+
+    fn revoke(&mut self) {
+        let Some(lease) = self.lease.take() else { return };
+        self.held = None;
+        if let Err(e) = self.client.lease_revoke(lease.id) {
+            log::warn!("could not revoke lease {:x}: {e}; its name frees itself within {}s", lease.id, lease.ttl);
+        }
+    }
+}
+
+fn describe(record: &Record) -> String {
+    let addresses: Vec<String> =
+        [record.ipv4.map(|ip| ip.to_string()), record.ipv6.map(|ip| ip.to_string())].into_iter().flatten().collect();
+    match addresses.as_slice() {
+        [] => "(no address)".to_string(),
+        list => list.join(" "),
+    }
+}
+
+/// Renew at a third of the TTL: two renewals can fail before the lease is at risk.
+fn renew_interval(ttl: i64) -> Duration {
+    Duration::from_millis((ttl.max(1) as u64) * 1000 / 3)
+}
+
+/// Keeps etcd trouble from flooding the log: a warning when it starts, a reminder now and then,
+/// and a note when it is over.
+#[derive(Default)]
+struct Trouble {
+    since: Option<Instant>,
+    last_warning: Option<Instant>,
+}
+
+impl Trouble {
+    fn failed(&mut self, what: &str, e: &etcd::Error) {
+        let now = Instant::now();
+        self.since.get_or_insert(now);
+        if self.last_warning.map_or(true, |t| now - t >= WARN_EVERY) {
+            self.last_warning = Some(now);
+            log::warn!("{what}: {e}");
+        } else {
+            log::debug!("{what}: {e}");
+        }
+    }
+
+    fn recovered(&mut self, endpoint: &str) {
+        if let Some(since) = self.since.take() {
+            self.last_warning = None;
+            log::info!("etcd at {endpoint} answers again after {:.1}s", since.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Exponential backoff with jitter, so that a cluster's nodes do not retry in lockstep.
+struct Backoff {
+    next: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        Backoff { next: RETRY_MIN, seed: u64::from(nanos) ^ u64::from(std::process::id()) << 32 | 1 }
+    }
+
+    fn next(&mut self) -> Duration {
+        // xorshift64: plenty for jitter.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let base = self.next;
+        self.next = (self.next * 2).min(RETRY_MAX);
+        base / 2 + base.mul_f64((self.seed % 1000) as f64 / 2000.0)
+    }
+
+    fn reset(&mut self) {
+        self.next = RETRY_MIN;
+    }
+}

@@ -1,0 +1,238 @@
+//! The name pattern, `worker{{.ID}}.tf.local.`: the name of each ID, the ID of each name, the zone.
+//!
+//! The pattern is the original plugin's Go template cut down to what it is used for: `{{.ID}}` once,
+//! in the first label. Names keep the case the pattern was written in, because they are etcd keys and
+//! must match the keys the original plugin writes; DNS lookups compare them case-insensitively.
+
+use std::fmt;
+
+/// The longest decimal ID (u32::MAX has 10 digits); used to check label lengths up front.
+const MAX_ID_DIGITS: usize = 10;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pattern {
+    /// The first label's text before `{{.ID}}`.
+    prefix: String,
+    /// The first label's text after `{{.ID}}`.
+    suffix: String,
+    /// Everything after the first label, with its trailing dot: `tf.local.`.
+    zone: String,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum PatternError {
+    NoId,
+    IdTwice,
+    IdNotInFirstLabel,
+    NoZone,
+    BadTemplate(String),
+    EmptyLabel,
+    LabelTooLong(String),
+    NameTooLong,
+    BadCharacter(char),
+}
+
+impl fmt::Display for PatternError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PatternError::NoId => write!(f, "pattern must contain {{{{.ID}}}}"),
+            PatternError::IdTwice => write!(f, "pattern must contain {{{{.ID}}}} only once"),
+            PatternError::IdNotInFirstLabel => {
+                write!(f, "{{{{.ID}}}} must be in the first label of the pattern")
+            }
+            PatternError::NoZone => {
+                write!(f, "pattern needs a zone after its first label, as in worker{{{{.ID}}}}.tf.local.")
+            }
+            PatternError::BadTemplate(t) => {
+                write!(f, "unsupported template action {{{{{t}}}}}, only {{{{.ID}}}} is known")
+            }
+            PatternError::EmptyLabel => write!(f, "pattern has an empty label"),
+            PatternError::LabelTooLong(l) => write!(f, "label {l:?} is longer than 63 bytes"),
+            PatternError::NameTooLong => write!(f, "names from this pattern are longer than 253 bytes"),
+            PatternError::BadCharacter(c) => write!(f, "character {c:?} is not allowed in a name"),
+        }
+    }
+}
+
+impl Pattern {
+    pub fn parse(text: &str) -> Result<Pattern, PatternError> {
+        let open = text.find("{{").ok_or(PatternError::NoId)?;
+        let close = text[open..].find("}}").ok_or(PatternError::NoId)? + open;
+        let action = text[open + 2..close].trim();
+        if action != ".ID" {
+            return Err(PatternError::BadTemplate(action.to_string()));
+        }
+        let prefix = &text[..open];
+        let rest = &text[close + 2..];
+        if rest.contains("{{") || rest.contains("}}") {
+            return Err(PatternError::IdTwice);
+        }
+        if prefix.contains('.') {
+            return Err(PatternError::IdNotInFirstLabel);
+        }
+        let (suffix, zone) = match rest.find('.') {
+            Some(dot) => (&rest[..dot], &rest[dot + 1..]),
+            None => (rest, ""),
+        };
+        let zone = zone.strip_suffix('.').unwrap_or(zone);
+        if zone.is_empty() {
+            return Err(PatternError::NoZone);
+        }
+        for c in prefix.chars().chain(suffix.chars()).chain(zone.chars()) {
+            if !is_name_char(c) {
+                return Err(PatternError::BadCharacter(c));
+            }
+        }
+        for label in zone.split('.') {
+            if label.is_empty() {
+                return Err(PatternError::EmptyLabel);
+            }
+            if label.len() > 63 {
+                return Err(PatternError::LabelTooLong(label.to_string()));
+            }
+        }
+        let first_label_len = prefix.len() + MAX_ID_DIGITS + suffix.len();
+        if first_label_len > 63 {
+            return Err(PatternError::LabelTooLong(format!("{prefix}{{{{.ID}}}}{suffix}")));
+        }
+        // 253 is the longest name in text form without the trailing dot (RFC 1035's 255 in wire form).
+        if first_label_len + 1 + zone.len() > 253 {
+            return Err(PatternError::NameTooLong);
+        }
+        Ok(Pattern { prefix: prefix.to_string(), suffix: suffix.to_string(), zone: format!("{zone}.") })
+    }
+
+    /// The zone this pattern's names live in, with its trailing dot: `tf.local.`.
+    pub fn zone(&self) -> &str {
+        &self.zone
+    }
+
+    /// The fully qualified name of `id`, which is also its etcd key: `worker3.tf.local.`.
+    pub fn name(&self, id: u32) -> String {
+        format!("{}{}{}.{}", self.prefix, id, self.suffix, self.zone)
+    }
+
+    /// The ID a name (or etcd key) stands for, if it follows the pattern exactly: `worker03.tf.local.`
+    /// does not, because no node would ever write it.
+    pub fn id_of(&self, name: &str) -> Option<u32> {
+        let rest = name.strip_prefix(self.prefix.as_str())?;
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let (number, tail) = rest.split_at(digits);
+        if number.is_empty() || (number.len() > 1 && number.starts_with('0')) {
+            return None;
+        }
+        let tail = tail.strip_prefix(self.suffix.as_str())?;
+        if tail.strip_prefix('.')? != self.zone {
+            return None;
+        }
+        number.parse().ok()
+    }
+
+    /// The etcd key range `[start, end)` that holds every name of this pattern (and possibly keys that
+    /// are not, which `id_of` filters out). IDs start with a digit, and ':' follows '9' in ASCII.
+    pub fn key_range(&self) -> (String, String) {
+        (format!("{}0", self.prefix), format!("{}:", self.prefix))
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{{{{.ID}}}}{}.{}", self.prefix, self.suffix, self.zone)
+    }
+}
+
+/// Hostname characters plus `_` (service labels); anything else would be an unusable etcd key or
+/// a name no resolver library accepts.
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_valid_patterns() {
+        let cases = [
+            ("worker{{.ID}}.tf.local.", "worker", "", "tf.local."),
+            ("worker{{.ID}}.tf.local", "worker", "", "tf.local."),
+            ("worker{{ .ID }}.tf.local.", "worker", "", "tf.local."),
+            ("{{.ID}}.nodes.example.", "", "", "nodes.example."),
+            ("node-{{.ID}}-a.x.", "node-", "-a", "x."),
+            ("Worker{{.ID}}.TF.local.", "Worker", "", "TF.local."),
+        ];
+        for (text, prefix, suffix, zone) in cases {
+            let p = Pattern::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!((p.prefix.as_str(), p.suffix.as_str(), p.zone()), (prefix, suffix, zone), "{text}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_patterns() {
+        let cases = [
+            ("worker.tf.local.", PatternError::NoId),
+            ("worker{{.ID}}{{.ID}}.tf.local.", PatternError::IdTwice),
+            ("worker{{.ID}}.{{.ID}}.local.", PatternError::IdTwice),
+            ("a.worker{{.ID}}.tf.local.", PatternError::IdNotInFirstLabel),
+            ("worker{{.ID}}", PatternError::NoZone),
+            ("worker{{.ID}}.", PatternError::NoZone),
+            ("worker{{.Name}}.tf.local.", PatternError::BadTemplate(".Name".into())),
+            ("worker{{.ID}}.tf..local.", PatternError::EmptyLabel),
+            ("worker{{.ID}}.tf local.", PatternError::BadCharacter(' ')),
+            ("worker{{.ID}}.tf/local.", PatternError::BadCharacter('/')),
+        ];
+        for (text, want) in cases {
+            assert_eq!(Pattern::parse(text), Err(want), "{text}");
+        }
+        let long_label = format!("{}{{{{.ID}}}}.x.", "a".repeat(60));
+        assert!(matches!(Pattern::parse(&long_label), Err(PatternError::LabelTooLong(_))));
+        let long_name = format!("w{{{{.ID}}}}.{}", "abcdefghi.".repeat(25));
+        assert_eq!(Pattern::parse(&long_name), Err(PatternError::NameTooLong));
+    }
+
+    #[test]
+    fn names_and_ids_round_trip() {
+        let p = Pattern::parse("worker{{.ID}}.tf.local.").unwrap();
+        assert_eq!(p.name(3), "worker3.tf.local.");
+        for id in [0, 1, 9, 10, 255, 4_294_967_295] {
+            assert_eq!(p.id_of(&p.name(id)), Some(id));
+        }
+        let p = Pattern::parse("n{{.ID}}x.z.").unwrap();
+        assert_eq!(p.name(12), "n12x.z.");
+        assert_eq!(p.id_of("n12x.z."), Some(12));
+    }
+
+    #[test]
+    fn id_of_rejects_names_off_the_pattern() {
+        let p = Pattern::parse("worker{{.ID}}.tf.local.").unwrap();
+        for name in [
+            "worker03.tf.local.",
+            "worker.tf.local.",
+            "worker3.tf.local",
+            "worker3x.tf.local.",
+            "worker3.tf.local.com.",
+            "worker3.other.",
+            "Worker3.tf.local.",
+            "worker99999999999.tf.local.",
+            "worker-3.tf.local.",
+        ] {
+            assert_eq!(p.id_of(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn key_range_holds_every_name() {
+        let p = Pattern::parse("worker{{.ID}}.tf.local.").unwrap();
+        let (start, end) = p.key_range();
+        for id in [0, 1, 9, 10, 99, 1000, u32::MAX] {
+            let name = p.name(id);
+            assert!(start.as_str() <= name.as_str() && name.as_str() < end.as_str(), "{name}");
+        }
+    }
+
+    #[test]
+    fn displays_as_written() {
+        let p = Pattern::parse("worker{{ .ID }}.tf.local").unwrap();
+        assert_eq!(p.to_string(), "worker{{.ID}}.tf.local.");
+    }
+}

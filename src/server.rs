@@ -1,0 +1,579 @@
+//! Answering threads: the sockets, and the loops that read queries and send answers.
+//!
+//! Each thread owns the snapshot it answers from and swaps in a new one when the etcd thread sends
+//! it: a non-blocking channel check per batch of packets, nothing per packet. UDP reads and writes
+//! up to `BATCH` datagrams per system call (`recvmmsg`/`sendmmsg`); on a wildcard address each
+//! answer leaves from the address its query arrived at (`IP_PKTINFO`), as clients expect. TCP is
+//! one thread multiplexing every connection with `poll`, with a cap on connections and an idle
+//! timeout, so slow clients cannot tie it up.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use crate::dns::{self, Context, Transport, MAX_UDP_PAYLOAD};
+use crate::messages::Update;
+use crate::zone::Snapshot;
+
+/// Datagrams read or written per system call.
+const BATCH: usize = 32;
+/// Larger queries are cut short by the kernel and dropped.
+const MAX_QUERY: usize = 4096;
+pub const MAX_TCP_CONNECTIONS: usize = 128;
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Room for bursts: at 50 000 queries a second a 4 MiB buffer holds tens of milliseconds.
+const UDP_RECEIVE_BUFFER: libc::c_int = 4 << 20;
+
+pub struct UdpListener {
+    socket: UdpSocket,
+    /// Bound to a wildcard address, so answers must name their source address.
+    wildcard: bool,
+}
+
+pub struct Listeners {
+    pub udp: Vec<UdpListener>,
+    pub tcp: Vec<TcpListener>,
+}
+
+#[derive(Debug)]
+pub struct BindError {
+    address: SocketAddr,
+    protocol: &'static str,
+    error: io::Error,
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot listen on {} ({}): {}", self.address, self.protocol, self.error)?;
+        match self.error.raw_os_error() {
+            Some(libc::EACCES) if self.address.port() < 1024 => {
+                write!(f, "; ports below 1024 need root or the CAP_NET_BIND_SERVICE capability")
+            }
+            Some(libc::EADDRINUSE) => write!(
+                f,
+                "; another DNS server (systemd-resolved, dnsmasq, another idetcd) may hold it: stop it, or use `bind` or another port in the Corefile"
+            ),
+            Some(libc::EADDRNOTAVAIL) => write!(f, "; no interface of this machine has that address"),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for BindError {}
+
+/// Binds UDP and TCP on every listen address; no addresses means all of IPv4 and, where the
+/// machine has it, all of IPv6. `udp_per_address` sockets share each UDP address (`SO_REUSEPORT`),
+/// one per answering thread.
+pub fn bind(listen: &[IpAddr], port: u16, udp_per_address: usize) -> Result<Listeners, BindError> {
+    let mut listeners = Listeners { udp: Vec::new(), tcp: Vec::new() };
+    let (addresses, optional_v6) = match listen {
+        [] => (vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V6(Ipv6Addr::UNSPECIFIED)], true),
+        list => (list.to_vec(), false),
+    };
+    for ip in addresses {
+        let address = SocketAddr::new(ip, port);
+        match bind_address(address, udp_per_address, &mut listeners) {
+            Ok(()) => {}
+            // A machine without IPv6 still answers on IPv4.
+            Err(e)
+                if optional_v6
+                    && ip.is_ipv6()
+                    && matches!(e.error.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)) =>
+            {
+                log::debug!("not listening on IPv6: {e}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(listeners)
+}
+
+fn bind_address(address: SocketAddr, udp_per_address: usize, listeners: &mut Listeners) -> Result<(), BindError> {
+    let wildcard = address.ip().is_unspecified();
+    for _ in 0..udp_per_address {
+        let fd = socket(address, libc::SOCK_DGRAM, udp_per_address > 1, wildcard).map_err(|error| BindError {
+            address,
+            protocol: "UDP",
+            error,
+        })?;
+        listeners.udp.push(UdpListener { socket: UdpSocket::from(fd), wildcard });
+    }
+    let fd = socket(address, libc::SOCK_STREAM, false, false).map_err(|error| BindError {
+        address,
+        protocol: "TCP",
+        error,
+    })?;
+    listeners.tcp.push(TcpListener::from(fd));
+    Ok(())
+}
+
+fn socket(address: SocketAddr, kind: libc::c_int, reuse_port: bool, packet_info: bool) -> io::Result<OwnedFd> {
+    let family = if address.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain system calls on a descriptor we own from here on.
+    unsafe {
+        let fd = libc::socket(family, kind | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let raw = fd.as_raw_fd();
+        if family == libc::AF_INET6 {
+            // IPv4 gets a socket of its own, so the IPv6 one must not claim IPv4 as well.
+            set_option(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+        }
+        if kind == libc::SOCK_STREAM {
+            // A restarted daemon must not wait for its old connections' TIME_WAIT to end.
+            set_option(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        }
+        if reuse_port {
+            set_option(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        }
+        if packet_info {
+            match family {
+                libc::AF_INET => set_option(raw, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?,
+                _ => set_option(raw, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?,
+            }
+        }
+        if kind == libc::SOCK_DGRAM {
+            // Best effort: the kernel caps it at net.core.rmem_max.
+            let _ = set_option(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, UDP_RECEIVE_BUFFER);
+        }
+        let (storage, len) = sockaddr(address);
+        if libc::bind(raw, &storage as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if kind == libc::SOCK_STREAM && libc::listen(raw, 128) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+}
+
+fn set_option(fd: libc::c_int, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: `value` outlives the call and its size is passed along.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &value as *const _ as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn sockaddr(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage, and both variants fit in it.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = zeroed();
+        let len = match address {
+            SocketAddr::V4(a) => {
+                let sin = &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in);
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = a.port().to_be();
+                sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+                size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                let sin6 = &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6);
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = a.port().to_be();
+                sin6.sin6_addr.s6_addr = a.ip().octets();
+                sin6.sin6_scope_id = a.scope_id();
+                size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (storage, len as libc::socklen_t)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What every answering thread keeps
+
+/// A thread's own view: its snapshot and until when this node holds its name.
+pub struct View {
+    snapshot: Arc<Snapshot>,
+    held_until: Option<Instant>,
+    updates: Receiver<Update>,
+}
+
+impl View {
+    pub fn new(snapshot: Arc<Snapshot>, updates: Receiver<Update>) -> View {
+        View { snapshot, held_until: None, updates }
+    }
+
+    /// Takes whatever the etcd thread sent since the last call, without waiting.
+    fn refresh(&mut self) {
+        while let Ok(update) = self.updates.try_recv() {
+            match update {
+                Update::Snapshot(s) => self.snapshot = s,
+                Update::HeldUntil(t) => self.held_until = t,
+            }
+        }
+    }
+
+    fn context(&self, transport: Transport) -> Context {
+        let identity_held = self.held_until.is_some_and(|t| Instant::now() < t);
+        Context { transport, identity_held }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// UDP
+
+/// A control-message buffer, aligned as `cmsghdr` requires.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Control([u8; 64]);
+
+/// Everything one `recvmmsg`/`sendmmsg` round needs, allocated once per thread. The message
+/// headers point into the other vectors, which are never resized.
+struct Batch {
+    queries: Vec<[u8; MAX_QUERY]>,
+    answers: Vec<[u8; MAX_UDP_PAYLOAD as usize]>,
+    peers: Vec<libc::sockaddr_storage>,
+    recv_control: Vec<Control>,
+    send_control: Vec<Control>,
+    recv_iov: Vec<libc::iovec>,
+    send_iov: Vec<libc::iovec>,
+    recv: Vec<libc::mmsghdr>,
+    send: Vec<libc::mmsghdr>,
+}
+
+impl Batch {
+    fn new() -> Box<Batch> {
+        // SAFETY: all-zero is a valid value for these plain C structures.
+        let (iov, msg, storage) =
+            unsafe { (zeroed::<libc::iovec>(), zeroed::<libc::mmsghdr>(), zeroed::<libc::sockaddr_storage>()) };
+        let mut b = Box::new(Batch {
+            queries: vec![[0; MAX_QUERY]; BATCH],
+            answers: vec![[0; MAX_UDP_PAYLOAD as usize]; BATCH],
+            peers: vec![storage; BATCH],
+            recv_control: vec![Control([0; 64]); BATCH],
+            send_control: vec![Control([0; 64]); BATCH],
+            recv_iov: vec![iov; BATCH],
+            send_iov: vec![iov; BATCH],
+            recv: vec![msg; BATCH],
+            send: vec![msg; BATCH],
+        });
+        for i in 0..BATCH {
+            b.recv_iov[i] = libc::iovec { iov_base: b.queries[i].as_mut_ptr().cast(), iov_len: MAX_QUERY };
+            let hdr = &mut b.recv[i].msg_hdr;
+            hdr.msg_name = (&mut b.peers[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_iov = &mut b.recv_iov[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = b.recv_control[i].0.as_mut_ptr().cast();
+        }
+        b
+    }
+}
+
+/// Where a datagram was sent to, read from its packet-info control message.
+#[derive(Clone, Copy)]
+enum Destination {
+    V4(libc::in_addr),
+    V6(libc::in6_addr, u32),
+}
+
+pub fn serve_udp(listener: UdpListener, mut view: View) {
+    let fd = listener.socket.as_raw_fd();
+    let mut b = Batch::new();
+    loop {
+        for msg in b.recv.iter_mut() {
+            msg.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            msg.msg_hdr.msg_controllen = if listener.wildcard { size_of::<Control>() } else { 0 } as _;
+            msg.msg_hdr.msg_flags = 0;
+        }
+        // SAFETY: every header points into `b`, which outlives the call.
+        let n = unsafe {
+            libc::recvmmsg(fd, b.recv.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_WAITFORONE, std::ptr::null_mut())
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                log::warn!("receiving DNS queries: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            continue;
+        }
+        view.refresh();
+        let context = view.context(Transport::Udp);
+        let mut count = 0;
+        for i in 0..n as usize {
+            let msg = b.recv[i];
+            if msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                continue;
+            }
+            let query = &b.queries[i][..msg.msg_len as usize];
+            let len = dns::respond(query, &view.snapshot, context, &mut b.answers[count]);
+            if len == 0 {
+                continue;
+            }
+            let destination = if listener.wildcard { destination(&msg.msg_hdr) } else { None };
+            b.send_iov[count] = libc::iovec { iov_base: b.answers[count].as_mut_ptr().cast(), iov_len: len };
+            let hdr = &mut b.send[count].msg_hdr;
+            hdr.msg_name = (&mut b.peers[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = msg.msg_hdr.msg_namelen;
+            hdr.msg_iov = &mut b.send_iov[count];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = b.send_control[count].0.as_mut_ptr().cast();
+            // SAFETY: the control buffer is ours and large enough for one packet-info message.
+            unsafe { set_source(hdr, destination) };
+            count += 1;
+        }
+        send_all(fd, &mut b.send[..count]);
+    }
+}
+
+/// Sends every message; one that fails (a peer that cannot be reached, say) is skipped.
+fn send_all(fd: libc::c_int, msgs: &mut [libc::mmsghdr]) {
+    let mut sent = 0;
+    while sent < msgs.len() {
+        let rest = &mut msgs[sent..];
+        // SAFETY: the headers point into the caller's batch, alive for the call.
+        let r = unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), rest.len() as libc::c_uint, 0) };
+        if r > 0 {
+            sent += r as usize;
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            log::trace!("sending a DNS answer: {e}");
+            sent += 1;
+        }
+    }
+}
+
+fn destination(hdr: &libc::msghdr) -> Option<Destination> {
+    // SAFETY: the kernel filled the control buffer; the CMSG macros stay within msg_controllen.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+        while let Some(c) = cmsg.as_ref() {
+            match (c.cmsg_level, c.cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                    let info = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in_pktinfo);
+                    return Some(Destination::V4(info.ipi_addr));
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                    let info = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in6_pktinfo);
+                    return Some(Destination::V6(info.ipi6_addr, info.ipi6_ifindex));
+                }
+                _ => cmsg = libc::CMSG_NXTHDR(hdr, c),
+            }
+        }
+    }
+    None
+}
+
+/// Writes a packet-info control message that makes the answer leave from `destination`, or no
+/// control message at all.
+///
+/// SAFETY: `hdr.msg_control` must point to a `Control` buffer.
+unsafe fn set_source(hdr: &mut libc::msghdr, destination: Option<Destination>) {
+    let Some(destination) = destination else {
+        hdr.msg_control = std::ptr::null_mut();
+        hdr.msg_controllen = 0;
+        return;
+    };
+    let (level, kind, size) = match destination {
+        Destination::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO, size_of::<libc::in_pktinfo>()),
+        Destination::V6(..) => (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, size_of::<libc::in6_pktinfo>()),
+    };
+    hdr.msg_controllen = libc::CMSG_SPACE(size as u32) as _;
+    let Some(c) = libc::CMSG_FIRSTHDR(hdr).as_mut() else { return };
+    c.cmsg_level = level;
+    c.cmsg_type = kind;
+    c.cmsg_len = libc::CMSG_LEN(size as u32) as _;
+    let data = libc::CMSG_DATA(c);
+    match destination {
+        Destination::V4(addr) => {
+            let info = libc::in_pktinfo { ipi_ifindex: 0, ipi_spec_dst: addr, ipi_addr: libc::in_addr { s_addr: 0 } };
+            std::ptr::write_unaligned(data as *mut libc::in_pktinfo, info);
+        }
+        Destination::V6(addr, ifindex) => {
+            let info = libc::in6_pktinfo { ipi6_addr: addr, ipi6_ifindex: ifindex };
+            std::ptr::write_unaligned(data as *mut libc::in6_pktinfo, info);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TCP
+
+struct Connection {
+    stream: TcpStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    written: usize,
+    /// Closed when reached: set at accept and after each answered query or write progress, not by
+    /// partial reads, so a client trickling bytes cannot keep a connection forever.
+    deadline: Instant,
+    done: bool,
+}
+
+impl Connection {
+    fn pending(&self) -> bool {
+        self.written < self.output.len()
+    }
+
+    fn read(&mut self, view: &View, answer: &mut [u8]) {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.done = true;
+                    break;
+                }
+                Ok(n) => {
+                    self.input.extend_from_slice(&chunk[..n]);
+                    self.answer(view, answer);
+                    if self.done || self.pending() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.done = true;
+                    self.output.clear();
+                    break;
+                }
+            }
+        }
+        self.flush();
+    }
+
+    /// Answers every complete query in the input (RFC 7766 allows several in flight).
+    fn answer(&mut self, view: &View, answer: &mut [u8]) {
+        let mut used = 0;
+        let context = view.context(Transport::Tcp);
+        while let Some(prefix) = self.input.get(used..used + 2) {
+            let len = usize::from(u16::from_be_bytes([prefix[0], prefix[1]]));
+            let Some(query) = self.input.get(used + 2..used + 2 + len) else { break };
+            used += 2 + len;
+            let n = dns::respond(query, &view.snapshot, context, answer);
+            if n > 0 {
+                self.output.extend_from_slice(&(n as u16).to_be_bytes());
+                self.output.extend_from_slice(&answer[..n]);
+            }
+            self.deadline = Instant::now() + TCP_IDLE_TIMEOUT;
+        }
+        self.input.drain(..used);
+    }
+
+    fn flush(&mut self) {
+        while self.pending() {
+            match self.stream.write(&self.output[self.written..]) {
+                Ok(n) => {
+                    self.written += n;
+                    self.deadline = Instant::now() + TCP_IDLE_TIMEOUT;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.done = true;
+                    self.output.clear();
+                    self.written = 0;
+                    return;
+                }
+            }
+        }
+        self.output.clear();
+        self.written = 0;
+    }
+}
+
+pub fn serve_tcp(listeners: Vec<TcpListener>, mut view: View) {
+    for l in &listeners {
+        if let Err(e) = l.set_nonblocking(true) {
+            log::error!("TCP listener: {e}");
+            return;
+        }
+    }
+    let mut connections: Vec<Connection> = Vec::new();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    let mut answer = vec![0u8; u16::MAX as usize];
+    loop {
+        view.refresh();
+        let now = Instant::now();
+        connections.retain(|c| (c.pending() || !c.done) && c.deadline > now);
+        fds.clear();
+        let accepting = connections.len() < MAX_TCP_CONNECTIONS;
+        fds.extend(listeners.iter().map(|l| pollfd(l.as_raw_fd(), if accepting { libc::POLLIN } else { 0 })));
+        fds.extend(
+            connections
+                .iter()
+                .map(|c| pollfd(c.stream.as_raw_fd(), if c.pending() { libc::POLLOUT } else { libc::POLLIN })),
+        );
+        let next = connections
+            .iter()
+            .map(|c| c.deadline)
+            .min()
+            .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
+        let timeout = next.min(Duration::from_secs(1)).as_millis() as libc::c_int + 1;
+        // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                log::warn!("waiting for TCP connections: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            continue;
+        }
+        view.refresh();
+        let (listener_fds, connection_fds) = fds.split_at(listeners.len());
+        for (c, fd) in connections.iter_mut().zip(connection_fds) {
+            if fd.revents & libc::POLLOUT != 0 {
+                c.flush();
+            }
+            if fd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 && !c.pending() {
+                c.read(&view, &mut answer);
+            }
+        }
+        for (l, fd) in listeners.iter().zip(listener_fds) {
+            if fd.revents & libc::POLLIN == 0 {
+                continue;
+            }
+            while connections.len() < MAX_TCP_CONNECTIONS {
+                match l.accept() {
+                    Ok((stream, _)) => {
+                        if stream.set_nonblocking(true).is_err() {
+                            continue;
+                        }
+                        let _ = stream.set_nodelay(true);
+                        let deadline = Instant::now() + TCP_IDLE_TIMEOUT;
+                        connections.push(Connection {
+                            stream,
+                            input: Vec::new(),
+                            output: Vec::new(),
+                            written: 0,
+                            deadline,
+                            done: false,
+                        });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        log::debug!("accepting a TCP connection: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn pollfd(fd: libc::c_int, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd { fd, events, revents: 0 }
+}
