@@ -53,7 +53,12 @@ fn main() -> ExitCode {
 }
 
 fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    // The HTTP client's debug lines would drown ours; `RUST_LOG=ureq=debug` still shows them.
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        .filter_module("ureq", log::LevelFilter::Warn)
+        .filter_module("ureq_proto", log::LevelFilter::Warn)
+        .parse_env("RUST_LOG")
         .format_timestamp_millis()
         .format_target(false)
         .init();

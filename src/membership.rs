@@ -191,9 +191,7 @@ impl Membership {
             }
             Ok(None) => {
                 self.trouble.recovered(self.client.endpoint());
-                let name = self.held.as_ref().map_or("no name", |h| h.name.as_str());
-                log::warn!("lease {:x} for {name} is gone (expired or revoked); claiming a name again", lease.id);
-                self.lose();
+                self.lose(LeaseState::Gone);
             }
             Err(e) => {
                 self.trouble.failed("cannot renew the lease", &e);
@@ -202,10 +200,20 @@ impl Membership {
         }
     }
 
-    /// Forgets the lease and the name: the next loop turn claims again, preferring the same ID.
-    fn lose(&mut self) {
-        self.lease = None;
-        self.held = None;
+    /// Forgets the name, and the lease if it is gone: the next loop turn claims again, preferring
+    /// the same ID.
+    fn lose(&mut self, lease_state: LeaseState) {
+        let name = self.held.take().map_or_else(|| "no name".to_string(), |h| h.name);
+        let lease = self.lease.map_or(0, |l| l.id);
+        match lease_state {
+            LeaseState::Gone => {
+                log::warn!("lease {lease:x} for {name} is gone (expired or revoked); claiming a name again");
+                self.lease = None;
+            }
+            LeaseState::Alive => {
+                log::warn!("{name} was deleted from etcd or moved off lease {lease:x}; claiming a name again");
+            }
+        }
         self.broadcast(Update::HeldUntil(None));
     }
 
@@ -261,12 +269,15 @@ impl Membership {
         }
         self.log_changes(&members);
         self.members = members;
-        // Someone deleted our key, or it moved to another lease: the name is no longer ours.
-        if let (Some(held), Some(lease)) = (&self.held, self.lease) {
+        // Our key was deleted or moved to another lease: the name is no longer ours. A revoked
+        // lease shows here first, as the key goes with it; asking etcd tells which it was.
+        if let (Some(_), Some(lease)) = (&self.held, self.lease) {
             if own_key != Some(lease.id) {
-                log::warn!("{} is no longer held by this node's lease in etcd; claiming a name again", held.name);
-                self.held = None;
-                self.broadcast(Update::HeldUntil(None));
+                let state = match self.client.lease_keepalive(lease.id) {
+                    Ok(None) => LeaseState::Gone,
+                    Ok(Some(_)) | Err(_) => LeaseState::Alive,
+                };
+                self.lose(state);
             }
         }
         let own_name = self.held.as_ref().map(|h| h.name.as_str());
@@ -323,6 +334,11 @@ impl Membership {
     }
 }
 
+enum LeaseState {
+    Alive,
+    Gone,
+}
+
 fn describe(record: &Record) -> String {
     let addresses: Vec<String> =
         [record.ipv4.map(|ip| ip.to_string()), record.ipv6.map(|ip| ip.to_string())].into_iter().flatten().collect();
@@ -348,7 +364,9 @@ struct Trouble {
 impl Trouble {
     fn failed(&mut self, what: &str, e: &etcd::Error) {
         let now = Instant::now();
-        self.since.get_or_insert(now);
+        if matches!(e, etcd::Error::Unreachable(_)) {
+            self.since.get_or_insert(now);
+        }
         if self.last_warning.map_or(true, |t| now - t >= WARN_EVERY) {
             self.last_warning = Some(now);
             log::warn!("{what}: {e}");
@@ -358,8 +376,8 @@ impl Trouble {
     }
 
     fn recovered(&mut self, endpoint: &str) {
+        self.last_warning = None;
         if let Some(since) = self.since.take() {
-            self.last_warning = None;
             log::info!("etcd at {endpoint} answers again after {:.1}s", since.elapsed().as_secs_f64());
         }
     }

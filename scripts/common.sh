@@ -1,0 +1,66 @@
+# Shared by the scripts: sourced, not run.
+
+# need COMMAND PACKAGE...: installs the Debian packages when COMMAND is missing.
+need() {
+    local command=$1
+    shift
+    if command -v "$command" >/dev/null 2>&1 || [ -x "/usr/sbin/$command" ]; then
+        return 0
+    fi
+    echo "==> installing $* (for $command)" >&2
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        if ! command -v sudo >/dev/null 2>&1; then
+            echo "error: $command is missing; install the Debian package(s) $* as root" >&2
+            exit 1
+        fi
+        sudo=sudo
+    fi
+    if [ -z "${APT_UPDATED:-}" ]; then
+        $sudo apt-get update -qq >&2
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >&2
+}
+
+# etcd_answers HOST PORT: whether an etcd v3 JSON gateway answers there (plain bash, no curl).
+etcd_answers() {
+    local body='{"key":"AA=="}'
+    timeout 2 bash -c '
+        exec 3<>"/dev/tcp/$1/$2" || exit 1
+        printf "POST /v3/kv/range HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" "$1" "${#3}" "$3" >&3
+        head -n 1 <&3 | grep -q " 200 "
+    ' _ "$1" "$2" "$body" 2>/dev/null
+}
+
+# free_port: a TCP port nothing listens on right now.
+free_port() {
+    local port
+    while :; do
+        port=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return
+        fi
+    done
+}
+
+# start_etcd DIR CLIENT_PORT PEER_PORT: a throwaway single-member etcd on loopback; its PID is
+# written to DIR/etcd.pid and its log to DIR/etcd.log.
+start_etcd() {
+    local dir=$1 client="http://127.0.0.1:$2" peer="http://127.0.0.1:$3"
+    etcd --name local --data-dir "$dir/data" \
+        --listen-client-urls "$client" --advertise-client-urls "$client" \
+        --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+        --initial-cluster "local=$peer" >"$dir/etcd.log" 2>&1 &
+    echo $! >"$dir/etcd.pid"
+    for _ in $(seq 100); do
+        if etcd_answers 127.0.0.1 "$2"; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "error: etcd did not start; its log:" >&2
+    cat "$dir/etcd.log" >&2
+    return 1
+}

@@ -1,0 +1,84 @@
+//! The command line and start-up errors, through the real binary.
+
+use std::fs;
+
+use crate::support::{run_binary, Etcd, Node, Setup, TempDir};
+
+#[test]
+fn help_and_version() {
+    for flag in ["--help", "-h"] {
+        let (status, out, _) = run_binary(&[flag]);
+        assert!(status.success());
+        assert!(out.contains("usage: idetcd [-conf PATH]"), "{out}");
+    }
+    let (status, out, _) = run_binary(&["--version"]);
+    assert!(status.success());
+    assert_eq!(out.trim(), format!("idetcd {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn a_bad_flag_is_a_usage_error() {
+    let (status, _, err) = run_binary(&["--frobnicate"]);
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("unknown option --frobnicate") && err.contains("usage:"), "{err}");
+    let (status, _, err) = run_binary(&["-conf"]);
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("-conf needs a path"), "{err}");
+}
+
+#[test]
+fn bad_corefiles_name_the_file_and_line() {
+    let dir = TempDir::new("corefile");
+    let cases = [
+        (
+            "limit",
+            ". {\n  idetcd {\n    pattern worker{{.ID}}.t.\n    limit many\n  }\n}\n",
+            ":4: limit: \"many\" is not a number",
+        ),
+        (
+            "directive",
+            ". {\n  idetcd {\n    pattern worker{{.ID}}.t.\n    colour blue\n  }\n}\n",
+            ":4: unknown directive \"colour\"",
+        ),
+        (
+            "pattern",
+            ". {\n  idetcd {\n    pattern worker.t.\n  }\n}\n",
+            ":3: pattern \"worker.t.\": pattern must contain {{.ID}}",
+        ),
+        ("brace", ". {\n  idetcd {\n    pattern worker{{.ID}}.t.\n", ":2: block opened here is never closed"),
+    ];
+    for (name, text, want) in cases {
+        let path = dir.path().join(name);
+        fs::write(&path, text).unwrap();
+        let (status, _, err) = run_binary(&["-conf", path.to_str().unwrap()]);
+        assert_eq!(status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains(&format!("{}{want}", path.display())), "{name}: {err}");
+    }
+    let (status, _, err) = run_binary(&["--conf", "/nonexistent/Corefile"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(err.contains("/nonexistent/Corefile: cannot read the Corefile"), "{err}");
+}
+
+#[test]
+fn without_arguments_it_reads_the_corefile_in_the_working_directory() {
+    let dir = TempDir::new("cwd");
+    fs::write(dir.path().join("Corefile"), ". {\n  idetcd {\n    limit 0\n  }\n}\n").unwrap();
+    let output = std::process::Command::new(crate::support::BINARY).current_dir(dir.path()).output().unwrap();
+    let err = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(err.contains("Corefile:3: limit: \"0\" is not a number from 1 to 1000000"), "{err}");
+}
+
+#[test]
+fn a_port_in_use_fails_the_start_before_claiming() {
+    let etcd = Etcd::start();
+    let mut holder = Setup::new(&etcd, "busy.test.").start();
+    holder.claimed();
+    let corefile = fs::read_to_string(holder.corefile_path()).unwrap();
+    let mut twin = Node::start_with(corefile, holder.ip);
+    let status = twin.wait_exit(std::time::Duration::from_secs(5));
+    assert_eq!(status.code(), Some(1));
+    let log = twin.log();
+    assert!(log.contains(&format!("cannot listen on {}:{}", holder.ip, holder.port)), "{log}");
+    assert_eq!(etcd.names("busy.test."), ["worker1.busy.test."], "the twin claimed nothing");
+}

@@ -1,0 +1,147 @@
+//! Every kind of DNS answer, from the running daemon, over UDP and over TCP.
+
+use std::net::UdpSocket;
+use std::process::Command;
+use std::time::Duration;
+
+use domain::base::iana::{Class, Opcode, OptRcode, Rtype};
+
+use crate::support::{eventually, exchange, Etcd, Node, Query, Setup, Transport};
+
+/// One node holding worker1 and a second holding worker2 (IPv4 only), both seen by the first.
+fn cluster(etcd: &Etcd, zone: &str) -> (Node, Node) {
+    let mut first = Setup::new(etcd, zone).start();
+    assert_eq!(first.claimed(), format!("worker1.{zone}"));
+    let mut second = Setup { ipv6: false, ..Setup::new(etcd, zone) }.start();
+    assert_eq!(second.claimed(), format!("worker2.{zone}"));
+    eventually("worker2 to appear", Duration::from_secs(5), || {
+        (!first.query(&format!("worker2.{zone}"), Rtype::A).answers.is_empty()).then_some(())
+    });
+    (first, second)
+}
+
+#[test]
+fn answer_kinds_over_udp_and_tcp() {
+    let etcd = Etcd::start();
+    let (node, other) = cluster(&etcd, "kinds.test.");
+    let own = node.ip.to_string();
+    let soa = "kinds.test 5 IN SOA worker1.kinds.test. hostmaster.kinds.test.";
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let ask = |q: Query| node.ask(transport, &q);
+
+        let a = ask(Query::new("worker1.kinds.test.", Rtype::A));
+        assert_eq!((a.rcode, a.aa), (OptRcode::NOERROR, true));
+        assert_eq!(a.answers, [format!("worker1.kinds.test 5 IN A {own}")]);
+        assert!(!a.tc);
+
+        let aaaa = ask(Query::new("worker1.kinds.test.", Rtype::AAAA));
+        assert_eq!(aaaa.data(), [format!("fd00::{}", node.ip.octets()[3])]);
+
+        // Case-insensitive, and the question comes back as it was asked.
+        let mixed = ask(Query::new("WORKER2.Kinds.Test.", Rtype::A));
+        assert_eq!(mixed.question.as_deref(), Some("WORKER2.Kinds.Test"));
+        assert_eq!(mixed.answers, [format!("WORKER2.Kinds.Test 5 IN A {}", other.ip)]);
+
+        // NODATA: the name exists, the type does not.
+        let nodata = ask(Query::new("worker2.kinds.test.", Rtype::AAAA));
+        assert_eq!((nodata.rcode, nodata.aa, nodata.answers.len()), (OptRcode::NOERROR, true, 0));
+        assert!(nodata.authority[0].starts_with(soa), "{nodata:?}");
+
+        let nx = ask(Query::new("worker9.kinds.test.", Rtype::A));
+        assert_eq!((nx.rcode, nx.aa, nx.answers.len()), (OptRcode::NXDOMAIN, true, 0));
+        assert!(nx.authority[0].starts_with(soa), "{nx:?}");
+
+        let apex = ask(Query::new("kinds.test.", Rtype::SOA));
+        assert!(apex.answers[0].starts_with(soa), "{apex:?}");
+        let ns = ask(Query::new("kinds.test.", Rtype::NS));
+        assert_eq!(ns.answers, ["kinds.test 5 IN NS worker1.kinds.test."]);
+        assert!(ns.additional.contains(&format!("worker1.kinds.test 5 IN A {own}")), "{ns:?}");
+
+        for name in ["id.server.", "hostname.bind."] {
+            let id = ask(Query::new(name, Rtype::TXT).class(Class::CH));
+            assert_eq!(id.data(), ["\"worker1.kinds.test.\""]);
+        }
+
+        let query = Query::new("example.com.", Rtype::A).edns(1232);
+        let refused = ask(query.clone());
+        assert_eq!((refused.rcode, refused.aa), (OptRcode::REFUSED, false));
+        assert!(refused.size <= query.packet().len(), "no amplification: {} bytes", refused.size);
+
+        let two = ask(Query::new("worker1.kinds.test.", Rtype::A).questions(2));
+        assert_eq!(two.rcode, OptRcode::FORMERR);
+        let notify = ask(Query::new("kinds.test.", Rtype::SOA).opcode(Opcode::NOTIFY));
+        assert_eq!(notify.rcode, OptRcode::NOTIMP);
+
+        let edns = ask(Query::new("worker1.kinds.test.", Rtype::A).edns(4096));
+        assert_eq!(edns.edns_payload, Some(1232));
+        assert_eq!(edns.answers.len(), 1);
+        let plain = ask(Query::new("worker1.kinds.test.", Rtype::A));
+        assert_eq!(plain.edns_payload, None);
+    }
+}
+
+#[test]
+fn ttl_comes_from_the_corefile() {
+    let etcd = Etcd::start();
+    let mut node = Setup { ttl: 60, ..Setup::new(&etcd, "ttl.test.") }.start();
+    node.claimed();
+    let a = node.query("worker1.ttl.test.", Rtype::A);
+    assert_eq!(a.answers, [format!("worker1.ttl.test 60 IN A {}", node.ip)]);
+}
+
+#[test]
+fn dig_sees_what_a_user_expects() {
+    let etcd = Etcd::start();
+    let (node, other) = cluster(&etcd, "dig.test.");
+    let dig = |args: &[&str]| {
+        let output = Command::new("dig")
+            .arg(format!("@{}", node.ip))
+            .args(["-p", &node.port.to_string()])
+            .args(args)
+            .output()
+            .expect("dig is installed (scripts/test installs bind9-dnsutils)");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert_eq!(dig(&["+short", "worker2.dig.test"]).trim(), other.ip.to_string());
+    assert_eq!(dig(&["+short", "AAAA", "worker1.dig.test"]).trim(), format!("fd00::{}", node.ip.octets()[3]));
+    assert_eq!(dig(&["+short", "+tcp", "worker1.dig.test"]).trim(), node.ip.to_string());
+    assert_eq!(dig(&["+short", "CH", "TXT", "id.server"]).trim(), "\"worker1.dig.test.\"");
+    let full = dig(&["worker7.dig.test"]);
+    assert!(full.contains("status: NXDOMAIN") && full.contains("flags: qr aa rd;"), "{full}");
+    let full = dig(&["worker1.dig.test"]);
+    assert!(full.contains("status: NOERROR") && full.contains("udp: 1232"), "{full}");
+}
+
+#[test]
+fn garbage_does_not_stop_the_server() {
+    let etcd = Etcd::start();
+    let mut node = Setup::new(&etcd, "junk.test.").start();
+    node.claimed();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for i in 0..3000u32 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let len = (state % 700) as usize;
+        let mut packet: Vec<u8> = (0..len).map(|j| (state >> (j % 56)) as u8 ^ i as u8).collect();
+        if i % 3 == 0 {
+            // A plausible header, so that the parser goes past it.
+            packet = Query::new("worker1.junk.test.", Rtype::A).packet();
+            let at = (state as usize) % packet.len();
+            packet[at] ^= (state >> 8) as u8 | 1;
+            packet.truncate(packet.len() - (state % 3) as usize);
+        }
+        socket.send_to(&packet, node.address()).unwrap();
+    }
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let a = node.ask(transport, &Query::new("worker1.junk.test.", Rtype::A));
+        assert_eq!(a.data(), [node.ip.to_string()]);
+    }
+    assert!(node.exited().is_none());
+    // A TCP client that sends half a message and stalls does not block the others.
+    let mut stalled = std::net::TcpStream::connect(node.address()).unwrap();
+    std::io::Write::write_all(&mut stalled, &[0, 40, 1, 2, 3]).unwrap();
+    let a = exchange(node.address(), Transport::Tcp, &Query::new("worker1.junk.test.", Rtype::A).packet());
+    assert!(a.is_some());
+}

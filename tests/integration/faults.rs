@@ -1,0 +1,100 @@
+//! etcd going away and coming back, and records this daemon did not write.
+
+use std::time::{Duration, Instant};
+
+use domain::base::iana::{OptRcode, Rtype};
+
+use crate::support::{eventually, Etcd, Setup};
+
+#[test]
+fn answers_go_on_while_etcd_is_down_and_changes_show_when_it_is_back() {
+    let mut etcd = Etcd::start();
+    let setup = Setup { lease: 20, ..Setup::new(&etcd, "down.test.") };
+    let mut first = setup.start();
+    assert_eq!(first.claimed(), "worker1.down.test.");
+    let mut second = setup.start();
+    assert_eq!(second.claimed(), "worker2.down.test.");
+    eventually("both members seen", Duration::from_secs(5), || {
+        (first.query("worker2.down.test.", Rtype::A).rcode == OptRcode::NOERROR).then_some(())
+    });
+
+    etcd.stop();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        for node in [&first, &second] {
+            assert_eq!(node.query("worker1.down.test.", Rtype::A).data(), [first.ip.to_string()]);
+            assert_eq!(node.query("worker2.down.test.", Rtype::A).data(), [second.ip.to_string()]);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(first.log().contains("WARN"), "etcd trouble is a warning:\n{}", first.log());
+
+    etcd.resume();
+    let mut third = setup.start();
+    assert_eq!(third.claimed(), "worker3.down.test.");
+    for node in [&first, &second] {
+        let a = eventually("the newcomer to show", Duration::from_secs(10), || {
+            Some(node.query("worker3.down.test.", Rtype::A)).filter(|a| !a.answers.is_empty())
+        });
+        assert_eq!(a.data(), [third.ip.to_string()]);
+    }
+    // Both kept their names: etcd came back within the lease TTL.
+    assert_eq!(first.identity().as_deref(), Some("worker1.down.test."));
+    assert_eq!(second.identity().as_deref(), Some("worker2.down.test."));
+    assert_eq!(etcd.names("down.test."), ["worker1.down.test.", "worker2.down.test.", "worker3.down.test."]);
+    assert!(first.log().contains("answers again"), "{}", first.log());
+}
+
+#[test]
+fn a_node_started_before_etcd_claims_once_etcd_is_up() {
+    let mut etcd = Etcd::start();
+    etcd.stop();
+    let mut node = Setup::new(&etcd, "late.test.").start();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(node.exited().is_none(), "it waits for etcd:\n{}", node.log());
+    let a = node.query("worker1.late.test.", Rtype::A);
+    assert_eq!(a.rcode, OptRcode::SERVFAIL, "nothing read yet, so no NXDOMAIN");
+    etcd.resume();
+    assert_eq!(node.claimed(), "worker1.late.test.");
+}
+
+#[test]
+fn records_written_by_the_original_plugin_are_served() {
+    let etcd = Etcd::start();
+    // Exactly as the Go plugin's json.Marshal writes them, one with every field, one with a few.
+    etcd.put("worker7.orig.test.", r#"{"ipv4":"10.9.9.7","ipv6":"fd00::77","port":"53"}"#);
+    let lease = etcd.grant(60);
+    etcd.put_with_lease("worker8.orig.test.", r#"{"ipv4":"10.9.9.8"}"#, lease);
+    let mut node = Setup::new(&etcd, "orig.test.").start();
+    assert_eq!(node.claimed(), "worker1.orig.test.");
+    assert_eq!(node.query("worker7.orig.test.", Rtype::A).data(), ["10.9.9.7"]);
+    assert_eq!(node.query("worker7.orig.test.", Rtype::AAAA).data(), ["fd00::77"]);
+    assert_eq!(node.query("worker8.orig.test.", Rtype::A).data(), ["10.9.9.8"]);
+    let nodata = node.query("worker8.orig.test.", Rtype::AAAA);
+    assert_eq!((nodata.rcode, nodata.answers.len()), (OptRcode::NOERROR, 0));
+}
+
+#[test]
+fn bad_values_in_etcd_are_skipped_with_one_warning() {
+    let etcd = Etcd::start();
+    etcd.put("worker2.bad.test.", "this is not json");
+    etcd.put("worker3.bad.test.", r#"{"ipv4":"10.0.0.300"}"#);
+    etcd.put("worker04.bad.test.", r#"{"ipv4":"10.0.0.4"}"#);
+    etcd.put("worker5.bad.test.", &format!(r#"{{"ipv4":"10.0.0.5","pad":"{}"}}"#, "x".repeat(5000)));
+    let mut node = Setup::new(&etcd, "bad.test.").start();
+    // IDs 2 and 3 have keys, bad or not: they are taken.
+    assert_eq!(node.claimed(), "worker1.bad.test.");
+    let mut second = Setup::new(&etcd, "bad.test.").start();
+    assert_eq!(second.claimed(), "worker4.bad.test.");
+    for name in ["worker2.bad.test.", "worker3.bad.test.", "worker04.bad.test.", "worker5.bad.test."] {
+        assert_eq!(node.query(name, Rtype::A).rcode, OptRcode::NXDOMAIN, "{name}");
+    }
+    eventually("worker4 to show", Duration::from_secs(5), || {
+        (node.query("worker4.bad.test.", Rtype::A).data() == [second.ip.to_string()]).then_some(())
+    });
+    let log = node.log();
+    for key in ["worker2.bad.test.", "worker3.bad.test.", "worker04.bad.test.", "worker5.bad.test."] {
+        let warnings = log.lines().filter(|l| l.contains("WARN") && l.contains(&format!("\"{key}\""))).count();
+        assert_eq!(warnings, 1, "one warning for {key}:\n{log}");
+    }
+}

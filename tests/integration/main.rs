@@ -1,0 +1,8 @@
+//! Integration tests: a real etcd started per test, the real binary, real sockets.
+//! Run them with `scripts/test`, which installs etcd and dig when they are missing.
+
+mod cli;
+mod dns;
+mod faults;
+mod membership;
+mod support;

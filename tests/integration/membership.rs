@@ -1,0 +1,179 @@
+//! Claiming, holding and releasing names.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use domain::base::iana::{OptRcode, Rtype};
+
+use crate::support::{eventually, Etcd, Node, Setup};
+
+#[test]
+fn one_node_claims_worker1() {
+    let etcd = Etcd::start();
+    let mut node = Setup::new(&etcd, "one.test.").start();
+    assert_eq!(node.claimed(), "worker1.one.test.");
+
+    let kv = etcd.get("worker1.one.test.").expect("the key in etcd");
+    assert_eq!(
+        kv.value,
+        format!(r#"{{"ipv4":"{}","ipv6":"fd00::{}","port":"{}"}}"#, node.ip, node.ip.octets()[3], node.port)
+    );
+    assert_ne!(kv.lease, 0, "the key is attached to a lease");
+    assert_eq!(node.query("worker1.one.test.", Rtype::A).data(), [node.ip.to_string()]);
+    assert!(node.log().contains("claimed worker1.one.test."), "{}", node.log());
+}
+
+#[test]
+fn five_nodes_take_1_to_5_and_resolve_each_other() {
+    let etcd = Etcd::start();
+    let setup = Setup { limit: 5, ..Setup::new(&etcd, "five.test.") };
+    let mut nodes: Vec<Node> = (0..5).map(|_| setup.start()).collect();
+    let names: BTreeSet<String> = nodes.iter_mut().map(|n| n.claimed()).collect();
+    let want: BTreeSet<String> = (1..=5).map(|i| format!("worker{i}.five.test.")).collect();
+    assert_eq!(names, want);
+
+    for asker in &nodes {
+        for owner in &nodes {
+            let name = owner.identity().unwrap();
+            let a = eventually("every member in every snapshot", Duration::from_secs(5), || {
+                Some(asker.query(&name, Rtype::A)).filter(|a| a.rcode == OptRcode::NOERROR)
+            });
+            assert_eq!(a.data(), [owner.ip.to_string()], "{name} asked at {}", asker.ip);
+            assert!(a.aa);
+            let aaaa = asker.query(&name, Rtype::AAAA);
+            assert_eq!(aaaa.data(), [format!("fd00::{}", owner.ip.octets()[3])]);
+        }
+    }
+}
+
+#[test]
+fn a_node_beyond_the_limit_exits_with_a_clear_message() {
+    let etcd = Etcd::start();
+    let setup = Setup { limit: 5, ..Setup::new(&etcd, "full.test.") };
+    let mut nodes: Vec<Node> = (0..5).map(|_| setup.start()).collect();
+    for node in &mut nodes {
+        node.claimed();
+    }
+    let mut sixth = setup.start();
+    let status = sixth.wait_exit(Duration::from_secs(10));
+    assert!(!status.success(), "the sixth node must fail");
+    assert_eq!(status.code(), Some(1));
+    let log = sixth.log();
+    assert!(log.contains("limit of 5 nodes"), "{log}");
+    assert_eq!(etcd.names("full.test.").len(), 5, "the sixth node left no key behind");
+}
+
+#[test]
+fn sigterm_frees_the_name_at_once_and_a_new_node_takes_it() {
+    let etcd = Etcd::start();
+    let setup = Setup { lease: 30, ..Setup::new(&etcd, "term.test.") };
+    let mut nodes: Vec<Node> = (0..3).map(|_| setup.start()).collect();
+    for node in &mut nodes {
+        node.claimed();
+    }
+    let leaving = nodes.iter().position(|n| n.identity().as_deref() == Some("worker2.term.test.")).unwrap();
+    let mut leaving = nodes.remove(leaving);
+
+    leaving.signal(libc::SIGTERM);
+    let status = leaving.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{}", leaving.log());
+    // The lease was revoked, not left to expire (30 s).
+    assert!(etcd.get("worker2.term.test.").is_none(), "worker2 still in etcd after SIGTERM");
+    assert!(leaving.log().contains("released worker2.term.test."), "{}", leaving.log());
+
+    let gone = eventually("the others to see worker2 leave", Duration::from_secs(3), || {
+        Some(nodes[0].query("worker2.term.test.", Rtype::A)).filter(|a| a.rcode == OptRcode::NXDOMAIN)
+    });
+    assert!(gone.aa);
+
+    let mut newcomer = setup.start();
+    assert_eq!(newcomer.claimed(), "worker2.term.test.");
+    let found = eventually("the others to see the newcomer", Duration::from_secs(3), || {
+        Some(nodes[0].query("worker2.term.test.", Rtype::A)).filter(|a| !a.answers.is_empty())
+    });
+    assert_eq!(found.data(), [newcomer.ip.to_string()]);
+}
+
+#[test]
+fn sigint_releases_too() {
+    let etcd = Etcd::start();
+    let mut node = Setup { lease: 30, ..Setup::new(&etcd, "int.test.") }.start();
+    node.claimed();
+    node.signal(libc::SIGINT);
+    assert_eq!(node.wait_exit(Duration::from_secs(5)).code(), Some(0));
+    assert!(etcd.get("worker1.int.test.").is_none());
+}
+
+#[test]
+fn sigkill_frees_the_name_when_the_lease_expires() {
+    let etcd = Etcd::start();
+    let setup = Setup { lease: 2, ..Setup::new(&etcd, "kill.test.") };
+    let mut first = setup.start();
+    let mut second = setup.start();
+    let killed_name = first.claimed();
+    second.claimed();
+
+    first.kill();
+    let killed_at = Instant::now();
+    assert!(etcd.get(&killed_name).is_some(), "nobody released the name: it waits for the lease");
+    eventually("the lease to expire", Duration::from_secs(8), || etcd.get(&killed_name).is_none().then_some(()));
+    let freed_after = killed_at.elapsed();
+    assert!(freed_after >= Duration::from_millis(500), "freed after only {freed_after:?}");
+    eventually("the survivor to see it leave", Duration::from_secs(3), || {
+        (second.query(&killed_name, Rtype::A).rcode == OptRcode::NXDOMAIN).then_some(())
+    });
+    let mut third = setup.start();
+    assert_eq!(third.claimed(), killed_name);
+}
+
+#[test]
+fn a_restarted_node_takes_its_old_name_back() {
+    let etcd = Etcd::start();
+    let setup = Setup { lease: 30, ..Setup::new(&etcd, "restart.test.") };
+    let mut other = setup.start();
+    assert_eq!(other.claimed(), "worker1.restart.test.");
+    let mut node = setup.start();
+    assert_eq!(node.claimed(), "worker2.restart.test.");
+    let corefile = std::fs::read_to_string(node.corefile_path()).unwrap();
+    let ip = node.ip;
+    let old_lease = etcd.get("worker2.restart.test.").unwrap().lease;
+
+    // Killed without a chance to release: the old lease has 30 s left.
+    node.kill();
+    let mut again = Node::start_with(corefile, ip);
+    assert_eq!(again.claimed(), "worker2.restart.test.");
+    let kv = etcd.get("worker2.restart.test.").unwrap();
+    assert_ne!(kv.lease, old_lease, "the key moved to the new lease");
+    assert_eq!(etcd.names("restart.test."), ["worker1.restart.test.", "worker2.restart.test."], "no second name");
+}
+
+#[test]
+fn a_revoked_lease_is_noticed_and_the_same_name_claimed_again() {
+    let etcd = Etcd::start();
+    let mut node = Setup { lease: 3, ..Setup::new(&etcd, "revoke.test.") }.start();
+    assert_eq!(node.claimed(), "worker1.revoke.test.");
+    let lease = etcd.get("worker1.revoke.test.").unwrap().lease;
+    etcd.revoke(lease);
+
+    let kv = eventually("the node to claim again", Duration::from_secs(10), || {
+        etcd.get("worker1.revoke.test.").filter(|kv| kv.lease != lease)
+    });
+    assert_ne!(kv.lease, 0);
+    let log = node.log();
+    assert!(log.contains("WARN") && log.contains("is gone (expired or revoked); claiming a name again"), "{log}");
+    assert_eq!(node.claimed(), "worker1.revoke.test.");
+}
+
+#[test]
+fn thirty_two_nodes_starting_together_get_1_to_32() {
+    let etcd = Etcd::start();
+    let setup = Setup { limit: 40, poll: "1s", ..Setup::new(&etcd, "herd.test.") };
+    let mut nodes: Vec<Node> = (0..32).map(|_| setup.start()).collect();
+    let mut names: Vec<String> = nodes.iter_mut().map(|n| n.claimed()).collect();
+    names.sort_by_key(|n| crate::support::id_of(n));
+    let want: Vec<String> = (1..=32).map(|i| format!("worker{i}.herd.test.")).collect();
+    assert_eq!(names, want, "32 distinct names, 1 to 32");
+    assert_eq!(etcd.names("herd.test."), want);
+    let leases: BTreeSet<i64> = etcd.range("worker0", "worker:").iter().map(|kv| kv.lease).collect();
+    assert_eq!(leases.len(), 32, "each name on its own node's lease");
+}

@@ -1,0 +1,550 @@
+//! Test support: a real etcd per test, the real idetcd binary as child processes, and a small DNS
+//! client. Every process is killed and reaped when its guard drops, also when a test fails.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use domain::base::iana::{Class, Opcode, OptRcode, Rtype};
+use domain::base::{Message, MessageBuilder, Name, ParsedName, Question};
+use domain::rdata::AllRecordData;
+use serde_json::{json, Value};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_idetcd");
+
+// ---------------------------------------------------------------------------------------------
+// Temporary directories
+
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("idetcd-test-{}-{what}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("create a temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process that dies with the test: killed on drop, and by the kernel if the test
+/// process itself dies first.
+fn spawn(command: &mut Command) -> Child {
+    // SAFETY: prctl is async-signal-safe and touches nothing of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    command.spawn().unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"))
+}
+
+fn free_port(ip: Ipv4Addr) -> u16 {
+    loop {
+        let udp = UdpSocket::bind((ip, 0)).expect("bind a UDP port");
+        let port = udp.local_addr().unwrap().port();
+        if TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A loopback address of its own for each node of this test process: 127.1.0.1, 127.1.0.2, ...
+pub fn next_loopback() -> Ipv4Addr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    Ipv4Addr::new(127, 1 + (n / 250 / 250) as u8, (n / 250 % 250) as u8, (n % 250 + 1) as u8)
+}
+
+pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// etcd
+
+pub struct Etcd {
+    child: Option<Child>,
+    pub url: String,
+    peer_port: u16,
+    dir: TempDir,
+    http: ureq::Agent,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let ip = Ipv4Addr::LOCALHOST;
+        let (client_port, peer_port) = (free_port(ip), free_port(ip));
+        let http = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let mut etcd = Etcd {
+            child: None,
+            url: format!("http://127.0.0.1:{client_port}"),
+            peer_port,
+            dir: TempDir::new("etcd"),
+            http,
+        };
+        etcd.resume();
+        etcd
+    }
+
+    /// Starts etcd (again) with the same ports and data directory, and waits until it answers.
+    pub fn resume(&mut self) {
+        let binary = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or_else(|| panic!("etcd is not installed: run scripts/test, which installs Debian's etcd-server"));
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = fs::File::create(self.dir.path().join("etcd.log")).unwrap();
+        let child = spawn(
+            Command::new(binary)
+                .args(["--name", "test", "--data-dir"])
+                .arg(self.dir.path().join("data"))
+                .args(["--listen-client-urls", &self.url, "--advertise-client-urls", &self.url])
+                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &format!("test={peer}")])
+                .stdout(Stdio::null())
+                .stderr(log),
+        );
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.try_post("/v3/kv/range", &json!({"key": "AA=="})).is_none() {
+            assert!(Instant::now() < deadline, "etcd did not start:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn try_post(&self, path: &str, body: &Value) -> Option<Value> {
+        let mut response = self.http.post(&format!("{}{path}", self.url)).send_json(body).ok()?;
+        if response.status() != 200 {
+            return None;
+        }
+        response.body_mut().read_json().ok()
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> Value {
+        self.try_post(path, &body).unwrap_or_else(|| panic!("etcd {path} {body} failed"))
+    }
+
+    /// Every key from `start` up to (not including) `end`, with values, as text.
+    pub fn range(&self, start: &str, end: &str) -> Vec<Kv> {
+        let answer = self.post("/v3/kv/range", json!({ "key": BASE64.encode(start), "range_end": BASE64.encode(end) }));
+        let kvs = answer["kvs"].as_array().cloned().unwrap_or_default();
+        kvs.iter()
+            .map(|kv| Kv {
+                key: text(&kv["key"]),
+                value: text(&kv["value"]),
+                lease: kv["lease"].as_str().unwrap_or("0").parse().unwrap(),
+            })
+            .collect()
+    }
+
+    /// The keys holding names of `worker{{.ID}}.<zone>`.
+    pub fn names(&self, zone: &str) -> Vec<String> {
+        let mut names: Vec<String> =
+            self.range("worker0", "worker:").into_iter().map(|kv| kv.key).filter(|k| k.ends_with(zone)).collect();
+        names.sort_by_key(|n| id_of(n));
+        names
+    }
+
+    pub fn get(&self, key: &str) -> Option<Kv> {
+        let mut end = key.as_bytes().to_vec();
+        end.push(0);
+        self.range(key, std::str::from_utf8(&end).unwrap()).into_iter().next()
+    }
+
+    pub fn put(&self, key: &str, value: &str) {
+        self.post("/v3/kv/put", json!({ "key": BASE64.encode(key), "value": BASE64.encode(value) }));
+    }
+
+    pub fn put_with_lease(&self, key: &str, value: &str, lease: i64) {
+        let body = json!({ "key": BASE64.encode(key), "value": BASE64.encode(value), "lease": lease.to_string() });
+        self.post("/v3/kv/put", body);
+    }
+
+    pub fn grant(&self, ttl: u32) -> i64 {
+        self.post("/v3/lease/grant", json!({ "TTL": ttl }))["ID"].as_str().unwrap().parse().unwrap()
+    }
+
+    pub fn revoke(&self, lease: i64) {
+        self.post("/v3/lease/revoke", json!({ "ID": lease.to_string() }));
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Kv {
+    pub key: String,
+    pub value: String,
+    pub lease: i64,
+}
+
+fn text(v: &Value) -> String {
+    String::from_utf8(BASE64.decode(v.as_str().unwrap_or("")).unwrap()).unwrap()
+}
+
+/// The ID in `worker7.tf.local.`, for sorting.
+pub fn id_of(name: &str) -> u32 {
+    name.trim_start_matches("worker").split('.').next().unwrap().parse().unwrap_or(u32::MAX)
+}
+
+// ---------------------------------------------------------------------------------------------
+// idetcd nodes
+
+/// What goes into a node's Corefile; each test zone keeps tests from seeing each other's names.
+#[derive(Clone)]
+pub struct Setup {
+    pub endpoints: String,
+    pub zone: String,
+    pub limit: u32,
+    pub lease: u32,
+    pub poll: &'static str,
+    pub ttl: u32,
+    pub ipv6: bool,
+    pub extra: String,
+}
+
+impl Setup {
+    pub fn new(etcd: &Etcd, zone: &str) -> Setup {
+        Setup {
+            endpoints: etcd.url.clone(),
+            zone: zone.to_string(),
+            limit: 10,
+            lease: 20,
+            poll: "100ms",
+            ttl: 5,
+            ipv6: true,
+            extra: String::new(),
+        }
+    }
+
+    pub fn corefile(&self, ip: Ipv4Addr, port: u16) -> String {
+        let ipv6 = if self.ipv6 { format!(" fd00::{}", ip.octets()[3]) } else { String::new() };
+        format!(
+            ".:{port} {{\n    bind {ip}\n    idetcd {{\n        endpoint {endpoints}\n        limit {limit}\n        pattern worker{{{{.ID}}}}.{zone}\n        address {ip}{ipv6}\n        lease {lease}\n        poll {poll}\n        ttl {ttl}\n{extra}    }}\n}}\n",
+            endpoints = self.endpoints,
+            limit = self.limit,
+            zone = self.zone,
+            lease = self.lease,
+            poll = self.poll,
+            ttl = self.ttl,
+            extra = self.extra,
+        )
+    }
+
+    pub fn start(&self) -> Node {
+        let ip = next_loopback();
+        Node::start_with(self.corefile(ip, free_port(ip)), ip)
+    }
+}
+
+pub struct Node {
+    child: Option<Child>,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    dir: TempDir,
+    status: Option<ExitStatus>,
+}
+
+impl Node {
+    /// Starts the binary on `corefile`, which must bind `ip` and say its port on its first line.
+    pub fn start_with(corefile: String, ip: Ipv4Addr) -> Node {
+        let port =
+            corefile.split(['{', '\n']).next().and_then(|k| k.trim().rsplit(':').next()).and_then(|p| p.parse().ok());
+        let dir = TempDir::new("node");
+        let conf = dir.path().join("Corefile");
+        fs::write(&conf, &corefile).unwrap();
+        let log = fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let child = spawn(
+            Command::new(BINARY).arg("-conf").arg(&conf).env("RUST_LOG", "debug").stdout(Stdio::null()).stderr(log),
+        );
+        Node { child: Some(child), ip, port: port.unwrap_or(53), dir, status: None }
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        (self.ip, self.port).into()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn corefile_path(&self) -> PathBuf {
+        self.dir.path().join("Corefile")
+    }
+
+    /// Waits until the node answers `id.server.` with the name it claimed, and returns the name.
+    pub fn claimed(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.exited() {
+                panic!("node {} exited with {status} before claiming:\n{}", self.ip, self.log());
+            }
+            if let Some(name) = self.identity() {
+                return name;
+            }
+            if Instant::now() > deadline {
+                panic!("node {} claimed no name in time:\n{}", self.ip, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The name `id.server.` answers right now, if any.
+    pub fn identity(&self) -> Option<String> {
+        let answer = self.try_query(Transport::Udp, &Query::new("id.server.", Rtype::TXT).class(Class::CH))?;
+        let record = answer.answers.first()?;
+        Some(record.rsplit(' ').next()?.trim_matches('"').to_string())
+    }
+
+    pub fn query(&self, name: &str, rtype: Rtype) -> Answer {
+        self.ask(Transport::Udp, &Query::new(name, rtype))
+    }
+
+    pub fn ask(&self, transport: Transport, query: &Query) -> Answer {
+        self.try_query(transport, query)
+            .unwrap_or_else(|| panic!("no answer from {} to {query:?}:\n{}", self.ip, self.log()))
+    }
+
+    pub fn try_query(&self, transport: Transport, query: &Query) -> Option<Answer> {
+        exchange(self.address(), transport, &query.packet()).map(|m| Answer::from(&m))
+    }
+
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: signalling our own child, which has not been reaped yet.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
+    /// The exit status, once the process has ended.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.as_mut()?.try_wait().ok()?;
+        }
+        self.status
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!("node {} still running after {timeout:?}:\n{}", self.ip, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        let status = self.wait_exit(Duration::from_secs(5));
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the binary to completion with these arguments; returns its status, stdout and stderr.
+pub fn run_binary(args: &[&str]) -> (ExitStatus, String, String) {
+    let output = Command::new(BINARY).args(args).output().expect("run idetcd");
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (output.status, text(output.stdout), text(output.stderr))
+}
+
+// ---------------------------------------------------------------------------------------------
+// A DNS client
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+#[derive(Clone, Debug)]
+pub struct Query {
+    pub name: String,
+    pub rtype: Rtype,
+    pub class: Class,
+    pub opcode: Opcode,
+    pub edns: Option<u16>,
+    pub questions: usize,
+}
+
+impl Query {
+    pub fn new(name: &str, rtype: Rtype) -> Query {
+        Query { name: name.to_string(), rtype, class: Class::IN, opcode: Opcode::QUERY, edns: None, questions: 1 }
+    }
+
+    pub fn class(self, class: Class) -> Query {
+        Query { class, ..self }
+    }
+
+    pub fn opcode(self, opcode: Opcode) -> Query {
+        Query { opcode, ..self }
+    }
+
+    pub fn edns(self, payload: u16) -> Query {
+        Query { edns: Some(payload), ..self }
+    }
+
+    pub fn questions(self, questions: usize) -> Query {
+        Query { questions, ..self }
+    }
+
+    pub fn packet(&self) -> Vec<u8> {
+        let mut b = MessageBuilder::new_vec();
+        static NEXT_ID: AtomicU32 = AtomicU32::new(0x5eed);
+        b.header_mut().set_id(NEXT_ID.fetch_add(7919, Ordering::Relaxed) as u16);
+        b.header_mut().set_rd(true);
+        b.header_mut().set_opcode(self.opcode);
+        let mut b = b.question();
+        let name = Name::<Vec<u8>>::from_str(&self.name).unwrap();
+        for _ in 0..self.questions {
+            b.push(Question::new(name.clone(), self.rtype, self.class)).unwrap();
+        }
+        let mut b = b.additional();
+        if let Some(payload) = self.edns {
+            b.opt(|opt| {
+                opt.set_udp_payload_size(payload);
+                Ok(())
+            })
+            .unwrap();
+        }
+        b.finish()
+    }
+}
+
+/// A response, its records in presentation form: `worker1.tf.local 5 IN A 127.1.0.1`.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub rcode: OptRcode,
+    pub aa: bool,
+    pub tc: bool,
+    pub question: Option<String>,
+    pub answers: Vec<String>,
+    pub authority: Vec<String>,
+    pub additional: Vec<String>,
+    pub edns_payload: Option<u16>,
+    pub size: usize,
+}
+
+impl Answer {
+    fn from(m: &Message<Vec<u8>>) -> Answer {
+        let records = |section: Result<domain::base::message::RecordSection<'_, Vec<u8>>, _>| -> Vec<String> {
+            section
+                .expect("section parses")
+                .filter_map(|rr| {
+                    let rr = rr.expect("record parses").into_record::<AllRecordData<_, ParsedName<_>>>().ok()??;
+                    Some(format!("{} {} {} {} {}", rr.owner(), rr.ttl().as_secs(), rr.class(), rr.rtype(), rr.data()))
+                })
+                .collect()
+        };
+        Answer {
+            rcode: m.opt_rcode(),
+            aa: m.header().aa(),
+            tc: m.header().tc(),
+            question: m.first_question().map(|q| q.qname().to_string()),
+            answers: records(m.answer()),
+            authority: records(m.authority()),
+            additional: records(m.additional()).into_iter().filter(|r| !r.contains(" OPT ")).collect(),
+            edns_payload: m.opt().map(|o| o.udp_payload_size()),
+            size: m.as_slice().len(),
+        }
+    }
+
+    /// The answer's data fields: `["127.1.0.1"]`.
+    pub fn data(&self) -> Vec<String> {
+        self.answers.iter().map(|r| r.splitn(5, ' ').nth(4).unwrap_or("").to_string()).collect()
+    }
+}
+
+/// Sends a packet and reads the response with the same ID; UDP tries three times.
+pub fn exchange(server: SocketAddr, transport: Transport, packet: &[u8]) -> Option<Message<Vec<u8>>> {
+    let bytes = match transport {
+        Transport::Udp => {
+            let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).ok()?;
+            socket.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+            let mut buf = vec![0u8; 65535];
+            (0..3).find_map(|_| {
+                socket.send_to(packet, server).ok()?;
+                loop {
+                    let (n, from) = socket.recv_from(&mut buf).ok()?;
+                    if from == server && buf[..2] == packet[..2] {
+                        return Some(buf[..n].to_vec());
+                    }
+                }
+            })?
+        }
+        Transport::Tcp => {
+            let mut stream = TcpStream::connect_timeout(&server, Duration::from_secs(2)).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            let mut framed = (packet.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(packet);
+            stream.write_all(&framed).ok()?;
+            let mut len = [0u8; 2];
+            stream.read_exact(&mut len).ok()?;
+            let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+            stream.read_exact(&mut buf).ok()?;
+            buf
+        }
+    };
+    Message::from_octets(bytes).ok()
+}
