@@ -23,14 +23,37 @@ need() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >&2
 }
 
-# etcd_answers HOST PORT: whether an etcd v3 JSON gateway answers there (plain bash, no curl).
-etcd_answers() {
-    local body='{"key":"AA=="}'
-    timeout 2 bash -c '
+# etcd_post HOST PORT PATH JSON: one POST to etcd's JSON gateway (plain bash, no curl); prints the
+# response body, fails unless the status is 200.
+etcd_post() {
+    timeout 10 bash -c '
         exec 3<>"/dev/tcp/$1/$2" || exit 1
-        printf "POST /v3/kv/range HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" "$1" "${#3}" "$3" >&3
-        head -n 1 <&3 | grep -q " 200 "
-    ' _ "$1" "$2" "$body" 2>/dev/null
+        printf "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" "$3" "$1" "${#4}" "$4" >&3
+        IFS= read -r status <&3
+        case "$status" in *" 200 "*) ;; *) exit 1 ;; esac
+        sed "1,/^\r$/d" <&3
+    ' _ "$@"
+}
+
+# etcd_answers HOST PORT: whether an etcd v3 JSON gateway answers there.
+etcd_answers() {
+    etcd_post "$1" "$2" /v3/kv/range '{"key":"AA=="}' >/dev/null 2>&1
+}
+
+# etcd_put_members HOST PORT PATTERN_PREFIX ZONE COUNT: writes COUNT member records
+# (PREFIX1.ZONE ... with addresses 10.x.y.z), 100 per transaction, without leases.
+etcd_put_members() {
+    local host=$1 port=$2 prefix=$3 zone=$4 count=$5 i ops=""
+    for ((i = 1; i <= count; i++)); do
+        local key value
+        key=$(printf '%s%d.%s' "$prefix" "$i" "$zone" | base64 -w0)
+        value=$(printf '{"ipv4":"10.%d.%d.%d","port":"53"}' $((i >> 16 & 255)) $((i >> 8 & 255)) $((i & 255)) | base64 -w0)
+        ops+="${ops:+,}{\"requestPut\":{\"key\":\"$key\",\"value\":\"$value\"}}"
+        if ((i % 100 == 0 || i == count)); then
+            etcd_post "$host" "$port" /v3/kv/txn "{\"success\":[$ops]}" >/dev/null
+            ops=""
+        fi
+    done
 }
 
 # free_port: a TCP port nothing listens on right now.

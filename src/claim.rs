@@ -1,22 +1,26 @@
-//! Claiming an ID: the lowest free one, atomically, in as few round trips as possible.
+//! Claiming an ID: the lowest free one, atomically, in two etcd requests even when hundreds of
+//! nodes start together.
 //!
-//! A claim is one etcd transaction that tries a window of IDs in order, each level "if this key does
-//! not exist, put it with our lease, else try the next", and ends by reading the whole key range.
-//! etcd applies transactions one after another, so when many nodes start at once each transaction
-//! takes the lowest ID still free when it is applied: N nodes get 1..N with one transaction each,
-//! where "read, pick, retry on conflict" would need O(N²). A window that is all taken by then comes
-//! back with the fresh range, and the next window starts from it without another read.
+//! A name is only ever taken by a transaction that puts its key if the key does not exist, so two
+//! live nodes never hold one name. The question is which ID to try. If every node starting at once
+//! tried the lowest free ID, all but one would fail and retry, O(N²) transactions for N nodes. So a
+//! claiming node first takes a number, like at a counter: one transaction counts the claims already
+//! queued, puts this node's own queue key (on its lease, so a crashed node leaves the queue) and
+//! reads the names. A node with k claims ahead of it takes the k-th lowest free ID, so nodes
+//! starting together aim at different IDs and get exactly 1..N. The claim transaction tries a few
+//! IDs from there in order, each "if absent, put it and leave the queue", and when all are gone
+//! reads the names and the queue again for another round.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::RangeInclusive;
 
-use crate::etcd::{self, Compare, Op, OpResponse, Range, Txn};
+use crate::etcd::{self, Compare, Op, OpResponse, Range, RangeRequest, Txn};
 use crate::pattern::Pattern;
 
-/// IDs tried in one transaction. etcd refuses transactions of more than `--max-txn-ops` (128 by
-/// default) operations, counting nested ones; a smaller limit halves the window until it fits.
-const WINDOW: usize = 64;
+/// IDs one claim transaction tries. etcd's cost per transaction grows with its nesting, and with
+/// queue positions nodes rarely need more than the first.
+const WINDOW: usize = 8;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claimed {
@@ -43,7 +47,7 @@ impl fmt::Display for ClaimError {
                 "every ID from {} to {} is taken: the cluster already has its limit of {} nodes",
                 ids.start(),
                 ids.end(),
-                ids.end() - ids.start() + 1
+                u64::from(ids.end() - ids.start()) + 1
             ),
             ClaimError::Etcd(e) => e.fmt(f),
         }
@@ -67,35 +71,72 @@ pub struct Request<'a> {
     pub preferred: Option<u32>,
 }
 
+/// Keys of one claim: the name range, the queue, and this node's place in it.
+struct Keys {
+    names: RangeRequest,
+    queue: RangeRequest,
+    mine: Vec<u8>,
+}
+
+impl Keys {
+    fn new(request: &Request) -> Keys {
+        let (start, end) = request.pattern.key_range();
+        // Outside the name range, so the original plugin and our member reads never see it.
+        let queue = format!("_idetcd/claims/{}/", request.pattern);
+        let mut queue_end = queue.clone().into_bytes();
+        queue_end.pop();
+        queue_end.push(b'/' + 1);
+        Keys {
+            names: RangeRequest::new(start.as_bytes(), end.as_bytes()),
+            queue: RangeRequest { keys_only: true, ..RangeRequest::new(queue.as_bytes(), &queue_end) },
+            mine: format!("{queue}{:016x}", request.lease).into_bytes(),
+        }
+    }
+
+    /// The queue keys created before ours: the claims ahead of this one.
+    fn ahead(&self, queued_at: i64) -> Op {
+        Op::Range(RangeRequest { max_create_revision: queued_at - 1, ..self.queue.clone() })
+    }
+}
+
 pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, ClaimError> {
-    let (start, end) = request.pattern.key_range();
-    let mut view = client.range(start.as_bytes(), end.as_bytes())?;
+    let keys = Keys::new(request);
+    // Take a number: count the queue, join it, read the names, all at one revision.
+    let join = Txn {
+        compare: vec![],
+        success: vec![
+            Op::Range(RangeRequest { count_only: true, ..keys.queue.clone() }),
+            Op::Put { key: keys.mine.clone(), value: Vec::new(), lease: request.lease },
+            Op::Range(keys.names.clone()),
+        ],
+        failure: vec![],
+    };
+    let joined = client.txn(&join)?;
     let mut requests = 1;
+    let (mut ahead, queued_at, mut view) = match joined.responses.as_slice() {
+        [OpResponse::Range(queue), OpResponse::Put { revision }, OpResponse::Range(names)] => {
+            (queue.count as usize, *revision, names.clone())
+        }
+        other => return Err(unexpected(client, other)),
+    };
     let mut window = WINDOW;
     loop {
         let taken = taken_ids(request.pattern, &request.ids, &view);
         // The same node restarted before its old lease ran out: its record is still there. Moving
         // that key to the new lease keeps the name instead of claiming a second one.
-        if let Some(&id) = taken.iter().find(|(_, value)| **value == request.value).map(|(id, _)| id) {
-            let key = request.pattern.name(id).into_bytes();
-            let txn = Txn {
-                compare: vec![Compare::ValueIs(key.clone(), request.value.to_vec())],
-                success: vec![Op::Put { key, value: request.value.to_vec(), lease: request.lease }],
-                failure: vec![Op::Range { start: start.clone().into_bytes(), end: end.clone().into_bytes() }],
-            };
-            let answer = client.txn(&txn)?;
-            requests += 1;
-            if answer.succeeded {
-                return Ok(Claimed { id, name: request.pattern.name(id), requests });
-            }
-            view = last_range(&answer.responses).unwrap_or_default();
-            continue;
-        }
-        let ids = candidates(&taken, &request.ids, request.preferred, window);
+        let own = taken.iter().find(|(_, value)| **value == request.value).map(|(id, _)| *id);
+        let ids = match own {
+            Some(id) => vec![id],
+            None => candidates(&taken, &request.ids, request.preferred, ahead, window),
+        };
         if ids.is_empty() {
+            let _ = client.txn(&Txn { success: vec![Op::Delete { key: keys.mine.clone() }], ..Txn::default() });
             return Err(ClaimError::Full { ids: request.ids.clone() });
         }
-        let txn = chain(request, &ids, &start, &end);
+        let txn = match own {
+            Some(id) => takeover(request, &keys, id, queued_at),
+            None => chain(request, &keys, &ids, queued_at),
+        };
         requests += 1;
         let answer = match client.txn(&txn) {
             Ok(answer) => answer,
@@ -112,9 +153,18 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
                 let id = ids[level];
                 return Ok(Claimed { id, name: request.pattern.name(id), requests });
             }
-            Walk::Lost(range) => view = range,
+            Walk::Lost([OpResponse::Range(names), OpResponse::Range(queue)]) => {
+                view = names.clone();
+                ahead = queue.kvs.len();
+            }
+            Walk::Lost(other) => return Err(unexpected(client, other)),
         }
     }
+}
+
+fn unexpected(client: &etcd::Client, responses: &[OpResponse]) -> ClaimError {
+    let detail = format!("unexpected transaction responses: {responses:?}");
+    ClaimError::Etcd(etcd::Error::Malformed { endpoint: client.endpoint().to_string(), detail })
 }
 
 /// The IDs in range that have a key, with the key's value.
@@ -128,32 +178,51 @@ fn taken_ids<'v>(pattern: &Pattern, ids: &RangeInclusive<u32>, view: &'v Range) 
         .collect()
 }
 
-/// Up to `window` free IDs in the order to try them: the preferred one, then the lowest.
+/// Up to `window` free IDs in the order to try them: the preferred one if free, then from the
+/// `ahead`-th lowest free ID on, the ones before it being left to the claims ahead; then the free
+/// IDs just below, in case a claim ahead fails. Walks at most `ahead + window` IDs, never the range.
 fn candidates<V>(
     taken: &BTreeMap<u32, V>,
     ids: &RangeInclusive<u32>,
     preferred: Option<u32>,
+    ahead: usize,
     window: usize,
 ) -> Vec<u32> {
-    let mut out = Vec::with_capacity(window.min(ids.clone().count()));
+    let mut out = Vec::with_capacity(window);
     if let Some(id) = preferred.filter(|id| ids.contains(id) && !taken.contains_key(id)) {
         out.push(id);
     }
+    let room = window.saturating_sub(out.len());
     let free = ids.clone().filter(|id| !taken.contains_key(id) && Some(*id) != preferred);
-    out.extend(free.take(window - out.len()));
+    // Ours from the `ahead`-th free ID on; then, as fallbacks, the free IDs just below it.
+    let mut mine = Vec::with_capacity(room);
+    let mut below = std::collections::VecDeque::with_capacity(room);
+    for (i, id) in free.enumerate() {
+        if i < ahead {
+            if below.len() == room {
+                below.pop_front();
+            }
+            below.push_back(id);
+        } else {
+            mine.push(id);
+            if mine.len() == room {
+                break;
+            }
+        }
+    }
+    let fill = room - mine.len();
+    out.extend(mine);
+    out.extend(below.iter().skip(below.len().saturating_sub(fill)));
     out
 }
 
-/// The nested transaction that tries `ids` in order and reads the key range if all are taken.
-fn chain(request: &Request, ids: &[u32], start: &str, end: &str) -> Txn {
-    let mut failure = vec![Op::Range { start: start.as_bytes().to_vec(), end: end.as_bytes().to_vec() }];
+/// Put our key if absent, for each ID in turn; leave the queue with it. When every ID is taken,
+/// read the names and the claims still ahead of ours.
+fn chain(request: &Request, keys: &Keys, ids: &[u32], queued_at: i64) -> Txn {
+    let mut failure = vec![Op::Range(keys.names.clone()), keys.ahead(queued_at)];
     for &id in ids.iter().rev() {
-        let key = request.pattern.name(id).into_bytes();
-        let txn = Txn {
-            compare: vec![Compare::Absent(key.clone())],
-            success: vec![Op::Put { key, value: request.value.to_vec(), lease: request.lease }],
-            failure,
-        };
+        let name = request.pattern.name(id).into_bytes();
+        let txn = Txn { compare: vec![Compare::Absent(name.clone())], success: take(request, keys, name), failure };
         failure = vec![Op::Txn(Box::new(txn))];
     }
     match failure.pop() {
@@ -162,37 +231,46 @@ fn chain(request: &Request, ids: &[u32], start: &str, end: &str) -> Txn {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Walk {
-    /// The transaction at this depth put our key.
-    Won(usize),
-    /// Every level failed; here is the range read at the bottom.
-    Lost(Range),
+/// Move our old record's key to the new lease, if it still holds our record.
+fn takeover(request: &Request, keys: &Keys, id: u32, queued_at: i64) -> Txn {
+    let name = request.pattern.name(id).into_bytes();
+    Txn {
+        compare: vec![Compare::ValueIs(name.clone(), request.value.to_vec())],
+        success: take(request, keys, name),
+        failure: vec![Op::Range(keys.names.clone()), keys.ahead(queued_at)],
+    }
 }
 
-fn walk(answer: &etcd::TxnResponse) -> Walk {
+fn take(request: &Request, keys: &Keys, name: Vec<u8>) -> Vec<Op> {
+    vec![
+        Op::Put { key: name, value: request.value.to_vec(), lease: request.lease },
+        Op::Delete { key: keys.mine.clone() },
+    ]
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Walk<'a> {
+    /// The transaction at this depth put our key.
+    Won(usize),
+    /// Every level failed; here is what the innermost one read.
+    Lost(&'a [OpResponse]),
+}
+
+fn walk(answer: &etcd::TxnResponse) -> Walk<'_> {
     let mut level = 0;
     let mut txn = answer;
     loop {
         if txn.succeeded {
             return Walk::Won(level);
         }
-        match txn.responses.first() {
-            Some(OpResponse::Txn(inner)) => {
+        match txn.responses.as_slice() {
+            [OpResponse::Txn(inner)] => {
                 txn = inner;
                 level += 1;
             }
-            Some(OpResponse::Range(range)) => return Walk::Lost(range.clone()),
-            _ => return Walk::Lost(Range::default()),
+            other => return Walk::Lost(other),
         }
     }
-}
-
-fn last_range(responses: &[OpResponse]) -> Option<Range> {
-    responses.iter().find_map(|r| match r {
-        OpResponse::Range(range) => Some(range.clone()),
-        _ => None,
-    })
 }
 
 #[cfg(test)]
@@ -205,26 +283,39 @@ mod tests {
     }
 
     #[test]
-    fn candidates_are_the_lowest_free_ids() {
-        type Case = (&'static [u32], RangeInclusive<u32>, Option<u32>, usize, &'static [u32]);
-        let cases: [Case; 7] = [
-            (&[], 1..=5, None, 64, &[1, 2, 3, 4, 5]),
-            (&[1, 3], 1..=5, None, 64, &[2, 4, 5]),
-            (&[1, 2, 3, 4, 5], 1..=5, None, 64, &[]),
-            (&[], 1..=1000, None, 3, &[1, 2, 3]),
-            (&[1, 3], 1..=5, Some(4), 64, &[4, 2, 5]),
-            (&[1, 3], 1..=5, Some(3), 2, &[2, 4]),
-            (&[0, 6], 0..=3, Some(9), 64, &[1, 2, 3]),
+    fn candidates_start_past_the_claims_ahead() {
+        type Case = (&'static [u32], RangeInclusive<u32>, Option<u32>, usize, usize, &'static [u32]);
+        let cases: [Case; 11] = [
+            (&[], 1..=5, None, 0, 8, &[1, 2, 3, 4, 5]),
+            (&[1, 3], 1..=5, None, 0, 8, &[2, 4, 5]),
+            (&[1, 2, 3, 4, 5], 1..=5, None, 0, 8, &[]),
+            (&[], 1..=1000, None, 0, 3, &[1, 2, 3]),
+            (&[], 1..=1000, None, 5, 3, &[6, 7, 8]),
+            (&[2, 4], 1..=1000, None, 2, 3, &[5, 6, 7]),
+            // More claims ahead than free IDs: the highest free ones.
+            (&[1, 3], 1..=5, None, 7, 2, &[4, 5]),
+            (&[1, 3], 1..=5, None, 2, 8, &[5, 2, 4]),
+            (&[1, 3], 1..=5, Some(4), 0, 8, &[4, 2, 5]),
+            (&[1, 3], 1..=5, Some(3), 0, 2, &[2, 4]),
+            (&[0, 6], 0..=3, Some(9), 0, 8, &[1, 2, 3]),
         ];
-        for (t, ids, preferred, window, want) in cases {
-            assert_eq!(candidates(&taken(t), &ids, preferred, window), want, "{t:?} {ids:?} {preferred:?}");
+        for (t, ids, preferred, ahead, window, want) in cases {
+            let got = candidates(&taken(t), &ids, preferred, ahead, window);
+            assert_eq!(got, want, "taken {t:?} in {ids:?}, preferred {preferred:?}, {ahead} ahead");
         }
     }
 
     #[test]
+    fn nodes_starting_together_aim_at_different_ids() {
+        let free = taken(&[]);
+        let aims: Vec<u32> = (0..100).map(|ahead| candidates(&free, &(1..=100), None, ahead, 8)[0]).collect();
+        assert_eq!(aims, (1..=100).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn candidates_stay_cheap_for_huge_limits() {
-        let got = candidates(&taken(&[1, 2]), &(1..=u32::MAX), None, 4);
-        assert_eq!(got, [3, 4, 5, 6]);
+        let got = candidates(&taken(&[1, 2]), &(1..=u32::MAX), None, 1, 4);
+        assert_eq!(got, [4, 5, 6, 7]);
     }
 
     #[test]
@@ -252,16 +343,23 @@ mod tests {
     }
 
     #[test]
-    fn chain_nests_one_level_per_id() {
+    fn chain_nests_one_level_per_id_and_leaves_the_queue() {
         let pattern = Pattern::parse("w{{.ID}}.z.").unwrap();
-        let request = Request { pattern: &pattern, ids: 1..=5, value: b"{}", lease: 7, preferred: None };
-        let txn = chain(&request, &[2, 5], "w0", "w:");
+        let request = Request { pattern: &pattern, ids: 1..=5, value: b"{}", lease: 0x2a, preferred: None };
+        let keys = Keys::new(&request);
+        assert_eq!(keys.mine, b"_idetcd/claims/w{{.ID}}.z./000000000000002a");
+        assert_eq!(
+            (keys.queue.start.as_slice(), keys.queue.end.as_slice()),
+            (&b"_idetcd/claims/w{{.ID}}.z./"[..], &b"_idetcd/claims/w{{.ID}}.z.0"[..])
+        );
+        let txn = chain(&request, &keys, &[2, 5], 17);
         let Compare::Absent(key) = &txn.compare[0] else { panic!() };
         assert_eq!(key, b"w2.z.");
+        assert!(matches!(&txn.success[..], [Op::Put { lease: 0x2a, .. }, Op::Delete { key }] if *key == keys.mine));
         let Op::Txn(inner) = &txn.failure[0] else { panic!() };
         let Compare::Absent(key) = &inner.compare[0] else { panic!() };
         assert_eq!(key, b"w5.z.");
-        assert!(matches!(&inner.failure[0], Op::Range { .. }));
+        assert!(matches!(&inner.failure[..], [Op::Range(_), Op::Range(RangeRequest { max_create_revision: 16, .. })]));
     }
 
     #[test]
@@ -270,7 +368,10 @@ mod tests {
             succeeded: false,
             responses: vec![OpResponse::Txn(TxnResponse {
                 succeeded: false,
-                responses: vec![OpResponse::Txn(TxnResponse { succeeded: true, responses: vec![OpResponse::Put] })],
+                responses: vec![OpResponse::Txn(TxnResponse {
+                    succeeded: true,
+                    responses: vec![OpResponse::Put { revision: 9 }, OpResponse::Delete],
+                })],
             })],
         };
         assert_eq!(walk(&won_at_2), Walk::Won(2));
@@ -279,10 +380,10 @@ mod tests {
             succeeded: false,
             responses: vec![OpResponse::Txn(TxnResponse {
                 succeeded: false,
-                responses: vec![OpResponse::Range(range.clone())],
+                responses: vec![OpResponse::Range(range.clone()), OpResponse::Range(range.clone())],
             })],
         };
-        assert_eq!(walk(&lost), Walk::Lost(range));
+        assert_eq!(walk(&lost), Walk::Lost(&[OpResponse::Range(range.clone()), OpResponse::Range(range)]));
         assert_eq!(walk(&TxnResponse { succeeded: true, responses: vec![] }), Walk::Won(0));
     }
 }

@@ -35,6 +35,8 @@ pub struct Config {
     /// etcd lease TTL in seconds.
     pub lease: u32,
     pub poll: Duration,
+    /// UDP answering threads per listen address, sharing it with `SO_REUSEPORT`.
+    pub threads: u32,
 }
 
 /// Reads a Go-style duration (`500ms`, `2s`, `1m30s`, `1.5s`), or a bare number of seconds.

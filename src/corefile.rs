@@ -42,7 +42,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 const SERVER_DIRECTIVES: &str = "bind, idetcd";
-const IDETCD_DIRECTIVES: &str = "endpoint, limit, pattern, address, ttl, lease, poll";
+const IDETCD_DIRECTIVES: &str = "endpoint, limit, pattern, address, ttl, lease, poll, threads";
 
 pub fn load(path: &Path) -> Result<Config, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| Error {
@@ -311,6 +311,7 @@ fn build(block: &Block) -> Result<Config, Failure> {
         ttl: settings.ttl.unwrap_or(config::DEFAULT_TTL),
         lease: settings.lease.unwrap_or(config::DEFAULT_LEASE),
         poll: settings.poll.unwrap_or(config::DEFAULT_POLL),
+        threads: settings.threads.unwrap_or(1),
     })
 }
 
@@ -350,6 +351,7 @@ struct Settings {
     ttl: Option<u32>,
     lease: Option<u32>,
     poll: Option<std::time::Duration>,
+    threads: Option<u32>,
 }
 
 impl Settings {
@@ -420,6 +422,10 @@ impl Settings {
                     return Err((a.line, "poll must be at least 10ms".into()));
                 }
                 replace(&mut self.poll, poll).map_err(|_| twice())
+            }
+            "threads" => {
+                let n = number(d, 1, 64)?;
+                replace(&mut self.threads, n).map_err(|_| twice())
             }
             other => Err((line, format!("unknown directive {other:?} in idetcd block (known: {IDETCD_DIRECTIVES})"))),
         }

@@ -55,7 +55,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 pub fn run(config: &Config) -> Result<(), Error> {
-    let listeners = server::bind(&config.listen, config.port, 1).map_err(Error::Bind)?;
+    let listeners = server::bind(&config.listen, config.port, config.threads as usize).map_err(Error::Bind)?;
     let record = own_record(config)?;
     log::info!(
         "idetcd {} serving {} on port {}, publishing {}",

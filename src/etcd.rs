@@ -104,13 +104,38 @@ pub enum Compare {
 #[derive(Clone, Debug)]
 pub enum Op {
     Put { key: Vec<u8>, value: Vec<u8>, lease: i64 },
-    Range { start: Vec<u8>, end: Vec<u8> },
+    Delete { key: Vec<u8> },
+    Range(RangeRequest),
     Txn(Box<Txn>),
+}
+
+/// The keys in `[start, end)`.
+#[derive(Clone, Debug, Default)]
+pub struct RangeRequest {
+    pub start: Vec<u8>,
+    pub end: Vec<u8>,
+    /// Only the count, no keys.
+    pub count_only: bool,
+    /// Keys without values.
+    pub keys_only: bool,
+    /// Only keys created at or before this revision (0: any). etcd still counts every key in
+    /// `count`, so count the returned keys instead.
+    pub max_create_revision: i64,
+}
+
+impl RangeRequest {
+    pub fn new(start: &[u8], end: &[u8]) -> RangeRequest {
+        RangeRequest { start: start.to_vec(), end: end.to_vec(), ..RangeRequest::default() }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OpResponse {
-    Put,
+    /// The revision the put created.
+    Put {
+        revision: i64,
+    },
+    Delete,
     Range(Range),
     Txn(TxnResponse),
 }
@@ -150,7 +175,7 @@ impl Client {
     }
 
     pub fn range(&mut self, start: &[u8], end: &[u8]) -> Result<Range, Error> {
-        let body = json!({ "key": BASE64.encode(start), "range_end": BASE64.encode(end) });
+        let body = range_json(&RangeRequest::new(start, end));
         let (endpoint, answer) = self.post("/v3/kv/range", &body, Retry::Safe)?;
         parse_range(&answer).map_err(|detail| Error::Malformed { endpoint, detail })
     }
@@ -322,7 +347,10 @@ fn parse_txn(answer: &Value) -> Result<TxnResponse, String> {
 
 fn parse_op_response(response: &Value) -> Result<OpResponse, String> {
     if !response["response_put"].is_null() {
-        return Ok(OpResponse::Put);
+        return Ok(OpResponse::Put { revision: int(&response["response_put"]["header"]["revision"]) });
+    }
+    if !response["response_delete_range"].is_null() {
+        return Ok(OpResponse::Delete);
     }
     if !response["response_range"].is_null() {
         return parse_range(&response["response_range"]).map(OpResponse::Range);
@@ -331,6 +359,20 @@ fn parse_op_response(response: &Value) -> Result<OpResponse, String> {
         return parse_txn(&response["response_txn"]).map(OpResponse::Txn);
     }
     Err(format!("unknown transaction response: {response}"))
+}
+
+fn range_json(r: &RangeRequest) -> Value {
+    let mut body = json!({ "key": BASE64.encode(&r.start), "range_end": BASE64.encode(&r.end) });
+    if r.count_only {
+        body["count_only"] = json!(true);
+    }
+    if r.keys_only {
+        body["keys_only"] = json!(true);
+    }
+    if r.max_create_revision > 0 {
+        body["max_create_revision"] = json!(r.max_create_revision.to_string());
+    }
+    body
 }
 
 fn txn_json(txn: &Txn) -> Value {
@@ -352,9 +394,8 @@ fn txn_json(txn: &Txn) -> Value {
                 Op::Put { key, value, lease } => json!({ "requestPut": {
                     "key": BASE64.encode(key), "value": BASE64.encode(value), "lease": lease.to_string(),
                 }}),
-                Op::Range { start, end } => json!({ "requestRange": {
-                    "key": BASE64.encode(start), "range_end": BASE64.encode(end),
-                }}),
+                Op::Delete { key } => json!({ "requestDeleteRange": { "key": BASE64.encode(key) } }),
+                Op::Range(range) => json!({ "requestRange": range_json(range) }),
                 Op::Txn(inner) => json!({ "requestTxn": txn_json(inner) }),
             })
             .collect()
@@ -396,7 +437,7 @@ mod tests {
     fn rejects_malformed_answers() {
         assert!(parse_range(&json!({ "kvs": "nope" })).is_err());
         assert!(parse_range(&json!({ "kvs": [{ "key": "***" }] })).is_err());
-        assert!(parse_txn(&json!({ "responses": [{ "response_delete_range": {} }] })).is_err());
+        assert!(parse_txn(&json!({ "responses": [{ "response_compact": {} }] })).is_err());
         assert_eq!(parse_range(&json!({ "header": {} })).unwrap(), Range::default());
     }
 
@@ -405,12 +446,20 @@ mod tests {
         let txn = Txn {
             compare: vec![Compare::Absent(b"k".to_vec())],
             success: vec![Op::Put { key: b"k".to_vec(), value: b"v".to_vec(), lease: 42 }],
-            failure: vec![Op::Range { start: b"a".to_vec(), end: b"b".to_vec() }],
+            failure: vec![
+                Op::Range(RangeRequest::new(b"a", b"b")),
+                Op::Range(RangeRequest { keys_only: true, max_create_revision: 9, ..RangeRequest::new(b"a", b"b") }),
+                Op::Delete { key: b"k".to_vec() },
+            ],
         };
         let want = json!({
             "compare": [{ "target": "CREATE", "key": "aw==", "createRevision": "0" }],
             "success": [{ "requestPut": { "key": "aw==", "value": "dg==", "lease": "42" } }],
-            "failure": [{ "requestRange": { "key": "YQ==", "range_end": "Yg==" } }],
+            "failure": [
+                { "requestRange": { "key": "YQ==", "range_end": "Yg==" } },
+                { "requestRange": { "key": "YQ==", "range_end": "Yg==", "keys_only": true, "max_create_revision": "9" } },
+                { "requestDeleteRange": { "key": "aw==" } },
+            ],
         });
         assert_eq!(txn_json(&txn), want);
     }

@@ -281,6 +281,7 @@ impl Membership {
             }
         }
         let own_name = self.held.as_ref().map(|h| h.name.as_str());
+        let started = Instant::now();
         let snapshot = Snapshot::build(&Inputs {
             pattern: &self.settings.pattern,
             ttl: self.settings.ttl,
@@ -288,7 +289,12 @@ impl Membership {
             own_name,
             members: &self.members,
         });
-        log::debug!("read {} members at revision {}", self.members.len(), range.revision);
+        log::debug!(
+            "built a snapshot of {} members in {:.2} ms at revision {}",
+            self.members.len(),
+            started.elapsed().as_secs_f64() * 1e3,
+            range.revision
+        );
         self.broadcast(Update::Snapshot(Arc::new(snapshot)));
     }
 
