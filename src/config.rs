@@ -35,6 +35,8 @@ pub struct Config {
     /// etcd lease TTL in seconds.
     pub lease: u32,
     pub poll: Duration,
+    /// Follow etcd's watch stream besides polling, for changes within milliseconds.
+    pub watch: bool,
     /// UDP answering threads per listen address, sharing it with `SO_REUSEPORT`.
     pub threads: u32,
 }

@@ -42,7 +42,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 const SERVER_DIRECTIVES: &str = "bind, idetcd";
-const IDETCD_DIRECTIVES: &str = "endpoint, limit, pattern, address, ttl, lease, poll, threads";
+const IDETCD_DIRECTIVES: &str = "endpoint, limit, pattern, address, ttl, lease, poll, watch, threads";
 
 pub fn load(path: &Path) -> Result<Config, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| Error {
@@ -311,6 +311,7 @@ fn build(block: &Block) -> Result<Config, Failure> {
         ttl: settings.ttl.unwrap_or(config::DEFAULT_TTL),
         lease: settings.lease.unwrap_or(config::DEFAULT_LEASE),
         poll: settings.poll.unwrap_or(config::DEFAULT_POLL),
+        watch: settings.watch.unwrap_or(false),
         threads: settings.threads.unwrap_or(1),
     })
 }
@@ -351,6 +352,7 @@ struct Settings {
     ttl: Option<u32>,
     lease: Option<u32>,
     poll: Option<std::time::Duration>,
+    watch: Option<bool>,
     threads: Option<u32>,
 }
 
@@ -422,6 +424,12 @@ impl Settings {
                     return Err((a.line, "poll must be at least 10ms".into()));
                 }
                 replace(&mut self.poll, poll).map_err(|_| twice())
+            }
+            "watch" => {
+                if let Some(a) = d.args.first() {
+                    return Err((a.line, format!("watch takes no arguments: unexpected {:?}", a.text)));
+                }
+                replace(&mut self.watch, true).map_err(|_| twice())
             }
             "threads" => {
                 let n = number(d, 1, 64)?;

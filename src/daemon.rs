@@ -87,6 +87,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
         record,
         lease_ttl: config.lease,
         poll: config.poll,
+        watch: config.watch,
         ttl: config.ttl,
     };
     let client = etcd::Client::new(&config.endpoints);

@@ -5,6 +5,7 @@
 //! in the order the Corefile lists them, and the one that answered is used from then on.
 
 use std::fmt;
+use std::io::{BufRead, BufReader, Read};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -16,9 +17,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A range over every member of a 10 000-node cluster is about 2 MB of JSON.
 const MAX_RESPONSE_BYTES: u64 = 64 << 20;
+/// A watch that says nothing for this long is reopened: the connection may be dead without
+/// anyone having closed it, and reopening a quiet watch costs one request.
+const WATCH_SILENCE: Duration = Duration::from_secs(60);
 
+#[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
+    /// For watches: no overall deadline, but a silent stream is given up after `WATCH_SILENCE`.
+    stream_agent: ureq::Agent,
     endpoints: Vec<String>,
     current: usize,
 }
@@ -156,14 +163,15 @@ enum Retry {
 impl Client {
     /// `endpoints` are base URLs such as `http://10.0.0.5:2379`, already validated by the Corefile.
     pub fn new(endpoints: &[String]) -> Client {
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(REQUEST_TIMEOUT))
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .user_agent(concat!("idetcd/", env!("CARGO_PKG_VERSION")))
-            .build();
+        let config = || {
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_connect(Some(CONNECT_TIMEOUT))
+                .user_agent(concat!("idetcd/", env!("CARGO_PKG_VERSION")))
+        };
         Client {
-            agent: config.into(),
+            agent: config().timeout_global(Some(REQUEST_TIMEOUT)).build().into(),
+            stream_agent: config().timeout_per_read(Some(WATCH_SILENCE)).build().into(),
             endpoints: endpoints.iter().map(|e| e.trim_end_matches('/').to_string()).collect(),
             current: 0,
         }
@@ -176,8 +184,10 @@ impl Client {
 
     pub fn range(&mut self, start: &[u8], end: &[u8]) -> Result<Range, Error> {
         let body = range_json(&RangeRequest::new(start, end));
-        let (endpoint, answer) = self.post("/v3/kv/range", &body, Retry::Safe)?;
-        parse_range(&answer).map_err(|detail| Error::Malformed { endpoint, detail })
+        // Read straight into typed fields: a JSON tree of 10 000 members would take several times
+        // the memory of the answer itself.
+        let (endpoint, answer) = self.post::<RangeJson>("/v3/kv/range", &body, Retry::Safe)?;
+        answer.decode().map_err(|detail| Error::Malformed { endpoint, detail })
     }
 
     /// The key with the highest modification revision in `[start, end)`, and the range's count. The
@@ -192,19 +202,19 @@ impl Client {
             "sort_target": "MOD",
             "keys_only": true,
         });
-        let (endpoint, answer) = self.post("/v3/kv/range", &body, Retry::Safe)?;
-        parse_range(&answer).map_err(|detail| Error::Malformed { endpoint, detail })
+        let (endpoint, answer) = self.post::<RangeJson>("/v3/kv/range", &body, Retry::Safe)?;
+        answer.decode().map_err(|detail| Error::Malformed { endpoint, detail })
     }
 
     /// Runs a transaction. It is not resent to another endpoint once it may have arrived at one,
     /// because it may have been applied there; the caller re-reads and decides.
     pub fn txn(&mut self, txn: &Txn) -> Result<TxnResponse, Error> {
-        let (endpoint, answer) = self.post("/v3/kv/txn", &txn_json(txn), Retry::OnlyIfUnsent)?;
-        parse_txn(&answer).map_err(|detail| Error::Malformed { endpoint, detail })
+        let (endpoint, answer) = self.post::<TxnJson>("/v3/kv/txn", &txn_json(txn), Retry::OnlyIfUnsent)?;
+        answer.decode().map_err(|detail| Error::Malformed { endpoint, detail })
     }
 
     pub fn lease_grant(&mut self, ttl: u32) -> Result<Lease, Error> {
-        let (endpoint, answer) = self.post("/v3/lease/grant", &json!({ "TTL": ttl }), Retry::Safe)?;
+        let (endpoint, answer) = self.post::<Value>("/v3/lease/grant", &json!({ "TTL": ttl }), Retry::Safe)?;
         let lease = Lease { id: int(&answer["ID"]), ttl: int(&answer["TTL"]) };
         if lease.id == 0 || lease.ttl <= 0 {
             let detail = format!("lease grant without an ID or TTL: {answer}");
@@ -216,7 +226,7 @@ impl Client {
     /// Renews a lease once. `None` means etcd no longer knows it: it expired or was revoked.
     pub fn lease_keepalive(&mut self, id: i64) -> Result<Option<i64>, Error> {
         let body = json!({ "ID": id.to_string() });
-        let (_, answer) = self.post("/v3/lease/keepalive", &body, Retry::Safe)?;
+        let (_, answer) = self.post::<Value>("/v3/lease/keepalive", &body, Retry::Safe)?;
         // The gateway streams keep-alive answers, so the single answer comes wrapped in "result".
         let ttl = int(&answer["result"]["TTL"]);
         Ok((ttl > 0).then_some(ttl))
@@ -225,21 +235,62 @@ impl Client {
     /// Revokes a lease, deleting every key attached to it. A lease etcd no longer knows is gone
     /// already, which is what the caller wanted.
     pub fn lease_revoke(&mut self, id: i64) -> Result<(), Error> {
-        match self.post("/v3/lease/revoke", &json!({ "ID": id.to_string() }), Retry::Safe) {
+        match self.post::<Value>("/v3/lease/revoke", &json!({ "ID": id.to_string() }), Retry::Safe) {
             Ok(_) => Ok(()),
             Err(Error::Rejected { code: CODE_NOT_FOUND, .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
+    /// Starts watching `[start, end)` for changes from `revision` on.
+    pub fn watch(&mut self, start: &[u8], end: &[u8], revision: i64) -> Result<Watch, Error> {
+        let body = json!({ "create_request": {
+            "key": BASE64.encode(start),
+            "range_end": BASE64.encode(end),
+            "start_revision": revision.to_string(),
+            "progress_notify": true,
+        }});
+        self.failover("/v3/watch", Retry::Safe, |client, endpoint| {
+            let url = format!("{endpoint}/v3/watch");
+            let response = client.stream_agent.post(&url).send_json(&body).map_err(unreachable)?;
+            if response.status() != 200 {
+                let why = format!("watch answered HTTP {}", response.status());
+                return Err(Attempt::Failed(Error::Malformed { endpoint: endpoint.to_string(), detail: why }));
+            }
+            let lines = BufReader::new(response.into_body().into_reader());
+            Ok(Watch { endpoint: endpoint.to_string(), lines })
+        })
+    }
+
     /// Sends one request, failing over to the next endpoints when one cannot be reached. Returns the
-    /// endpoint that answered with the decoded answer.
-    fn post(&mut self, path: &str, body: &Value, retry: Retry) -> Result<(String, Value), Error> {
+    /// endpoint that answered with its answer, decoded as `T`.
+    fn post<T: serde::de::DeserializeOwned>(
+        &mut self,
+        path: &str,
+        body: &Value,
+        retry: Retry,
+    ) -> Result<(String, T), Error> {
+        let (endpoint, answer) = self.failover(path, retry, |client, endpoint| {
+            client.post_once(endpoint, path, body).map(|answer| (endpoint.to_string(), answer))
+        })?;
+        match serde_json::from_slice(&answer) {
+            Ok(answer) => Ok((endpoint, answer)),
+            Err(e) => Err(Error::Malformed { endpoint, detail: format!("{path} answer: {e}") }),
+        }
+    }
+
+    /// Runs `attempt` on the current endpoint, then on the next ones while they cannot be reached.
+    fn failover<T>(
+        &mut self,
+        path: &str,
+        retry: Retry,
+        attempt: impl Fn(&Client, &str) -> Result<T, Attempt>,
+    ) -> Result<T, Error> {
         let mut tries = Vec::new();
         for _ in 0..self.endpoints.len() {
             let endpoint = self.endpoints[self.current].clone();
-            match self.post_once(&endpoint, path, body) {
-                Ok(answer) => return Ok((endpoint, answer)),
+            match attempt(self, &endpoint) {
+                Ok(answer) => return Ok(answer),
                 Err(Attempt::Failed(e)) => return Err(e),
                 Err(Attempt::Unreachable { why, sent }) => {
                     log::debug!("etcd {endpoint}{path}: {why}");
@@ -254,28 +305,25 @@ impl Client {
         Err(Error::Unreachable(tries))
     }
 
-    fn post_once(&self, endpoint: &str, path: &str, body: &Value) -> Result<Value, Attempt> {
+    fn post_once(&self, endpoint: &str, path: &str, body: &Value) -> Result<Vec<u8>, Attempt> {
         let url = format!("{endpoint}{path}");
-        let mut response = self.agent.post(&url).send_json(body).map_err(|e| Attempt::Unreachable {
-            sent: !matches!(e, ureq::Error::ConnectionFailed | ureq::Error::HostNotFound),
-            why: describe(&e),
-        })?;
+        let mut response = self.agent.post(&url).send_json(body).map_err(unreachable)?;
         let status = response.status().as_u16();
-        let answer: Result<Value, _> = response.body_mut().with_config().limit(MAX_RESPONSE_BYTES).read_json();
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(ureq::Error::Json(e)) => {
-                let detail =
-                    format!("HTTP {status} with a body that is not JSON ({e}); is this an etcd 3.4+ client URL?");
-                return Err(Attempt::Failed(Error::Malformed { endpoint: endpoint.to_string(), detail }));
-            }
-            Err(e) => return Err(Attempt::Unreachable { why: describe(&e), sent: true }),
-        };
+        let answer = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE_BYTES)
+            .read_to_vec()
+            .map_err(|e| Attempt::Unreachable { why: describe(&e), sent: true })?;
         if (200..300).contains(&status) {
             return Ok(answer);
         }
-        let code = int(&answer["code"]);
-        let message = answer["error"].as_str().or(answer["message"].as_str()).unwrap_or("no message");
+        let Ok(error) = serde_json::from_slice::<Value>(&answer) else {
+            let detail = format!("HTTP {status} with a body that is not JSON; is this an etcd 3.4+ client URL?");
+            return Err(Attempt::Failed(Error::Malformed { endpoint: endpoint.to_string(), detail }));
+        };
+        let code = int(&error["code"]);
+        let message = error["error"].as_str().or(error["message"].as_str()).unwrap_or("no message");
         // An endpoint that has lost its cluster says "unavailable": another one may do better.
         if code == CODE_UNAVAILABLE || status == 503 {
             return Err(Attempt::Unreachable { why: message.to_string(), sent: true });
@@ -288,6 +336,106 @@ impl Client {
 enum Attempt {
     Unreachable { why: String, sent: bool },
     Failed(Error),
+}
+
+fn unreachable(e: ureq::Error) -> Attempt {
+    Attempt::Unreachable {
+        sent: !matches!(e, ureq::Error::ConnectionFailed | ureq::Error::HostNotFound),
+        why: describe(&e),
+    }
+}
+
+/// An open watch: etcd's never-ending answer, one JSON message per line.
+pub struct Watch {
+    endpoint: String,
+    lines: BufReader<ureq::BodyReader<'static>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchMessage {
+    /// Changes in revision order.
+    Changes(Vec<WatchEvent>),
+    /// Nothing changed; the watch is alive (its creation, a progress notification).
+    Progress,
+    /// The revision the watch was to start from is compacted away: read everything again.
+    Compacted,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub deleted: bool,
+    /// For a deletion, only the key and the revision it was deleted at.
+    pub kv: KeyValue,
+}
+
+impl Watch {
+    /// Waits for the next message. An error means the watch is over: etcd went away, the stream
+    /// broke or stayed silent too long, or etcd cancelled it.
+    pub fn next(&mut self) -> Result<WatchMessage, Error> {
+        let broken = |why: String| Error::Unreachable(vec![(self.endpoint.clone(), why)]);
+        let mut line = Vec::new();
+        match (&mut self.lines).take(MAX_RESPONSE_BYTES).read_until(b'\n', &mut line) {
+            Ok(0) => return Err(broken("the watch stream ended".into())),
+            Ok(_) if !line.ends_with(b"\n") => return Err(broken("the watch stream broke off".into())),
+            Ok(_) => {}
+            Err(e) => return Err(broken(e.to_string())),
+        }
+        let malformed = |detail: String| Error::Malformed { endpoint: self.endpoint.clone(), detail };
+        let message: WatchJson = serde_json::from_slice(&line).map_err(|e| malformed(format!("watch message: {e}")))?;
+        let reason = message.result.cancel_reason.clone();
+        message
+            .decode()
+            .map_err(malformed)?
+            .ok_or_else(|| broken(if reason.is_empty() { "etcd cancelled the watch".to_string() } else { reason }))
+    }
+}
+
+/// One message of a watch stream.
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct WatchJson {
+    result: WatchResultJson,
+    error: Option<Value>,
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct WatchResultJson {
+    events: Option<Vec<EventJson>>,
+    canceled: bool,
+    cancel_reason: String,
+    compact_revision: Int,
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct EventJson {
+    /// "DELETE", or left out for a put.
+    #[serde(rename = "type")]
+    kind: String,
+    kv: KeyValueJson,
+}
+
+impl WatchJson {
+    /// `None` when etcd cancelled the watch for a reason other than compaction.
+    fn decode(self) -> Result<Option<WatchMessage>, String> {
+        if let Some(error) = self.error {
+            return Err(format!("watch error: {error}"));
+        }
+        let result = self.result;
+        if result.compact_revision.0 > 0 {
+            return Ok(Some(WatchMessage::Compacted));
+        }
+        if result.canceled {
+            return Ok(None);
+        }
+        let Some(events) = result.events else { return Ok(Some(WatchMessage::Progress)) };
+        let events = events
+            .into_iter()
+            .map(|e| Ok(WatchEvent { deleted: e.kind == "DELETE", kv: e.kv.decode()? }))
+            .collect::<Result<_, String>>()?;
+        Ok(Some(WatchMessage::Changes(events)))
+    }
 }
 
 fn describe(e: &ureq::Error) -> String {
@@ -309,56 +457,118 @@ fn int(v: &Value) -> i64 {
     }
 }
 
-fn bytes(v: &Value, what: &str) -> Result<Vec<u8>, String> {
-    match v {
-        Value::Null => Ok(Vec::new()),
-        Value::String(s) => BASE64.decode(s).map_err(|e| format!("{what} is not base64: {e}")),
-        other => Err(format!("{what} is not a string: {other}")),
+/// A range answer as the gateway writes it: 64-bit integers as strings, keys and values in base64,
+/// zero fields left out.
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct RangeJson {
+    header: HeaderJson,
+    kvs: Vec<KeyValueJson>,
+    count: Int,
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct HeaderJson {
+    revision: Int,
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct KeyValueJson {
+    key: String,
+    value: String,
+    create_revision: Int,
+    mod_revision: Int,
+    lease: Int,
+}
+
+impl RangeJson {
+    fn decode(self) -> Result<Range, String> {
+        let kvs = self.kvs.into_iter().map(KeyValueJson::decode).collect::<Result<_, _>>()?;
+        Ok(Range { revision: self.header.revision.0, kvs, count: self.count.0 })
     }
 }
 
-fn parse_range(answer: &Value) -> Result<Range, String> {
-    let kvs = match &answer["kvs"] {
-        Value::Null => Vec::new(),
-        Value::Array(kvs) => kvs.iter().map(parse_kv).collect::<Result<_, _>>()?,
-        other => return Err(format!("kvs is not a list: {other}")),
-    };
-    Ok(Range { revision: int(&answer["header"]["revision"]), kvs, count: int(&answer["count"]) })
+impl KeyValueJson {
+    fn decode(self) -> Result<KeyValue, String> {
+        let decode = |text: &str, what: &str| BASE64.decode(text).map_err(|e| format!("{what} is not base64: {e}"));
+        Ok(KeyValue {
+            key: decode(&self.key, "key")?,
+            value: decode(&self.value, "value")?,
+            create_revision: self.create_revision.0,
+            mod_revision: self.mod_revision.0,
+            lease: self.lease.0,
+        })
+    }
 }
 
-fn parse_kv(kv: &Value) -> Result<KeyValue, String> {
-    Ok(KeyValue {
-        key: bytes(&kv["key"], "key")?,
-        value: bytes(&kv["value"], "value")?,
-        create_revision: int(&kv["create_revision"]),
-        mod_revision: int(&kv["mod_revision"]),
-        lease: int(&kv["lease"]),
-    })
+/// A 64-bit integer the gateway wrote as a string (or, leniently, as a number).
+#[derive(Clone, Copy, Default)]
+struct Int(i64);
+
+impl<'de> serde::Deserialize<'de> for Int {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Int, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Int;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an integer, possibly in a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Int, E> {
+                v.parse().map(Int).map_err(|_| E::custom(format!("{v:?} is not an integer")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Int, E> {
+                Ok(Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Int, E> {
+                i64::try_from(v).map(Int).map_err(|_| E::custom("integer out of range"))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
-fn parse_txn(answer: &Value) -> Result<TxnResponse, String> {
-    let responses = match &answer["responses"] {
-        Value::Null => Vec::new(),
-        Value::Array(list) => list.iter().map(parse_op_response).collect::<Result<_, _>>()?,
-        other => return Err(format!("responses is not a list: {other}")),
-    };
-    Ok(TxnResponse { succeeded: answer["succeeded"].as_bool().unwrap_or(false), responses })
+/// A transaction answer; each response holds exactly one of the fields.
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct TxnJson {
+    succeeded: bool,
+    responses: Vec<OpResponseJson>,
 }
 
-fn parse_op_response(response: &Value) -> Result<OpResponse, String> {
-    if !response["response_put"].is_null() {
-        return Ok(OpResponse::Put { revision: int(&response["response_put"]["header"]["revision"]) });
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct OpResponseJson {
+    response_put: Option<PutJson>,
+    response_delete_range: Option<serde::de::IgnoredAny>,
+    response_range: Option<RangeJson>,
+    response_txn: Option<TxnJson>,
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct PutJson {
+    header: HeaderJson,
+}
+
+impl TxnJson {
+    fn decode(self) -> Result<TxnResponse, String> {
+        let responses = self.responses.into_iter().map(OpResponseJson::decode).collect::<Result<_, _>>()?;
+        Ok(TxnResponse { succeeded: self.succeeded, responses })
     }
-    if !response["response_delete_range"].is_null() {
-        return Ok(OpResponse::Delete);
+}
+
+impl OpResponseJson {
+    fn decode(self) -> Result<OpResponse, String> {
+        match self {
+            OpResponseJson { response_put: Some(put), .. } => Ok(OpResponse::Put { revision: put.header.revision.0 }),
+            OpResponseJson { response_delete_range: Some(_), .. } => Ok(OpResponse::Delete),
+            OpResponseJson { response_range: Some(range), .. } => range.decode().map(OpResponse::Range),
+            OpResponseJson { response_txn: Some(txn), .. } => txn.decode().map(OpResponse::Txn),
+            _ => Err("a transaction response of an unknown kind".to_string()),
+        }
     }
-    if !response["response_range"].is_null() {
-        return parse_range(&response["response_range"]).map(OpResponse::Range);
-    }
-    if !response["response_txn"].is_null() {
-        return parse_txn(&response["response_txn"]).map(OpResponse::Txn);
-    }
-    Err(format!("unknown transaction response: {response}"))
 }
 
 fn range_json(r: &RangeRequest) -> Value {
@@ -413,18 +623,20 @@ mod tests {
         assert_eq!(int(&json!(12)), 12);
         assert_eq!(int(&Value::Null), 0);
         assert_eq!(int(&json!("x")), 0);
+        let typed = |text: &str| serde_json::from_str::<Int>(text).map(|i| i.0).ok();
+        assert_eq!((typed(r#""7587""#), typed("12"), typed(r#""x""#), typed("[]")), (Some(7587), Some(12), None, None));
     }
 
     #[test]
     fn parses_a_nested_transaction_answer() {
         // As etcd 3.4.23 answered a two-level claim whose both keys were taken.
-        let answer: Value = serde_json::from_str(
+        let answer: TxnJson = serde_json::from_str(
             r#"{"header":{"revision":"3"},"responses":[{"response_txn":{"header":{},"responses":[
             {"response_range":{"header":{"revision":"3"},"kvs":[{"key":"d29ya2VyMS50Zi5sb2NhbC4=",
             "create_revision":"2","mod_revision":"2","version":"1","value":"e30="}],"count":"1"}}]}}]}"#,
         )
         .unwrap();
-        let txn = parse_txn(&answer).unwrap();
+        let txn = answer.decode().unwrap();
         assert!(!txn.succeeded);
         let OpResponse::Txn(inner) = &txn.responses[0] else { panic!("not a txn: {txn:?}") };
         let OpResponse::Range(range) = &inner.responses[0] else { panic!("not a range: {inner:?}") };
@@ -435,10 +647,34 @@ mod tests {
 
     #[test]
     fn rejects_malformed_answers() {
-        assert!(parse_range(&json!({ "kvs": "nope" })).is_err());
-        assert!(parse_range(&json!({ "kvs": [{ "key": "***" }] })).is_err());
-        assert!(parse_txn(&json!({ "responses": [{ "response_compact": {} }] })).is_err());
-        assert_eq!(parse_range(&json!({ "header": {} })).unwrap(), Range::default());
+        let range = |text: &str| serde_json::from_str::<RangeJson>(text).map_err(|e| e.to_string())?.decode();
+        assert!(range(r#"{"kvs":"nope"}"#).is_err());
+        assert!(range(r#"{"kvs":[{"key":"***"}]}"#).is_err());
+        assert!(range(r#"{"count":"twelve"}"#).is_err());
+        assert_eq!(range(r#"{"header":{}}"#), Ok(Range::default()));
+        assert_eq!(range(r#"{"header":{"revision":7},"count":"2"}"#).map(|r| (r.revision, r.count)), Ok((7, 2)));
+        let txn = serde_json::from_str::<TxnJson>(r#"{"responses":[{"response_compact":{}}]}"#).unwrap();
+        assert!(txn.decode().is_err());
+    }
+
+    #[test]
+    fn parses_watch_messages() {
+        // As etcd 3.4.23 streamed them.
+        let message = |text: &str| serde_json::from_str::<WatchJson>(text).unwrap().decode();
+        let created = r#"{"result":{"header":{"revision":"1"},"created":true}}"#;
+        assert_eq!(message(created), Ok(Some(WatchMessage::Progress)));
+        let changes = r#"{"result":{"header":{"revision":"3"},"events":[
+            {"kv":{"key":"dzEueC4=","create_revision":"2","mod_revision":"2","version":"1","value":"aGVsbG8="}},
+            {"type":"DELETE","kv":{"key":"dzEueC4=","mod_revision":"3"}}]}}"#;
+        let Ok(Some(WatchMessage::Changes(events))) = message(changes) else { panic!("{:?}", message(changes)) };
+        assert_eq!(events.len(), 2);
+        assert!(!events[0].deleted && events[1].deleted);
+        assert_eq!((events[0].kv.key.as_slice(), events[0].kv.value.as_slice()), (&b"w1.x."[..], &b"hello"[..]));
+        assert_eq!(events[1].kv.mod_revision, 3);
+        let compacted = r#"{"result":{"header":{},"canceled":true,"compact_revision":"3"}}"#;
+        assert_eq!(message(compacted), Ok(Some(WatchMessage::Compacted)));
+        assert_eq!(message(r#"{"result":{"canceled":true,"cancel_reason":"x"}}"#), Ok(None));
+        assert!(message(r#"{"error":{"grpc_code":14}}"#).is_err());
     }
 
     #[test]

@@ -1,19 +1,23 @@
 //! The etcd thread: claims this node's name, keeps its lease alive, reads the other members and
 //! hands answering threads a new snapshot whenever they change, and releases the name at shutdown.
 //!
-//! It is the only thread that talks to etcd. Everything it does is retried with backoff when etcd
-//! cannot be reached; meanwhile answering threads go on with the last snapshot they received.
+//! It is the only thread that changes anything in etcd. Members are read by polling: every `poll`,
+//! one cheap request tells whether the key range changed, and only then is it read whole. With
+//! `watch`, a helper thread also follows etcd's watch stream and forwards each change at once;
+//! polling stays on underneath, so a watch that breaks or silently stalls costs latency, never
+//! correctness. Everything is retried with backoff when etcd cannot be reached; meanwhile answering
+//! threads go on with the last snapshot they received.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::claim::{self, ClaimError};
-use crate::etcd::{self, Lease};
-use crate::messages::{Command, Event, Update};
+use crate::etcd::{self, KeyValue, Lease, WatchMessage};
+use crate::messages::{Command, Event, Update, Watched};
 use crate::pattern::Pattern;
 use crate::record::Record;
 use crate::zone::{Inputs, Snapshot};
@@ -30,13 +34,22 @@ pub struct Settings {
     /// Requested lease TTL in seconds; etcd may grant more.
     pub lease_ttl: u32,
     pub poll: Duration,
+    /// Follow etcd's watch stream besides polling.
+    pub watch: bool,
     /// TTL of DNS answers.
     pub ttl: u32,
 }
 
 struct Held {
-    id: u32,
     name: String,
+}
+
+/// One key of the member range as last read, with its value already parsed.
+struct Entry {
+    mod_revision: i64,
+    lease: i64,
+    /// The member it stands for, or why it stands for none.
+    member: Result<(u32, Record), String>,
 }
 
 struct Membership {
@@ -48,11 +61,11 @@ struct Membership {
     held: Option<Held>,
     /// The ID held last, to ask for again after losing the lease.
     last_id: Option<u32>,
-    /// (count, newest mod revision) of the key range when the members were last read.
-    marker: Option<(i64, i64)>,
+    /// Every key of the member range, as of `revision`.
+    entries: BTreeMap<Vec<u8>, Entry>,
+    /// The revision `entries` reflect; `None` until the first read, or when a read is due anyway.
+    revision: Option<i64>,
     members: BTreeMap<u32, Record>,
-    /// Bad keys already warned about, with the revision that was bad.
-    warned: HashSet<(Vec<u8>, i64)>,
     trouble: Trouble,
     next_keepalive: Instant,
     next_poll: Instant,
@@ -74,13 +87,15 @@ pub fn run(
         lease: None,
         held: None,
         last_id: None,
-        marker: None,
+        entries: BTreeMap::new(),
+        revision: None,
         members: BTreeMap::new(),
-        warned: HashSet::new(),
         trouble: Trouble::default(),
         next_keepalive: now,
         next_poll: now,
     };
+    let mut watched = crossbeam_channel::never();
+    let mut watch_started = false;
     let mut retry = Backoff::new();
     loop {
         if m.held.is_none() {
@@ -88,6 +103,10 @@ pub fn run(
                 Ok(()) => {
                     retry.reset();
                     m.poll();
+                    if m.settings.watch && !watch_started && m.revision.is_some() {
+                        watch_started = true;
+                        watched = m.start_watch().unwrap_or_else(crossbeam_channel::never);
+                    }
                 }
                 Err(ClaimError::Full { ids }) => {
                     let full = ClaimError::Full { ids };
@@ -97,7 +116,7 @@ pub fn run(
                 }
                 Err(ClaimError::Etcd(e)) => {
                     m.trouble.failed("cannot claim a name", &e);
-                    if wait(&commands, retry.next()) {
+                    if stop_requested(&commands, retry.next()) {
                         m.release();
                         let _ = events.send(Event::Released);
                         return;
@@ -106,11 +125,25 @@ pub fn run(
                 }
             }
         }
-        let deadline = m.next_keepalive.min(m.next_poll);
-        if wait(&commands, deadline.saturating_duration_since(Instant::now())) {
-            m.release();
-            let _ = events.send(Event::Released);
-            return;
+        let timeout = m.next_keepalive.min(m.next_poll).saturating_duration_since(Instant::now());
+        select! {
+            recv(commands) -> _ => {
+                m.release();
+                let _ = events.send(Event::Released);
+                return;
+            }
+            recv(watched) -> change => match change {
+                Ok(Watched::Changes(events)) => m.apply_changes(events),
+                Ok(Watched::Resync) => {
+                    m.revision = None;
+                    m.poll();
+                }
+                Err(_) => {
+                    log::warn!("the etcd watch stopped; polling every {:?} instead", m.settings.poll);
+                    watched = crossbeam_channel::never();
+                }
+            },
+            default(timeout) => {}
         }
         let now = Instant::now();
         if now >= m.next_keepalive {
@@ -123,11 +156,8 @@ pub fn run(
 }
 
 /// Sleeps up to `timeout`; true when told to shut down (or when the main thread is gone).
-fn wait(commands: &Receiver<Command>, timeout: Duration) -> bool {
-    match commands.recv_timeout(timeout) {
-        Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => true,
-        Err(RecvTimeoutError::Timeout) => false,
-    }
+fn stop_requested(commands: &Receiver<Command>, timeout: Duration) -> bool {
+    !matches!(commands.recv_timeout(timeout), Err(crossbeam_channel::RecvTimeoutError::Timeout))
 }
 
 impl Membership {
@@ -169,9 +199,10 @@ impl Membership {
             claimed.requests
         );
         let now = Instant::now();
-        self.held = Some(Held { id: claimed.id, name: claimed.name });
+        self.held = Some(Held { name: claimed.name });
         self.last_id = Some(claimed.id);
-        self.marker = None;
+        // The snapshot names this node now: read and rebuild at once.
+        self.revision = None;
         self.next_keepalive = now + renew_interval(lease.ttl);
         self.broadcast(Update::HeldUntil(Some(now + Duration::from_secs(lease.ttl as u64))));
         Ok(())
@@ -195,7 +226,7 @@ impl Membership {
             }
             Err(e) => {
                 self.trouble.failed("cannot renew the lease", &e);
-                self.next_keepalive = now + RETRY_MIN.max(Duration::from_secs(1));
+                self.next_keepalive = now + Duration::from_secs(1);
             }
         }
     }
@@ -221,9 +252,9 @@ impl Membership {
     fn poll(&mut self) {
         self.next_poll = Instant::now() + self.settings.poll;
         let (start, end) = self.settings.pattern.key_range();
-        if let Some(marker) = self.marker {
+        if self.revision.is_some() {
             match self.client.range_newest(start.as_bytes(), end.as_bytes()) {
-                Ok(newest) if (newest.count, newest.kvs.first().map_or(0, |kv| kv.mod_revision)) == marker => {
+                Ok(newest) if (newest.count, newest.kvs.first().map_or(0, |kv| kv.mod_revision)) == self.marker() => {
                     self.trouble.recovered(self.client.endpoint());
                     return;
                 }
@@ -234,45 +265,73 @@ impl Membership {
         match self.client.range(start.as_bytes(), end.as_bytes()) {
             Ok(range) => {
                 self.trouble.recovered(self.client.endpoint());
-                self.apply(range);
+                let mut old = std::mem::take(&mut self.entries);
+                for kv in range.kvs {
+                    let reused = old.remove(&kv.key).filter(|e| e.mod_revision == kv.mod_revision);
+                    let entry = reused.unwrap_or_else(|| self.entry(&kv));
+                    self.entries.insert(kv.key, Entry { lease: kv.lease, ..entry });
+                }
+                self.publish(range.revision);
             }
             Err(e) => self.trouble.failed("cannot read the members", &e),
         }
     }
 
-    fn apply(&mut self, range: etcd::Range) {
-        let newest = range.kvs.iter().map(|kv| kv.mod_revision).max().unwrap_or(0);
-        self.marker = Some((range.count, newest));
-        let mut members = BTreeMap::new();
-        let mut own_key = None;
-        for kv in &range.kvs {
-            let id = std::str::from_utf8(&kv.key).ok().and_then(|key| self.settings.pattern.id_of(key));
-            if let (Some(held), Some(id)) = (&self.held, id) {
-                if held.id == id {
-                    own_key = Some(kv.lease);
-                }
+    /// What `range_newest` answers when nothing changed since `entries` were read: the range's
+    /// count and its newest modification.
+    fn marker(&self) -> (i64, i64) {
+        let newest = self.entries.values().map(|e| e.mod_revision).max().unwrap_or(0);
+        (self.entries.len() as i64, newest)
+    }
+
+    /// Applies changes from the watch stream. Changes the last read already saw are skipped, so a
+    /// read and a watch racing each other never undo one another.
+    fn apply_changes(&mut self, events: Vec<etcd::WatchEvent>) {
+        let Some(mut revision) = self.revision else { return };
+        let mut changed = false;
+        for event in events {
+            if event.kv.mod_revision <= revision {
+                continue;
             }
-            let parsed = match id {
-                Some(id) => Record::parse(&kv.value).map(|record| (id, record)).map_err(|e| e.to_string()),
-                None => Err(format!("does not follow the pattern {}", self.settings.pattern)),
-            };
-            match parsed {
-                Ok((id, record)) => {
-                    members.insert(id, record);
-                }
-                Err(why) => {
-                    if self.warned.insert((kv.key.clone(), kv.mod_revision)) {
-                        log::warn!("ignoring etcd key {:?}: {why}", String::from_utf8_lossy(&kv.key));
-                    }
-                }
+            revision = event.kv.mod_revision;
+            changed = true;
+            if event.deleted {
+                self.entries.remove(&event.kv.key);
+            } else {
+                let entry = self.entry(&event.kv);
+                self.entries.insert(event.kv.key, entry);
             }
         }
+        if changed {
+            self.publish(revision);
+        }
+    }
+
+    /// Parses a key and value into an entry, warning once about a bad one.
+    fn entry(&self, kv: &KeyValue) -> Entry {
+        let id = std::str::from_utf8(&kv.key).ok().and_then(|key| self.settings.pattern.id_of(key));
+        let member = match id {
+            Some(id) => Record::parse(&kv.value).map(|record| (id, record)).map_err(|e| e.to_string()),
+            None => Err(format!("does not follow the pattern {}", self.settings.pattern)),
+        };
+        if let Err(why) = &member {
+            log::warn!("ignoring etcd key {:?}: {why}", String::from_utf8_lossy(&kv.key));
+        }
+        Entry { mod_revision: kv.mod_revision, lease: kv.lease, member }
+    }
+
+    /// Builds a snapshot of `entries` as of `revision` and hands it to the answering threads.
+    fn publish(&mut self, revision: i64) {
+        self.revision = Some(revision);
+        let members: BTreeMap<u32, Record> =
+            self.entries.values().filter_map(|e| e.member.as_ref().ok()).map(|(id, r)| (*id, *r)).collect();
         self.log_changes(&members);
         self.members = members;
         // Our key was deleted or moved to another lease: the name is no longer ours. A revoked
         // lease shows here first, as the key goes with it; asking etcd tells which it was.
-        if let (Some(_), Some(lease)) = (&self.held, self.lease) {
-            if own_key != Some(lease.id) {
+        if let (Some(held), Some(lease)) = (&self.held, self.lease) {
+            let own_lease = self.entries.get(held.name.as_bytes()).map(|e| e.lease);
+            if own_lease != Some(lease.id) {
                 let state = match self.client.lease_keepalive(lease.id) {
                     Ok(None) => LeaseState::Gone,
                     Ok(Some(_)) | Err(_) => LeaseState::Alive,
@@ -280,22 +339,21 @@ impl Membership {
                 self.lose(state);
             }
         }
-        let own_name = self.held.as_ref().map(|h| h.name.as_str());
         let started = Instant::now();
         let snapshot = Snapshot::build(&Inputs {
             pattern: &self.settings.pattern,
             ttl: self.settings.ttl,
-            revision: range.revision,
-            own_name,
+            revision,
+            own_name: self.held.as_ref().map(|h| h.name.as_str()),
             members: &self.members,
         });
         log::debug!(
-            "built a snapshot of {} members in {:.2} ms at revision {}",
+            "built a snapshot of {} members in {:.2} ms at revision {revision}",
             self.members.len(),
-            started.elapsed().as_secs_f64() * 1e3,
-            range.revision
+            started.elapsed().as_secs_f64() * 1e3
         );
         self.broadcast(Update::Snapshot(Arc::new(snapshot)));
+        return_freed_memory();
     }
 
     fn log_changes(&self, members: &BTreeMap<u32, Record>) {
@@ -322,6 +380,24 @@ impl Membership {
         }
     }
 
+    /// Starts the thread that follows the member range's watch stream from the last read on.
+    fn start_watch(&self) -> Option<Receiver<Watched>> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (start, end) = self.settings.pattern.key_range();
+        let from = self.revision? + 1;
+        let client = self.client.clone();
+        let spawned = std::thread::Builder::new()
+            .name("etcd-watch".into())
+            .spawn(move || follow(client, start.into_bytes(), end.into_bytes(), from, tx));
+        match spawned {
+            Ok(_) => Some(rx),
+            Err(e) => {
+                log::warn!("cannot start the watch thread ({e}); polling only");
+                None
+            }
+        }
+    }
+
     /// Revokes the lease, which frees the name at once.
     fn release(&mut self) {
         let name = self.held.as_ref().map(|h| h.name.clone());
@@ -337,6 +413,53 @@ impl Membership {
         if let Err(e) = self.client.lease_revoke(lease.id) {
             log::warn!("could not revoke lease {:x}: {e}; its name frees itself within {}s", lease.id, lease.ttl);
         }
+    }
+}
+
+/// The watch thread: forwards every change in `[start, end)` from revision `from` on, reopening
+/// the stream where it left off whenever it breaks. Ends when the etcd thread is gone.
+fn follow(mut client: etcd::Client, start: Vec<u8>, end: Vec<u8>, mut from: i64, tx: Sender<Watched>) {
+    let mut retry = Backoff::new();
+    loop {
+        match client.watch(&start, &end, from) {
+            Ok(mut watch) => loop {
+                match watch.next() {
+                    Ok(WatchMessage::Changes(events)) => {
+                        retry.reset();
+                        from = events.iter().map(|e| e.kv.mod_revision + 1).max().unwrap_or(from);
+                        if tx.send(Watched::Changes(events)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(WatchMessage::Progress) => retry.reset(),
+                    Ok(WatchMessage::Compacted) => {
+                        // What happened since `from` is gone from etcd's history: watch from now
+                        // on, and have everything read again.
+                        from = 0;
+                        if tx.send(Watched::Resync).is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        log::debug!("etcd watch: {e}");
+                        break;
+                    }
+                }
+            },
+            Err(e) => log::debug!("cannot open the etcd watch: {e}"),
+        }
+        std::thread::sleep(retry.next());
+    }
+}
+
+/// Reading a large member range briefly needs a few megabytes; glibc keeps freed memory for reuse
+/// unless asked, and a daemon that sits at its peak forever looks (and is) wasteful.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -373,7 +496,7 @@ impl Trouble {
         if matches!(e, etcd::Error::Unreachable(_)) {
             self.since.get_or_insert(now);
         }
-        if self.last_warning.map_or(true, |t| now - t >= WARN_EVERY) {
+        if self.last_warning.is_none_or(|t| now - t >= WARN_EVERY) {
             self.last_warning = Some(now);
             log::warn!("{what}: {e}");
         } else {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::etcd::WatchEvent;
 use crate::zone::Snapshot;
 
 /// From the etcd thread to each answering thread.
@@ -32,4 +33,12 @@ pub enum Event {
     Released,
     /// A thread ended, normally or by a panic; the daemon cannot work without it.
     ThreadExited(String),
+}
+
+/// From the watch thread to the etcd thread.
+pub enum Watched {
+    /// Changes to the member range, in revision order.
+    Changes(Vec<WatchEvent>),
+    /// The watch missed changes (etcd compacted its history): read the members again.
+    Resync,
 }

@@ -34,7 +34,7 @@ fn defaults() {
     let c = parse_ok(". {\n idetcd {\n  pattern worker{{.ID}}.tf.local.\n }\n}");
     assert_eq!(c.endpoints, ["http://localhost:2379"]);
     assert_eq!(c.ids, 1..=10);
-    assert_eq!((c.ttl, c.lease, c.poll, c.threads), (5, 20, Duration::from_secs(1), 1));
+    assert_eq!((c.ttl, c.lease, c.poll, c.threads, c.watch), (5, 20, Duration::from_secs(1), 1, false));
     assert_eq!((c.ipv4, c.ipv6), (None, None));
     assert!(c.listen.is_empty());
     assert_eq!(c.port, 53);
@@ -56,6 +56,7 @@ fn every_setting() {
                 lease 10
                 poll 250ms
                 threads 4
+                watch
             }
         }
         "#,
@@ -67,7 +68,7 @@ fn every_setting() {
     assert_eq!(c.pattern.to_string(), "worker{{.ID}}.tf.local.");
     assert_eq!(c.ipv4, Some("10.0.0.3".parse().unwrap()));
     assert_eq!(c.ipv6, Some("fd00::3".parse().unwrap()));
-    assert_eq!((c.ttl, c.lease, c.poll, c.threads), (30, 10, Duration::from_millis(250), 4));
+    assert_eq!((c.ttl, c.lease, c.poll, c.threads, c.watch), (30, 10, Duration::from_millis(250), 4, true));
 }
 
 #[test]
@@ -121,10 +122,11 @@ fn errors_name_the_line_and_the_problem() {
         (idetcd("        lease 0"), "Corefile:4: lease: \"0\" is not a number from 1 to 86400"),
         (idetcd("        poll soon"), "Corefile:4: poll: \"soon\" is not a duration (examples: 500ms, 2s, 1m)"),
         (idetcd("        poll 1ms"), "Corefile:4: poll must be at least 10ms"),
+        (idetcd("        watch yes"), "Corefile:4: watch takes no arguments: unexpected \"yes\""),
         (idetcd("        threads 0"), "Corefile:4: threads: \"0\" is not a number from 1 to 64"),
         (idetcd("        pattern x{{.ID}}.y."), "Corefile:4: pattern is given twice"),
         (idetcd("        limit 3\n        limit 4"), "Corefile:5: limit is given twice"),
-        (idetcd("        upstream 8.8.8.8"), "Corefile:4: unknown directive \"upstream\" in idetcd block (known: endpoint, limit, pattern, address, ttl, lease, poll, threads)"),
+        (idetcd("        upstream 8.8.8.8"), "Corefile:4: unknown directive \"upstream\" in idetcd block (known: endpoint, limit, pattern, address, ttl, lease, poll, watch, threads)"),
         (idetcd("        limit 3 {\n        }"), "Corefile:4: limit does not take a block"),
         (
             ". {\n idetcd {\n  pattern worker.tf.local.\n }\n}".into(),

@@ -98,3 +98,32 @@ fn bad_values_in_etcd_are_skipped_with_one_warning() {
         assert_eq!(warnings, 1, "one warning for {key}:\n{log}");
     }
 }
+
+#[test]
+fn with_watch_changes_show_long_before_the_next_poll() {
+    let mut etcd = Etcd::start();
+    let setup = Setup { poll: "30s", extra: "        watch\n".into(), ..Setup::new(&etcd, "watch.test.") };
+    let mut observer = setup.start();
+    assert_eq!(observer.claimed(), "worker1.watch.test.");
+    let seen_within = |what: &str, node: &crate::support::Node, name: &str, rcode: OptRcode| {
+        let started = Instant::now();
+        eventually(what, Duration::from_secs(3), || (node.query(name, Rtype::A).rcode == rcode).then_some(()));
+        started.elapsed()
+    };
+
+    let mut joiner = setup.start();
+    assert_eq!(joiner.claimed(), "worker2.watch.test.");
+    seen_within("the join", &observer, "worker2.watch.test.", OptRcode::NOERROR);
+    joiner.signal(libc::SIGTERM);
+    joiner.wait_exit(Duration::from_secs(5));
+    seen_within("the leave", &observer, "worker2.watch.test.", OptRcode::NXDOMAIN);
+
+    // The stream breaks with etcd and is reopened where it left off.
+    etcd.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    etcd.resume();
+    let mut late = setup.start();
+    assert_eq!(late.claimed(), "worker2.watch.test.");
+    let took = seen_within("a join after etcd came back", &observer, "worker2.watch.test.", OptRcode::NOERROR);
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
