@@ -18,7 +18,7 @@ use crate::address;
 use crate::config::Config;
 use crate::etcd;
 use crate::membership::{self, Settings};
-use crate::messages::{Command, Event};
+use crate::messages::{Command, Event, Latest};
 use crate::record::Record;
 use crate::server::{self, View};
 use crate::zone::Snapshot;
@@ -70,8 +70,8 @@ pub fn run(config: &Config) -> Result<(), Error> {
     let empty = Arc::new(Snapshot::empty(&config.pattern));
     let mut updates = Vec::new();
     let mut view = || {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        updates.push(tx);
+        let (latest, rx) = Latest::channel();
+        updates.push(latest);
         View::new(Arc::clone(&empty), rx)
     };
     for (i, udp) in listeners.udp.into_iter().enumerate() {
@@ -92,7 +92,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
     };
     let client = etcd::Client::new(&config.endpoints);
     let events_for_etcd = events_tx.clone();
-    spawn("etcd", &events_tx, move || membership::run(settings, client, commands_rx, events_for_etcd, updates))?;
+    spawn("etcd", &events_tx, move || membership::run(settings, client, commands_rx, events_for_etcd, updates, empty))?;
 
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(Error::Signals)?;
     let events_for_signals = events_tx.clone();

@@ -17,7 +17,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::claim::{self, ClaimError};
 use crate::etcd::{self, KeyValue, Lease, WatchMessage};
-use crate::messages::{Command, Event, Update, Watched};
+use crate::messages::{Command, Event, Latest, Update, Watched};
 use crate::pattern::Pattern;
 use crate::record::Record;
 use crate::zone::{Inputs, Snapshot};
@@ -56,7 +56,9 @@ struct Membership {
     settings: Settings,
     value: String,
     client: etcd::Client,
-    updates: Vec<Sender<Update>>,
+    updates: Vec<Latest<Update>>,
+    /// What the answering threads were last sent.
+    state: Update,
     lease: Option<Lease>,
     held: Option<Held>,
     /// The ID held last, to ask for again after losing the lease.
@@ -76,7 +78,8 @@ pub fn run(
     client: etcd::Client,
     commands: Receiver<Command>,
     events: Sender<Event>,
-    updates: Vec<Sender<Update>>,
+    updates: Vec<Latest<Update>>,
+    empty: Arc<Snapshot>,
 ) {
     let now = Instant::now();
     let mut m = Membership {
@@ -84,6 +87,7 @@ pub fn run(
         settings,
         client,
         updates,
+        state: Update { snapshot: empty, held_until: None },
         lease: None,
         held: None,
         last_id: None,
@@ -204,7 +208,8 @@ impl Membership {
         // The snapshot names this node now: read and rebuild at once.
         self.revision = None;
         self.next_keepalive = now + renew_interval(lease.ttl);
-        self.broadcast(Update::HeldUntil(Some(now + Duration::from_secs(lease.ttl as u64))));
+        self.state.held_until = Some(now + Duration::from_secs(lease.ttl as u64));
+        self.broadcast();
         Ok(())
     }
 
@@ -217,7 +222,8 @@ impl Membership {
                 log::debug!("renewed lease {:x} for {ttl}s", lease.id);
                 self.next_keepalive = now + renew_interval(ttl);
                 if self.held.is_some() {
-                    self.broadcast(Update::HeldUntil(Some(now + Duration::from_secs(ttl as u64))));
+                    self.state.held_until = Some(now + Duration::from_secs(ttl as u64));
+                    self.broadcast();
                 }
             }
             Ok(None) => {
@@ -245,7 +251,8 @@ impl Membership {
                 log::warn!("{name} was deleted from etcd or moved off lease {lease:x}; claiming a name again");
             }
         }
-        self.broadcast(Update::HeldUntil(None));
+        self.state.held_until = None;
+        self.broadcast();
     }
 
     /// Reads the members if anything changed since the last read, and publishes a new snapshot.
@@ -352,7 +359,8 @@ impl Membership {
             self.members.len(),
             started.elapsed().as_secs_f64() * 1e3
         );
-        self.broadcast(Update::Snapshot(Arc::new(snapshot)));
+        self.state.snapshot = Arc::new(snapshot);
+        self.broadcast();
         return_freed_memory();
     }
 
@@ -370,13 +378,9 @@ impl Membership {
         }
     }
 
-    fn broadcast(&self, update: Update) {
-        for tx in &self.updates {
-            let message = match &update {
-                Update::Snapshot(s) => Update::Snapshot(Arc::clone(s)),
-                Update::HeldUntil(t) => Update::HeldUntil(*t),
-            };
-            let _ = tx.send(message);
+    fn broadcast(&self) {
+        for latest in &self.updates {
+            latest.send(self.state.clone());
         }
     }
 

@@ -3,17 +3,43 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crossbeam_channel::{Receiver, Sender};
+
 use crate::etcd::WatchEvent;
 use crate::zone::Snapshot;
 
-/// From the etcd thread to each answering thread.
-pub enum Update {
-    /// The zone as last read from etcd; replaces the previous one whole.
-    Snapshot(Arc<Snapshot>),
+/// From the etcd thread to each answering thread: the whole state they answer from, replaced at
+/// once. Sent through a `Latest`, so a thread that is slow to look (an idle UDP socket) finds only
+/// the newest one, never a backlog.
+#[derive(Clone)]
+pub struct Update {
+    /// The zone as last read from etcd.
+    pub snapshot: Arc<Snapshot>,
     /// This node holds its name until then unless the lease is renewed; `None` when it holds none.
     /// Answering threads stop naming themselves in `id.server.` once it passes, even if the etcd
     /// thread is late to notice (a process paused past its lease, say).
-    HeldUntil(Option<Instant>),
+    pub held_until: Option<Instant>,
+}
+
+/// The sending end of a channel that holds at most one message, the newest: sending replaces
+/// whatever the receiver has not taken yet.
+pub struct Latest<T> {
+    tx: Sender<T>,
+    /// Our own handle on the queue, to take out what the receiver left there.
+    stale: Receiver<T>,
+}
+
+impl<T> Latest<T> {
+    pub fn channel() -> (Latest<T>, Receiver<T>) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        (Latest { tx, stale: rx.clone() }, rx)
+    }
+
+    pub fn send(&self, value: T) {
+        while self.stale.try_recv().is_ok() {}
+        // Only we send, so after the drain there is room; a receiver that is gone is no error here.
+        let _ = self.tx.try_send(value);
+    }
 }
 
 /// From the main thread to the etcd thread.

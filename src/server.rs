@@ -213,13 +213,11 @@ impl View {
         View { snapshot, held_until: None, updates }
     }
 
-    /// Takes whatever the etcd thread sent since the last call, without waiting.
+    /// Takes the newest state the etcd thread sent since the last call, without waiting.
     fn refresh(&mut self) {
-        while let Ok(update) = self.updates.try_recv() {
-            match update {
-                Update::Snapshot(s) => self.snapshot = s,
-                Update::HeldUntil(t) => self.held_until = t,
-            }
+        if let Ok(update) = self.updates.try_recv() {
+            self.snapshot = update.snapshot;
+            self.held_until = update.held_until;
         }
     }
 
