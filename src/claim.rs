@@ -81,8 +81,10 @@ struct Keys {
 impl Keys {
     fn new(request: &Request) -> Keys {
         let (start, end) = request.pattern.key_range();
-        // Outside the name range, so the original plugin and our member reads never see it.
-        let queue = format!("_idetcd/claims/{}/", request.pattern);
+        // Under the pattern's literal prefix, so that an etcd user granted that prefix may claim,
+        // but outside the name range (names continue the prefix with a digit), so member reads
+        // never see it.
+        let queue = format!("{}_claims/{}/", request.pattern.prefix(), request.pattern);
         let mut queue_end = queue.clone().into_bytes();
         queue_end.pop();
         queue_end.push(b'/' + 1);
@@ -347,11 +349,13 @@ mod tests {
         let pattern = Pattern::parse("w{{.ID}}.z.").unwrap();
         let request = Request { pattern: &pattern, ids: 1..=5, value: b"{}", lease: 0x2a, preferred: None };
         let keys = Keys::new(&request);
-        assert_eq!(keys.mine, b"_idetcd/claims/w{{.ID}}.z./000000000000002a");
+        assert_eq!(keys.mine, b"w_claims/w{{.ID}}.z./000000000000002a");
         assert_eq!(
             (keys.queue.start.as_slice(), keys.queue.end.as_slice()),
-            (&b"_idetcd/claims/w{{.ID}}.z./"[..], &b"_idetcd/claims/w{{.ID}}.z.0"[..])
+            (&b"w_claims/w{{.ID}}.z./"[..], &b"w_claims/w{{.ID}}.z.0"[..])
         );
+        let (start, end) = pattern.key_range();
+        assert!(!(start.as_bytes()..end.as_bytes()).contains(&keys.mine.as_slice()), "outside the name range");
         let txn = chain(&request, &keys, &[2, 5], 17);
         let Compare::Absent(key) = &txn.compare[0] else { panic!() };
         assert_eq!(key, b"w2.z.");

@@ -1,23 +1,9 @@
-//! idetcd: every node of a cluster runs it with the same Corefile; each claims the lowest free name
-//! in etcd and answers DNS for all of them. `main` only wires things up and maps errors to exit
-//! codes; ARCHITECTURE.md has the map.
-
-mod address;
-mod claim;
-mod cli;
-mod config;
-mod corefile;
-mod daemon;
-mod dns;
-mod etcd;
-mod membership;
-mod messages;
-mod pattern;
-mod record;
-mod server;
-mod zone;
+//! The `idetcd` binary: parses the command line, then hands over to the library. It only wires
+//! things up and maps errors to exit codes.
 
 use std::process::ExitCode;
+
+use idetcd::{cli, corefile, daemon};
 
 fn main() -> ExitCode {
     let command = match cli::parse(std::env::args_os().skip(1)) {

@@ -68,3 +68,22 @@ pub enum Watched {
     /// The watch missed changes (etcd compacted its history): read the members again.
     Resync,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latest_keeps_only_the_newest() {
+        let (latest, rx) = Latest::channel();
+        for i in 0..5 {
+            latest.send(i);
+        }
+        assert_eq!(rx.try_recv(), Ok(4));
+        assert!(rx.try_recv().is_err());
+        latest.send(5);
+        assert_eq!(rx.try_recv(), Ok(5));
+        drop(rx);
+        latest.send(6);
+    }
+}

@@ -102,6 +102,11 @@ impl Pattern {
         Ok(Pattern { prefix: prefix.to_string(), suffix: suffix.to_string(), zone: format!("{zone}.") })
     }
 
+    /// The text before `{{.ID}}`: every key this daemon writes starts with it.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The zone this pattern's names live in, with its trailing dot: `tf.local.`.
     pub fn zone(&self) -> &str {
         &self.zone

@@ -61,7 +61,7 @@ fn a_node_beyond_the_limit_exits_with_a_clear_message() {
     let log = sixth.log();
     assert!(log.contains("limit of 5 nodes"), "{log}");
     assert_eq!(etcd.names("full.test.").len(), 5, "the sixth node left no key behind");
-    assert!(etcd.range("_idetcd/", "_idetcd0").is_empty(), "nor a place in the claim queue");
+    assert!(etcd.range("worker_claims/", "worker_claims0").is_empty(), "nor a place in the claim queue");
 }
 
 #[test]
@@ -177,5 +177,5 @@ fn thirty_two_nodes_starting_together_get_1_to_32() {
     assert_eq!(etcd.names("herd.test."), want);
     let leases: BTreeSet<i64> = etcd.range("worker0", "worker:").iter().map(|kv| kv.lease).collect();
     assert_eq!(leases.len(), 32, "each name on its own node's lease");
-    assert!(etcd.range("_idetcd/", "_idetcd0").is_empty(), "every claim left the queue");
+    assert!(etcd.range("worker_claims/", "worker_claims0").is_empty(), "every claim left the queue");
 }

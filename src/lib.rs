@@ -1,0 +1,19 @@
+//! idetcd: every node of a cluster runs it with the same Corefile; each claims the lowest free name
+//! in etcd and answers DNS for all of them. The binary in `main.rs` drives this library; the library
+//! exists so that the fuzz targets in `fuzz/` can call the pure parts directly. ARCHITECTURE.md has
+//! the map.
+
+pub mod address;
+pub mod claim;
+pub mod cli;
+pub mod config;
+pub mod corefile;
+pub mod daemon;
+pub mod dns;
+pub mod etcd;
+pub mod membership;
+pub mod messages;
+pub mod pattern;
+pub mod record;
+pub mod server;
+pub mod zone;
