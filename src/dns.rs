@@ -60,6 +60,10 @@ pub struct Context {
 /// bytes for UDP and 65 535 for TCP.
 pub fn respond(query: &[u8], snapshot: &Snapshot, context: Context, out: &mut [u8]) -> usize {
     let Some(header) = Header::read(query) else { return 0 };
+    // Room for a header, the longest question and an OPT record, whatever the answer.
+    if out.len() < HEADER_LEN + 255 + 4 + OPT_LEN {
+        return 0;
+    }
     if header.flags & FLAG_QR != 0 {
         return 0;
     }
@@ -68,9 +72,10 @@ pub fn respond(query: &[u8], snapshot: &Snapshot, context: Context, out: &mut [u
     let mut reply =
         Reply { header: &header, question: None, edns: None, rcode: OptRcode::NOERROR, aa: false, section: None };
     match parsed {
-        Err(question) => {
+        Err(malformed) => {
             // Anything we cannot read: FORMERR, unless the opcode is one we do not do at all.
-            reply.question = question;
+            reply.question = malformed.question;
+            reply.edns = malformed.edns;
             reply.rcode = if header.opcode() != Opcode::QUERY.to_int() { OptRcode::NOTIMP } else { OptRcode::FORMERR };
         }
         Ok(q) => {
@@ -162,11 +167,23 @@ impl Reply<'_> {
         }
         .min(out.len());
         let question = self.question.unwrap_or(&[]);
-        let section = self.section.map(|s| (snapshot.section_bytes(s), s));
         let opt_len = if self.edns.is_some() { OPT_LEN } else { 0 };
-        let full = HEADER_LEN + question.len() + section.map_or(0, |(b, _)| b.len()) + opt_len;
-        // Only answers can be too large: header, question and OPT always fit in 512 bytes.
-        let (truncated, section) = if full > limit { (true, None) } else { (false, section) };
+        let fixed = HEADER_LEN + question.len() + opt_len;
+        // What does not fit is left out: additional records quietly (RFC 2181 §9), anything more
+        // with the TC bit, so that the client asks again over TCP.
+        let (body, counts, truncated) = match self.section {
+            None => (&[][..], [0; 3], false),
+            Some(s) => {
+                let bytes = snapshot.section_bytes(s);
+                if fixed + bytes.len() <= limit {
+                    (bytes, s.counts, false)
+                } else if fixed + s.required as usize <= limit {
+                    (&bytes[..s.required as usize], [s.counts[0], s.counts[1], 0], false)
+                } else {
+                    (&[][..], [0; 3], true)
+                }
+            }
+        };
         let mut flags = FLAG_QR | (self.header.flags & (OPCODE_MASK | FLAG_RD | FLAG_CD));
         flags |= u16::from(self.rcode.rcode().to_int());
         if self.aa {
@@ -175,7 +192,6 @@ impl Reply<'_> {
         if truncated {
             flags |= FLAG_TC;
         }
-        let counts = section.map_or([0; 3], |(_, s)| s.counts);
         let mut w = Writer { out, len: 0 };
         w.u16(self.header.id);
         w.u16(flags);
@@ -184,21 +200,20 @@ impl Reply<'_> {
         w.u16(counts[1]);
         w.u16(counts[2] + u16::from(self.edns.is_some()));
         w.bytes(question);
-        if let Some((bytes, _)) = section {
-            w.bytes(bytes);
-        }
-        if self.edns.is_some() {
+        w.bytes(body);
+        if let Some(edns) = self.edns {
             w.bytes(&[0]);
             w.u16(TYPE_OPT);
             w.u16(MAX_UDP_PAYLOAD);
-            w.bytes(&[self.rcode.ext(), 0, 0, 0]);
+            // Extended rcode, version 0, and the DO bit copied from the query (RFC 3225 §3).
+            w.bytes(&[self.rcode.ext(), 0, if edns.dnssec_ok { 0x80 } else { 0 }, 0]);
             w.u16(0);
         }
         w.len
     }
 }
 
-/// Writes into a buffer already known to be large enough.
+/// Writes into a buffer already known to be large enough (`respond` checks it first).
 struct Writer<'a> {
     out: &'a mut [u8],
     len: usize,
@@ -243,6 +258,7 @@ impl Header {
 struct Edns {
     payload: u16,
     version: u8,
+    dnssec_ok: bool,
 }
 
 struct Query<'a> {
@@ -255,19 +271,31 @@ struct Query<'a> {
     edns: Option<Edns>,
 }
 
+/// What can still be echoed from a query that cannot be answered.
+struct Malformed<'a> {
+    question: Option<&'a [u8]>,
+    edns: Option<Edns>,
+}
+
 /// Reads the one question, lowercasing its name into `lower`, and finds the OPT record. On error
-/// returns the question when it could be read, to echo it in the FORMERR.
-fn parse<'a>(packet: &'a [u8], header: &Header, lower: &mut [u8; 255]) -> Result<Query<'a>, Option<&'a [u8]>> {
-    if header.qdcount != 1 {
-        return Err(None);
-    }
+/// returns what could be read, to echo it in the FORMERR.
+fn parse<'a>(packet: &'a [u8], header: &Header, lower: &mut [u8; 255]) -> Result<Query<'a>, Malformed<'a>> {
     let mut r = Reader { packet, pos: HEADER_LEN };
-    let name_len = r.question_name(lower).ok_or(None)?;
-    let qtype = r.u16().ok_or(None)?;
-    let qclass = r.u16().ok_or(None)?;
+    if header.qdcount != 1 {
+        // Nothing to answer (a cookie-only query has no question), but an OPT record still
+        // deserves one back (RFC 6891 §7).
+        let edns = (0..header.qdcount).try_for_each(|_| r.skip_question()).and_then(|()| find_edns(&mut r, header));
+        return Err(Malformed { question: None, edns: edns.flatten() });
+    }
+    let unreadable = Malformed { question: None, edns: None };
+    let Some(name_len) = r.question_name(lower) else { return Err(unreadable) };
+    let (Some(qtype), Some(qclass)) = (r.u16(), r.u16()) else { return Err(unreadable) };
     let question = &packet[HEADER_LEN..r.pos];
     let query = Query { opcode: header.opcode(), question, name_len, qtype, qclass, edns: None };
-    find_edns(&mut r, header).map(|edns| Query { edns, ..query }).ok_or(Some(question))
+    match find_edns(&mut r, header) {
+        Some(edns) => Ok(Query { edns, ..query }),
+        None => Err(Malformed { question: Some(question), edns: None }),
+    }
 }
 
 /// Skips the answer and authority sections and reads the additional one for an OPT record. A
@@ -289,7 +317,7 @@ fn find_edns(r: &mut Reader, header: &Header) -> Option<Option<Edns>> {
             if edns.is_some() || !owner_is_root {
                 return None;
             }
-            edns = Some(Edns { payload: class, version: (ttl >> 16) as u8 });
+            edns = Some(Edns { payload: class, version: (ttl >> 16) as u8, dnssec_ok: ttl & 0x8000 != 0 });
         }
     }
     Some(edns)
@@ -353,6 +381,11 @@ impl Reader<'_> {
         }
     }
 
+    fn skip_question(&mut self) -> Option<()> {
+        self.skip_name()?;
+        self.skip(4)
+    }
+
     fn skip_record(&mut self) -> Option<()> {
         self.skip_name()?;
         self.skip(8)?;
@@ -369,6 +402,8 @@ impl Reader<'_> {
 pub struct Section {
     pub start: u32,
     pub len: u32,
+    /// How many of the bytes are answer and authority records: the part that must fit.
+    pub required: u32,
     /// Answer, authority and additional counts.
     pub counts: [u16; 3],
 }
@@ -393,16 +428,21 @@ pub enum Part {
 pub struct SectionWriter<'a> {
     arena: &'a mut Vec<u8>,
     start: usize,
+    /// Where the additional records begin, once there are any.
+    additional: Option<usize>,
     counts: [u16; 3],
 }
 
 impl<'a> SectionWriter<'a> {
     pub fn new(arena: &'a mut Vec<u8>) -> Self {
         let start = arena.len();
-        SectionWriter { arena, start, counts: [0; 3] }
+        SectionWriter { arena, start, additional: None, counts: [0; 3] }
     }
 
     pub fn record(&mut self, part: Part, owner: Owner, rtype: Rtype, class: Class, ttl: u32, rdata: &[u8]) {
+        if matches!(part, Part::Additional) && self.additional.is_none() {
+            self.additional = Some(self.arena.len());
+        }
         match owner {
             Owner::Question => self.arena.extend_from_slice(&QUESTION_POINTER),
             Owner::Name(name) => self.arena.extend_from_slice(name),
@@ -417,7 +457,14 @@ impl<'a> SectionWriter<'a> {
     }
 
     pub fn finish(self) -> Section {
-        Section { start: self.start as u32, len: (self.arena.len() - self.start) as u32, counts: self.counts }
+        let end = self.arena.len();
+        let required = self.additional.unwrap_or(end) - self.start;
+        Section {
+            start: self.start as u32,
+            len: (end - self.start) as u32,
+            required: required as u32,
+            counts: self.counts,
+        }
     }
 }
 

@@ -295,7 +295,13 @@ pub fn serve_udp(listener: UdpListener, mut view: View) {
         }
         // SAFETY: every header points into `b`, which outlives the call.
         let n = unsafe {
-            libc::recvmmsg(fd, b.recv.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_WAITFORONE, std::ptr::null_mut())
+            libc::recvmmsg(
+                fd,
+                b.recv.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE as _,
+                std::ptr::null_mut(),
+            )
         };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -321,7 +327,8 @@ pub fn serve_udp(listener: UdpListener, mut view: View) {
             let destination = if listener.wildcard { destination(&msg.msg_hdr) } else { None };
             b.send_iov[count] = libc::iovec { iov_base: b.answers[count].as_mut_ptr().cast(), iov_len: len };
             let hdr = &mut b.send[count].msg_hdr;
-            hdr.msg_name = (&mut b.peers[i] as *mut libc::sockaddr_storage).cast();
+            // The peer's address, where the kernel put it for the query.
+            hdr.msg_name = msg.msg_hdr.msg_name;
             hdr.msg_namelen = msg.msg_hdr.msg_namelen;
             hdr.msg_iov = &mut b.send_iov[count];
             hdr.msg_iovlen = 1;
@@ -361,7 +368,9 @@ fn destination(hdr: &libc::msghdr) -> Option<Destination> {
             match (c.cmsg_level, c.cmsg_type) {
                 (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
                     let info = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in_pktinfo);
-                    return Some(Destination::V4(info.ipi_addr));
+                    // The local address the query reached, which for broadcasts differs from the
+                    // packet's destination and is the one an answer can leave from.
+                    return Some(Destination::V4(info.ipi_spec_dst));
                 }
                 (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
                     let info = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in6_pktinfo);
@@ -414,45 +423,57 @@ struct Connection {
     input: Vec<u8>,
     output: Vec<u8>,
     written: usize,
-    /// Closed when reached: set at accept and after each answered query or write progress, not by
-    /// partial reads, so a client trickling bytes cannot keep a connection forever.
+    /// Closed when reached: set at accept, and pushed back by each answer and by write progress
+    /// only, so a client trickling bytes, or sending frames that get no answer, cannot keep it.
     deadline: Instant,
     done: bool,
 }
 
+/// What one connection may read in one turn of the loop, so that a fast sender cannot starve the
+/// others: a few full-size queries' worth.
+const TCP_READ_PER_TURN: usize = 4 * (2 + u16::MAX as usize);
+
 impl Connection {
+    fn new(stream: TcpStream) -> Connection {
+        let deadline = Instant::now() + TCP_IDLE_TIMEOUT;
+        Connection { stream, input: Vec::new(), output: Vec::new(), written: 0, deadline, done: false }
+    }
+
     fn pending(&self) -> bool {
         self.written < self.output.len()
     }
 
     fn read(&mut self, view: &View, answer: &mut [u8]) {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match self.stream.read(&mut chunk) {
+        let mut read = 0;
+        while read < TCP_READ_PER_TURN && !self.done && !self.pending() {
+            let start = self.input.len();
+            self.input.resize(start + 4096, 0);
+            match self.stream.read(&mut self.input[start..]) {
                 Ok(0) => {
+                    self.input.truncate(start);
                     self.done = true;
-                    break;
                 }
                 Ok(n) => {
-                    self.input.extend_from_slice(&chunk[..n]);
+                    self.input.truncate(start + n);
+                    read += n;
                     self.answer(view, answer);
-                    if self.done || self.pending() {
-                        break;
-                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.done = true;
-                    self.output.clear();
-                    break;
+                Err(e) => {
+                    self.input.truncate(start);
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => break,
+                        io::ErrorKind::Interrupted => {}
+                        _ => self.close(),
+                    }
                 }
             }
         }
         self.flush();
     }
 
-    /// Answers every complete query in the input (RFC 7766 allows several in flight).
+    /// Answers every complete query in the input (RFC 7766 allows several in flight). A frame that
+    /// gets no answer (too short for a header, or not a query) ends the connection: nothing good
+    /// comes from a client that sends them.
     fn answer(&mut self, view: &View, answer: &mut [u8]) {
         let mut used = 0;
         let context = view.context(Transport::Tcp);
@@ -461,10 +482,12 @@ impl Connection {
             let Some(query) = self.input.get(used + 2..used + 2 + len) else { break };
             used += 2 + len;
             let n = dns::respond(query, &view.snapshot, context, answer);
-            if n > 0 {
-                self.output.extend_from_slice(&(n as u16).to_be_bytes());
-                self.output.extend_from_slice(&answer[..n]);
+            if n == 0 {
+                self.done = true;
+                break;
             }
+            self.output.extend_from_slice(&(n as u16).to_be_bytes());
+            self.output.extend_from_slice(&answer[..n]);
             self.deadline = Instant::now() + TCP_IDLE_TIMEOUT;
         }
         self.input.drain(..used);
@@ -479,14 +502,15 @@ impl Connection {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.done = true;
-                    self.output.clear();
-                    self.written = 0;
-                    return;
-                }
+                Err(_) => return self.close(),
             }
         }
+        self.output.clear();
+        self.written = 0;
+    }
+
+    fn close(&mut self) {
+        self.done = true;
         self.output.clear();
         self.written = 0;
     }
@@ -502,26 +526,26 @@ pub fn serve_tcp(listeners: Vec<TcpListener>, mut view: View) {
     let mut connections: Vec<Connection> = Vec::new();
     let mut fds: Vec<libc::pollfd> = Vec::new();
     let mut answer = vec![0u8; u16::MAX as usize];
+    // After accept fails for want of descriptors, the listener stays readable: pause it a little
+    // instead of spinning.
+    let mut accept_again = Instant::now();
     loop {
         view.refresh();
         let now = Instant::now();
         connections.retain(|c| (c.pending() || !c.done) && c.deadline > now);
         fds.clear();
-        let accepting = connections.len() < MAX_TCP_CONNECTIONS;
-        fds.extend(listeners.iter().map(|l| pollfd(l.as_raw_fd(), if accepting { libc::POLLIN } else { 0 })));
+        let listen = if now >= accept_again { libc::POLLIN } else { 0 };
+        fds.extend(listeners.iter().map(|l| pollfd(l.as_raw_fd(), listen)));
         fds.extend(
             connections
                 .iter()
                 .map(|c| pollfd(c.stream.as_raw_fd(), if c.pending() { libc::POLLOUT } else { libc::POLLIN })),
         );
-        let next = connections
-            .iter()
-            .map(|c| c.deadline)
-            .min()
-            .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now));
-        let timeout = next.min(Duration::from_secs(1)).as_millis() as libc::c_int + 1;
+        let next = connections.iter().map(|c| c.deadline).chain([accept_again]).filter(|&d| d > now).min();
+        let timeout = next.map_or(Duration::from_secs(1), |d| d - now).min(Duration::from_secs(1));
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        let r =
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout.as_millis() as libc::c_int + 1) };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
@@ -544,26 +568,27 @@ pub fn serve_tcp(listeners: Vec<TcpListener>, mut view: View) {
             if fd.revents & libc::POLLIN == 0 {
                 continue;
             }
-            while connections.len() < MAX_TCP_CONNECTIONS {
+            loop {
                 match l.accept() {
                     Ok((stream, _)) => {
                         if stream.set_nonblocking(true).is_err() {
                             continue;
                         }
                         let _ = stream.set_nodelay(true);
-                        let deadline = Instant::now() + TCP_IDLE_TIMEOUT;
-                        connections.push(Connection {
-                            stream,
-                            input: Vec::new(),
-                            output: Vec::new(),
-                            written: 0,
-                            deadline,
-                            done: false,
-                        });
+                        // At the cap, the connection idle the longest makes room: idle clients
+                        // cannot lock new ones out.
+                        if connections.len() >= MAX_TCP_CONNECTIONS {
+                            if let Some(oldest) = (0..connections.len()).min_by_key(|&i| connections[i].deadline) {
+                                connections.swap_remove(oldest);
+                            }
+                        }
+                        connections.push(Connection::new(stream));
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        log::debug!("accepting a TCP connection: {e}");
+                        log::warn!("accepting a TCP connection: {e}");
+                        accept_again = Instant::now() + Duration::from_millis(100);
                         break;
                     }
                 }

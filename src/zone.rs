@@ -5,6 +5,7 @@
 //! names map to runs of it, so a snapshot of 10 000 members is a handful of allocations.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
 
 use domain::base::iana::{Class, Rtype};
@@ -25,7 +26,7 @@ pub struct Snapshot {
     /// The zone apex, lowercase wire form.
     apex: Vec<u8>,
     /// Every name that exists, lowercase wire form, to its RRsets in `rrsets`.
-    names: HashMap<Box<[u8]>, Range<u32>>,
+    names: Names,
     rrsets: Vec<Rrset>,
     /// The SOA in the authority section, for NXDOMAIN and NODATA answers.
     negative: Section,
@@ -58,16 +59,16 @@ impl Snapshot {
         Snapshot {
             ready: false,
             apex: zone_apex(pattern),
-            names: HashMap::new(),
+            names: Names::default(),
             rrsets: Vec::new(),
-            negative: Section { start: 0, len: 0, counts: [0; 3] },
+            negative: Section { start: 0, len: 0, required: 0, counts: [0; 3] },
             identity: None,
             arena: Vec::new(),
         }
     }
 
     pub fn build(inputs: &Inputs) -> Snapshot {
-        let mut b = Builder { arena: Vec::new(), names: HashMap::new(), rrsets: Vec::new() };
+        let mut b = Builder { arena: Vec::new(), names: Names::default(), rrsets: Vec::new() };
         let ttl = inputs.ttl;
         let apex = zone_apex(inputs.pattern);
         let own_wire = inputs.own_name.and_then(|n| dns::wire_name(n).ok());
@@ -151,8 +152,33 @@ impl Snapshot {
 
 struct Builder {
     arena: Vec<u8>,
-    names: HashMap<Box<[u8]>, Range<u32>>,
+    names: Names,
     rrsets: Vec<Rrset>,
+}
+
+type Names = HashMap<Box<[u8]>, Range<u32>, BuildHasherDefault<Fnv>>;
+
+/// FNV-1a, several times faster than the default SipHash on names of a few dozen bytes. SipHash
+/// guards tables whose keys an attacker chooses; these keys come from etcd, and a query only looks
+/// up, so a client cannot make the table slower.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl Builder {

@@ -256,16 +256,85 @@ fn unknown_edns_version_is_badvers() {
     assert!(m.opt().is_some());
 }
 
+/// A zone whose names are near the 253-byte limit, so that some answers outgrow 512 bytes.
+fn long_zone() -> (String, Snapshot) {
+    let label = "z".repeat(49);
+    let zone = format!("{label}.{label}.{label}.{label}.");
+    let pattern = Pattern::parse(&format!("w{{{{.ID}}}}.{zone}")).unwrap();
+    let mut members = BTreeMap::new();
+    members.insert(
+        1,
+        Record { ipv4: Some("10.0.0.1".parse().unwrap()), ipv6: Some("fd00::1".parse().unwrap()), port: None },
+    );
+    let own = pattern.name(1);
+    let snapshot =
+        Snapshot::build(&Inputs { pattern: &pattern, ttl: 5, revision: 1, own_name: Some(&own), members: &members });
+    (zone, snapshot)
+}
+
+fn ask_static(query: &Q, snapshot: &Snapshot) -> Message<Vec<u8>> {
+    ask(&query.packet(), snapshot, HELD).unwrap()
+}
+
 #[test]
 fn answers_that_do_not_fit_are_truncated() {
-    let packet = q("worker1.tf.local.", Rtype::AAAA).edns(1232, 0).packet();
-    let snapshot = snapshot(Some("worker2.tf.local."));
-    let mut out = [0u8; 60];
-    let n = respond(&packet, &snapshot, HELD, &mut out);
-    let m = Message::from_octets(out[..n].to_vec()).unwrap();
-    assert!(m.header().tc());
-    assert_eq!(m.header_counts().ancount(), 0);
-    assert_eq!(m.sole_question().unwrap().qname().to_string(), "worker1.tf.local");
+    let (zone, snapshot) = long_zone();
+    let name: &'static str = Box::leak(format!("nobody.{zone}").into_boxed_str());
+    // The SOA alone takes more than 512 bytes here.
+    let m = ask_static(&q(name, Rtype::A), &snapshot);
+    assert!(m.header().tc(), "{} bytes", m.as_slice().len());
+    assert!(m.as_slice().len() <= 512);
+    assert_eq!((rcode(&m), m.header_counts().nscount()), (OptRcode::NXDOMAIN, 0));
+    assert_eq!(m.sole_question().unwrap().qname().to_string(), name.trim_end_matches('.'));
+    // With EDNS the client takes up to 1232 bytes: all of it fits.
+    let m = ask_static(&q(name, Rtype::A).edns(1232, 0), &snapshot);
+    assert!(!m.header().tc());
+    assert_eq!(m.header_counts().nscount(), 1);
+    assert!(m.opt().is_some());
+    // Over TCP there is no such limit.
+    let m = ask(&q(name, Rtype::A).packet(), &snapshot, Context { transport: Transport::Tcp, identity_held: true });
+    assert!(!m.unwrap().header().tc());
+}
+
+#[test]
+fn glue_that_does_not_fit_is_left_out_without_truncating() {
+    let (zone, snapshot) = long_zone();
+    let apex: &'static str = Box::leak(zone.into_boxed_str());
+    let m = ask_static(&q(apex, Rtype::NS), &snapshot);
+    assert!(!m.header().tc());
+    assert!(m.as_slice().len() <= 512);
+    assert_eq!((m.header_counts().ancount(), m.header_counts().arcount()), (1, 0));
+    let m = ask_static(&q(apex, Rtype::NS).edns(1232, 0), &snapshot);
+    // The A and AAAA glue, and the OPT record.
+    assert_eq!((m.header_counts().ancount(), m.header_counts().arcount()), (1, 3));
+}
+
+#[test]
+fn small_buffers_get_no_answer_rather_than_a_panic() {
+    let mut out = [0u8; 100];
+    assert_eq!(respond(&q("worker1.tf.local.", Rtype::A).packet(), &snapshot(None), HELD, &mut out), 0);
+}
+
+#[test]
+fn the_do_bit_is_copied() {
+    let mut packet = q("worker1.tf.local.", Rtype::A).edns(1232, 0).packet();
+    let flags = packet.len() - 4;
+    packet[flags] |= 0x80;
+    let m = ask(&packet, &snapshot(None), HELD).unwrap();
+    assert!(m.opt().unwrap().dnssec_ok());
+    let m = answer(q("worker1.tf.local.", Rtype::A).edns(1232, 0));
+    assert!(!m.opt().unwrap().dnssec_ok());
+}
+
+#[test]
+fn formerr_keeps_the_opt_record() {
+    // A query with no question, only an OPT record (as a DNS cookie probe sends, RFC 7873 §5.4).
+    let full = q("worker1.tf.local.", Rtype::A).edns(1232, 0).packet();
+    let mut packet = full[..12].to_vec();
+    packet[4..6].copy_from_slice(&0u16.to_be_bytes());
+    packet.extend_from_slice(&full[full.len() - 11..]);
+    let m = ask(&packet, &snapshot(None), HELD).unwrap();
+    assert_eq!(rcode(&m), OptRcode::FORMERR);
     assert!(m.opt().is_some());
 }
 
