@@ -103,11 +103,13 @@ impl Keys {
 
 pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, ClaimError> {
     let keys = Keys::new(request);
-    // Take a number: count the queue, join it, read the names, all at one revision.
+    // Take a number: count the queue, join it, read the names, all at one revision. A retry on
+    // the same lease finds its place already taken and keeps it.
     let join = Txn {
         compare: vec![],
         success: vec![
             Op::Range(RangeRequest { count_only: true, ..keys.queue.clone() }),
+            Op::Range(RangeRequest::new(&keys.mine, &[keys.mine.as_slice(), &[0]].concat())),
             Op::Put { key: keys.mine.clone(), value: Vec::new(), lease: request.lease },
             Op::Range(keys.names.clone()),
         ],
@@ -116,8 +118,11 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
     let joined = client.txn(&join)?;
     let mut requests = 1;
     let (mut ahead, queued_at, mut view) = match joined.responses.as_slice() {
-        [OpResponse::Range(queue), OpResponse::Put { revision }, OpResponse::Range(names)] => {
-            (queue.count as usize, *revision, names.clone())
+        [OpResponse::Range(queue), OpResponse::Range(mine), OpResponse::Put { revision }, OpResponse::Range(names)] => {
+            match mine.kvs.first() {
+                Some(place) => ((queue.count as usize).saturating_sub(1), place.create_revision, names.clone()),
+                None => (queue.count as usize, *revision, names.clone()),
+            }
         }
         other => return Err(unexpected(client, other)),
     };
@@ -152,7 +157,7 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
         };
         match walk(&answer) {
             Walk::Won(level) => {
-                let id = ids[level];
+                let Some(&id) = ids.get(level) else { return Err(unexpected(client, &answer.responses)) };
                 return Ok(Claimed { id, name: request.pattern.name(id), requests });
             }
             Walk::Lost([OpResponse::Range(names), OpResponse::Range(queue)]) => {

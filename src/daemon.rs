@@ -8,7 +8,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -90,11 +90,13 @@ pub fn run(config: &Config) -> Result<(), Error> {
         watch: config.watch,
         ttl: config.ttl,
     };
-    let client = etcd::Client::new(&config.endpoints);
+    let lease = Duration::from_secs(u64::from(config.lease));
+    let client = etcd::Client::new(&config.endpoints, lease);
+    // Signals are caught before anything is claimed, so that no SIGTERM can end the process
+    // without releasing the name.
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(Error::Signals)?;
     let events_for_etcd = events_tx.clone();
     spawn("etcd", &events_tx, move || membership::run(settings, client, commands_rx, events_for_etcd, updates, empty))?;
-
-    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(Error::Signals)?;
     let events_for_signals = events_tx.clone();
     spawn("signals", &events_tx, move || {
         for signal in signals.forever() {
@@ -104,33 +106,52 @@ pub fn run(config: &Config) -> Result<(), Error> {
         }
     })?;
 
-    wait(&events, &commands)
+    wait(&events, &commands, || etcd::Client::new(&config.endpoints, lease))
 }
 
-fn wait(events: &Receiver<Event>, commands: &Sender<Command>) -> Result<(), Error> {
-    let failure = match events.recv() {
-        Ok(Event::Signal(signal)) => {
-            let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
-            log::info!("{name}: releasing the name and stopping");
-            None
+/// Waits for the reason to stop, then for the etcd thread to release the name. If it cannot (etcd
+/// too slow, or the thread gone), revokes the last lease it reported with a client of its own.
+fn wait(
+    events: &Receiver<Event>,
+    commands: &Sender<Command>,
+    client: impl FnOnce() -> etcd::Client,
+) -> Result<(), Error> {
+    let mut lease = None;
+    let failure = loop {
+        match events.recv() {
+            Ok(Event::Lease(id)) => lease = id,
+            Ok(Event::Signal(signal)) => {
+                let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+                log::info!("{name}: releasing the name and stopping");
+                break None;
+            }
+            Ok(Event::Fatal(why)) => return Err(Error::Fatal(why)),
+            Ok(Event::Released) => return Ok(()),
+            Ok(Event::ThreadExited(name)) => {
+                log::error!("thread {name} stopped; releasing the name and stopping");
+                break Some(Error::ThreadExited(name));
+            }
+            Err(_) => return Err(Error::ThreadExited("main".into())),
         }
-        Ok(Event::Fatal(why)) => return Err(Error::Fatal(why)),
-        Ok(Event::Released) => return Ok(()),
-        Ok(Event::ThreadExited(name)) => {
-            log::error!("thread {name} stopped; releasing the name and stopping");
-            Some(Error::ThreadExited(name))
-        }
-        Err(_) => return Err(Error::ThreadExited("main".into())),
     };
     let _ = commands.send(Command::Shutdown);
-    let deadline = std::time::Instant::now() + RELEASE_TIMEOUT;
-    loop {
+    let deadline = Instant::now() + RELEASE_TIMEOUT;
+    let released = loop {
         match events.recv_deadline(deadline) {
-            Ok(Event::Released) | Err(_) => break,
-            // A second signal: stop waiting for etcd.
-            Ok(Event::Signal(_)) => break,
+            Ok(Event::Released) => break true,
+            Ok(Event::Lease(id)) => lease = id,
             Ok(Event::Fatal(why)) => return Err(Error::Fatal(why)),
+            Ok(Event::ThreadExited(name)) if name == "etcd" => break false,
             Ok(Event::ThreadExited(_)) => {}
+            // A second signal: the operator does not want to wait.
+            Ok(Event::Signal(_)) => return failure.map_or(Ok(()), Err),
+            Err(_) => break false,
+        }
+    };
+    if let (false, Some(id)) = (released, lease) {
+        match client().lease_revoke(id) {
+            Ok(()) => log::info!("released lease {id:x}"),
+            Err(e) => log::warn!("could not revoke lease {id:x}: {e}; its name frees itself when it expires"),
         }
     }
     failure.map_or(Ok(()), Err)

@@ -12,7 +12,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use serde_json::{json, Value};
 
-/// Per request; a keep-alive must get through well within the shortest lease etcd grants.
+/// Per request at most; a keep-alive must get through well within the lease, so short leases get
+/// shorter timeouts (see `Client::new`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A range over every member of a 10 000-node cluster is about 2 MB of JSON.
@@ -106,6 +107,8 @@ pub enum Compare {
     Absent(Vec<u8>),
     /// The key exists and holds this value.
     ValueIs(Vec<u8>, Vec<u8>),
+    /// The key exists and is attached to this lease.
+    LeaseIs(Vec<u8>, i64),
 }
 
 #[derive(Clone, Debug)]
@@ -162,7 +165,9 @@ enum Retry {
 
 impl Client {
     /// `endpoints` are base URLs such as `http://10.0.0.5:2379`, already validated by the Corefile.
-    pub fn new(endpoints: &[String]) -> Client {
+    /// `lease` is the lease TTL the caller will keep alive: a request may take a quarter of it.
+    pub fn new(endpoints: &[String], lease: Duration) -> Client {
+        let timeout = (lease / 4).clamp(Duration::from_millis(500), REQUEST_TIMEOUT);
         let config = || {
             ureq::Agent::config_builder()
                 .http_status_as_error(false)
@@ -170,7 +175,7 @@ impl Client {
                 .user_agent(concat!("idetcd/", env!("CARGO_PKG_VERSION")))
         };
         Client {
-            agent: config().timeout_global(Some(REQUEST_TIMEOUT)).build().into(),
+            agent: config().timeout_global(Some(timeout)).build().into(),
             stream_agent: config().timeout_per_read(Some(WATCH_SILENCE)).build().into(),
             endpoints: endpoints.iter().map(|e| e.trim_end_matches('/').to_string()).collect(),
             current: 0,
@@ -226,8 +231,16 @@ impl Client {
     /// Renews a lease once. `None` means etcd no longer knows it: it expired or was revoked.
     pub fn lease_keepalive(&mut self, id: i64) -> Result<Option<i64>, Error> {
         let body = json!({ "ID": id.to_string() });
-        let (_, answer) = self.post::<Value>("/v3/lease/keepalive", &body, Retry::Safe)?;
+        let (endpoint, answer) = self.post::<Value>("/v3/lease/keepalive", &body, Retry::Safe)?;
         // The gateway streams keep-alive answers, so the single answer comes wrapped in "result".
+        // A lease etcd does not know comes back with its ID and no TTL; an answer without our ID
+        // is not etcd's to trust (a proxy's, say) and must not make us drop a live lease.
+        if int(&answer["result"]["ID"]) != id {
+            return Err(Error::Malformed {
+                endpoint,
+                detail: format!("keep-alive answer for another lease: {answer}"),
+            });
+        }
         let ttl = int(&answer["result"]["TTL"]);
         Ok((ttl > 0).then_some(ttl))
     }
@@ -357,8 +370,9 @@ pub enum WatchMessage {
     Changes(Vec<WatchEvent>),
     /// Nothing changed; the watch is alive (its creation, a progress notification).
     Progress,
-    /// The revision the watch was to start from is compacted away: read everything again.
-    Compacted,
+    /// The revision the watch was to start from is compacted away: read everything again. The
+    /// oldest revision etcd still has is given.
+    Compacted { revision: i64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -371,7 +385,7 @@ pub struct WatchEvent {
 impl Watch {
     /// Waits for the next message. An error means the watch is over: etcd went away, the stream
     /// broke or stayed silent too long, or etcd cancelled it.
-    pub fn next(&mut self) -> Result<WatchMessage, Error> {
+    pub fn receive(&mut self) -> Result<WatchMessage, Error> {
         let broken = |why: String| Error::Unreachable(vec![(self.endpoint.clone(), why)]);
         let mut line = Vec::new();
         match (&mut self.lines).take(MAX_RESPONSE_BYTES).read_until(b'\n', &mut line) {
@@ -424,7 +438,7 @@ impl WatchJson {
         }
         let result = self.result;
         if result.compact_revision.0 > 0 {
-            return Ok(Some(WatchMessage::Compacted));
+            return Ok(Some(WatchMessage::Compacted { revision: result.compact_revision.0 }));
         }
         if result.canceled {
             return Ok(None);
@@ -596,6 +610,9 @@ fn txn_json(txn: &Txn) -> Value {
             Compare::ValueIs(key, value) => {
                 json!({ "target": "VALUE", "key": BASE64.encode(key), "value": BASE64.encode(value) })
             }
+            Compare::LeaseIs(key, lease) => {
+                json!({ "target": "LEASE", "key": BASE64.encode(key), "lease": lease.to_string() })
+            }
         })
         .collect();
     let ops = |ops: &[Op]| -> Vec<Value> {
@@ -672,7 +689,7 @@ mod tests {
         assert_eq!((events[0].kv.key.as_slice(), events[0].kv.value.as_slice()), (&b"w1.x."[..], &b"hello"[..]));
         assert_eq!(events[1].kv.mod_revision, 3);
         let compacted = r#"{"result":{"header":{},"canceled":true,"compact_revision":"3"}}"#;
-        assert_eq!(message(compacted), Ok(Some(WatchMessage::Compacted)));
+        assert_eq!(message(compacted), Ok(Some(WatchMessage::Compacted { revision: 3 })));
         assert_eq!(message(r#"{"result":{"canceled":true,"cancel_reason":"x"}}"#), Ok(None));
         assert!(message(r#"{"error":{"grpc_code":14}}"#).is_err());
     }

@@ -6,6 +6,7 @@
 pub mod address;
 pub mod claim;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod corefile;
 pub mod daemon;

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::claim::{self, ClaimError};
-use crate::etcd::{self, KeyValue, Lease, WatchMessage};
+use crate::clock::boottime;
+use crate::etcd::{self, Compare, KeyValue, Op, Txn, WatchMessage};
 use crate::messages::{Command, Event, Latest, Update, Watched};
 use crate::pattern::Pattern;
 use crate::record::Record;
@@ -26,6 +27,11 @@ use crate::zone::{Inputs, Snapshot};
 const WARN_EVERY: Duration = Duration::from_secs(30);
 const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// However quiet the change detector, read everything this often: a backstop against any way the
+/// copy in memory could drift from etcd unnoticed.
+const FULL_READ_EVERY: Duration = Duration::from_secs(600);
+/// Lease TTLs beyond this are not believed (they would overflow deadlines).
+const MAX_LEASE_TTL: i64 = 7 * 24 * 3600;
 
 pub struct Settings {
     pub pattern: Pattern,
@@ -40,14 +46,23 @@ pub struct Settings {
     pub ttl: u32,
 }
 
-struct Held {
-    name: String,
+/// The lease this node holds, and what is known of its life.
+#[derive(Clone, Copy)]
+struct Lease {
+    id: i64,
+    ttl: Duration,
+    /// When etcd will let it expire at the latest (`boottime`), counted from before the request
+    /// that last granted or renewed it.
+    expires: Duration,
+    /// When it was last granted or renewed.
+    renewed: Instant,
 }
 
 /// One key of the member range as last read, with its value already parsed.
 struct Entry {
     mod_revision: i64,
     lease: i64,
+    value: Vec<u8>,
     /// The member it stands for, or why it stands for none.
     member: Result<(u32, Record), String>,
 }
@@ -56,21 +71,26 @@ struct Membership {
     settings: Settings,
     value: String,
     client: etcd::Client,
+    events: Sender<Event>,
     updates: Vec<Latest<Update>>,
     /// What the answering threads were last sent.
     state: Update,
     lease: Option<Lease>,
-    held: Option<Held>,
+    /// The name held, if any.
+    held: Option<String>,
     /// The ID held last, to ask for again after losing the lease.
     last_id: Option<u32>,
     /// Every key of the member range, as of `revision`.
     entries: BTreeMap<Vec<u8>, Entry>,
-    /// The revision `entries` reflect; `None` until the first read, or when a read is due anyway.
+    /// The revision `entries` reflect; `None` until the first read, or when a full read is due.
     revision: Option<i64>,
     members: BTreeMap<u32, Record>,
+    /// Set when this node cannot go on; the loop ends with it.
+    fatal: Option<String>,
     trouble: Trouble,
     next_keepalive: Instant,
     next_poll: Instant,
+    next_full_read: Instant,
 }
 
 pub fn run(
@@ -86,6 +106,7 @@ pub fn run(
         value: settings.record.to_json(),
         settings,
         client,
+        events,
         updates,
         state: Update { snapshot: empty, held_until: None },
         lease: None,
@@ -94,54 +115,56 @@ pub fn run(
         entries: BTreeMap::new(),
         revision: None,
         members: BTreeMap::new(),
+        fatal: None,
         trouble: Trouble::default(),
         next_keepalive: now,
         next_poll: now,
+        next_full_read: now + FULL_READ_EVERY,
     };
     let mut watched = crossbeam_channel::never();
     let mut watch_started = false;
     let mut retry = Backoff::new();
     loop {
+        if let Some(why) = m.fatal.take() {
+            log::error!("{why}");
+            m.release();
+            let _ = m.events.send(Event::Fatal(why));
+            return;
+        }
+        let now = Instant::now();
         if m.held.is_none() {
+            // A lease kept from an earlier attempt stays alive while the claims fail.
+            if m.lease.is_some() && now >= m.next_keepalive {
+                m.keepalive();
+            }
             match m.claim() {
-                Ok(()) => {
-                    retry.reset();
-                    m.poll();
-                    if m.settings.watch && !watch_started && m.revision.is_some() {
-                        watch_started = true;
-                        watched = m.start_watch().unwrap_or_else(crossbeam_channel::never);
-                    }
-                }
+                Ok(()) => retry.reset(),
                 Err(ClaimError::Full { ids }) => {
-                    let full = ClaimError::Full { ids };
-                    log::error!("{full}");
-                    let _ = events.send(Event::Fatal(full.to_string()));
-                    return;
+                    m.fatal = Some(ClaimError::Full { ids }.to_string());
+                    continue;
                 }
                 Err(ClaimError::Etcd(e)) => {
                     m.trouble.failed("cannot claim a name", &e);
                     if stop_requested(&commands, retry.next()) {
-                        m.release();
-                        let _ = events.send(Event::Released);
-                        return;
+                        return m.stop();
                     }
                     continue;
                 }
             }
         }
+        if now >= m.next_poll || m.revision.is_none() {
+            m.poll();
+        }
+        if m.settings.watch && !watch_started && m.revision.is_some() {
+            watch_started = true;
+            watched = m.start_watch().unwrap_or_else(crossbeam_channel::never);
+        }
         let timeout = m.next_keepalive.min(m.next_poll).saturating_duration_since(Instant::now());
         select! {
-            recv(commands) -> _ => {
-                m.release();
-                let _ = events.send(Event::Released);
-                return;
-            }
+            recv(commands) -> _ => return m.stop(),
             recv(watched) -> change => match change {
                 Ok(Watched::Changes(events)) => m.apply_changes(events),
-                Ok(Watched::Resync) => {
-                    m.revision = None;
-                    m.poll();
-                }
+                Ok(Watched::Resync) => m.revision = None,
                 Err(_) => {
                     log::warn!("the etcd watch stopped; polling every {:?} instead", m.settings.poll);
                     watched = crossbeam_channel::never();
@@ -149,12 +172,8 @@ pub fn run(
             },
             default(timeout) => {}
         }
-        let now = Instant::now();
-        if now >= m.next_keepalive {
+        if Instant::now() >= m.next_keepalive {
             m.keepalive();
-        }
-        if now >= m.next_poll && m.held.is_some() {
-            m.poll();
         }
     }
 }
@@ -168,11 +187,7 @@ impl Membership {
     fn claim(&mut self) -> Result<(), ClaimError> {
         let lease = match self.lease {
             Some(lease) => lease,
-            None => {
-                let lease = self.client.lease_grant(self.settings.lease_ttl)?;
-                self.lease = Some(lease);
-                lease
-            }
+            None => self.grant()?,
         };
         let request = claim::Request {
             pattern: &self.settings.pattern,
@@ -183,14 +198,18 @@ impl Membership {
         };
         let claimed = match claim::claim(&mut self.client, &request) {
             Ok(claimed) => claimed,
-            Err(e) => {
-                match &e {
-                    // The lease ran out while claims kept failing: the next attempt needs a new one.
-                    ClaimError::Etcd(etcd::Error::Rejected { code: etcd::CODE_NOT_FOUND, .. }) => self.lease = None,
-                    ClaimError::Full { .. } => self.revoke(),
-                    ClaimError::Etcd(_) => {}
+            Err(ClaimError::Full { ids }) => return Err(ClaimError::Full { ids }),
+            Err(ClaimError::Etcd(e)) => {
+                // A transaction that got no answer may still be applied, late, and take a name
+                // with this lease. A new lease for the next attempt keeps that from ever making
+                // this node hold two names: the old lease is let go, and its keys with it.
+                if !matches!(e, etcd::Error::Rejected { .. }) {
+                    self.abandon_lease();
+                } else if let etcd::Error::Rejected { code: etcd::CODE_NOT_FOUND, .. } = e {
+                    // The lease ran out while claims kept failing.
+                    self.set_lease(None);
                 }
-                return Err(e);
+                return Err(ClaimError::Etcd(e));
             }
         };
         self.trouble.recovered(self.client.endpoint());
@@ -199,30 +218,59 @@ impl Membership {
             claimed.name,
             claimed.id,
             lease.id,
-            lease.ttl,
+            lease.ttl.as_secs(),
             claimed.requests
         );
-        let now = Instant::now();
-        self.held = Some(Held { name: claimed.name });
+        self.held = Some(claimed.name);
         self.last_id = Some(claimed.id);
-        // The snapshot names this node now: read and rebuild at once.
+        // A lease kept through failed claims may be due for renewal already.
+        if lease.renewed.elapsed() >= renew_interval(lease.ttl) {
+            self.next_keepalive = Instant::now();
+        }
+        self.state.held_until = Some(lease.expires);
+        // Name ourselves in the answers at once, then read the members afresh.
+        self.rebuild();
         self.revision = None;
-        self.next_keepalive = now + renew_interval(lease.ttl);
-        self.state.held_until = Some(now + Duration::from_secs(lease.ttl as u64));
-        self.broadcast();
         Ok(())
     }
 
+    fn grant(&mut self) -> Result<Lease, etcd::Error> {
+        let (before, asked) = (boottime(), Instant::now());
+        let granted = self.client.lease_grant(self.settings.lease_ttl)?;
+        let ttl = Duration::from_secs(granted.ttl.clamp(1, MAX_LEASE_TTL) as u64);
+        let lease = Lease { id: granted.id, ttl, expires: before + ttl, renewed: asked };
+        self.next_keepalive = asked + renew_interval(ttl);
+        self.set_lease(Some(lease));
+        Ok(lease)
+    }
+
+    fn set_lease(&mut self, lease: Option<Lease>) {
+        self.lease = lease;
+        let _ = self.events.send(Event::Lease(lease.map(|l| l.id)));
+    }
+
+    fn abandon_lease(&mut self) {
+        if let Some(lease) = self.lease {
+            log::debug!("abandoning lease {:x}", lease.id);
+            let _ = self.client.lease_revoke(lease.id);
+            self.set_lease(None);
+        }
+    }
+
     fn keepalive(&mut self) {
-        let Some(lease) = self.lease else { return };
-        let now = Instant::now();
+        let Some(mut lease) = self.lease else { return };
+        let (before, asked) = (boottime(), Instant::now());
         match self.client.lease_keepalive(lease.id) {
             Ok(Some(ttl)) => {
                 self.trouble.recovered(self.client.endpoint());
                 log::debug!("renewed lease {:x} for {ttl}s", lease.id);
-                self.next_keepalive = now + renew_interval(ttl);
+                lease.ttl = Duration::from_secs(ttl.clamp(1, MAX_LEASE_TTL) as u64);
+                lease.expires = before + lease.ttl;
+                lease.renewed = asked;
+                self.lease = Some(lease);
+                self.next_keepalive = asked + renew_interval(lease.ttl);
                 if self.held.is_some() {
-                    self.state.held_until = Some(now + Duration::from_secs(ttl as u64));
+                    self.state.held_until = Some(lease.expires);
                     self.broadcast();
                 }
             }
@@ -232,7 +280,7 @@ impl Membership {
             }
             Err(e) => {
                 self.trouble.failed("cannot renew the lease", &e);
-                self.next_keepalive = now + Duration::from_secs(1);
+                self.next_keepalive = Instant::now() + Duration::from_secs(1).min(renew_interval(lease.ttl));
             }
         }
     }
@@ -240,24 +288,30 @@ impl Membership {
     /// Forgets the name, and the lease if it is gone: the next loop turn claims again, preferring
     /// the same ID.
     fn lose(&mut self, lease_state: LeaseState) {
-        let name = self.held.take().map_or_else(|| "no name".to_string(), |h| h.name);
+        let name = self.held.take().unwrap_or_else(|| "no name".to_string());
         let lease = self.lease.map_or(0, |l| l.id);
         match lease_state {
             LeaseState::Gone => {
                 log::warn!("lease {lease:x} for {name} is gone (expired or revoked); claiming a name again");
-                self.lease = None;
+                self.set_lease(None);
             }
             LeaseState::Alive => {
                 log::warn!("{name} was deleted from etcd or moved off lease {lease:x}; claiming a name again");
             }
         }
         self.state.held_until = None;
-        self.broadcast();
+        // No answer may name this node by its old name any more.
+        self.rebuild();
     }
 
     /// Reads the members if anything changed since the last read, and publishes a new snapshot.
     fn poll(&mut self) {
-        self.next_poll = Instant::now() + self.settings.poll;
+        let now = Instant::now();
+        self.next_poll = now + self.settings.poll;
+        if now >= self.next_full_read {
+            self.next_full_read = now + FULL_READ_EVERY;
+            self.revision = None;
+        }
         let (start, end) = self.settings.pattern.key_range();
         if self.revision.is_some() {
             match self.client.range_newest(start.as_bytes(), end.as_bytes()) {
@@ -278,7 +332,8 @@ impl Membership {
                     let entry = reused.unwrap_or_else(|| self.entry(&kv));
                     self.entries.insert(kv.key, Entry { lease: kv.lease, ..entry });
                 }
-                self.publish(range.revision);
+                self.revision = Some(range.revision);
+                self.publish();
             }
             Err(e) => self.trouble.failed("cannot read the members", &e),
         }
@@ -292,16 +347,16 @@ impl Membership {
     }
 
     /// Applies changes from the watch stream. Changes the last read already saw are skipped, so a
-    /// read and a watch racing each other never undo one another.
+    /// read and a watch racing each other never undo one another; the changes of one transaction
+    /// share a revision and all apply.
     fn apply_changes(&mut self, events: Vec<etcd::WatchEvent>) {
-        let Some(mut revision) = self.revision else { return };
-        let mut changed = false;
+        let Some(base) = self.revision else { return };
+        let mut newest = base;
         for event in events {
-            if event.kv.mod_revision <= revision {
+            if event.kv.mod_revision <= base {
                 continue;
             }
-            revision = event.kv.mod_revision;
-            changed = true;
+            newest = newest.max(event.kv.mod_revision);
             if event.deleted {
                 self.entries.remove(&event.kv.key);
             } else {
@@ -309,8 +364,9 @@ impl Membership {
                 self.entries.insert(event.kv.key, entry);
             }
         }
-        if changed {
-            self.publish(revision);
+        if newest > base {
+            self.revision = Some(newest);
+            self.publish();
         }
     }
 
@@ -324,34 +380,82 @@ impl Membership {
         if let Err(why) = &member {
             log::warn!("ignoring etcd key {:?}: {why}", String::from_utf8_lossy(&kv.key));
         }
-        Entry { mod_revision: kv.mod_revision, lease: kv.lease, member }
+        Entry { mod_revision: kv.mod_revision, lease: kv.lease, value: kv.value.clone(), member }
     }
 
-    /// Builds a snapshot of `entries` as of `revision` and hands it to the answering threads.
-    fn publish(&mut self, revision: i64) {
-        self.revision = Some(revision);
+    /// After `entries` changed: checks that this node still holds its name and only that, then
+    /// builds and hands out a snapshot.
+    fn publish(&mut self) {
         let members: BTreeMap<u32, Record> =
             self.entries.values().filter_map(|e| e.member.as_ref().ok()).map(|(id, r)| (*id, *r)).collect();
         self.log_changes(&members);
         self.members = members;
-        // Our key was deleted or moved to another lease: the name is no longer ours. A revoked
-        // lease shows here first, as the key goes with it; asking etcd tells which it was.
-        if let (Some(held), Some(lease)) = (&self.held, self.lease) {
-            let own_lease = self.entries.get(held.name.as_bytes()).map(|e| e.lease);
-            if own_lease != Some(lease.id) {
-                let state = match self.client.lease_keepalive(lease.id) {
-                    Ok(None) => LeaseState::Gone,
-                    Ok(Some(_)) | Err(_) => LeaseState::Alive,
-                };
-                self.lose(state);
+        self.check_own_keys();
+        self.rebuild();
+    }
+
+    /// Our key deleted or moved to another lease means the name is no longer ours; any other key
+    /// on our lease is a claim that arrived late and must go.
+    fn check_own_keys(&mut self) {
+        let Some(lease) = self.lease else { return };
+        let mut strays = Vec::new();
+        for (key, entry) in &self.entries {
+            if entry.lease == lease.id && Some(key.as_slice()) != self.held.as_deref().map(str::as_bytes) {
+                strays.push(key.clone());
             }
         }
+        for key in strays {
+            log::warn!("deleting {:?}, which this node's lease holds besides its name", String::from_utf8_lossy(&key));
+            let txn = Txn {
+                compare: vec![Compare::LeaseIs(key.clone(), lease.id)],
+                success: vec![Op::Delete { key }],
+                failure: vec![],
+            };
+            if let Err(e) = self.client.txn(&txn) {
+                log::warn!("could not delete it: {e}");
+            }
+        }
+        let Some(held) = &self.held else { return };
+        let Some(entry) = self.entries.get(held.as_bytes()) else {
+            let state = self.lease_state(lease);
+            return self.lose(state);
+        };
+        if entry.lease == lease.id {
+            return;
+        }
+        if entry.value == self.value.as_bytes() {
+            // Only a node publishing this very record takes a name over by value: two nodes with
+            // one address, which would take the name from each other forever.
+            self.fatal = Some(format!(
+                "another node publishes the same record {} and took over {held}; give each node its own address",
+                self.value
+            ));
+            return;
+        }
+        let state = self.lease_state(lease);
+        self.lose(state);
+    }
+
+    /// A revoked lease shows first as its keys vanishing; asking etcd tells whether it was that.
+    fn lease_state(&mut self, lease: Lease) -> LeaseState {
+        match self.client.lease_keepalive(lease.id) {
+            Ok(None) => LeaseState::Gone,
+            Ok(Some(_)) | Err(_) => LeaseState::Alive,
+        }
+    }
+
+    /// Builds a snapshot of the members as they are and hands it to the answering threads.
+    fn rebuild(&mut self) {
+        let Some(revision) = self.revision else {
+            // Nothing read yet: the identity deadline is all that changed.
+            return self.broadcast();
+        };
         let started = Instant::now();
         let snapshot = Snapshot::build(&Inputs {
             pattern: &self.settings.pattern,
             ttl: self.settings.ttl,
             revision,
-            own_name: self.held.as_ref().map(|h| h.name.as_str()),
+            own_name: self.held.as_deref(),
             members: &self.members,
         });
         log::debug!(
@@ -402,20 +506,26 @@ impl Membership {
         }
     }
 
-    /// Revokes the lease, which frees the name at once.
-    fn release(&mut self) {
-        let name = self.held.as_ref().map(|h| h.name.clone());
-        self.revoke();
-        if let Some(name) = name {
-            log::info!("released {name}");
-        }
+    /// Releases the name and tells the main thread.
+    fn stop(mut self) {
+        self.release();
+        let _ = self.events.send(Event::Released);
     }
 
-    fn revoke(&mut self) {
-        let Some(lease) = self.lease.take() else { return };
-        self.held = None;
-        if let Err(e) = self.client.lease_revoke(lease.id) {
-            log::warn!("could not revoke lease {:x}: {e}; its name frees itself within {}s", lease.id, lease.ttl);
+    /// Revokes the lease, which frees the name at once.
+    fn release(&mut self) {
+        let name = self.held.take();
+        let Some(lease) = self.lease else { return };
+        match self.client.lease_revoke(lease.id) {
+            Ok(()) => {
+                self.set_lease(None);
+                if let Some(name) = name {
+                    log::info!("released {name}");
+                }
+            }
+            Err(e) => {
+                log::warn!("could not revoke lease {:x}: {e}; its name frees itself within {:?}", lease.id, lease.ttl);
+            }
         }
     }
 }
@@ -427,19 +537,20 @@ fn follow(mut client: etcd::Client, start: Vec<u8>, end: Vec<u8>, mut from: i64,
     loop {
         match client.watch(&start, &end, from) {
             Ok(mut watch) => loop {
-                match watch.next() {
+                match watch.receive() {
                     Ok(WatchMessage::Changes(events)) => {
                         retry.reset();
-                        from = events.iter().map(|e| e.kv.mod_revision + 1).max().unwrap_or(from);
+                        from = events.iter().map(|e| e.kv.mod_revision + 1).max().unwrap_or(from).max(from);
                         if tx.send(Watched::Changes(events)).is_err() {
                             return;
                         }
                     }
                     Ok(WatchMessage::Progress) => retry.reset(),
-                    Ok(WatchMessage::Compacted) => {
-                        // What happened since `from` is gone from etcd's history: watch from now
-                        // on, and have everything read again.
-                        from = 0;
+                    Ok(WatchMessage::Compacted { revision }) => {
+                        // What happened before `revision` is gone from etcd's history: have
+                        // everything read again, and watch on from the oldest revision left, so
+                        // that nothing after the read is missed either.
+                        from = from.max(revision);
                         if tx.send(Watched::Resync).is_err() {
                             return;
                         }
@@ -482,8 +593,8 @@ fn describe(record: &Record) -> String {
 }
 
 /// Renew at a third of the TTL: two renewals can fail before the lease is at risk.
-fn renew_interval(ttl: i64) -> Duration {
-    Duration::from_millis((ttl.max(1) as u64) * 1000 / 3)
+fn renew_interval(ttl: Duration) -> Duration {
+    ttl / 3
 }
 
 /// Keeps etcd trouble from flooding the log: a warning when it starts, a reminder now and then,

@@ -1,7 +1,7 @@
 //! The messages threads send each other: the only way they share anything.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -15,10 +15,10 @@ use crate::zone::Snapshot;
 pub struct Update {
     /// The zone as last read from etcd.
     pub snapshot: Arc<Snapshot>,
-    /// This node holds its name until then unless the lease is renewed; `None` when it holds none.
-    /// Answering threads stop naming themselves in `id.server.` once it passes, even if the etcd
-    /// thread is late to notice (a process paused past its lease, say).
-    pub held_until: Option<Instant>,
+    /// This node holds its name until then (`clock::boottime`) unless the lease is renewed; `None`
+    /// when it holds none. Answering threads stop naming themselves in `id.server.` once it passes,
+    /// even if the etcd thread is late to notice (a process paused past its lease, say).
+    pub held_until: Option<Duration>,
 }
 
 /// The sending end of a channel that holds at most one message, the newest: sending replaces
@@ -57,6 +57,9 @@ pub enum Event {
     Fatal(String),
     /// The etcd thread released the name and stopped.
     Released,
+    /// The lease the etcd thread holds now, so that the main thread can still revoke it if the
+    /// etcd thread cannot (stuck on a slow etcd at shutdown, or gone).
+    Lease(Option<i64>),
     /// A thread ended, normally or by a panic; the daemon cannot work without it.
     ThreadExited(String),
 }

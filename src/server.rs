@@ -204,7 +204,7 @@ fn sockaddr(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 /// A thread's own view: its snapshot and until when this node holds its name.
 pub struct View {
     snapshot: Arc<Snapshot>,
-    held_until: Option<Instant>,
+    held_until: Option<Duration>,
     updates: Receiver<Update>,
 }
 
@@ -222,7 +222,7 @@ impl View {
     }
 
     fn context(&self, transport: Transport) -> Context {
-        let identity_held = self.held_until.is_some_and(|t| Instant::now() < t);
+        let identity_held = self.held_until.is_some_and(|t| crate::clock::boottime() < t);
         Context { transport, identity_held }
     }
 }
