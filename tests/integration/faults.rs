@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use domain::base::iana::{OptRcode, Rtype};
 
 use crate::support::{eventually, Etcd, Setup};
@@ -126,4 +128,25 @@ fn with_watch_changes_show_long_before_the_next_poll() {
     assert_eq!(late.claimed(), "worker2.watch.test.");
     let took = seen_within("a join after etcd came back", &observer, "worker2.watch.test.", OptRcode::NOERROR);
     assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[test]
+fn with_watch_every_change_of_one_transaction_shows() {
+    let etcd = Etcd::start();
+    let setup = Setup { poll: "30s", extra: "        watch\n".into(), ..Setup::new(&etcd, "batch.test.") };
+    let mut observer = setup.start();
+    observer.claimed();
+    let put = |key: &str, ip: &str| {
+        let value = format!(r#"{{"ipv4":"{ip}"}}"#);
+        serde_json::json!({ "requestPut": { "key": BASE64.encode(key), "value": BASE64.encode(value) } })
+    };
+    etcd.post("/v3/kv/txn", serde_json::json!({ "success": [put("worker5.batch.test.", "10.0.0.5"), put("worker6.batch.test.", "10.0.0.6")] }));
+    for (name, ip) in [("worker5.batch.test.", "10.0.0.5"), ("worker6.batch.test.", "10.0.0.6")] {
+        eventually(name, Duration::from_secs(3), || (observer.query(name, Rtype::A).data() == [ip]).then_some(()));
+    }
+    // One transaction changing both: both change.
+    etcd.post("/v3/kv/txn", serde_json::json!({ "success": [put("worker5.batch.test.", "10.1.0.5"), put("worker6.batch.test.", "10.1.0.6")] }));
+    for (name, ip) in [("worker5.batch.test.", "10.1.0.5"), ("worker6.batch.test.", "10.1.0.6")] {
+        eventually(name, Duration::from_secs(3), || (observer.query(name, Rtype::A).data() == [ip]).then_some(()));
+    }
 }

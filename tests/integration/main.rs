@@ -4,5 +4,7 @@
 mod cli;
 mod dns;
 mod faults;
+mod hostile;
 mod membership;
+mod reliability;
 mod support;

@@ -179,3 +179,37 @@ fn thirty_two_nodes_starting_together_get_1_to_32() {
     assert_eq!(leases.len(), 32, "each name on its own node's lease");
     assert!(etcd.range("worker_claims/", "worker_claims0").is_empty(), "every claim left the queue");
 }
+
+#[test]
+fn two_nodes_publishing_one_record_is_an_error_not_a_tug_of_war() {
+    let etcd = Etcd::start();
+    let setup = Setup::new(&etcd, "twin.test.");
+    let mut first = setup.start();
+    assert_eq!(first.claimed(), "worker1.twin.test.");
+    // Same published address and port as the first, listening elsewhere: a misconfiguration that
+    // would otherwise have the two take worker1 from each other forever.
+    let corefile = std::fs::read_to_string(first.corefile_path()).unwrap();
+    let ip = crate::support::next_loopback();
+    let twin_corefile = corefile.replacen(&format!("bind {}", first.ip), &format!("bind {ip}"), 1);
+    let mut twin = Node::start_with(twin_corefile, ip);
+    let status = first.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    assert!(first.log().contains("another node publishes the same record"), "{}", first.log());
+    assert_eq!(twin.claimed(), "worker1.twin.test.");
+    assert_eq!(etcd.names("twin.test."), ["worker1.twin.test."]);
+}
+
+#[test]
+fn a_second_key_on_the_nodes_lease_is_deleted() {
+    let etcd = Etcd::start();
+    let mut node = Setup::new(&etcd, "stray.test.").start();
+    assert_eq!(node.claimed(), "worker1.stray.test.");
+    let lease = etcd.get("worker1.stray.test.").unwrap().lease;
+    // As a claim that got no answer but was applied late would leave it.
+    etcd.put_with_lease("worker5.stray.test.", r#"{"ipv4":"10.0.0.5"}"#, lease);
+    eventually("the stray key to go", Duration::from_secs(5), || {
+        etcd.get("worker5.stray.test.").is_none().then_some(())
+    });
+    assert_eq!(etcd.names("stray.test."), ["worker1.stray.test."]);
+    assert_eq!(node.identity().as_deref(), Some("worker1.stray.test."));
+}

@@ -92,53 +92,86 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
 // ---------------------------------------------------------------------------------------------
 // etcd
 
+/// One etcd member; `Etcd::start` makes a cluster of one, `Etcd::cluster` of several.
 pub struct Etcd {
     child: Option<Child>,
     pub url: String,
-    peer_port: u16,
+    name: String,
+    peer: String,
+    initial_cluster: String,
     dir: TempDir,
     http: ureq::Agent,
 }
 
 impl Etcd {
     pub fn start() -> Etcd {
-        let ip = Ipv4Addr::LOCALHOST;
-        let (client_port, peer_port) = (free_port(ip), free_port(ip));
-        let http = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(5)))
-            .build()
-            .into();
-        let mut etcd = Etcd {
-            child: None,
-            url: format!("http://127.0.0.1:{client_port}"),
-            peer_port,
-            dir: TempDir::new("etcd"),
-            http,
-        };
-        etcd.resume();
-        etcd
+        Etcd::cluster(1).pop().unwrap()
     }
 
-    /// Starts etcd (again) with the same ports and data directory, and waits until it answers.
+    /// Starts `size` members that form one cluster, and waits until it answers.
+    pub fn cluster(size: usize) -> Vec<Etcd> {
+        let ip = Ipv4Addr::LOCALHOST;
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(ip), free_port(ip))).collect();
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<Etcd> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| Etcd {
+                child: None,
+                url: format!("http://127.0.0.1:{client}"),
+                name: format!("m{i}"),
+                peer: format!("http://127.0.0.1:{peer}"),
+                initial_cluster: initial_cluster.clone(),
+                dir: TempDir::new("etcd"),
+                http: ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(5)))
+                    .build()
+                    .into(),
+            })
+            .collect();
+        for member in &mut members {
+            member.launch();
+        }
+        for member in &members {
+            member.wait_ready();
+        }
+        members
+    }
+
+    /// Starts this member (again) with the same ports and data directory, and waits until it
+    /// answers, which in a cluster needs a quorum.
     pub fn resume(&mut self) {
+        self.launch();
+        self.wait_ready();
+    }
+
+    /// Starts this member without waiting for it.
+    pub fn launch(&mut self) {
         let binary = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
             .into_iter()
             .find(|p| Path::new(p).exists())
             .unwrap_or_else(|| panic!("etcd is not installed: run scripts/test, which installs Debian's etcd-server"));
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = fs::File::create(self.dir.path().join("etcd.log")).unwrap();
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("etcd.log")).unwrap();
         let child = spawn(
             Command::new(binary)
-                .args(["--name", "test", "--data-dir"])
+                .args(["--name", &self.name, "--data-dir"])
                 .arg(self.dir.path().join("data"))
                 .args(["--listen-client-urls", &self.url, "--advertise-client-urls", &self.url])
-                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &format!("test={peer}")])
+                .args(["--listen-peer-urls", &self.peer, "--initial-advertise-peer-urls", &self.peer])
+                .args(["--initial-cluster", &self.initial_cluster])
                 .stdout(Stdio::null())
                 .stderr(log),
         );
         self.child = Some(child);
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.try_post("/v3/kv/range", &json!({"key": "AA=="})).is_none() {
             assert!(Instant::now() < deadline, "etcd did not start:\n{}", self.log());
@@ -212,6 +245,11 @@ impl Etcd {
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
+}
+
+/// Every member's client URL, space-separated as `endpoint` takes them.
+pub fn endpoints(members: &[Etcd]) -> String {
+    members.iter().map(|m| m.url.as_str()).collect::<Vec<_>>().join(" ")
 }
 
 impl Drop for Etcd {
@@ -311,6 +349,10 @@ impl Node {
 
     pub fn address(&self) -> SocketAddr {
         (self.ip, self.port).into()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
     }
 
     pub fn log(&self) -> String {
@@ -547,4 +589,48 @@ pub fn exchange(server: SocketAddr, transport: Transport, packet: &[u8]) -> Opti
         }
     };
     Message::from_octets(bytes).ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Asking all the time
+
+/// A thread that asks a node for names in a loop and notes every question that got no answer or
+/// a wrong one, until `finish`.
+pub struct Asker {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl Asker {
+    /// `expected` pairs a name with the only answer data allowed for its A record.
+    pub fn start(server: SocketAddr, expected: Vec<(String, String)>) -> Asker {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut asked, mut problems) = (0, Vec::new());
+            while !stopping.load(Ordering::Relaxed) {
+                for (name, want) in &expected {
+                    asked += 1;
+                    match exchange(server, Transport::Udp, &Query::new(name, Rtype::A).packet()) {
+                        None => problems.push(format!("no answer for {name}")),
+                        Some(m) => {
+                            let answer = Answer::from(&m);
+                            if answer.data() != [want.clone()] {
+                                problems.push(format!("{name}: {:?} {:?}", answer.rcode, answer.answers));
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (asked, problems)
+        });
+        Asker { stop, thread }
+    }
+
+    /// Stops asking; returns how many questions were asked and what went wrong.
+    pub fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the asking thread")
+    }
 }

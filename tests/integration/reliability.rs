@@ -1,0 +1,222 @@
+//! Faults: etcd members dying, etcd gone for longer than a lease, a paused node, many nodes at
+//! once, and churn under load. Each test states what must not be lost.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use domain::base::iana::{OptRcode, Rtype};
+
+use crate::support::{endpoints, eventually, Asker, Etcd, Node, Setup};
+
+fn sees(observer: &Node, name: &str, data: &str) {
+    eventually(&format!("{} to see {name}", observer.ip), Duration::from_secs(10), || {
+        (observer.query(name, Rtype::A).data() == [data.to_string()]).then_some(())
+    });
+}
+
+#[test]
+fn a_three_member_cluster_loses_a_member_then_its_quorum() {
+    let mut members = Etcd::cluster(3);
+    let setup = Setup { endpoints: endpoints(&members), lease: 4, ..Setup::new(&members[0], "quorum.test.") };
+    let mut a = setup.start();
+    assert_eq!(a.claimed(), "worker1.quorum.test.");
+    let mut b = setup.start();
+    assert_eq!(b.claimed(), "worker2.quorum.test.");
+    sees(&a, "worker2.quorum.test.", &b.ip.to_string());
+    let lease = members[2].get("worker1.quorum.test.").unwrap().lease;
+    let asker = Asker::start(
+        a.address(),
+        vec![("worker1.quorum.test.".into(), a.ip.to_string()), ("worker2.quorum.test.".into(), b.ip.to_string())],
+    );
+
+    // Every node talks to the first endpoint: kill it. Renewals must go elsewhere, or the 4 s
+    // lease would be gone after 6 s.
+    members[0].stop();
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(members[2].get("worker1.quorum.test.").map(|kv| kv.lease), Some(lease), "the same lease, kept alive");
+    let mut c = setup.start();
+    assert_eq!(c.claimed(), "worker3.quorum.test.");
+    sees(&a, "worker3.quorum.test.", &c.ip.to_string());
+
+    // A second member down: no quorum, no writes, no renewals. Answers go on, nobody leaves.
+    members[1].stop();
+    std::thread::sleep(Duration::from_secs(3));
+    for node in [&mut a, &mut b, &mut c] {
+        assert!(node.exited().is_none(), "{} exited:\n{}", node.ip, node.log());
+    }
+    members[0].launch();
+    members[1].launch();
+    eventually("quorum again", Duration::from_secs(20), || members[2].get("worker1.quorum.test."));
+
+    let (asked, problems) = asker.finish();
+    assert!(
+        problems.is_empty(),
+        "{} of {asked} questions went wrong: {:?}",
+        problems.len(),
+        &problems[..problems.len().min(5)]
+    );
+    assert!(asked > 200, "only {asked} questions asked");
+    for (node, name) in [(&a, "worker1"), (&b, "worker2"), (&c, "worker3")] {
+        let name = format!("{name}.quorum.test.");
+        eventually("every node to name itself again", Duration::from_secs(10), || {
+            (node.identity().as_deref() == Some(name.as_str())).then_some(())
+        });
+    }
+    assert_eq!(
+        members[2].names("quorum.test."),
+        ["worker1.quorum.test.", "worker2.quorum.test.", "worker3.quorum.test."]
+    );
+    let mut d = setup.start();
+    assert_eq!(d.claimed(), "worker4.quorum.test.");
+    sees(&a, "worker4.quorum.test.", &d.ip.to_string());
+}
+
+#[test]
+fn etcd_down_for_longer_than_the_lease_and_back() {
+    let mut etcd = Etcd::start();
+    let setup = Setup { lease: 2, ..Setup::new(&etcd, "outage.test.") };
+    let mut nodes: Vec<Node> = (0..3).map(|_| setup.start()).collect();
+    let before: Vec<String> = nodes.iter_mut().map(|n| n.claimed()).collect();
+
+    etcd.stop();
+    std::thread::sleep(Duration::from_secs(5));
+    // Past the lease, a node no longer vouches for its name...
+    for node in &nodes {
+        assert_eq!(node.identity(), None, "{} still names itself", node.ip);
+    }
+    etcd.resume();
+
+    // ...and when etcd is back, each holds its old name again: no two the same.
+    for (node, name) in nodes.iter().zip(&before) {
+        eventually("the node to name itself again", Duration::from_secs(15), || {
+            (node.identity().as_deref() == Some(name.as_str())).then_some(())
+        });
+    }
+    let mut held = etcd.names("outage.test.");
+    held.sort();
+    let mut want = before.clone();
+    want.sort();
+    assert_eq!(held, want);
+    let leases: BTreeSet<i64> = etcd.range("worker0", "worker:").iter().map(|kv| kv.lease).collect();
+    assert_eq!(leases.len(), 3);
+}
+
+#[test]
+fn a_paused_node_stops_naming_itself_and_claims_again() {
+    let etcd = Etcd::start();
+    let setup = Setup { lease: 2, ..Setup::new(&etcd, "pause.test.") };
+    let mut paused = setup.start();
+    assert_eq!(paused.claimed(), "worker1.pause.test.");
+    let mut other = setup.start();
+    assert_eq!(other.claimed(), "worker2.pause.test.");
+
+    paused.signal(libc::SIGSTOP);
+    eventually("its lease to run out", Duration::from_secs(10), || {
+        etcd.get("worker1.pause.test.").is_none().then_some(())
+    });
+    let mut newcomer = setup.start();
+    assert_eq!(newcomer.claimed(), "worker1.pause.test.");
+
+    paused.signal(libc::SIGCONT);
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut names = BTreeSet::new();
+    while Instant::now() < until {
+        let name = paused.identity();
+        assert_ne!(name.as_deref(), Some("worker1.pause.test."), "the resumed node named itself by a name it lost");
+        names.extend(name);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(paused.claimed(), "worker3.pause.test.");
+    assert!(names.iter().all(|n| n == "worker3.pause.test."), "{names:?}");
+    assert!(paused.log().contains("is gone (expired or revoked); claiming a name again"), "{}", paused.log());
+    let kv = etcd.get("worker1.pause.test.").unwrap();
+    assert_ne!(kv.lease, etcd.get("worker3.pause.test.").unwrap().lease);
+    sees(&other, "worker1.pause.test.", &newcomer.ip.to_string());
+    sees(&other, "worker3.pause.test.", &paused.ip.to_string());
+}
+
+#[test]
+fn sixty_four_nodes_ten_times_never_share_a_name() {
+    let etcd = Etcd::start();
+    let setup = Setup { limit: 64, poll: "500ms", ..Setup::new(&etcd, "rounds.test.") };
+    let want: Vec<String> = (1..=64).map(|i| format!("worker{i}.rounds.test.")).collect();
+    for round in 0..10 {
+        let mut nodes: Vec<Node> = (0..64).map(|_| setup.start()).collect();
+        let mut names: Vec<String> = nodes.iter_mut().map(|n| n.claimed()).collect();
+        names.sort_by_key(|n| crate::support::id_of(n));
+        assert_eq!(names, want, "round {round}: names by id.server");
+        assert_eq!(etcd.names("rounds.test."), want, "round {round}: names in etcd");
+        // In DNS too: 64 names, 64 distinct addresses, each its holder's.
+        let observer = &nodes[round * 7 % 64];
+        let mut addresses = BTreeSet::new();
+        for node in &nodes {
+            let name = node.identity().unwrap();
+            let a = eventually("the name in the observer's answers", Duration::from_secs(5), || {
+                Some(observer.query(&name, Rtype::A)).filter(|a| a.rcode == OptRcode::NOERROR)
+            });
+            assert_eq!(a.data(), [node.ip.to_string()], "round {round}: {name}");
+            addresses.insert(node.ip);
+        }
+        assert_eq!(addresses.len(), 64);
+        for node in &nodes {
+            node.signal(libc::SIGTERM);
+        }
+        for node in &mut nodes {
+            assert_eq!(node.wait_exit(Duration::from_secs(10)).code(), Some(0));
+        }
+        assert!(etcd.names("rounds.test.").is_empty(), "round {round}: every name released");
+    }
+}
+
+#[test]
+fn answers_stay_right_under_load_through_churn_and_failover() {
+    let mut members = Etcd::cluster(3);
+    let setup = Setup { endpoints: endpoints(&members), lease: 5, ..Setup::new(&members[0], "load.test.") };
+    let mut a = setup.start();
+    assert_eq!(a.claimed(), "worker1.load.test.");
+    let mut b = setup.start();
+    assert_eq!(b.claimed(), "worker2.load.test.");
+    sees(&a, "worker2.load.test.", &b.ip.to_string());
+
+    let dir = crate::support::TempDir::new("load");
+    let queries = dir.path().join("queries");
+    std::fs::write(&queries, "worker1.load.test A\nworker2.load.test A\n").unwrap();
+    let mut dnsperf = Command::new("dnsperf");
+    dnsperf.args(["-s", &a.ip.to_string(), "-p", &a.port.to_string(), "-Q", "5000", "-l", "10", "-d"]).arg(&queries);
+    // A steady 5000 queries a second for 10 s, through everything below.
+    let load = std::thread::spawn(move || dnsperf.output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()));
+    let asker = Asker::start(
+        a.address(),
+        vec![("worker1.load.test.".into(), a.ip.to_string()), ("worker2.load.test.".into(), b.ip.to_string())],
+    );
+
+    std::thread::sleep(Duration::from_secs(1));
+    for _ in 0..2 {
+        let mut joiner = setup.start();
+        let name = joiner.claimed();
+        sees(&a, &name, &joiner.ip.to_string());
+        joiner.signal(libc::SIGTERM);
+        joiner.wait_exit(Duration::from_secs(5));
+    }
+    members[0].stop();
+    let mut late = setup.start();
+    let name = late.claimed();
+    sees(&a, &name, &late.ip.to_string());
+
+    let report = load.join().unwrap().expect("dnsperf runs (scripts/test installs it)");
+    let (asked, problems) = asker.finish();
+    let field = |label: &str| -> String {
+        report.lines().find(|l| l.trim_start().starts_with(label)).map(|l| l.trim().to_string()).unwrap_or_default()
+    };
+    assert!(field("Queries sent:").len() > 14, "{report}");
+    assert!(field("Queries lost:").starts_with("Queries lost:         0 "), "{report}");
+    assert!(field("Response codes:").starts_with("Response codes:       NOERROR"), "{report}");
+    assert!(!field("Response codes:").contains(','), "only NOERROR: {report}");
+    assert!(
+        problems.is_empty(),
+        "{} of {asked} questions went wrong: {:?}",
+        problems.len(),
+        &problems[..problems.len().min(5)]
+    );
+}
