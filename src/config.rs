@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use crate::pattern::Pattern;
 
-pub const DEFAULT_ENDPOINT: &str = "http://localhost:2379";
 pub const DEFAULT_LIMIT: u32 = 10;
 pub const DEFAULT_PORT: u16 = 53;
 pub const DEFAULT_TTL: u32 = 5;
@@ -21,11 +20,16 @@ pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
 pub struct Config {
     /// Where the configuration came from, for messages.
     pub source: PathBuf,
+    /// Things worth a warning at start (a world-readable password, say).
+    pub warnings: Vec<String>,
     /// Addresses to answer DNS on; empty means every address.
     pub listen: Vec<IpAddr>,
     pub port: u16,
     /// etcd client URLs, tried in this order.
     pub endpoints: Vec<String>,
+    /// TLS to etcd; `https://` endpoints without it verify etcd against the public CAs.
+    pub tls: Option<TlsFiles>,
+    pub credentials: Option<Credentials>,
     pub ids: RangeInclusive<u32>,
     pub pattern: Pattern,
     /// Addresses to publish; `None` for both means detect them.
@@ -39,6 +43,39 @@ pub struct Config {
     pub watch: bool,
     /// UDP answering threads per listen address, sharing it with `SO_REUSEPORT`.
     pub threads: u32,
+}
+
+/// The PEM files for TLS to etcd, as the CoreDNS etcd plugin's `tls` directive names them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// This node's client certificate (with its chain), for etcd's `--client-cert-auth`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The CA that signed etcd's certificate; the public CAs when not given.
+    pub ca: Option<PathBuf>,
+}
+
+/// An etcd user (`credentials USER PASSWORD`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: Secret,
+}
+
+/// A string that never shows in logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"(secret)\"")
+    }
 }
 
 /// Reads a Go-style duration (`500ms`, `2s`, `1m30s`, `1.5s`), or a bare number of seconds.

@@ -42,7 +42,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 const SERVER_DIRECTIVES: &str = "bind, idetcd";
-const IDETCD_DIRECTIVES: &str = "endpoint, limit, pattern, address, ttl, lease, poll, watch, threads";
+const IDETCD_DIRECTIVES: &str = "endpoint, tls, credentials, limit, pattern, address, ttl, lease, poll, watch, threads";
 
 pub fn load(path: &Path) -> Result<Config, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| Error {
@@ -50,7 +50,18 @@ pub fn load(path: &Path) -> Result<Config, Error> {
         line: 0,
         message: format!("cannot read the Corefile: {e}"),
     })?;
-    parse(&text, path, &|name| std::env::var(name).ok())
+    let mut config = parse(&text, path, &|name| std::env::var(name).ok())?;
+    if config.credentials.is_some() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map(|m| m.permissions().mode()).unwrap_or(0);
+        if mode & 0o004 != 0 {
+            config.warnings.push(format!(
+                "{} holds an etcd password and every user can read it; chmod 600 it (or 640 for a group)",
+                path.display()
+            ));
+        }
+    }
+    Ok(config)
 }
 
 /// Parses Corefile text; `env` looks up `{$NAME}` placeholders.
@@ -61,11 +72,7 @@ pub fn parse(text: &str, source: &Path, env: &dyn Fn(&str) -> Option<String>) ->
     let blocks = parser.blocks().map_err(|(line, message)| fail(line, message))?;
     match blocks.as_slice() {
         [] => Err(fail(0, "no server block; expected something like `. { idetcd { ... } }`".into())),
-        [block] => {
-            let mut config = build(block).map_err(|(line, message)| fail(line, message))?;
-            config.source = source.to_path_buf();
-            Ok(config)
-        }
+        [block] => build(block, source).map_err(|(line, message)| fail(line, message)),
         [_, second, ..] => Err(fail(second.line, "only one server block is supported".into())),
     }
 }
@@ -254,7 +261,7 @@ impl Parser {
 // ---------------------------------------------------------------------------------------------
 // Directives into settings
 
-fn build(block: &Block) -> Result<Config, Failure> {
+fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
     let port = server_port(&block.keys)?;
     let mut listen = Vec::new();
     let mut idetcd = None;
@@ -299,11 +306,32 @@ fn build(block: &Block) -> Result<Config, Failure> {
         return Err((idetcd.name.line, "idetcd needs a pattern, such as `pattern worker{{.ID}}.tf.local.`".into()));
     };
     let limit = settings.limit.unwrap_or(config::DEFAULT_LIMIT);
+    // Endpoints are settled last: `tls` makes a bare host:port mean https.
+    let scheme = if settings.tls.is_some() { "https" } else { "http" };
+    let endpoints = match &settings.endpoints {
+        None => vec![format!("{scheme}://localhost:2379")],
+        Some(args) => {
+            args.iter().map(|a| endpoint_url(&a.text, scheme).map_err(|m| (a.line, m))).collect::<Result<_, _>>()?
+        }
+    };
+    if let (Some((line, _)), Some(plain)) = (&settings.tls, endpoints.iter().find(|e| e.starts_with("http://"))) {
+        return Err((*line, format!("tls is configured but endpoint {plain} is plain http://; use https://")));
+    }
+    // Certificate paths are relative to the Corefile, wherever the daemon was started from.
+    let base = source.parent().unwrap_or(Path::new("."));
+    let tls = settings.tls.map(|(_, files)| config::TlsFiles {
+        cert: files.cert.map(|p| base.join(p)),
+        key: files.key.map(|p| base.join(p)),
+        ca: files.ca.map(|p| base.join(p)),
+    });
     Ok(Config {
-        source: PathBuf::new(),
+        source: source.to_path_buf(),
+        warnings: Vec::new(),
         listen,
         port,
-        endpoints: settings.endpoints.unwrap_or_else(|| vec![config::DEFAULT_ENDPOINT.to_string()]),
+        endpoints,
+        tls,
+        credentials: settings.credentials,
         ids: 1..=limit,
         pattern,
         ipv4: settings.ipv4,
@@ -343,7 +371,10 @@ fn server_port(keys: &[Token]) -> Result<u16, Failure> {
 
 #[derive(Default)]
 struct Settings {
-    endpoints: Option<Vec<String>>,
+    endpoints: Option<Vec<Token>>,
+    /// With the line it was given on.
+    tls: Option<(usize, config::TlsFiles)>,
+    credentials: Option<config::Credentials>,
     limit: Option<u32>,
     pattern: Option<Pattern>,
     ipv4: Option<std::net::Ipv4Addr>,
@@ -367,9 +398,27 @@ impl Settings {
                 if d.args.is_empty() {
                     return Err((line, "endpoint needs at least one URL".into()));
                 }
-                let urls =
-                    d.args.iter().map(|a| endpoint_url(&a.text).map_err(|m| (a.line, m))).collect::<Result<_, _>>()?;
-                replace(&mut self.endpoints, urls).map_err(|_| twice())
+                replace(&mut self.endpoints, d.args.clone()).map_err(|_| twice())
+            }
+            "tls" => {
+                // CoreDNS's etcd plugin syntax: nothing (public CAs), CACERT, CERT KEY, or all three.
+                let path = |i: usize| Some(PathBuf::from(&d.args[i].text));
+                let files = match d.args.len() {
+                    0 => config::TlsFiles::default(),
+                    1 => config::TlsFiles { ca: path(0), ..Default::default() },
+                    2 => config::TlsFiles { cert: path(0), key: path(1), ca: None },
+                    3 => config::TlsFiles { cert: path(0), key: path(1), ca: path(2) },
+                    _ => return Err((line, "tls takes [CACERT], [CERT KEY] or [CERT KEY CACERT]".into())),
+                };
+                replace(&mut self.tls, (line, files)).map_err(|_| twice())
+            }
+            "credentials" => {
+                let [user, password] = d.args.as_slice() else {
+                    return Err((line, "credentials takes a user name and a password".into()));
+                };
+                let credentials =
+                    config::Credentials { user: user.text.clone(), password: config::Secret(password.text.clone()) };
+                replace(&mut self.credentials, credentials).map_err(|_| twice())
             }
             "limit" => {
                 let n = number(d, 1, 1_000_000)?;
@@ -465,15 +514,15 @@ fn number(d: &Directive, min: u32, max: u32) -> Result<u32, Failure> {
     }
 }
 
-/// `http://host:port`, `https://host:port`, or a bare `host:port` as the etcd Go client accepts;
-/// the port defaults to etcd's 2379.
-fn endpoint_url(text: &str) -> Result<String, String> {
+/// `http://host:port`, `https://host:port`, or a bare `host:port` as the etcd Go client accepts
+/// (with `scheme`); the port defaults to etcd's 2379.
+fn endpoint_url(text: &str, scheme: &str) -> Result<String, String> {
     let (scheme, rest) = match text.split_once("://") {
         Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
         Some((scheme, _)) => {
             return Err(format!("endpoint {text:?}: scheme {scheme}:// is not supported, use http:// or https://"))
         }
-        None => ("http", text),
+        None => (scheme, text),
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),

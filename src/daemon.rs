@@ -29,6 +29,7 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub enum Error {
     Bind(server::BindError),
+    Etcd(etcd::Error),
     NoAddress,
     Signals(std::io::Error),
     Spawn(std::io::Error),
@@ -41,6 +42,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Bind(e) => e.fmt(f),
+            Error::Etcd(e) => e.fmt(f),
             Error::NoAddress => {
                 write!(f, "found no address to publish for this node; name one with `address` in the Corefile")
             }
@@ -55,6 +57,9 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 pub fn run(config: &Config) -> Result<(), Error> {
+    for warning in &config.warnings {
+        log::warn!("{warning}");
+    }
     let listeners = server::bind(&config.listen, config.port, config.threads as usize).map_err(Error::Bind)?;
     let record = own_record(config)?;
     log::info!(
@@ -90,8 +95,8 @@ pub fn run(config: &Config) -> Result<(), Error> {
         watch: config.watch,
         ttl: config.ttl,
     };
-    let lease = Duration::from_secs(u64::from(config.lease));
-    let client = etcd::Client::new(&config.endpoints, lease);
+    let client = etcd::Client::new(config).map_err(Error::Etcd)?;
+    let spare = client.clone();
     // Signals are caught before anything is claimed, so that no SIGTERM can end the process
     // without releasing the name.
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(Error::Signals)?;
@@ -106,16 +111,12 @@ pub fn run(config: &Config) -> Result<(), Error> {
         }
     })?;
 
-    wait(&events, &commands, || etcd::Client::new(&config.endpoints, lease))
+    wait(&events, &commands, spare)
 }
 
 /// Waits for the reason to stop, then for the etcd thread to release the name. If it cannot (etcd
 /// too slow, or the thread gone), revokes the last lease it reported with a client of its own.
-fn wait(
-    events: &Receiver<Event>,
-    commands: &Sender<Command>,
-    client: impl FnOnce() -> etcd::Client,
-) -> Result<(), Error> {
+fn wait(events: &Receiver<Event>, commands: &Sender<Command>, mut client: etcd::Client) -> Result<(), Error> {
     let mut lease = None;
     let failure = loop {
         match events.recv() {
@@ -149,7 +150,7 @@ fn wait(
         }
     };
     if let (false, Some(id)) = (released, lease) {
-        match client().lease_revoke(id) {
+        match client.lease_revoke(id) {
             Ok(()) => log::info!("released lease {id:x}"),
             Err(e) => log::warn!("could not revoke lease {id:x}: {e}; its name frees itself when it expires"),
         }

@@ -12,6 +12,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use serde_json::{json, Value};
 
+use crate::config::{Config, Credentials};
+
 /// Per request at most; a keep-alive must get through well within the lease, so short leases get
 /// shorter timeouts (see `Client::new`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -29,6 +31,9 @@ pub struct Client {
     stream_agent: ureq::Agent,
     endpoints: Vec<String>,
     current: usize,
+    credentials: Option<Credentials>,
+    /// The token `credentials` got, sent with every request; renewed when etcd no longer takes it.
+    token: Option<String>,
 }
 
 #[derive(Debug)]
@@ -39,6 +44,10 @@ pub enum Error {
     Rejected { endpoint: String, status: u16, code: i64, message: String },
     /// An endpoint answered something that is not the gateway's JSON.
     Malformed { endpoint: String, detail: String },
+    /// etcd refused the user name or password: retrying will not help.
+    Auth { endpoint: String, message: String },
+    /// Something on this side is wrong: a certificate file, a missing feature.
+    Setup(String),
 }
 
 impl fmt::Display for Error {
@@ -58,6 +67,8 @@ impl fmt::Display for Error {
             Error::Malformed { endpoint, detail } => {
                 write!(f, "etcd at {endpoint} sent an unexpected answer: {detail}")
             }
+            Error::Auth { endpoint, message } => write!(f, "etcd at {endpoint} refused the credentials: {message}"),
+            Error::Setup(why) => f.write_str(why),
         }
     }
 }
@@ -68,6 +79,7 @@ impl std::error::Error for Error {}
 pub const CODE_INVALID_ARGUMENT: i64 = 3;
 pub const CODE_NOT_FOUND: i64 = 5;
 const CODE_UNAVAILABLE: i64 = 14;
+const CODE_UNAUTHENTICATED: i64 = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyValue {
@@ -164,22 +176,27 @@ enum Retry {
 }
 
 impl Client {
-    /// `endpoints` are base URLs such as `http://10.0.0.5:2379`, already validated by the Corefile.
-    /// `lease` is the lease TTL the caller will keep alive: a request may take a quarter of it.
-    pub fn new(endpoints: &[String], lease: Duration) -> Client {
+    /// A client for the Corefile's endpoints, TLS and credentials. Requests may take a quarter of
+    /// the lease TTL at most: a keep-alive must get through well within the lease.
+    pub fn new(config: &Config) -> Result<Client, Error> {
+        let lease = Duration::from_secs(u64::from(config.lease));
         let timeout = (lease / 4).clamp(Duration::from_millis(500), REQUEST_TIMEOUT);
-        let config = || {
+        let tls = tls_config(config)?;
+        let builder = || {
             ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .timeout_connect(Some(CONNECT_TIMEOUT))
                 .user_agent(concat!("idetcd/", env!("CARGO_PKG_VERSION")))
+                .tls_config(tls.clone())
         };
-        Client {
-            agent: config().timeout_global(Some(timeout)).build().into(),
-            stream_agent: config().timeout_per_read(Some(WATCH_SILENCE)).build().into(),
-            endpoints: endpoints.iter().map(|e| e.trim_end_matches('/').to_string()).collect(),
+        Ok(Client {
+            agent: builder().timeout_global(Some(timeout)).build().into(),
+            stream_agent: builder().timeout_per_read(Some(WATCH_SILENCE)).build().into(),
+            endpoints: config.endpoints.iter().map(|e| e.trim_end_matches('/').to_string()).collect(),
             current: 0,
-        }
+            credentials: config.credentials.clone(),
+            token: None,
+        })
     }
 
     /// The endpoint requests go to now.
@@ -265,10 +282,11 @@ impl Client {
         }});
         self.failover("/v3/watch", Retry::Safe, |client, endpoint| {
             let url = format!("{endpoint}/v3/watch");
-            let response = client.stream_agent.post(&url).send_json(&body).map_err(unreachable)?;
-            if response.status() != 200 {
-                let why = format!("watch answered HTTP {}", response.status());
-                return Err(Attempt::Failed(Error::Malformed { endpoint: endpoint.to_string(), detail: why }));
+            let mut response = client.request(&client.stream_agent, &url).send_json(&body).map_err(unreachable)?;
+            let status = response.status().as_u16();
+            if status != 200 {
+                let answer = response.body_mut().with_config().limit(1 << 16).read_to_vec().unwrap_or_default();
+                return Err(rejection(endpoint, status, &answer));
             }
             let lines = BufReader::new(response.into_body().into_reader());
             Ok(Watch { endpoint: endpoint.to_string(), lines })
@@ -293,11 +311,35 @@ impl Client {
     }
 
     /// Runs `attempt` on the current endpoint, then on the next ones while they cannot be reached.
+    /// With credentials, first gets a token, and gets a new one when etcd no longer takes it.
     fn failover<T>(
         &mut self,
         path: &str,
         retry: Retry,
         attempt: impl Fn(&Client, &str) -> Result<T, Attempt>,
+    ) -> Result<T, Error> {
+        if self.credentials.is_some() && self.token.is_none() {
+            self.authenticate()?;
+        }
+        match self.each_endpoint(path, retry, &attempt) {
+            // Simple tokens expire when idle, and a restarted etcd forgets them.
+            Err(Error::Rejected { code, ref message, .. })
+                if self.credentials.is_some()
+                    && (code == CODE_UNAUTHENTICATED || message.contains("user name is empty")) =>
+            {
+                self.token = None;
+                self.authenticate()?;
+                self.each_endpoint(path, retry, &attempt)
+            }
+            other => other,
+        }
+    }
+
+    fn each_endpoint<T>(
+        &mut self,
+        path: &str,
+        retry: Retry,
+        attempt: &impl Fn(&Client, &str) -> Result<T, Attempt>,
     ) -> Result<T, Error> {
         let mut tries = Vec::new();
         for _ in 0..self.endpoints.len() {
@@ -318,9 +360,43 @@ impl Client {
         Err(Error::Unreachable(tries))
     }
 
+    /// Trades the credentials for a token. A refused password is an `Error::Auth`.
+    fn authenticate(&mut self) -> Result<(), Error> {
+        let Some(credentials) = self.credentials.clone() else { return Ok(()) };
+        let body = json!({ "name": credentials.user, "password": credentials.password.expose() });
+        let path = "/v3/auth/authenticate";
+        let answer = self.each_endpoint(path, Retry::Safe, &|client, endpoint| {
+            client.post_once(endpoint, path, &body).map(|answer| (endpoint.to_string(), answer))
+        });
+        let (endpoint, answer) = match answer {
+            Ok(answer) => answer,
+            Err(Error::Rejected { endpoint, message, .. }) if message.contains("authentication failed") => {
+                return Err(Error::Auth { endpoint, message });
+            }
+            Err(e) => return Err(e),
+        };
+        let token = serde_json::from_slice::<Value>(&answer).ok().and_then(|v| v["token"].as_str().map(str::to_string));
+        match token {
+            Some(token) => {
+                log::debug!("authenticated to etcd at {endpoint} as {}", credentials.user);
+                self.token = Some(token);
+                Ok(())
+            }
+            None => Err(Error::Malformed { endpoint, detail: "authentication answer without a token".into() }),
+        }
+    }
+
+    fn request(&self, agent: &ureq::Agent, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        let request = agent.post(url);
+        match &self.token {
+            Some(token) => request.header("Authorization", token),
+            None => request,
+        }
+    }
+
     fn post_once(&self, endpoint: &str, path: &str, body: &Value) -> Result<Vec<u8>, Attempt> {
         let url = format!("{endpoint}{path}");
-        let mut response = self.agent.post(&url).send_json(body).map_err(unreachable)?;
+        let mut response = self.request(&self.agent, &url).send_json(body).map_err(unreachable)?;
         let status = response.status().as_u16();
         let answer = response
             .body_mut()
@@ -331,19 +407,74 @@ impl Client {
         if (200..300).contains(&status) {
             return Ok(answer);
         }
-        let Ok(error) = serde_json::from_slice::<Value>(&answer) else {
-            let detail = format!("HTTP {status} with a body that is not JSON; is this an etcd 3.4+ client URL?");
-            return Err(Attempt::Failed(Error::Malformed { endpoint: endpoint.to_string(), detail }));
-        };
-        let code = int(&error["code"]);
-        let message = error["error"].as_str().or(error["message"].as_str()).unwrap_or("no message");
-        // An endpoint that has lost its cluster says "unavailable": another one may do better.
-        if code == CODE_UNAVAILABLE || status == 503 {
-            return Err(Attempt::Unreachable { why: message.to_string(), sent: true });
-        }
-        let rejected = Error::Rejected { endpoint: endpoint.to_string(), status, code, message: message.to_string() };
-        Err(Attempt::Failed(rejected))
+        Err(rejection(endpoint, status, &answer))
     }
+}
+
+/// What an error answer means: another endpoint may do better, or the request was refused.
+fn rejection(endpoint: &str, status: u16, answer: &[u8]) -> Attempt {
+    let Ok(error) = serde_json::from_slice::<Value>(answer) else {
+        let detail = format!("HTTP {status} with a body that is not JSON; is this an etcd 3.4+ client URL?");
+        return Attempt::Failed(Error::Malformed { endpoint: endpoint.to_string(), detail });
+    };
+    // The watch stream wraps errors one level deeper.
+    let error = if error["error"].is_object() { &error["error"] } else { &error };
+    let code = int(&error["code"]).max(int(&error["grpc_code"]));
+    let message = error["error"].as_str().or(error["message"].as_str()).unwrap_or("no message");
+    // An endpoint that has lost its cluster says "unavailable": another one may do better.
+    if code == CODE_UNAVAILABLE || status == 503 {
+        return Attempt::Unreachable { why: message.to_string(), sent: true };
+    }
+    Attempt::Failed(Error::Rejected { endpoint: endpoint.to_string(), status, code, message: message.to_string() })
+}
+
+/// TLS as the Corefile asks: its CA instead of the public ones, and a client certificate.
+#[cfg(feature = "tls")]
+fn tls_config(config: &Config) -> Result<ureq::tls::TlsConfig, Error> {
+    use ureq::tls::{ClientCert, PemItem, RootCerts, TlsConfig};
+    let mut builder = TlsConfig::builder();
+    let Some(files) = &config.tls else { return Ok(builder.build()) };
+    let pem = |path: &std::path::Path| -> Result<Vec<PemItem<'static>>, Error> {
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::Setup(format!("tls: cannot read {}: {e}", path.display())))?;
+        ureq::tls::parse_pem(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Setup(format!("tls: {} is not PEM: {e}", path.display())))
+    };
+    let certificates = |path: &std::path::Path| -> Result<Vec<_>, Error> {
+        let certs: Vec<_> = pem(path)?
+            .into_iter()
+            .filter_map(|item| match item {
+                PemItem::Certificate(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        match certs.is_empty() {
+            true => Err(Error::Setup(format!("tls: no certificate in {}", path.display()))),
+            false => Ok(certs),
+        }
+    };
+    if let Some(ca) = &files.ca {
+        builder = builder.root_certs(RootCerts::new_with_certs(&certificates(ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&files.cert, &files.key) {
+        let key = pem(key)?.into_iter().find_map(|item| match item {
+            PemItem::PrivateKey(k) => Some(k),
+            _ => None,
+        });
+        let key = key
+            .ok_or_else(|| Error::Setup(format!("tls: no private key in {}", files.key.as_ref().unwrap().display())))?;
+        builder = builder.client_cert(Some(ClientCert::new_with_certs(&certificates(cert)?, key)));
+    }
+    Ok(builder.build())
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_config(config: &Config) -> Result<ureq::tls::TlsConfig, Error> {
+    if config.tls.is_some() || config.endpoints.iter().any(|e| e.starts_with("https://")) {
+        return Err(Error::Setup("this idetcd was built without TLS (cargo feature \"tls\")".into()));
+    }
+    Ok(ureq::tls::TlsConfig::default())
 }
 
 enum Attempt {

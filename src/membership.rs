@@ -144,7 +144,10 @@ pub fn run(
                     continue;
                 }
                 Err(ClaimError::Etcd(e)) => {
-                    m.trouble.failed("cannot claim a name", &e);
+                    m.failed("cannot claim a name", &e);
+                    if m.fatal.is_some() {
+                        continue;
+                    }
                     if stop_requested(&commands, retry.next()) {
                         return m.stop();
                     }
@@ -234,6 +237,15 @@ impl Membership {
         Ok(())
     }
 
+    /// Notes an etcd failure: most pass (they are logged and retried), a refused password or a
+    /// broken TLS setup does not.
+    fn failed(&mut self, what: &str, e: &etcd::Error) {
+        match e {
+            etcd::Error::Auth { .. } | etcd::Error::Setup(_) => self.fatal = Some(e.to_string()),
+            _ => self.trouble.failed(what, e),
+        }
+    }
+
     fn grant(&mut self) -> Result<Lease, etcd::Error> {
         let (before, asked) = (boottime(), Instant::now());
         let granted = self.client.lease_grant(self.settings.lease_ttl)?;
@@ -279,7 +291,7 @@ impl Membership {
                 self.lose(LeaseState::Gone);
             }
             Err(e) => {
-                self.trouble.failed("cannot renew the lease", &e);
+                self.failed("cannot renew the lease", &e);
                 self.next_keepalive = Instant::now() + Duration::from_secs(1).min(renew_interval(lease.ttl));
             }
         }
@@ -320,7 +332,7 @@ impl Membership {
                     return;
                 }
                 Ok(_) => {}
-                Err(e) => return self.trouble.failed("cannot read the members", &e),
+                Err(e) => return self.failed("cannot read the members", &e),
             }
         }
         match self.client.range(start.as_bytes(), end.as_bytes()) {
@@ -335,7 +347,7 @@ impl Membership {
                 self.revision = Some(range.revision);
                 self.publish();
             }
-            Err(e) => self.trouble.failed("cannot read the members", &e),
+            Err(e) => self.failed("cannot read the members", &e),
         }
     }
 

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::config;
 
 fn no_env(_: &str) -> Option<String> {
     None
@@ -122,11 +123,17 @@ fn errors_name_the_line_and_the_problem() {
         (idetcd("        lease 0"), "Corefile:4: lease: \"0\" is not a number from 1 to 86400"),
         (idetcd("        poll soon"), "Corefile:4: poll: \"soon\" is not a duration (examples: 500ms, 2s, 1m)"),
         (idetcd("        poll 1ms"), "Corefile:4: poll must be at least 10ms"),
+        (idetcd("        tls a b c d"), "Corefile:4: tls takes [CACERT], [CERT KEY] or [CERT KEY CACERT]"),
+        (
+            idetcd("        endpoint http://10.0.0.5:2379\n        tls ca.pem"),
+            "Corefile:5: tls is configured but endpoint http://10.0.0.5:2379 is plain http://; use https://",
+        ),
+        (idetcd("        credentials root"), "Corefile:4: credentials takes a user name and a password"),
         (idetcd("        watch yes"), "Corefile:4: watch takes no arguments: unexpected \"yes\""),
         (idetcd("        threads 0"), "Corefile:4: threads: \"0\" is not a number from 1 to 64"),
         (idetcd("        pattern x{{.ID}}.y."), "Corefile:4: pattern is given twice"),
         (idetcd("        limit 3\n        limit 4"), "Corefile:5: limit is given twice"),
-        (idetcd("        upstream 8.8.8.8"), "Corefile:4: unknown directive \"upstream\" in idetcd block (known: endpoint, limit, pattern, address, ttl, lease, poll, watch, threads)"),
+        (idetcd("        upstream 8.8.8.8"), "Corefile:4: unknown directive \"upstream\" in idetcd block (known: endpoint, tls, credentials, limit, pattern, address, ttl, lease, poll, watch, threads)"),
         (idetcd("        limit 3 {\n        }"), "Corefile:4: limit does not take a block"),
         (
             ". {\n idetcd {\n  pattern worker.tf.local.\n }\n}".into(),
@@ -167,4 +174,40 @@ fn errors_name_the_line_and_the_problem() {
 fn a_missing_file_is_a_clear_error() {
     let err = load(Path::new("/nonexistent/Corefile")).unwrap_err();
     assert!(err.to_string().starts_with("/nonexistent/Corefile: cannot read the Corefile: "), "{err}");
+}
+
+#[test]
+fn tls_and_credentials() {
+    let text = |body: &str| format!(". {{\n idetcd {{\n  pattern w{{{{.ID}}}}.z.\n{body}\n }}\n}}");
+    let parse_at = |body: &str| parse(&text(body), Path::new("/etc/idetcd/Corefile"), &no_env).unwrap();
+    let c = parse_at("  endpoint 10.0.0.5:2379 https://10.0.0.6\n  tls client.pem client.key /pki/ca.pem");
+    assert_eq!(c.endpoints, ["https://10.0.0.5:2379", "https://10.0.0.6:2379"]);
+    let tls = c.tls.unwrap();
+    assert_eq!(tls.cert.as_deref(), Some(Path::new("/etc/idetcd/client.pem")));
+    assert_eq!(tls.key.as_deref(), Some(Path::new("/etc/idetcd/client.key")));
+    assert_eq!(tls.ca.as_deref(), Some(Path::new("/pki/ca.pem")));
+    let c = parse_at("  tls ca.pem");
+    assert_eq!(c.endpoints, ["https://localhost:2379"]);
+    assert_eq!(c.tls.unwrap(), config::TlsFiles { ca: Some("/etc/idetcd/ca.pem".into()), cert: None, key: None });
+    assert_eq!(parse_at("  tls").tls, Some(config::TlsFiles::default()));
+    let c = parse_at("  credentials idetcd s3cret");
+    let credentials = c.credentials.unwrap();
+    assert_eq!((credentials.user.as_str(), credentials.password.expose()), ("idetcd", "s3cret"));
+    assert!(!format!("{credentials:?}").contains("s3cret"), "the password never shows in debug output");
+}
+
+#[test]
+fn a_world_readable_password_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("idetcd-corefile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("Corefile");
+    std::fs::write(&path, ". {\n idetcd {\n  pattern w{{.ID}}.z.\n  credentials u p\n }\n}\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let warnings = load(&path).unwrap().warnings;
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].contains("chmod 600"), "{warnings:?}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(load(&path).unwrap().warnings.is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -7,4 +7,5 @@ mod faults;
 mod hostile;
 mod membership;
 mod reliability;
+mod security;
 mod support;

@@ -101,6 +101,10 @@ pub struct Etcd {
     initial_cluster: String,
     dir: TempDir,
     http: ureq::Agent,
+    /// etcd's own certificate and whether clients must present one, when it speaks TLS.
+    tls: Option<(Pki, bool)>,
+    /// Sent with the test's own requests once auth is on.
+    token: Option<String>,
 }
 
 impl Etcd {
@@ -108,9 +112,26 @@ impl Etcd {
         Etcd::cluster(1).pop().unwrap()
     }
 
+    /// A single member that speaks TLS with certificates from `pki`, and with
+    /// `--client-cert-auth` asks every client for one too.
+    pub fn start_tls(pki: Pki, client_cert_auth: bool) -> Etcd {
+        let etcd = Etcd::cluster_of(1, Some((pki, client_cert_auth))).pop().unwrap();
+        etcd.wait_ready();
+        etcd
+    }
+
     /// Starts `size` members that form one cluster, and waits until it answers.
     pub fn cluster(size: usize) -> Vec<Etcd> {
+        let members = Etcd::cluster_of(size, None);
+        for member in &members {
+            member.wait_ready();
+        }
+        members
+    }
+
+    fn cluster_of(size: usize, tls: Option<(Pki, bool)>) -> Vec<Etcd> {
         let ip = Ipv4Addr::LOCALHOST;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(ip), free_port(ip))).collect();
         let initial_cluster = ports
             .iter()
@@ -123,23 +144,18 @@ impl Etcd {
             .enumerate()
             .map(|(i, (client, peer))| Etcd {
                 child: None,
-                url: format!("http://127.0.0.1:{client}"),
+                url: format!("{scheme}://127.0.0.1:{client}"),
                 name: format!("m{i}"),
                 peer: format!("http://127.0.0.1:{peer}"),
                 initial_cluster: initial_cluster.clone(),
                 dir: TempDir::new("etcd"),
-                http: ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .timeout_global(Some(Duration::from_secs(5)))
-                    .build()
-                    .into(),
+                http: http_agent(tls.as_ref().map(|(pki, _)| pki)),
+                tls: tls.clone(),
+                token: None,
             })
             .collect();
         for member in &mut members {
             member.launch();
-        }
-        for member in &members {
-            member.wait_ready();
         }
         members
     }
@@ -158,22 +174,34 @@ impl Etcd {
             .find(|p| Path::new(p).exists())
             .unwrap_or_else(|| panic!("etcd is not installed: run scripts/test, which installs Debian's etcd-server"));
         let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("etcd.log")).unwrap();
-        let child = spawn(
-            Command::new(binary)
-                .args(["--name", &self.name, "--data-dir"])
-                .arg(self.dir.path().join("data"))
-                .args(["--listen-client-urls", &self.url, "--advertise-client-urls", &self.url])
-                .args(["--listen-peer-urls", &self.peer, "--initial-advertise-peer-urls", &self.peer])
-                .args(["--initial-cluster", &self.initial_cluster])
-                .stdout(Stdio::null())
-                .stderr(log),
-        );
+        let mut command = Command::new(binary);
+        command
+            .args(["--name", &self.name, "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &self.url, "--advertise-client-urls", &self.url])
+            .args(["--listen-peer-urls", &self.peer, "--initial-advertise-peer-urls", &self.peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some((pki, client_cert_auth)) = &self.tls {
+            command.arg("--cert-file").arg(pki.path("server.crt")).arg("--key-file").arg(pki.path("server.key"));
+            if *client_cert_auth {
+                command.arg("--client-cert-auth").arg("--trusted-ca-file").arg(pki.path("ca.crt"));
+            }
+        }
+        let child = spawn(&mut command);
         self.child = Some(child);
     }
 
+    /// Waits until the cluster answers: with a quorum, it answers even a request it refuses.
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while self.try_post("/v3/kv/range", &json!({"key": "AA=="})).is_none() {
+        loop {
+            let url = format!("{}/v3/kv/range", self.url);
+            let status = self.http.post(&url).send_json(json!({"key": "AA=="})).map(|r| r.status().as_u16());
+            if matches!(status, Ok(200 | 400 | 401)) {
+                return;
+            }
             assert!(Instant::now() < deadline, "etcd did not start:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -187,7 +215,11 @@ impl Etcd {
     }
 
     fn try_post(&self, path: &str, body: &Value) -> Option<Value> {
-        let mut response = self.http.post(&format!("{}{path}", self.url)).send_json(body).ok()?;
+        let mut request = self.http.post(&format!("{}{path}", self.url));
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", token);
+        }
+        let mut response = request.send_json(body).ok()?;
         if response.status() != 200 {
             return None;
         }
@@ -244,6 +276,118 @@ impl Etcd {
 
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+}
+
+impl Etcd {
+    /// Turns authentication on, with a root user for the test itself and a user `node` (password
+    /// `nodepw`) that may only read and write keys starting with `prefix`.
+    pub fn enable_auth(&mut self, prefix: &str) {
+        let mut end = prefix.as_bytes().to_vec();
+        *end.last_mut().unwrap() += 1;
+        for (path, body) in [
+            ("/v3/auth/user/add", json!({ "name": "root", "password": "rootpw" })),
+            ("/v3/auth/user/grant", json!({ "user": "root", "role": "root" })),
+            ("/v3/auth/role/add", json!({ "name": "idetcd" })),
+            (
+                "/v3/auth/role/grant",
+                json!({ "name": "idetcd", "perm": {
+                    "permType": "READWRITE", "key": BASE64.encode(prefix), "range_end": BASE64.encode(&end),
+                }}),
+            ),
+            ("/v3/auth/user/add", json!({ "name": "node", "password": "nodepw" })),
+            ("/v3/auth/user/grant", json!({ "user": "node", "role": "idetcd" })),
+            ("/v3/auth/enable", json!({})),
+        ] {
+            self.post(path, body);
+        }
+        self.login();
+    }
+
+    /// Gets the test a root token again, as after a restart.
+    pub fn login(&mut self) {
+        self.token = None;
+        let answer = self.post("/v3/auth/authenticate", json!({ "name": "root", "password": "rootpw" }));
+        self.token = answer["token"].as_str().map(str::to_string);
+    }
+}
+
+fn http_agent(pki: Option<&Pki>) -> ureq::Agent {
+    let mut config =
+        ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(5)));
+    if let Some(pki) = pki {
+        use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+        let read = |name: &str| fs::read(pki.path(name)).unwrap();
+        let ca = Certificate::from_pem(&read("ca.crt")).unwrap();
+        let cert = Certificate::from_pem(&read("client.crt")).unwrap();
+        let key = PrivateKey::from_pem(&read("client.key")).unwrap();
+        config = config.tls_config(
+            TlsConfig::builder()
+                .root_certs(RootCerts::new_with_certs(&[ca]))
+                .client_cert(Some(ClientCert::new_with_certs(&[cert], key)))
+                .build(),
+        );
+    }
+    config.build().into()
+}
+
+/// A throwaway certificate authority with a server certificate for 127.0.0.1 and a client
+/// certificate, made with `openssl`.
+#[derive(Clone)]
+pub struct Pki(std::sync::Arc<TempDir>);
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = TempDir::new("pki");
+        let run = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl is installed (scripts/test installs it)");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        run(&[
+            &["req", "-x509"],
+            &ec[..],
+            &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=idetcd test CA"],
+        ]
+        .concat());
+        for (name, extensions) in [
+            // etcd's own gateway presents the server certificate to etcd as a client: it needs both.
+            ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"),
+            ("client", "extendedKeyUsage=clientAuth"),
+        ] {
+            fs::write(dir.path().join(format!("{name}.ext")), extensions).unwrap();
+            let (key, csr, crt, ext) =
+                (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
+            run(&[&["req"], &ec[..], &["-keyout", &key, "-out", &csr, "-subj", &format!("/CN={name}")]].concat());
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ]);
+        }
+        Pki(std::sync::Arc::new(dir))
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
     }
 }
 

@@ -1,0 +1,107 @@
+//! Talking to etcd safely: TLS with and without client certificates, and etcd users.
+
+use std::time::Duration;
+
+use domain::base::iana::Rtype;
+
+use crate::support::{eventually, Etcd, Pki, Setup};
+
+#[test]
+fn tls_with_a_client_certificate() {
+    let pki = Pki::new();
+    let etcd = Etcd::start_tls(pki.clone(), true);
+    assert!(etcd.url.starts_with("https://"));
+    let files = format!(
+        "{} {} {}",
+        pki.path("client.crt").display(),
+        pki.path("client.key").display(),
+        pki.path("ca.crt").display()
+    );
+    let setup = Setup { extra: format!("        tls {files}\n"), ..Setup::new(&etcd, "tls.test.") };
+    let mut first = setup.start();
+    assert_eq!(first.claimed(), "worker1.tls.test.");
+    let mut second = setup.start();
+    assert_eq!(second.claimed(), "worker2.tls.test.");
+    eventually("worker2 to show", Duration::from_secs(5), || {
+        (first.query("worker2.tls.test.", Rtype::A).data() == [second.ip.to_string()]).then_some(())
+    });
+    assert!(etcd.get("worker1.tls.test.").is_some());
+
+    // Without its certificate etcd turns the node away, and the node says why.
+    let ca_only =
+        Setup { extra: format!("        tls {}\n", pki.path("ca.crt").display()), ..Setup::new(&etcd, "tls.test.") };
+    let refused = ca_only.start();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(refused.identity().is_none());
+    assert!(refused.log().contains("WARN") && refused.log().contains("cannot claim a name"), "{}", refused.log());
+}
+
+#[test]
+fn tls_verifying_the_server_only() {
+    let pki = Pki::new();
+    let etcd = Etcd::start_tls(pki.clone(), false);
+    let setup =
+        Setup { extra: format!("        tls {}\n", pki.path("ca.crt").display()), ..Setup::new(&etcd, "tlsca.test.") };
+    let mut node = setup.start();
+    assert_eq!(node.claimed(), "worker1.tlsca.test.");
+    // A CA that did not sign etcd's certificate is not trusted.
+    let stranger = Pki::new();
+    let distrusting = Setup { extra: format!("        tls {}\n", stranger.path("ca.crt").display()), ..setup.clone() };
+    let other = distrusting.start();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(other.identity().is_none());
+    assert!(other.log().contains("cannot claim a name"), "{}", other.log());
+}
+
+#[test]
+fn a_missing_certificate_file_is_a_clear_error() {
+    let etcd = Etcd::start();
+    let setup = Setup {
+        endpoints: etcd.url.replace("http://", "https://"),
+        extra: "        tls /nonexistent/ca.pem\n".into(),
+        ..Setup::new(&etcd, "nofile.test.")
+    };
+    let mut node = setup.start();
+    assert_eq!(node.wait_exit(Duration::from_secs(5)).code(), Some(1));
+    assert!(node.log().contains("tls: cannot read /nonexistent/ca.pem"), "{}", node.log());
+}
+
+#[test]
+fn an_etcd_user_limited_to_the_pattern_prefix() {
+    let mut etcd = Etcd::start();
+    etcd.enable_auth("worker");
+    let setup = Setup { extra: "        credentials node nodepw\n".into(), ..Setup::new(&etcd, "auth.test.") };
+    let mut first = setup.start();
+    assert_eq!(first.claimed(), "worker1.auth.test.");
+    let mut second = setup.start();
+    assert_eq!(second.claimed(), "worker2.auth.test.");
+    assert!(!first.log().contains("nodepw"), "the password is never logged");
+
+    // A restarted etcd forgets every token: the nodes get new ones and carry on.
+    etcd.stop();
+    etcd.resume();
+    etcd.login();
+    let mut third = setup.start();
+    assert_eq!(third.claimed(), "worker3.auth.test.");
+    eventually("the newcomer to show", Duration::from_secs(10), || {
+        (first.query("worker3.auth.test.", Rtype::A).data() == [third.ip.to_string()]).then_some(())
+    });
+    assert_eq!(first.identity().as_deref(), Some("worker1.auth.test."));
+
+    second.signal(libc::SIGTERM);
+    assert_eq!(second.wait_exit(Duration::from_secs(5)).code(), Some(0));
+    assert!(etcd.get("worker2.auth.test.").is_none(), "released with the user's own rights");
+}
+
+#[test]
+fn a_wrong_password_ends_the_daemon() {
+    let mut etcd = Etcd::start();
+    etcd.enable_auth("worker");
+    let mut node =
+        Setup { extra: "        credentials node wrong\n".into(), ..Setup::new(&etcd, "badpw.test.") }.start();
+    let status = node.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(1));
+    let log = node.log();
+    assert!(log.contains("refused the credentials") && log.contains("authentication failed"), "{log}");
+    assert!(!log.contains("wrong"), "the password is never logged:\n{log}");
+}
