@@ -523,4 +523,4 @@ pub fn txt_rdata(text: &str) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

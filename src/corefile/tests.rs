@@ -211,3 +211,15 @@ fn a_world_readable_password_is_warned_about() {
     assert!(load(&path).unwrap().warnings.is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_fuzz_corpus_and_regressions_replay_cleanly() {
+    let inputs = crate::dns::tests::fuzz_inputs("corefile");
+    assert!(inputs.len() > 50, "the corpus in fuzz/corpus/corefile is there");
+    for (path, bytes) in inputs {
+        let Ok(text) = std::str::from_utf8(&bytes) else { continue };
+        if let Err(e) = parse(text, Path::new("Corefile"), &no_env) {
+            assert!(e.to_string().starts_with("Corefile"), "{}: {e}", path.display());
+        }
+    }
+}

@@ -449,3 +449,34 @@ fn long_txt_is_split_into_strings() {
     assert_eq!(rdata.len(), 302);
     assert_eq!((rdata[0], rdata[256]), (255, 45));
 }
+
+/// Every input in a fuzz corpus or regression folder, `fuzz/corpus/TARGET` and
+/// `fuzz/regressions/TARGET`; none when the folders are not there.
+pub(crate) fn fuzz_inputs(target: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    ["corpus", "regressions"]
+        .iter()
+        .filter_map(|kind| std::fs::read_dir(root.join(kind).join(target)).ok())
+        .flatten()
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let bytes = std::fs::read(&path).ok()?;
+            Some((path, bytes))
+        })
+        .collect()
+}
+
+#[test]
+fn the_fuzz_corpus_and_regressions_replay_cleanly() {
+    let s = snapshot(Some("worker2.tf.local."));
+    let mut out = vec![0u8; 65535];
+    let inputs = fuzz_inputs("respond");
+    assert!(inputs.len() > 50, "the corpus in fuzz/corpus/respond is there");
+    for (path, query) in &inputs {
+        for (transport, limit) in [(Transport::Udp, MAX_UDP_PAYLOAD as usize), (Transport::Tcp, out.len())] {
+            let n = respond(query, &s, Context { transport, identity_held: true }, &mut out[..limit]);
+            assert!(n <= limit, "{}", path.display());
+            assert!(n == 0 || out[..2] == query[..2], "{}", path.display());
+        }
+    }
+}
