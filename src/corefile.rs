@@ -42,7 +42,8 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 const SERVER_DIRECTIVES: &str = "bind, idetcd";
-const IDETCD_DIRECTIVES: &str = "endpoint, tls, credentials, limit, pattern, address, ttl, lease, poll, watch, threads";
+const IDETCD_DIRECTIVES: &str =
+    "endpoint, tls, credentials, limit, start, pattern, address, ttl, lease, poll, watch, threads";
 
 pub fn load(path: &Path) -> Result<Config, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| Error {
@@ -306,6 +307,11 @@ fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
         return Err((idetcd.name.line, "idetcd needs a pattern, such as `pattern worker{{.ID}}.tf.local.`".into()));
     };
     let limit = settings.limit.unwrap_or(config::DEFAULT_LIMIT);
+    let first = settings.start.map_or(1, |(_, n)| n);
+    let Some(last) = first.checked_add(limit - 1) else {
+        let line = settings.start.map_or(idetcd.name.line, |(line, _)| line);
+        return Err((line, format!("start {first} with limit {limit} runs past the largest ID, {}", u32::MAX)));
+    };
     // Endpoints are settled last: `tls` makes a bare host:port mean https.
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
     let endpoints = match &settings.endpoints {
@@ -332,7 +338,7 @@ fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
         endpoints,
         tls,
         credentials: settings.credentials,
-        ids: 1..=limit,
+        ids: first..=last,
         pattern,
         ipv4: settings.ipv4,
         ipv6: settings.ipv6,
@@ -376,6 +382,8 @@ struct Settings {
     tls: Option<(usize, config::TlsFiles)>,
     credentials: Option<config::Credentials>,
     limit: Option<u32>,
+    /// With the line it was given on.
+    start: Option<(usize, u32)>,
     pattern: Option<Pattern>,
     ipv4: Option<std::net::Ipv4Addr>,
     ipv6: Option<std::net::Ipv6Addr>,
@@ -423,6 +431,10 @@ impl Settings {
             "limit" => {
                 let n = number(d, 1, 1_000_000)?;
                 replace(&mut self.limit, n).map_err(|_| twice())
+            }
+            "start" => {
+                let n = number(d, 0, u32::MAX)?;
+                replace(&mut self.start, (line, n)).map_err(|_| twice())
             }
             "pattern" => {
                 if d.args.is_empty() {

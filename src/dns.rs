@@ -138,7 +138,13 @@ fn answer_in<'a>(qtype: u16, lower: &[u8], snapshot: &'a Snapshot, reply: &mut R
                 TYPE_ANY => rrsets.first(),
                 _ => rrsets.iter().find(|r| r.rtype == qtype),
             };
-            reply.section = Some(rrset.map_or(snapshot.negative(), |r| r.section));
+            reply.section = match rrset {
+                Some(r) => Some(r.section),
+                // The zone's SOA says how long "no such data" may be cached; reverse names lie
+                // outside the zone, and its SOA would mean nothing there.
+                None if snapshot.in_zone(lower) => Some(snapshot.negative()),
+                None => None,
+            };
         }
         Found::NxDomain => {
             reply.rcode = OptRcode::NXDOMAIN;
@@ -507,6 +513,51 @@ pub fn soa_rdata(mname: &[u8], rname: &[u8], serial: u32, ttl: u32) -> Vec<u8> {
         rdata.extend_from_slice(&v.to_be_bytes());
     }
     rdata
+}
+
+/// SRV rdata (RFC 2782): priority and weight 0, every member alike; the target is never
+/// compressed, as the RFC asks.
+pub fn srv_rdata(port: u16, target: &[u8]) -> Vec<u8> {
+    let mut rdata = Vec::with_capacity(6 + target.len());
+    rdata.extend_from_slice(&[0, 0, 0, 0]);
+    rdata.extend_from_slice(&port.to_be_bytes());
+    rdata.extend_from_slice(target);
+    rdata
+}
+
+/// `name`'s first label followed by a pointer to `offset` in the message, where the rest of the
+/// name already stands (in the question).
+pub fn below_question(name: &[u8], offset: u16) -> Vec<u8> {
+    let first = name.first().map_or(0, |&len| 1 + usize::from(len)).min(name.len());
+    [&name[..first], &(0xC000 | offset).to_be_bytes()].concat()
+}
+
+/// The reverse-lookup name of an address, in wire form: `3.0.0.10.in-addr.arpa.` or the 32
+/// nibbles of an IPv6 address under `ip6.arpa.`.
+pub fn reverse_name(ip: std::net::IpAddr) -> Vec<u8> {
+    let mut wire = Vec::with_capacity(72);
+    let mut label = |text: &str| {
+        wire.push(text.len() as u8);
+        wire.extend_from_slice(text.as_bytes());
+    };
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for octet in v4.octets().iter().rev() {
+                label(&octet.to_string());
+            }
+            label("in-addr");
+        }
+        std::net::IpAddr::V6(v6) => {
+            for byte in v6.octets().iter().rev() {
+                label(&format!("{:x}", byte & 0xf));
+                label(&format!("{:x}", byte >> 4));
+            }
+            label("ip6");
+        }
+    }
+    label("arpa");
+    wire.push(0);
+    wire
 }
 
 /// TXT rdata holding `text` as character-strings of at most 255 bytes each.

@@ -97,8 +97,12 @@ impl Snapshot {
         }
         b.name(apex.clone(), apex_rrsets);
 
-        for (&id, record) in inputs.members {
-            let Ok(name) = dns::wire_name(&inputs.pattern.name(id)) else { continue };
+        let names: Vec<(u32, Vec<u8>, &Record)> = inputs
+            .members
+            .iter()
+            .filter_map(|(&id, record)| Some((id, dns::wire_name(&inputs.pattern.name(id)).ok()?, record)))
+            .collect();
+        for (_, name, record) in &names {
             let mut rrsets = Vec::with_capacity(2);
             if let Some(ip) = record.ipv4 {
                 let s = b.section(|w| w.record(Part::Answer, Owner::Question, Rtype::A, Class::IN, ttl, &ip.octets()));
@@ -109,8 +113,10 @@ impl Snapshot {
                     b.section(|w| w.record(Part::Answer, Owner::Question, Rtype::AAAA, Class::IN, ttl, &ip.octets()));
                 rrsets.push((Rtype::AAAA, s));
             }
-            b.name(name, rrsets);
+            b.name(name.clone(), rrsets);
         }
+        b.services(&apex, &names, ttl);
+        b.pointers(&names, ttl);
 
         let identity = inputs.own_name.map(|own| {
             let txt = dns::txt_rdata(own);
@@ -129,11 +135,15 @@ impl Snapshot {
         if let Some(range) = self.names.get(name) {
             return Found::Name(&self.rrsets[range.start as usize..range.end as usize]);
         }
-        if dns::is_within(name, &self.apex) {
-            Found::NxDomain
-        } else {
-            Found::OutOfZone
+        match self.in_zone(name) {
+            true => Found::NxDomain,
+            false => Found::OutOfZone,
         }
+    }
+
+    /// Whether a lowercase wire-form name is the zone or below it (reverse names are neither).
+    pub fn in_zone(&self, name: &[u8]) -> bool {
+        dns::is_within(name, &self.apex)
     }
 
     pub fn negative(&self) -> Section {
@@ -155,6 +165,10 @@ struct Builder {
     names: Names,
     rrsets: Vec<Rrset>,
 }
+
+/// Where the zone starts in the question `_idetcd._udp.<zone>`: after the header and the two
+/// service labels (`\x07_idetcd`, `\x04_udp`).
+const SERVICE_ZONE_OFFSET: u16 = 12 + 8 + 5;
 
 type Names = HashMap<Box<[u8]>, Range<u32>, BuildHasherDefault<Fnv>>;
 
@@ -186,6 +200,59 @@ impl Builder {
         let mut w = SectionWriter::new(&mut self.arena);
         write(&mut w);
         w.finish()
+    }
+
+    /// `_idetcd._udp.<zone>` and `_idetcd._tcp.<zone>`: one SRV record per member with a port, its
+    /// addresses in the additional section (left out when they do not fit).
+    fn services(&mut self, apex: &[u8], members: &[(u32, Vec<u8>, &Record)], ttl: u32) {
+        for protocol in [&b"\x04_udp"[..], b"\x04_tcp"] {
+            let with_port: Vec<_> = members.iter().filter_map(|(_, name, r)| Some((name, *r, r.port?))).collect();
+            let rrsets = match with_port.is_empty() {
+                true => vec![],
+                false => {
+                    let section = self.section(|w| {
+                        for (name, _, port) in &with_port {
+                            w.record(
+                                Part::Answer,
+                                Owner::Question,
+                                Rtype::SRV,
+                                Class::IN,
+                                ttl,
+                                &dns::srv_rdata(*port, name),
+                            );
+                        }
+                        for (name, record, _) in &with_port {
+                            // The target's zone is the question's: a pointer into it saves the bytes.
+                            let owner = dns::below_question(name, SERVICE_ZONE_OFFSET);
+                            address_records(w, Part::Additional, Owner::Name(&owner), record, ttl);
+                        }
+                    });
+                    vec![(Rtype::SRV, section)]
+                }
+            };
+            self.name([&b"\x07_idetcd"[..], protocol, apex].concat(), rrsets);
+            // `_udp.<zone>` exists too, as an empty non-terminal: NODATA, not NXDOMAIN (RFC 8020).
+            self.name([protocol, apex].concat(), vec![]);
+        }
+    }
+
+    /// PTR records for the members' addresses, under `in-addr.arpa.` and `ip6.arpa.`.
+    fn pointers(&mut self, members: &[(u32, Vec<u8>, &Record)], ttl: u32) {
+        let mut reverse: BTreeMap<Vec<u8>, Vec<&[u8]>> = BTreeMap::new();
+        for (_, name, record) in members {
+            let ips = [record.ipv4.map(std::net::IpAddr::V4), record.ipv6.map(std::net::IpAddr::V6)];
+            for ip in ips.into_iter().flatten() {
+                reverse.entry(dns::reverse_name(ip)).or_default().push(name);
+            }
+        }
+        for (owner, targets) in reverse {
+            let section = self.section(|w| {
+                for target in &targets {
+                    w.record(Part::Answer, Owner::Question, Rtype::PTR, Class::IN, ttl, target);
+                }
+            });
+            self.name(owner, vec![(Rtype::PTR, section)]);
+        }
     }
 
     fn name(&mut self, name: Vec<u8>, rrsets: Vec<(Rtype, Section)>) {

@@ -129,11 +129,16 @@ fn errors_name_the_line_and_the_problem() {
             "Corefile:5: tls is configured but endpoint http://10.0.0.5:2379 is plain http://; use https://",
         ),
         (idetcd("        credentials root"), "Corefile:4: credentials takes a user name and a password"),
+        (idetcd("        start -1"), "Corefile:4: start: \"-1\" is not a number from 0 to 4294967295"),
+        (
+            idetcd("        start 4294967295\n        limit 2"),
+            "Corefile:4: start 4294967295 with limit 2 runs past the largest ID, 4294967295",
+        ),
         (idetcd("        watch yes"), "Corefile:4: watch takes no arguments: unexpected \"yes\""),
         (idetcd("        threads 0"), "Corefile:4: threads: \"0\" is not a number from 1 to 64"),
         (idetcd("        pattern x{{.ID}}.y."), "Corefile:4: pattern is given twice"),
         (idetcd("        limit 3\n        limit 4"), "Corefile:5: limit is given twice"),
-        (idetcd("        upstream 8.8.8.8"), "Corefile:4: unknown directive \"upstream\" in idetcd block (known: endpoint, tls, credentials, limit, pattern, address, ttl, lease, poll, watch, threads)"),
+        (idetcd("        upstream 8.8.8.8"), "Corefile:4: unknown directive \"upstream\" in idetcd block (known: endpoint, tls, credentials, limit, start, pattern, address, ttl, lease, poll, watch, threads)"),
         (idetcd("        limit 3 {\n        }"), "Corefile:4: limit does not take a block"),
         (
             ". {\n idetcd {\n  pattern worker.tf.local.\n }\n}".into(),
@@ -174,6 +179,15 @@ fn errors_name_the_line_and_the_problem() {
 fn a_missing_file_is_a_clear_error() {
     let err = load(Path::new("/nonexistent/Corefile")).unwrap_err();
     assert!(err.to_string().starts_with("/nonexistent/Corefile: cannot read the Corefile: "), "{err}");
+}
+
+#[test]
+fn ids_can_start_at_zero() {
+    // TensorFlow task indexes start at 0.
+    let c = parse_ok(". {\n idetcd {\n  pattern w{{.ID}}.z.\n  start 0\n  limit 4\n }\n}");
+    assert_eq!(c.ids, 0..=3);
+    let c = parse_ok(". {\n idetcd {\n  pattern w{{.ID}}.z.\n  start 100\n }\n}");
+    assert_eq!(c.ids, 100..=109);
 }
 
 #[test]

@@ -480,3 +480,63 @@ fn the_fuzz_corpus_and_regressions_replay_cleanly() {
         }
     }
 }
+
+#[test]
+fn service_records_list_every_member_with_its_addresses() {
+    for (owner, shown) in
+        [("_idetcd._udp.tf.local.", "_idetcd._udp.tf.local"), ("_IDETCD._tcp.TF.local.", "_IDETCD._tcp.TF.local")]
+    {
+        let m = ask(&q(owner, Rtype::SRV).edns(1232, 0).packet(), &snapshot(Some("worker2.tf.local.")), HELD).unwrap();
+        assert_eq!(rcode(&m), OptRcode::NOERROR);
+        assert!(m.header().aa());
+        assert_eq!(
+            records(m.answer().unwrap()),
+            [format!("{shown} 5 IN SRV 0 0 53 worker1.tf.local"), format!("{shown} 5 IN SRV 0 0 53 worker2.tf.local")],
+            "member 3 has no port and no SRV record"
+        );
+        // The targets' owners point into the question, so they come back in its case.
+        let zone = &shown[13..];
+        let additional: Vec<String> =
+            records(m.additional().unwrap()).into_iter().filter(|r| !r.contains("OPT")).collect();
+        assert_eq!(
+            additional,
+            [
+                format!("worker1.{zone} 5 IN A 10.0.0.1"),
+                format!("worker1.{zone} 5 IN AAAA fd00::1"),
+                format!("worker2.{zone} 5 IN A 10.0.0.2"),
+            ]
+        );
+    }
+}
+
+#[test]
+fn service_labels_are_empty_non_terminals() {
+    for name in ["_udp.tf.local.", "_tcp.tf.local."] {
+        let m = answer(q(name, Rtype::SRV));
+        assert_eq!((rcode(&m), m.header_counts().ancount(), m.header_counts().nscount()), (OptRcode::NOERROR, 0, 1));
+    }
+    assert_eq!(rcode(&answer(q("_idetcd._sctp.tf.local.", Rtype::SRV))), OptRcode::NXDOMAIN);
+}
+
+#[test]
+fn pointer_records_for_member_addresses() {
+    let m = answer(q("1.0.0.10.in-addr.arpa.", Rtype::PTR));
+    assert_eq!(records(m.answer().unwrap()), ["1.0.0.10.in-addr.arpa 5 IN PTR worker1.tf.local."]);
+    assert!(m.header().aa());
+    let v6 = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.";
+    let m = ask(&q(Box::leak(v6.to_uppercase().into_boxed_str()), Rtype::PTR).packet(), &snapshot(None), HELD).unwrap();
+    assert_eq!(m.answer().unwrap().count(), 1);
+    assert_eq!(records(m.answer().unwrap())[0].rsplit(' ').next(), Some("worker1.tf.local."));
+    // Another type at a reverse name: no data, and no SOA of a zone it is not in.
+    let m = answer(q("1.0.0.10.in-addr.arpa.", Rtype::TXT));
+    assert_eq!((rcode(&m), m.header_counts().ancount(), m.header_counts().nscount()), (OptRcode::NOERROR, 0, 0));
+    // Addresses of nobody are not ours to answer for.
+    assert_eq!(rcode(&answer(q("9.0.0.10.in-addr.arpa.", Rtype::PTR))), OptRcode::REFUSED);
+}
+
+#[test]
+fn reverse_names() {
+    assert_eq!(reverse_name("10.0.0.3".parse().unwrap()), wire_name("3.0.0.10.in-addr.arpa.").unwrap());
+    let v6 = reverse_name("2001:db8::1".parse().unwrap());
+    assert_eq!(v6, wire_name("1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.").unwrap());
+}

@@ -110,3 +110,39 @@ fn dig_sees_what_a_user_expects() {
     let full = dig(&["worker1.dig.test"]);
     assert!(full.contains("status: NOERROR") && full.contains("udp: 1232"), "{full}");
 }
+
+#[test]
+fn service_and_pointer_records_and_ids_from_zero() {
+    let etcd = Etcd::start();
+    let setup = Setup { limit: 50, extra: "        start 0\n".into(), ..Setup::new(&etcd, "srv.test.") };
+    let mut node = setup.start();
+    assert_eq!(node.claimed(), "worker0.srv.test.");
+    for i in 1..=40 {
+        etcd.put(&format!("worker{i}.srv.test."), &format!(r#"{{"ipv4":"10.1.0.{i}","port":"2222"}}"#));
+    }
+    let srv = Query::new("_idetcd._tcp.srv.test.", Rtype::SRV);
+    let all = eventually("41 services", Duration::from_secs(5), || {
+        Some(node.ask(Transport::Tcp, &srv)).filter(|a| a.answers.len() == 41)
+    });
+    assert_eq!(all.answers[0], format!("_idetcd._tcp.srv.test 5 IN SRV 0 0 {} worker0.srv.test", node.port));
+    assert_eq!(all.answers[1], "_idetcd._tcp.srv.test 5 IN SRV 0 0 2222 worker1.srv.test");
+    assert!(all.additional.contains(&"worker40.srv.test 5 IN A 10.1.0.40".to_string()), "{:?}", all.additional);
+    // Over UDP it cannot fit in 512 bytes: truncated, and the client asks again over TCP.
+    let udp = node.ask(Transport::Udp, &srv);
+    assert!(udp.tc && udp.answers.is_empty() && udp.size <= 512, "{udp:?}");
+    let udp = node.ask(Transport::Udp, &srv.clone().edns(1232));
+    assert!(udp.size <= 1232, "{} bytes", udp.size);
+
+    let dig = |args: &[&str]| {
+        let out = Command::new("dig")
+            .arg(format!("@{}", node.ip))
+            .args(["-p", &node.port.to_string(), "+short"])
+            .args(args)
+            .output()
+            .expect("dig is installed");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(dig(&["SRV", "_idetcd._udp.srv.test"]).lines().count(), 41, "dig falls back to TCP by itself");
+    assert_eq!(dig(&["-x", &node.ip.to_string()]).trim(), "worker0.srv.test.");
+    assert_eq!(dig(&["-x", "10.1.0.7"]).trim(), "worker7.srv.test.");
+}
