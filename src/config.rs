@@ -24,6 +24,8 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// Addresses to answer DNS on; empty means every address.
     pub listen: Vec<IpAddr>,
+    /// Where questions outside the zone go; refused when `None`.
+    pub forward: Option<Forward>,
     pub port: u16,
     /// etcd client URLs, tried in this order.
     pub endpoints: Vec<String>,
@@ -43,6 +45,14 @@ pub struct Config {
     pub watch: bool,
     /// UDP answering threads per listen address, sharing it with `SO_REUSEPORT`.
     pub threads: u32,
+}
+
+/// `forward FROM TO…`: names under `from` that are not ours are asked of `upstreams`, in turn.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forward {
+    /// A zone in text form, `.` for every name.
+    pub from: String,
+    pub upstreams: Vec<std::net::SocketAddr>,
 }
 
 /// The PEM files for TLS to etcd, as the CoreDNS etcd plugin's `tls` directive names them.

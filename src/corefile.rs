@@ -41,7 +41,7 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-const SERVER_DIRECTIVES: &str = "bind, idetcd";
+const SERVER_DIRECTIVES: &str = "bind, forward, idetcd";
 const IDETCD_DIRECTIVES: &str =
     "endpoint, tls, credentials, limit, start, pattern, address, ttl, lease, poll, watch, threads";
 
@@ -265,6 +265,7 @@ impl Parser {
 fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
     let port = server_port(&block.keys)?;
     let mut listen = Vec::new();
+    let mut forward = None;
     let mut idetcd = None;
     for d in &block.directives {
         match d.name.text.as_str() {
@@ -278,6 +279,18 @@ fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
                         a.text.parse().map_err(|_| (a.line, format!("bind: {:?} is not an IP address", a.text)))?;
                     listen.push(ip);
                 }
+            }
+            "forward" => {
+                if forward.is_some() {
+                    return Err((d.name.line, "forward is given twice".into()));
+                }
+                if d.block.is_some() {
+                    return Err((
+                        d.name.line,
+                        "forward options are not supported; give FROM and the upstream servers".into(),
+                    ));
+                }
+                forward = Some(forward_directive(d)?);
             }
             "idetcd" => {
                 if idetcd.is_some() {
@@ -334,6 +347,7 @@ fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
         source: source.to_path_buf(),
         warnings: Vec::new(),
         listen,
+        forward,
         port,
         endpoints,
         tls,
@@ -499,6 +513,53 @@ impl Settings {
             other => Err((line, format!("unknown directive {other:?} in idetcd block (known: {IDETCD_DIRECTIVES})"))),
         }
     }
+}
+
+/// `forward FROM TO…` as CoreDNS writes it: each TO an address (`10.0.0.1`, `10.0.0.1:5353`,
+/// `[fd00::1]:53`, `dns://10.0.0.1`) or a resolv.conf-style file whose `nameserver` lines name them.
+fn forward_directive(d: &Directive) -> Result<config::Forward, Failure> {
+    let line = d.name.line;
+    let [from, to @ ..] = d.args.as_slice() else {
+        return Err((line, "forward needs a zone (FROM, `.` for all names) and upstream servers".into()));
+    };
+    if to.is_empty() {
+        return Err((line, "forward needs at least one upstream server after FROM".into()));
+    }
+    let zone = from.text.strip_prefix("dns://").unwrap_or(&from.text);
+    crate::dns::wire_name(zone).map_err(|e| (from.line, format!("forward: {e}")))?;
+    let mut upstreams = Vec::new();
+    for a in to {
+        if a.text.starts_with('/') {
+            let text = std::fs::read_to_string(&a.text)
+                .map_err(|e| (a.line, format!("forward: cannot read {}: {e}", a.text)))?;
+            let found: Vec<_> = text
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("nameserver"))
+                .filter_map(|ip| upstream(ip.trim()).ok())
+                .collect();
+            if found.is_empty() {
+                return Err((a.line, format!("forward: no nameserver line in {}", a.text)));
+            }
+            upstreams.extend(found);
+        } else {
+            upstreams.push(upstream(&a.text).map_err(|m| (a.line, format!("forward: {m}")))?);
+        }
+    }
+    if upstreams.len() > 15 {
+        return Err((line, "forward takes at most 15 upstream servers".into()));
+    }
+    Ok(config::Forward { from: zone.to_string(), upstreams })
+}
+
+fn upstream(text: &str) -> Result<std::net::SocketAddr, String> {
+    let bare = text.strip_prefix("dns://").unwrap_or(text);
+    if let Some((scheme, _)) = bare.split_once("://") {
+        return Err(format!("{scheme}:// upstreams are not supported, only plain DNS"));
+    }
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, 53));
+    }
+    bare.parse().map_err(|_| format!("{text:?} is not an IP address or IP:port"))
 }
 
 fn replace<T>(slot: &mut Option<T>, value: T) -> Result<(), ()> {

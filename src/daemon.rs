@@ -16,11 +16,13 @@ use signal_hook::iterator::Signals;
 
 use crate::address;
 use crate::config::Config;
+use crate::dns;
 use crate::etcd;
+use crate::forward::Forwarder;
 use crate::membership::{self, Settings};
 use crate::messages::{Command, Event, Latest};
 use crate::record::Record;
-use crate::server::{self, View};
+use crate::server::{self, Forwarding, View};
 use crate::zone::Snapshot;
 
 /// How long the release may take before the daemon exits anyway; the lease then frees the name.
@@ -73,11 +75,19 @@ pub fn run(config: &Config) -> Result<(), Error> {
     let (events_tx, events) = crossbeam_channel::unbounded();
     let (commands, commands_rx) = crossbeam_channel::unbounded();
     let empty = Arc::new(Snapshot::empty(&config.pattern));
+    let forwarding = match &config.forward {
+        None => None,
+        Some(f) => {
+            let forwarder = Forwarder::start(f.upstreams.clone()).map_err(Error::Spawn)?;
+            let from = dns::wire_name(&f.from).map_err(|e| Error::Fatal(format!("forward: {e}")))?;
+            Some(Forwarding { from, forwarder })
+        }
+    };
     let mut updates = Vec::new();
     let mut view = || {
         let (latest, rx) = Latest::channel();
         updates.push(latest);
-        View::new(Arc::clone(&empty), rx)
+        View::new(Arc::clone(&empty), rx, forwarding.clone())
     };
     for (i, udp) in listeners.udp.into_iter().enumerate() {
         let view = view();

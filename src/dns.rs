@@ -27,6 +27,7 @@ const FLAG_QR: u16 = 0x8000;
 const FLAG_AA: u16 = 0x0400;
 const FLAG_TC: u16 = 0x0200;
 const FLAG_RD: u16 = 0x0100;
+const FLAG_RA: u16 = 0x0080;
 const FLAG_CD: u16 = 0x0010;
 const OPCODE_MASK: u16 = 0x7800;
 
@@ -46,31 +47,41 @@ pub enum Transport {
 
 /// Where an answering thread stands besides its snapshot.
 #[derive(Clone, Copy, Debug)]
-pub struct Context {
+pub struct Context<'a> {
     pub transport: Transport,
     /// Whether this node holds its name right now; `id.server.` names it only then.
     pub identity_held: bool,
+    /// With `forward`: the zone whose names go upstream when they are not ours (`.` for all), in
+    /// lowercase wire form.
+    pub forward: Option<&'a [u8]>,
+}
+
+/// What to do with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send the first `len` bytes of the output buffer; `qtype` and `rcode` are for the metrics.
+    Reply { len: usize, qtype: u16, rcode: u16 },
+    /// Not ours to answer: ask the upstream servers.
+    Forward { qtype: u16 },
+    /// Say nothing (not a query, or too short to answer).
+    Drop,
 }
 
 // ---------------------------------------------------------------------------------------------
 // Answering
 
-/// Writes the response to `query` into `out` and returns its length, or 0 when the packet must not
-/// be answered (shorter than a header, or itself a response). `out` must hold `MAX_UDP_PAYLOAD`
-/// bytes for UDP and 65 535 for TCP.
-pub fn respond(query: &[u8], snapshot: &Snapshot, context: Context, out: &mut [u8]) -> usize {
-    let Some(header) = Header::read(query) else { return 0 };
+/// Writes the response to `query` into `out`, or says to forward or drop it. `out` must hold
+/// `MAX_UDP_PAYLOAD` bytes for UDP and 65 535 for TCP.
+pub fn respond(query: &[u8], snapshot: &Snapshot, context: Context, out: &mut [u8]) -> Action {
+    let Some(header) = Header::read(query) else { return Action::Drop };
     // Room for a header, the longest question and an OPT record, whatever the answer.
-    if out.len() < HEADER_LEN + 255 + 4 + OPT_LEN {
-        return 0;
-    }
-    if header.flags & FLAG_QR != 0 {
-        return 0;
+    if out.len() < HEADER_LEN + 255 + 4 + OPT_LEN || header.flags & FLAG_QR != 0 {
+        return Action::Drop;
     }
     let mut lower = [0u8; 255];
     let parsed = parse(query, &header, &mut lower);
-    let mut reply =
-        Reply { header: &header, question: None, edns: None, rcode: OptRcode::NOERROR, aa: false, section: None };
+    let mut reply = Reply::new(&header, context);
+    let mut qtype = 0;
     match parsed {
         Err(malformed) => {
             // Anything we cannot read: FORMERR, unless the opcode is one we do not do at all.
@@ -79,32 +90,98 @@ pub fn respond(query: &[u8], snapshot: &Snapshot, context: Context, out: &mut [u
             reply.rcode = if header.opcode() != Opcode::QUERY.to_int() { OptRcode::NOTIMP } else { OptRcode::FORMERR };
         }
         Ok(q) => {
+            qtype = q.qtype;
             reply.question = Some(q.question);
             reply.edns = q.edns;
-            answer(&q, &lower[..q.name_len], snapshot, context, &mut reply);
+            if answer(&q, &lower[..q.name_len], snapshot, context, &mut reply) == Verdict::Forward {
+                return Action::Forward { qtype };
+            }
         }
     }
-    reply.write(snapshot, context.transport, out)
+    let body = reply.section.map_or(&[][..], |s| snapshot.section_bytes(s));
+    let len = reply.write(body, context.transport, out);
+    Action::Reply { len, qtype, rcode: reply.rcode.to_int() }
 }
 
-fn answer<'a>(q: &Query<'a>, lower: &[u8], snapshot: &'a Snapshot, context: Context, reply: &mut Reply<'a>) {
+/// An answer carrying only `rcode` (SERVFAIL when upstream servers fail, say), or `Drop` for a
+/// packet that is no query.
+pub fn error_answer(query: &[u8], rcode: OptRcode, context: Context, out: &mut [u8]) -> Action {
+    let Some(header) = Header::read(query) else { return Action::Drop };
+    if out.len() < HEADER_LEN + 255 + 4 + OPT_LEN || header.flags & FLAG_QR != 0 {
+        return Action::Drop;
+    }
+    let mut lower = [0u8; 255];
+    let mut reply = Reply::new(&header, context);
+    let mut qtype = 0;
+    match parse(query, &header, &mut lower) {
+        Ok(q) => {
+            qtype = q.qtype;
+            reply.question = Some(q.question);
+            reply.edns = q.edns;
+        }
+        Err(malformed) => {
+            reply.question = malformed.question;
+            reply.edns = malformed.edns;
+        }
+    }
+    reply.rcode = rcode;
+    let len = reply.write(&[], context.transport, out);
+    Action::Reply { len, qtype, rcode: rcode.to_int() }
+}
+
+/// A message's ID.
+pub fn id(packet: &[u8]) -> u16 {
+    packet.get(..2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
+}
+
+pub fn set_id(packet: &mut [u8], id: u16) {
+    if let Some(b) = packet.get_mut(..2) {
+        b.copy_from_slice(&id.to_be_bytes());
+    }
+}
+
+/// Whether a response has the TC bit.
+pub fn truncated(packet: &[u8]) -> bool {
+    packet.get(2).is_some_and(|b| b & 0x02 != 0)
+}
+
+/// Whether `response` answers `query`: a response, with its ID, to the same question (letter case
+/// aside, which some servers randomise).
+pub fn answers(query: &[u8], response: &[u8]) -> bool {
+    let (Some(q), Some(r)) = (Header::read(query), Header::read(response)) else { return false };
+    if r.flags & FLAG_QR == 0 || q.id != r.id || q.qdcount != 1 || r.qdcount != 1 {
+        return false;
+    }
+    let (mut asked, mut got) = ([0u8; 255], [0u8; 255]);
+    let (mut qr, mut rr) = (Reader { packet: query, pos: HEADER_LEN }, Reader { packet: response, pos: HEADER_LEN });
+    let (Some(qn), Some(rn)) = (qr.question_name(&mut asked), rr.question_name(&mut got)) else { return false };
+    asked[..qn] == got[..rn] && query.get(qr.pos..qr.pos + 4) == response.get(rr.pos..rr.pos + 4)
+}
+
+#[derive(PartialEq, Eq)]
+enum Verdict {
+    Answered,
+    Forward,
+}
+
+fn answer<'a>(q: &Query<'a>, lower: &[u8], snapshot: &'a Snapshot, context: Context, reply: &mut Reply<'a>) -> Verdict {
     if q.opcode != Opcode::QUERY.to_int() {
         reply.rcode = OptRcode::NOTIMP;
-        return;
+        return Verdict::Answered;
     }
     if let Some(edns) = q.edns {
         if edns.version != 0 {
             reply.rcode = OptRcode::BADVERS;
-            return;
+            return Verdict::Answered;
         }
     }
     match q.qclass {
-        CLASS_IN => answer_in(q.qtype, lower, snapshot, reply),
+        CLASS_IN => return answer_in(q.qtype, lower, snapshot, context, reply),
         CLASS_CH if lower == b"\x02id\x06server\x00" || lower == b"\x08hostname\x04bind\x00" => {
             let identity = snapshot.identity().filter(|_| context.identity_held);
             let Some(identity) = identity else {
                 reply.rcode = OptRcode::SERVFAIL;
-                return;
+                return Verdict::Answered;
             };
             reply.aa = true;
             if q.qtype == TYPE_TXT || q.qtype == TYPE_ANY {
@@ -113,22 +190,26 @@ fn answer<'a>(q: &Query<'a>, lower: &[u8], snapshot: &'a Snapshot, context: Cont
         }
         _ => reply.rcode = OptRcode::REFUSED,
     }
+    Verdict::Answered
 }
 
-fn answer_in<'a>(qtype: u16, lower: &[u8], snapshot: &'a Snapshot, reply: &mut Reply<'a>) {
+fn answer_in<'a>(qtype: u16, lower: &[u8], snapshot: &'a Snapshot, context: Context, reply: &mut Reply<'a>) -> Verdict {
     let found = snapshot.lookup(lower);
     if matches!(found, Found::OutOfZone) {
+        if context.forward.is_some_and(|from| is_within(lower, from)) {
+            return Verdict::Forward;
+        }
         reply.rcode = OptRcode::REFUSED;
-        return;
+        return Verdict::Answered;
     }
     if !snapshot.is_ready() {
         // Nothing read from etcd yet: "no such name" would be cached by clients and be wrong.
         reply.rcode = OptRcode::SERVFAIL;
-        return;
+        return Verdict::Answered;
     }
     if qtype == TYPE_AXFR || qtype == TYPE_IXFR {
         reply.rcode = OptRcode::REFUSED;
-        return;
+        return Verdict::Answered;
     }
     reply.aa = true;
     match found {
@@ -152,6 +233,7 @@ fn answer_in<'a>(qtype: u16, lower: &[u8], snapshot: &'a Snapshot, reply: &mut R
         }
         Found::OutOfZone => unreachable!("handled above"),
     }
+    Verdict::Answered
 }
 
 struct Reply<'a> {
@@ -161,11 +243,19 @@ struct Reply<'a> {
     edns: Option<Edns>,
     rcode: OptRcode,
     aa: bool,
+    /// Recursion available: with `forward`, this server answers any name.
+    ra: bool,
     section: Option<Section>,
 }
 
-impl Reply<'_> {
-    fn write(&self, snapshot: &Snapshot, transport: Transport, out: &mut [u8]) -> usize {
+impl<'a> Reply<'a> {
+    fn new(header: &'a Header, context: Context) -> Reply<'a> {
+        let ra = context.forward.is_some();
+        Reply { header, question: None, edns: None, rcode: OptRcode::NOERROR, aa: false, ra, section: None }
+    }
+
+    /// Writes the reply; `body` holds the bytes of `self.section`.
+    fn write(&self, body: &[u8], transport: Transport, out: &mut [u8]) -> usize {
         let limit = match (transport, self.edns) {
             (Transport::Tcp, _) => u16::MAX as usize,
             (Transport::Udp, None) => MIN_UDP_PAYLOAD as usize,
@@ -180,7 +270,7 @@ impl Reply<'_> {
         let (body, counts, truncated) = match self.section {
             None => (&[][..], [0; 3], false),
             Some(s) => {
-                let bytes = snapshot.section_bytes(s);
+                let bytes = body;
                 if fixed + bytes.len() <= limit {
                     (bytes, s.counts, false)
                 } else if fixed + s.required as usize <= limit {
@@ -194,6 +284,9 @@ impl Reply<'_> {
         flags |= u16::from(self.rcode.rcode().to_int());
         if self.aa {
             flags |= FLAG_AA;
+        }
+        if self.ra {
+            flags |= FLAG_RA;
         }
         if truncated {
             flags |= FLAG_TC;

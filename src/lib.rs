@@ -12,6 +12,7 @@ pub mod corefile;
 pub mod daemon;
 pub mod dns;
 pub mod etcd;
+pub mod forward;
 pub mod membership;
 pub mod messages;
 pub mod pattern;

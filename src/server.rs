@@ -15,9 +15,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 
-use crate::dns::{self, Context, Transport, MAX_UDP_PAYLOAD};
+use crate::dns::{self, Action, Context, Transport, MAX_UDP_PAYLOAD};
+use crate::forward::{self, Delivery, Forwarder, Job};
 use crate::messages::Update;
 use crate::zone::Snapshot;
 
@@ -27,11 +28,14 @@ const BATCH: usize = 32;
 const MAX_QUERY: usize = 4096;
 pub const MAX_TCP_CONNECTIONS: usize = 128;
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the TCP thread looks for forwarded answers while some are due.
+const FORWARD_CHECK: Duration = Duration::from_millis(2);
 /// Room for bursts: at 50 000 queries a second a 4 MiB buffer holds tens of milliseconds.
 const UDP_RECEIVE_BUFFER: libc::c_int = 4 << 20;
 
 pub struct UdpListener {
-    socket: UdpSocket,
+    /// Shared with the forwarding threads, which send forwarded answers from it.
+    socket: Arc<UdpSocket>,
     /// Bound to a wildcard address, so answers must name their source address.
     wildcard: bool,
 }
@@ -102,7 +106,7 @@ fn bind_address(address: SocketAddr, udp_per_address: usize, listeners: &mut Lis
             protocol: "UDP",
             error,
         })?;
-        listeners.udp.push(UdpListener { socket: UdpSocket::from(fd), wildcard });
+        listeners.udp.push(UdpListener { socket: Arc::new(UdpSocket::from(fd)), wildcard });
     }
     let fd = socket(address, libc::SOCK_STREAM, false, false).map_err(|error| BindError {
         address,
@@ -201,16 +205,25 @@ fn sockaddr(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 // ---------------------------------------------------------------------------------------------
 // What every answering thread keeps
 
-/// A thread's own view: its snapshot and until when this node holds its name.
+/// A thread's own view: its snapshot, until when this node holds its name, and where questions
+/// that are not ours go.
 pub struct View {
     snapshot: Arc<Snapshot>,
     held_until: Option<Duration>,
     updates: Receiver<Update>,
+    forward: Option<Forwarding>,
+}
+
+/// `forward FROM …`: names under `from` (lowercase wire form) that are not ours go to `forwarder`.
+#[derive(Clone)]
+pub struct Forwarding {
+    pub from: Vec<u8>,
+    pub forwarder: Forwarder,
 }
 
 impl View {
-    pub fn new(snapshot: Arc<Snapshot>, updates: Receiver<Update>) -> View {
-        View { snapshot, held_until: None, updates }
+    pub fn new(snapshot: Arc<Snapshot>, updates: Receiver<Update>, forward: Option<Forwarding>) -> View {
+        View { snapshot, held_until: None, updates, forward }
     }
 
     /// Takes the newest state the etcd thread sent since the last call, without waiting.
@@ -221,9 +234,23 @@ impl View {
         }
     }
 
-    fn context(&self, transport: Transport) -> Context {
+    fn context(&self, transport: Transport) -> Context<'_> {
         let identity_held = self.held_until.is_some_and(|t| crate::clock::boottime() < t);
-        Context { transport, identity_held }
+        Context { transport, identity_held, forward: self.forward.as_ref().map(|f| f.from.as_slice()) }
+    }
+
+    /// Hands a question to the forwarding threads, or answers SERVFAIL into `out` when they are
+    /// all busy; returns the length of that answer.
+    fn forward(&self, query: &[u8], transport: Transport, deliver: Delivery, out: &mut [u8]) -> Option<usize> {
+        let forwarding = self.forward.as_ref()?;
+        let job = Job { query: query.to_vec(), transport, deliver };
+        match forwarding.forwarder.submit(job) {
+            Ok(()) => None,
+            Err(_) => {
+                log::debug!("forwarding queue full; answering SERVFAIL");
+                forward::servfail(query, transport, out)
+            }
+        }
     }
 }
 
@@ -320,11 +347,20 @@ pub fn serve_udp(listener: UdpListener, mut view: View) {
                 continue;
             }
             let query = &b.queries[i][..msg.msg_len as usize];
-            let len = dns::respond(query, &view.snapshot, context, &mut b.answers[count]);
-            if len == 0 {
-                continue;
-            }
             let destination = if listener.wildcard { destination(&msg.msg_hdr) } else { None };
+            let len = match dns::respond(query, &view.snapshot, context, &mut b.answers[count]) {
+                Action::Reply { len, .. } => len,
+                Action::Drop => continue,
+                Action::Forward { .. } => {
+                    let peer = Peer { address: b.peers[i], len: msg.msg_hdr.msg_namelen, destination };
+                    let socket = Arc::clone(&listener.socket);
+                    let deliver: Delivery = Box::new(move |answer| peer.send(&socket, answer));
+                    match view.forward(query, Transport::Udp, deliver, &mut b.answers[count]) {
+                        Some(len) => len,
+                        None => continue,
+                    }
+                }
+            };
             b.send_iov[count] = libc::iovec { iov_base: b.answers[count].as_mut_ptr().cast(), iov_len: len };
             let hdr = &mut b.send[count].msg_hdr;
             // The peer's address, where the kernel put it for the query.
@@ -338,6 +374,34 @@ pub fn serve_udp(listener: UdpListener, mut view: View) {
             count += 1;
         }
         send_all(fd, &mut b.send[..count]);
+    }
+}
+
+/// A UDP client, remembered so that an answer can follow later from another thread.
+struct Peer {
+    address: libc::sockaddr_storage,
+    len: libc::socklen_t,
+    destination: Option<Destination>,
+}
+
+impl Peer {
+    /// Sends one datagram to the peer, from the address its question reached.
+    fn send(mut self, socket: &UdpSocket, answer: &[u8]) {
+        let mut control = Control([0; 64]);
+        let mut iov = libc::iovec { iov_base: answer.as_ptr() as *mut libc::c_void, iov_len: answer.len() };
+        // SAFETY: all-zero is a valid msghdr; every pointer set below outlives the call.
+        let mut hdr: libc::msghdr = unsafe { zeroed() };
+        hdr.msg_name = (&mut self.address as *mut libc::sockaddr_storage).cast();
+        hdr.msg_namelen = self.len;
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = control.0.as_mut_ptr().cast();
+        // SAFETY: the control buffer is ours and large enough for one packet-info message.
+        unsafe { set_source(&mut hdr, self.destination) };
+        // SAFETY: the header and what it points to are valid for the call.
+        if unsafe { libc::sendmsg(socket.as_raw_fd(), &hdr, 0) } < 0 {
+            log::trace!("sending a forwarded answer: {}", io::Error::last_os_error());
+        }
     }
 }
 
@@ -419,6 +483,10 @@ unsafe fn set_source(hdr: &mut libc::msghdr, destination: Option<Destination>) {
 // TCP
 
 struct Connection {
+    /// Names the connection to the forwarding threads, whose answers come back by it.
+    id: u64,
+    /// Questions forwarded and not answered yet: the connection waits for them.
+    forwarding: usize,
     stream: TcpStream,
     input: Vec<u8>,
     output: Vec<u8>,
@@ -434,16 +502,36 @@ struct Connection {
 const TCP_READ_PER_TURN: usize = 4 * (2 + u16::MAX as usize);
 
 impl Connection {
-    fn new(stream: TcpStream) -> Connection {
+    fn new(id: u64, stream: TcpStream) -> Connection {
         let deadline = Instant::now() + TCP_IDLE_TIMEOUT;
-        Connection { stream, input: Vec::new(), output: Vec::new(), written: 0, deadline, done: false }
+        Connection {
+            id,
+            forwarding: 0,
+            stream,
+            input: Vec::new(),
+            output: Vec::new(),
+            written: 0,
+            deadline,
+            done: false,
+        }
+    }
+
+    /// Whether the connection must stay: it has something to send, or more to come.
+    fn alive(&self, now: Instant) -> bool {
+        (self.pending() || self.forwarding > 0 || !self.done) && self.deadline > now
+    }
+
+    fn push_answer(&mut self, answer: &[u8]) {
+        self.output.extend_from_slice(&(answer.len() as u16).to_be_bytes());
+        self.output.extend_from_slice(answer);
+        self.deadline = Instant::now() + TCP_IDLE_TIMEOUT;
     }
 
     fn pending(&self) -> bool {
         self.written < self.output.len()
     }
 
-    fn read(&mut self, view: &View, answer: &mut [u8]) {
+    fn read(&mut self, view: &View, answer: &mut [u8], forwarded: &Sender<(u64, Vec<u8>)>) {
         let mut read = 0;
         while read < TCP_READ_PER_TURN && !self.done && !self.pending() {
             let start = self.input.len();
@@ -456,7 +544,7 @@ impl Connection {
                 Ok(n) => {
                     self.input.truncate(start + n);
                     read += n;
-                    self.answer(view, answer);
+                    self.answer(view, answer, forwarded);
                 }
                 Err(e) => {
                     self.input.truncate(start);
@@ -474,21 +562,34 @@ impl Connection {
     /// Answers every complete query in the input (RFC 7766 allows several in flight). A frame that
     /// gets no answer (too short for a header, or not a query) ends the connection: nothing good
     /// comes from a client that sends them.
-    fn answer(&mut self, view: &View, answer: &mut [u8]) {
+    fn answer(&mut self, view: &View, answer: &mut [u8], forwarded: &Sender<(u64, Vec<u8>)>) {
         let mut used = 0;
         let context = view.context(Transport::Tcp);
         while let Some(prefix) = self.input.get(used..used + 2) {
             let len = usize::from(u16::from_be_bytes([prefix[0], prefix[1]]));
             let Some(query) = self.input.get(used + 2..used + 2 + len) else { break };
             used += 2 + len;
-            let n = dns::respond(query, &view.snapshot, context, answer);
-            if n == 0 {
-                self.done = true;
-                break;
-            }
-            self.output.extend_from_slice(&(n as u16).to_be_bytes());
-            self.output.extend_from_slice(&answer[..n]);
-            self.deadline = Instant::now() + TCP_IDLE_TIMEOUT;
+            let n = match dns::respond(query, &view.snapshot, context, answer) {
+                Action::Reply { len, .. } => len,
+                Action::Drop => {
+                    self.done = true;
+                    break;
+                }
+                Action::Forward { .. } => {
+                    let (id, back) = (self.id, forwarded.clone());
+                    let deliver: Delivery = Box::new(move |answer| {
+                        let _ = back.send((id, answer.to_vec()));
+                    });
+                    match view.forward(query, Transport::Tcp, deliver, answer) {
+                        Some(len) => len,
+                        None => {
+                            self.forwarding += 1;
+                            continue;
+                        }
+                    }
+                }
+            };
+            self.push_answer(&answer[..n]);
         }
         self.input.drain(..used);
     }
@@ -526,13 +627,22 @@ pub fn serve_tcp(listeners: Vec<TcpListener>, mut view: View) {
     let mut connections: Vec<Connection> = Vec::new();
     let mut fds: Vec<libc::pollfd> = Vec::new();
     let mut answer = vec![0u8; u16::MAX as usize];
+    let (forwarded, answers_back) = crossbeam_channel::unbounded::<(u64, Vec<u8>)>();
+    let mut next_id = 0u64;
     // After accept fails for want of descriptors, the listener stays readable: pause it a little
     // instead of spinning.
     let mut accept_again = Instant::now();
     loop {
         view.refresh();
+        for (id, forwarded_answer) in answers_back.try_iter() {
+            if let Some(c) = connections.iter_mut().find(|c| c.id == id) {
+                c.forwarding -= 1;
+                c.push_answer(&forwarded_answer);
+                c.flush();
+            }
+        }
         let now = Instant::now();
-        connections.retain(|c| (c.pending() || !c.done) && c.deadline > now);
+        connections.retain(|c| c.alive(now));
         fds.clear();
         let listen = if now >= accept_again { libc::POLLIN } else { 0 };
         fds.extend(listeners.iter().map(|l| pollfd(l.as_raw_fd(), listen)));
@@ -542,7 +652,9 @@ pub fn serve_tcp(listeners: Vec<TcpListener>, mut view: View) {
                 .map(|c| pollfd(c.stream.as_raw_fd(), if c.pending() { libc::POLLOUT } else { libc::POLLIN })),
         );
         let next = connections.iter().map(|c| c.deadline).chain([accept_again]).filter(|&d| d > now).min();
-        let timeout = next.map_or(Duration::from_secs(1), |d| d - now).min(Duration::from_secs(1));
+        // Forwarded answers come by channel, not by socket: look often while some are due.
+        let most = if connections.iter().any(|c| c.forwarding > 0) { FORWARD_CHECK } else { Duration::from_secs(1) };
+        let timeout = next.map_or(most, |d| d - now).min(most);
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
         let r =
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout.as_millis() as libc::c_int + 1) };
@@ -561,7 +673,7 @@ pub fn serve_tcp(listeners: Vec<TcpListener>, mut view: View) {
                 c.flush();
             }
             if fd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 && !c.pending() {
-                c.read(&view, &mut answer);
+                c.read(&view, &mut answer, &forwarded);
             }
         }
         for (l, fd) in listeners.iter().zip(listener_fds) {
@@ -582,7 +694,8 @@ pub fn serve_tcp(listeners: Vec<TcpListener>, mut view: View) {
                                 connections.swap_remove(oldest);
                             }
                         }
-                        connections.push(Connection::new(stream));
+                        next_id += 1;
+                        connections.push(Connection::new(next_id, stream));
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -150,8 +150,13 @@ fn errors_name_the_line_and_the_problem() {
         ),
         (". {\n idetcd {\n  pattern\n }\n}".into(), "Corefile:3: pattern needs a name pattern, such as worker{{.ID}}.tf.local."),
         (". {\n idetcd {\n  limit 3\n }\n}".into(), "Corefile:2: idetcd needs a pattern, such as `pattern worker{{.ID}}.tf.local.`"),
-        (". {\n log\n}".into(), "Corefile:2: unknown directive \"log\" in server block (known: bind, idetcd)"),
+        (". {\n log\n}".into(), "Corefile:2: unknown directive \"log\" in server block (known: bind, forward, idetcd)"),
         (". {\n bind\n idetcd {\n }\n}".into(), "Corefile:2: bind needs at least one address"),
+        (". {\n forward .\n}".into(), "Corefile:2: forward needs at least one upstream server after FROM"),
+        (". {\n forward . 8.8.8.8:99999\n}".into(), "Corefile:2: forward: \"8.8.8.8:99999\" is not an IP address or IP:port"),
+        (". {\n forward . tls://1.1.1.1\n}".into(), "Corefile:2: forward: tls:// upstreams are not supported, only plain DNS"),
+        (". {\n forward . 1.1.1.1 {\n  max_fails 3\n }\n}".into(), "Corefile:2: forward options are not supported; give FROM and the upstream servers"),
+        (". {\n forward . /nonexistent/resolv.conf\n}".into(), "Corefile:2: forward: cannot read /nonexistent/resolv.conf: No such file or directory (os error 2)"),
         (". {\n bind eth0\n}".into(), "Corefile:2: bind: \"eth0\" is not an IP address"),
         (". {\n}".into(), "Corefile:1: server block has no idetcd { ... } block"),
         (". {\n idetcd {\n  pattern w{{.ID}}.z.\n }\n idetcd {\n }\n}".into(), "Corefile:5: idetcd is configured twice in this server block"),
@@ -179,6 +184,29 @@ fn errors_name_the_line_and_the_problem() {
 fn a_missing_file_is_a_clear_error() {
     let err = load(Path::new("/nonexistent/Corefile")).unwrap_err();
     assert!(err.to_string().starts_with("/nonexistent/Corefile: cannot read the Corefile: "), "{err}");
+}
+
+#[test]
+fn forward_upstreams() {
+    let c = parse_ok(
+        ". {\n forward . 10.0.0.1 dns://10.0.0.2:5353 [fd00::1]:53 fd00::2\n idetcd {\n  pattern w{{.ID}}.z.\n }\n}",
+    );
+    let forward = c.forward.unwrap();
+    assert_eq!(forward.from, ".");
+    let want: Vec<std::net::SocketAddr> =
+        ["10.0.0.1:53", "10.0.0.2:5353", "[fd00::1]:53", "[fd00::2]:53"].iter().map(|a| a.parse().unwrap()).collect();
+    assert_eq!(forward.upstreams, want);
+    assert!(parse_ok(". {\n idetcd {\n  pattern w{{.ID}}.z.\n }\n}").forward.is_none());
+    let dir = std::env::temp_dir().join(format!("idetcd-resolv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(&resolv, "# comment\nsearch example.org\nnameserver 10.9.0.1\nnameserver fd00::53\n").unwrap();
+    let c =
+        parse_ok(&format!(". {{\n forward corp. {}\n idetcd {{\n  pattern w{{{{.ID}}}}.z.\n }}\n}}", resolv.display()));
+    let forward = c.forward.unwrap();
+    assert_eq!(forward.from, "corp.");
+    assert_eq!(forward.upstreams, ["10.9.0.1:53".parse().unwrap(), "[fd00::53]:53".parse().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

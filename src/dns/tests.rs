@@ -24,7 +24,7 @@ fn snapshot(own: Option<&str>) -> Snapshot {
     Snapshot::build(&Inputs { pattern: &pattern, ttl: 5, revision: 42, own_name: own, members: &members })
 }
 
-const HELD: Context = Context { transport: Transport::Udp, identity_held: true };
+const HELD: Context = Context { transport: Transport::Udp, identity_held: true, forward: None };
 
 struct Q {
     name: &'static str,
@@ -75,8 +75,19 @@ impl Q {
 
 fn ask(packet: &[u8], snapshot: &Snapshot, context: Context) -> Option<Message<Vec<u8>>> {
     let mut out = vec![0u8; 65535];
-    let n = respond(packet, snapshot, context, &mut out);
-    (n > 0).then(|| Message::from_octets(out[..n].to_vec()).expect("answer parses"))
+    match respond(packet, snapshot, context, &mut out) {
+        Action::Reply { len, .. } => Some(Message::from_octets(out[..len].to_vec()).expect("answer parses")),
+        Action::Forward { .. } => panic!("forwarded without forwarding"),
+        Action::Drop => None,
+    }
+}
+
+/// The length of a reply, 0 for anything else.
+fn reply_len(action: Action) -> usize {
+    match action {
+        Action::Reply { len, .. } => len,
+        _ => 0,
+    }
 }
 
 fn answer(query: Q) -> Message<Vec<u8>> {
@@ -190,7 +201,7 @@ fn zone_transfers_are_refused() {
         let m = ask(
             &q("tf.local.", rtype).packet(),
             &snapshot(Some("worker2.tf.local.")),
-            Context { transport: Transport::Tcp, identity_held: true },
+            Context { transport: Transport::Tcp, identity_held: true, forward: None },
         );
         assert_eq!(rcode(&m.unwrap()), OptRcode::REFUSED);
     }
@@ -214,7 +225,7 @@ fn identity_in_the_chaos_class() {
 
 #[test]
 fn no_identity_while_the_name_is_not_held() {
-    let lost = Context { transport: Transport::Udp, identity_held: false };
+    let lost = Context { transport: Transport::Udp, identity_held: false, forward: None };
     let m = ask(&q("id.server.", Rtype::TXT).class(Class::CH).packet(), &snapshot(Some("worker2.tf.local.")), lost)
         .unwrap();
     assert_eq!(rcode(&m), OptRcode::SERVFAIL);
@@ -292,7 +303,11 @@ fn answers_that_do_not_fit_are_truncated() {
     assert_eq!(m.header_counts().nscount(), 1);
     assert!(m.opt().is_some());
     // Over TCP there is no such limit.
-    let m = ask(&q(name, Rtype::A).packet(), &snapshot, Context { transport: Transport::Tcp, identity_held: true });
+    let m = ask(
+        &q(name, Rtype::A).packet(),
+        &snapshot,
+        Context { transport: Transport::Tcp, identity_held: true, forward: None },
+    );
     assert!(!m.unwrap().header().tc());
 }
 
@@ -312,7 +327,7 @@ fn glue_that_does_not_fit_is_left_out_without_truncating() {
 #[test]
 fn small_buffers_get_no_answer_rather_than_a_panic() {
     let mut out = [0u8; 100];
-    assert_eq!(respond(&q("worker1.tf.local.", Rtype::A).packet(), &snapshot(None), HELD, &mut out), 0);
+    assert_eq!(respond(&q("worker1.tf.local.", Rtype::A).packet(), &snapshot(None), HELD, &mut out), Action::Drop);
 }
 
 #[test]
@@ -423,7 +438,7 @@ fn random_packets_never_panic_nor_overflow() {
             1 => packet.truncate((random() as usize) % (packet.len() + 1)),
             _ => packet = (0..random() % 600).map(|_| random() as u8).collect(),
         }
-        let n = respond(&packet, &s, HELD, &mut out);
+        let n = reply_len(respond(&packet, &s, HELD, &mut out));
         assert!(n <= out.len());
         if n > 0 {
             assert!(n >= HEADER_LEN);
@@ -474,7 +489,12 @@ fn the_fuzz_corpus_and_regressions_replay_cleanly() {
     assert!(inputs.len() > 50, "the corpus in fuzz/corpus/respond is there");
     for (path, query) in &inputs {
         for (transport, limit) in [(Transport::Udp, MAX_UDP_PAYLOAD as usize), (Transport::Tcp, out.len())] {
-            let n = respond(query, &s, Context { transport, identity_held: true }, &mut out[..limit]);
+            let n = reply_len(respond(
+                query,
+                &s,
+                Context { transport, identity_held: true, forward: None },
+                &mut out[..limit],
+            ));
             assert!(n <= limit, "{}", path.display());
             assert!(n == 0 || out[..2] == query[..2], "{}", path.display());
         }
@@ -539,4 +559,46 @@ fn reverse_names() {
     assert_eq!(reverse_name("10.0.0.3".parse().unwrap()), wire_name("3.0.0.10.in-addr.arpa.").unwrap());
     let v6 = reverse_name("2001:db8::1".parse().unwrap());
     assert_eq!(v6, wire_name("1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.").unwrap());
+}
+
+#[test]
+fn with_forward_names_outside_the_zone_go_upstream() {
+    let forward = Context { transport: Transport::Udp, identity_held: true, forward: Some(b"\0") };
+    let s = snapshot(Some("worker2.tf.local."));
+    let mut out = vec![0u8; 1232];
+    assert_eq!(respond(&q("example.com.", Rtype::AAAA).packet(), &s, forward, &mut out), Action::Forward { qtype: 28 });
+    assert_eq!(
+        respond(&q("9.0.0.10.in-addr.arpa.", Rtype::PTR).packet(), &s, forward, &mut out),
+        Action::Forward { qtype: 12 }
+    );
+    // Ours stay ours, now with recursion available.
+    let Action::Reply { len, rcode: code, .. } =
+        respond(&q("worker1.tf.local.", Rtype::A).packet(), &s, forward, &mut out)
+    else {
+        panic!()
+    };
+    let m = Message::from_octets(out[..len].to_vec()).unwrap();
+    assert!(m.header().ra() && m.header().aa() && code == 0);
+    assert_eq!(reply_len(respond(&q("nobody.tf.local.", Rtype::A).packet(), &s, forward, &mut out)) > 0, true);
+    // Only names under FROM.
+    let only_corp = Context { forward: Some(b"\x04corp\x00"), ..forward };
+    assert_eq!(respond(&q("db.corp.", Rtype::A).packet(), &s, only_corp, &mut out), Action::Forward { qtype: 1 });
+    let m =
+        ask(&q("example.com.", Rtype::A).packet(), &s, Context { forward: Some(b"\x04corp\x00"), ..forward }).unwrap();
+    assert_eq!(rcode(&m), OptRcode::REFUSED);
+}
+
+#[test]
+fn answers_belong_to_their_questions() {
+    let query = q("worker1.tf.local.", Rtype::A).packet();
+    let m = ask(&query, &snapshot(None), HELD).unwrap();
+    assert!(answers(&query, m.as_slice()));
+    let mut other = q("WORKER1.tf.local.", Rtype::A).packet();
+    other[..2].copy_from_slice(&query[..2]);
+    assert!(answers(&other, m.as_slice()), "letter case aside");
+    assert!(!answers(&q("worker2.tf.local.", Rtype::A).packet(), m.as_slice()));
+    assert!(!answers(&query, &query), "a query is no answer");
+    let mut wrong_id = m.as_slice().to_vec();
+    set_id(&mut wrong_id, id(&query) ^ 1);
+    assert!(!answers(&query, &wrong_id));
 }

@@ -146,3 +146,45 @@ fn service_and_pointer_records_and_ids_from_zero() {
     assert_eq!(dig(&["-x", &node.ip.to_string()]).trim(), "worker0.srv.test.");
     assert_eq!(dig(&["-x", "10.1.0.7"]).trim(), "worker7.srv.test.");
 }
+
+#[test]
+fn forward_sends_other_names_upstream() {
+    let etcd = Etcd::start();
+    // The upstream: another DNS server, here an idetcd serving its own zone.
+    let mut upstream = Setup::new(&etcd, "up.test.").start();
+    assert_eq!(upstream.claimed(), "worker1.up.test.");
+    for i in 2..=40 {
+        etcd.put(&format!("worker{i}.up.test."), &format!(r#"{{"ipv4":"10.2.0.{i}","port":"53"}}"#));
+    }
+    let forward = format!("forward . {}:{}", upstream.ip, upstream.port);
+    let ip = crate::support::next_loopback();
+    let corefile = Setup::new(&etcd, "down.test.").corefile(ip, crate::support::free_port(ip));
+    let corefile = corefile.replacen("    idetcd {", &format!("    {forward}\n    idetcd {{"), 1);
+    let mut node = Node::start_with(corefile, ip);
+    assert_eq!(node.claimed(), "worker1.down.test.");
+
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let a = node.ask(transport, &Query::new("worker1.up.test.", Rtype::A));
+        assert_eq!(a.data(), [upstream.ip.to_string()], "{transport:?}");
+        // Our own names are still ours.
+        let own = node.ask(transport, &Query::new("worker1.down.test.", Rtype::A));
+        assert_eq!((own.data(), own.aa), (vec![node.ip.to_string()], true));
+    }
+    eventually("the upstream to see 40 members", Duration::from_secs(5), || {
+        (upstream.ask(Transport::Tcp, &Query::new("_idetcd._udp.up.test.", Rtype::SRV)).answers.len() == 40)
+            .then_some(())
+    });
+    // Too big for UDP upstream: a TCP client gets it all (fetched again over TCP), a UDP client
+    // gets it truncated and would ask again over TCP.
+    let srv = Query::new("_idetcd._udp.up.test.", Rtype::SRV);
+    assert_eq!(node.ask(Transport::Tcp, &srv).answers.len(), 40);
+    let udp = node.ask(Transport::Udp, &srv);
+    assert!(udp.tc && udp.size <= 512, "{udp:?}");
+
+    // When no upstream answers: SERVFAIL, not silence.
+    upstream.kill();
+    let failed = node.ask(Transport::Udp, &Query::new("worker1.up.test.", Rtype::A));
+    assert_eq!(failed.rcode, OptRcode::SERVFAIL);
+    let own = node.ask(Transport::Udp, &Query::new("worker1.down.test.", Rtype::A));
+    assert_eq!(own.data(), [node.ip.to_string()]);
+}

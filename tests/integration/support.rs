@@ -59,7 +59,7 @@ fn spawn(command: &mut Command) -> Child {
     command.spawn().unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"))
 }
 
-fn free_port(ip: Ipv4Addr) -> u16 {
+pub fn free_port(ip: Ipv4Addr) -> u16 {
     loop {
         let udp = UdpSocket::bind((ip, 0)).expect("bind a UDP port");
         let port = udp.local_addr().unwrap().port();
