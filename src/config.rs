@@ -26,6 +26,9 @@ pub struct Config {
     pub listen: Vec<IpAddr>,
     /// Where questions outside the zone go; refused when `None`.
     pub forward: Option<Forward>,
+    /// Where `GET /health` and `GET /metrics` are served, if anywhere.
+    pub health: Option<std::net::SocketAddr>,
+    pub prometheus: Option<std::net::SocketAddr>,
     pub port: u16,
     /// etcd client URLs, tried in this order.
     pub endpoints: Vec<String>,

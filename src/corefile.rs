@@ -41,7 +41,7 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-const SERVER_DIRECTIVES: &str = "bind, forward, idetcd";
+const SERVER_DIRECTIVES: &str = "bind, forward, health, prometheus, idetcd";
 const IDETCD_DIRECTIVES: &str =
     "endpoint, tls, credentials, limit, start, pattern, address, ttl, lease, poll, watch, threads";
 
@@ -266,6 +266,7 @@ fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
     let port = server_port(&block.keys)?;
     let mut listen = Vec::new();
     let mut forward = None;
+    let (mut health, mut prometheus) = (None, None);
     let mut idetcd = None;
     for d in &block.directives {
         match d.name.text.as_str() {
@@ -292,6 +293,9 @@ fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
                 }
                 forward = Some(forward_directive(d)?);
             }
+            // CoreDNS's plugin names and default addresses.
+            "health" => monitor_address(d, &mut health, ":8080")?,
+            "prometheus" => monitor_address(d, &mut prometheus, "localhost:9153")?,
             "idetcd" => {
                 if idetcd.is_some() {
                     return Err((d.name.line, "idetcd is configured twice in this server block".into()));
@@ -348,6 +352,8 @@ fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
         warnings: Vec::new(),
         listen,
         forward,
+        health,
+        prometheus,
         port,
         endpoints,
         tls,
@@ -549,6 +555,29 @@ fn forward_directive(d: &Directive) -> Result<config::Forward, Failure> {
         return Err((line, "forward takes at most 15 upstream servers".into()));
     }
     Ok(config::Forward { from: zone.to_string(), upstreams })
+}
+
+/// `health [ADDR]` and `prometheus [ADDR]`: `:8080` is every address, `localhost` is 127.0.0.1.
+fn monitor_address(d: &Directive, slot: &mut Option<std::net::SocketAddr>, default: &str) -> Result<(), Failure> {
+    let name = &d.name.text;
+    if d.block.is_some() {
+        return Err((d.name.line, format!("{name} options are not supported")));
+    }
+    let text = match d.args.as_slice() {
+        [] => default,
+        [a] => a.text.as_str(),
+        _ => return Err((d.name.line, format!("{name} takes one address, such as {default}"))),
+    };
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| (d.name.line, format!("{name}: {text:?} needs a port, as in {default}")))?;
+    let port: u16 = port.parse().map_err(|_| (d.name.line, format!("{name}: {port:?} is not a port")))?;
+    let ip: IpAddr = match host.trim_start_matches('[').trim_end_matches(']') {
+        "" => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        "localhost" => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        ip => ip.parse().map_err(|_| (d.name.line, format!("{name}: {host:?} is not an IP address")))?,
+    };
+    replace(slot, std::net::SocketAddr::new(ip, port)).map_err(|_| (d.name.line, format!("{name} is given twice")))
 }
 
 fn upstream(text: &str) -> Result<std::net::SocketAddr, String> {

@@ -21,6 +21,8 @@ use crate::etcd;
 use crate::forward::Forwarder;
 use crate::membership::{self, Settings};
 use crate::messages::{Command, Event, Latest};
+use crate::metrics::Metrics;
+use crate::monitor;
 use crate::record::Record;
 use crate::server::{self, Forwarding, View};
 use crate::zone::Snapshot;
@@ -83,11 +85,12 @@ pub fn run(config: &Config) -> Result<(), Error> {
             Some(Forwarding { from, forwarder })
         }
     };
+    let metrics = Arc::new(Metrics::default());
     let mut updates = Vec::new();
     let mut view = || {
         let (latest, rx) = Latest::channel();
         updates.push(latest);
-        View::new(Arc::clone(&empty), rx, forwarding.clone())
+        View::new(Arc::clone(&empty), rx, forwarding.clone(), metrics.register())
     };
     for (i, udp) in listeners.udp.into_iter().enumerate() {
         let view = view();
@@ -105,13 +108,22 @@ pub fn run(config: &Config) -> Result<(), Error> {
         watch: config.watch,
         ttl: config.ttl,
     };
-    let client = etcd::Client::new(config).map_err(Error::Etcd)?;
+    for (address, endpoints) in monitor_listeners(config) {
+        let listener = std::net::TcpListener::bind(address)
+            .map_err(|error| Error::Bind(server::BindError::new(address, "HTTP", error)))?;
+        let metrics = Arc::clone(&metrics);
+        let name = if endpoints.metrics { "prometheus" } else { "health" };
+        spawn(name, &events_tx, move || monitor::serve(listener, endpoints, metrics))?;
+    }
+
+    let client = etcd::Client::new(config).map_err(Error::Etcd)?.with_metrics(Arc::clone(&metrics));
     let spare = client.clone();
     // Signals are caught before anything is claimed, so that no SIGTERM can end the process
     // without releasing the name.
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(Error::Signals)?;
     let events_for_etcd = events_tx.clone();
-    spawn("etcd", &events_tx, move || membership::run(settings, client, commands_rx, events_for_etcd, updates, empty))?;
+    let channels = membership::Channels { commands: commands_rx, events: events_for_etcd, updates, metrics };
+    spawn("etcd", &events_tx, move || membership::run(settings, client, channels, empty))?;
     let events_for_signals = events_tx.clone();
     spawn("signals", &events_tx, move || {
         for signal in signals.forever() {
@@ -166,6 +178,23 @@ fn wait(events: &Receiver<Event>, commands: &Sender<Command>, mut client: etcd::
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// The monitoring listeners: one per address, serving what was asked of it (`health` and
+/// `prometheus` may share one).
+fn monitor_listeners(config: &Config) -> Vec<(std::net::SocketAddr, monitor::Endpoints)> {
+    let mut listeners: Vec<(std::net::SocketAddr, monitor::Endpoints)> = Vec::new();
+    for (address, health) in [(config.health, true), (config.prometheus, false)] {
+        let Some(address) = address else { continue };
+        match listeners.iter_mut().find(|(a, _)| *a == address) {
+            Some((_, endpoints)) => {
+                endpoints.health |= health;
+                endpoints.metrics |= !health;
+            }
+            None => listeners.push((address, monitor::Endpoints { health, metrics: !health })),
+        }
+    }
+    listeners
 }
 
 /// The record this node publishes: the Corefile's addresses, or detected ones.

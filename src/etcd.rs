@@ -6,13 +6,15 @@
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::config::{Config, Credentials};
+use crate::metrics::Metrics;
 
 /// Per request at most; a keep-alive must get through well within the lease, so short leases get
 /// shorter timeouts (see `Client::new`).
@@ -34,6 +36,8 @@ pub struct Client {
     credentials: Option<Credentials>,
     /// The token `credentials` got, sent with every request; renewed when etcd no longer takes it.
     token: Option<String>,
+    /// Where request durations and failures are counted.
+    metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Debug)]
@@ -196,7 +200,13 @@ impl Client {
             current: 0,
             credentials: config.credentials.clone(),
             token: None,
+            metrics: None,
         })
+    }
+
+    /// Counts every request from now on in `metrics`.
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Client {
+        Client { metrics: Some(metrics), ..self }
     }
 
     /// The endpoint requests go to now.
@@ -301,9 +311,15 @@ impl Client {
         body: &Value,
         retry: Retry,
     ) -> Result<(String, T), Error> {
-        let (endpoint, answer) = self.failover(path, retry, |client, endpoint| {
+        let started = Instant::now();
+        let answer = self.failover(path, retry, |client, endpoint| {
             client.post_once(endpoint, path, body).map(|answer| (endpoint.to_string(), answer))
-        })?;
+        });
+        if let Some(metrics) = &self.metrics {
+            // Refusals are answers: etcd is reachable.
+            metrics.etcd_request(started.elapsed(), !matches!(answer, Err(Error::Unreachable(_))));
+        }
+        let (endpoint, answer) = answer?;
         match serde_json::from_slice(&answer) {
             Ok(answer) => Ok((endpoint, answer)),
             Err(e) => Err(Error::Malformed { endpoint, detail: format!("{path} answer: {e}") }),

@@ -15,6 +15,8 @@ pub mod etcd;
 pub mod forward;
 pub mod membership;
 pub mod messages;
+pub mod metrics;
+pub mod monitor;
 pub mod pattern;
 pub mod record;
 pub mod server;

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use crate::claim::{self, ClaimError};
 use crate::clock::boottime;
 use crate::etcd::{self, Compare, KeyValue, Op, Txn, WatchMessage};
 use crate::messages::{Command, Event, Latest, Update, Watched};
+use crate::metrics::Metrics;
 use crate::pattern::Pattern;
 use crate::record::Record;
 use crate::zone::{Inputs, Snapshot};
@@ -73,6 +75,7 @@ struct Membership {
     client: etcd::Client,
     events: Sender<Event>,
     updates: Vec<Latest<Update>>,
+    metrics: Arc<Metrics>,
     /// What the answering threads were last sent.
     state: Update,
     lease: Option<Lease>,
@@ -93,14 +96,17 @@ struct Membership {
     next_full_read: Instant,
 }
 
-pub fn run(
-    settings: Settings,
-    client: etcd::Client,
-    commands: Receiver<Command>,
-    events: Sender<Event>,
-    updates: Vec<Latest<Update>>,
-    empty: Arc<Snapshot>,
-) {
+/// How the etcd thread talks to the others.
+pub struct Channels {
+    pub commands: Receiver<Command>,
+    pub events: Sender<Event>,
+    /// One per answering thread.
+    pub updates: Vec<Latest<Update>>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn run(settings: Settings, client: etcd::Client, channels: Channels, empty: Arc<Snapshot>) {
+    let Channels { commands, events, updates, metrics } = channels;
     let now = Instant::now();
     let mut m = Membership {
         value: settings.record.to_json(),
@@ -108,6 +114,7 @@ pub fn run(
         client,
         events,
         updates,
+        metrics,
         state: Update { snapshot: empty, held_until: None },
         lease: None,
         held: None,
@@ -226,6 +233,8 @@ impl Membership {
         );
         self.held = Some(claimed.name);
         self.last_id = Some(claimed.id);
+        self.metrics.claims.fetch_add(1, Relaxed);
+        self.metrics.holds_name.store(true, Relaxed);
         // A lease kept through failed claims may be due for renewal already.
         if lease.renewed.elapsed() >= renew_interval(lease.ttl) {
             self.next_keepalive = Instant::now();
@@ -276,6 +285,7 @@ impl Membership {
             Ok(Some(ttl)) => {
                 self.trouble.recovered(self.client.endpoint());
                 log::debug!("renewed lease {:x} for {ttl}s", lease.id);
+                self.metrics.renewals.fetch_add(1, Relaxed);
                 lease.ttl = Duration::from_secs(ttl.clamp(1, MAX_LEASE_TTL) as u64);
                 lease.expires = before + lease.ttl;
                 lease.renewed = asked;
@@ -302,6 +312,8 @@ impl Membership {
     fn lose(&mut self, lease_state: LeaseState) {
         let name = self.held.take().unwrap_or_else(|| "no name".to_string());
         let lease = self.lease.map_or(0, |l| l.id);
+        self.metrics.lease_losses.fetch_add(1, Relaxed);
+        self.metrics.holds_name.store(false, Relaxed);
         match lease_state {
             LeaseState::Gone => {
                 log::warn!("lease {lease:x} for {name} is gone (expired or revoked); claiming a name again");
@@ -402,6 +414,7 @@ impl Membership {
             self.entries.values().filter_map(|e| e.member.as_ref().ok()).map(|(id, r)| (*id, *r)).collect();
         self.log_changes(&members);
         self.members = members;
+        self.metrics.members.store(self.members.len() as u64, Relaxed);
         self.check_own_keys();
         self.rebuild();
     }
@@ -527,6 +540,7 @@ impl Membership {
     /// Revokes the lease, which frees the name at once.
     fn release(&mut self) {
         let name = self.held.take();
+        self.metrics.holds_name.store(false, Relaxed);
         let Some(lease) = self.lease else { return };
         match self.client.lease_revoke(lease.id) {
             Ok(()) => {

@@ -20,6 +20,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::dns::{self, Action, Context, Transport, MAX_UDP_PAYLOAD};
 use crate::forward::{self, Delivery, Forwarder, Job};
 use crate::messages::Update;
+use crate::metrics::QueryCounters;
 use crate::zone::Snapshot;
 
 /// Datagrams read or written per system call.
@@ -70,6 +71,12 @@ impl fmt::Display for BindError {
 }
 
 impl std::error::Error for BindError {}
+
+impl BindError {
+    pub fn new(address: SocketAddr, protocol: &'static str, error: io::Error) -> BindError {
+        BindError { address, protocol, error }
+    }
+}
 
 /// Binds UDP and TCP on every listen address; no addresses means all of IPv4 and, where the
 /// machine has it, all of IPv6. `udp_per_address` sockets share each UDP address (`SO_REUSEPORT`),
@@ -212,6 +219,8 @@ pub struct View {
     held_until: Option<Duration>,
     updates: Receiver<Update>,
     forward: Option<Forwarding>,
+    /// This thread's own counters.
+    counters: Arc<QueryCounters>,
 }
 
 /// `forward FROM …`: names under `from` (lowercase wire form) that are not ours go to `forwarder`.
@@ -222,8 +231,23 @@ pub struct Forwarding {
 }
 
 impl View {
-    pub fn new(snapshot: Arc<Snapshot>, updates: Receiver<Update>, forward: Option<Forwarding>) -> View {
-        View { snapshot, held_until: None, updates, forward }
+    pub fn new(
+        snapshot: Arc<Snapshot>,
+        updates: Receiver<Update>,
+        forward: Option<Forwarding>,
+        counters: Arc<QueryCounters>,
+    ) -> View {
+        View { snapshot, held_until: None, updates, forward, counters }
+    }
+
+    /// Counts what was done with a query.
+    fn count(&self, action: Action) -> Action {
+        match action {
+            Action::Reply { qtype, rcode, .. } => self.counters.answered(qtype, rcode),
+            Action::Forward { qtype } => self.counters.forwarded(qtype),
+            Action::Drop => {}
+        }
+        action
     }
 
     /// Takes the newest state the etcd thread sent since the last call, without waiting.
@@ -348,7 +372,7 @@ pub fn serve_udp(listener: UdpListener, mut view: View) {
             }
             let query = &b.queries[i][..msg.msg_len as usize];
             let destination = if listener.wildcard { destination(&msg.msg_hdr) } else { None };
-            let len = match dns::respond(query, &view.snapshot, context, &mut b.answers[count]) {
+            let len = match view.count(dns::respond(query, &view.snapshot, context, &mut b.answers[count])) {
                 Action::Reply { len, .. } => len,
                 Action::Drop => continue,
                 Action::Forward { .. } => {
@@ -569,7 +593,7 @@ impl Connection {
             let len = usize::from(u16::from_be_bytes([prefix[0], prefix[1]]));
             let Some(query) = self.input.get(used + 2..used + 2 + len) else { break };
             used += 2 + len;
-            let n = match dns::respond(query, &view.snapshot, context, answer) {
+            let n = match view.count(dns::respond(query, &view.snapshot, context, answer)) {
                 Action::Reply { len, .. } => len,
                 Action::Drop => {
                     self.done = true;

@@ -150,7 +150,7 @@ fn errors_name_the_line_and_the_problem() {
         ),
         (". {\n idetcd {\n  pattern\n }\n}".into(), "Corefile:3: pattern needs a name pattern, such as worker{{.ID}}.tf.local."),
         (". {\n idetcd {\n  limit 3\n }\n}".into(), "Corefile:2: idetcd needs a pattern, such as `pattern worker{{.ID}}.tf.local.`"),
-        (". {\n log\n}".into(), "Corefile:2: unknown directive \"log\" in server block (known: bind, forward, idetcd)"),
+        (". {\n log\n}".into(), "Corefile:2: unknown directive \"log\" in server block (known: bind, forward, health, prometheus, idetcd)"),
         (". {\n bind\n idetcd {\n }\n}".into(), "Corefile:2: bind needs at least one address"),
         (". {\n forward .\n}".into(), "Corefile:2: forward needs at least one upstream server after FROM"),
         (". {\n forward . 8.8.8.8:99999\n}".into(), "Corefile:2: forward: \"8.8.8.8:99999\" is not an IP address or IP:port"),
@@ -207,6 +207,27 @@ fn forward_upstreams() {
     assert_eq!(forward.from, "corp.");
     assert_eq!(forward.upstreams, ["10.9.0.1:53".parse().unwrap(), "[fd00::53]:53".parse().unwrap()]);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn monitoring_addresses() {
+    let with = |lines: &str| parse_ok(&format!(". {{\n{lines}\n idetcd {{\n  pattern w{{{{.ID}}}}.z.\n }}\n}}"));
+    let c = with(" health\n prometheus");
+    assert_eq!(c.health, Some("0.0.0.0:8080".parse().unwrap()));
+    assert_eq!(c.prometheus, Some("127.0.0.1:9153".parse().unwrap()));
+    let c = with(" health 127.0.0.2:8081\n prometheus [::1]:9000");
+    assert_eq!(c.health, Some("127.0.0.2:8081".parse().unwrap()));
+    assert_eq!(c.prometheus, Some("[::1]:9000".parse().unwrap()));
+    let c = with("");
+    assert_eq!((c.health, c.prometheus), (None, None));
+    for (lines, want) in [
+        (" health 8080", "Corefile:2: health: \"8080\" needs a port, as in :8080"),
+        (" prometheus host.example:9153", "Corefile:2: prometheus: \"host.example\" is not an IP address"),
+        (" health :80 :81", "Corefile:2: health takes one address, such as :8080"),
+        (" health {\n  lameduck 5s\n }", "Corefile:2: health options are not supported"),
+    ] {
+        assert_eq!(parse_err(&format!(". {{\n{lines}\n idetcd {{\n  pattern w{{{{.ID}}}}.z.\n }}\n}}")), want);
+    }
 }
 
 #[test]

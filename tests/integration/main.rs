@@ -6,6 +6,7 @@ mod dns;
 mod faults;
 mod hostile;
 mod membership;
+mod operations;
 mod reliability;
 mod security;
 mod support;

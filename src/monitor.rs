@@ -1,0 +1,75 @@
+//! The monitoring endpoints, `GET /health` and `GET /metrics`, on a deliberately small HTTP/1.1
+//! server: one thread per listening address, one request per connection, short timeouts. These
+//! are scraped every few seconds from a handful of places; a server crate would add more code than
+//! it saves.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::metrics::Metrics;
+
+/// A client gets this long to send its request and take the answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_REQUEST: usize = 8 * 1024;
+
+/// Which endpoints a listener serves (both when `health` and `prometheus` share an address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    pub health: bool,
+    pub metrics: bool,
+}
+
+pub fn serve(listener: TcpListener, endpoints: Endpoints, metrics: Arc<Metrics>) {
+    for stream in listener.incoming() {
+        match stream {
+            Ok(stream) => {
+                if let Err(e) = answer(stream, endpoints, &metrics) {
+                    log::debug!("monitoring request: {e}");
+                }
+            }
+            Err(e) => {
+                log::warn!("monitoring endpoint: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn answer(mut stream: TcpStream, endpoints: Endpoints, metrics: &Metrics) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    let mut request = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && !request.windows(2).any(|w| w == b"\n\n") {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 || request.len() + n > MAX_REQUEST {
+            break;
+        }
+        request.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&request);
+    let mut words = head.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (status, body) = match (method, path) {
+        ("GET" | "HEAD", "/health") if endpoints.health => match metrics.health() {
+            Ok(body) => ("200 OK", body),
+            Err(body) => ("503 Service Unavailable", body),
+        },
+        ("GET" | "HEAD", "/metrics") if endpoints.metrics => ("200 OK", metrics.render()),
+        ("GET" | "HEAD", _) => ("404 Not Found", "not found\n".to_string()),
+        _ => ("405 Method Not Allowed", "only GET\n".to_string()),
+    };
+    let content_type =
+        if path == "/metrics" { "text/plain; version=0.0.4; charset=utf-8" } else { "text/plain; charset=utf-8" };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if method != "HEAD" {
+        response.push_str(&body);
+    }
+    stream.write_all(response.as_bytes())
+}
