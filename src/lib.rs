@@ -19,5 +19,6 @@ pub mod metrics;
 pub mod monitor;
 pub mod pattern;
 pub mod record;
+pub mod roster;
 pub mod server;
 pub mod zone;

@@ -3,37 +3,41 @@
 
 use std::process::ExitCode;
 
-use idetcd::{cli, corefile, daemon};
+use idetcd::{cli, corefile, daemon, roster};
 
 fn main() -> ExitCode {
     let command = match cli::parse(std::env::args_os().skip(1)) {
         Ok(command) => command,
         Err(e) => {
-            eprintln!("idetcd: {e}\n\n{}", cli::USAGE);
+            eprintln!("idetcd: {e}\n\n{}", e.usage);
             return ExitCode::from(2);
         }
     };
-    match command {
-        cli::Command::Help => {
-            println!("{}", cli::USAGE);
-            ExitCode::SUCCESS
+    let result = match command {
+        cli::Command::Help(usage) => {
+            println!("{usage}");
+            Ok(())
         }
         cli::Command::Version => {
             println!("idetcd {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+            Ok(())
         }
         cli::Command::Run { conf } => {
             init_logging();
-            let result = corefile::load(&conf)
-                .map_err(|e| e.to_string())
-                .and_then(|config| daemon::run(&config).map_err(|e| e.to_string()));
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("idetcd: error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            corefile::load(&conf).map_err(|e| e.to_string()).and_then(|c| daemon::run(&c).map_err(|e| e.to_string()))
+        }
+        cli::Command::Members { conf, json } => corefile::load(&conf)
+            .map_err(|e| e.to_string())
+            .and_then(|c| roster::members(&c, json, &mut std::io::stdout()).map_err(|e| e.to_string())),
+        cli::Command::TfConfig { conf, job, port, wait } => corefile::load(&conf)
+            .map_err(|e| e.to_string())
+            .and_then(|c| roster::tf_config(&c, &job, port, wait, &mut std::io::stdout()).map_err(|e| e.to_string())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("idetcd: error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

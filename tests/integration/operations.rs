@@ -61,3 +61,98 @@ fn health_and_metrics() {
     assert_eq!((status, body.as_str()), (503, "etcd is not answering\n"));
     assert!(get(&metrics_url).1.lines().any(|l| l.starts_with("idetcd_etcd_errors_total ") && !l.ends_with(" 0")));
 }
+
+fn idetcd(args: &[&str]) -> (Option<i32>, String, String) {
+    let (status, out, err) = crate::support::run_binary(args);
+    (status.code(), out, err)
+}
+
+#[test]
+fn members_and_tf_config() {
+    let etcd = Etcd::start();
+    let setup = Setup::new(&etcd, "tf.test.");
+    let mut nodes: Vec<Node> = (0..3).map(|_| setup.start()).collect();
+    for node in &mut nodes {
+        node.claimed();
+    }
+    nodes.sort_by_key(|n| crate::support::id_of(&n.identity().unwrap()));
+    let conf = |node: &Node| node.corefile_path().to_str().unwrap().to_string();
+
+    let (code, table, _) = idetcd(&["members", "-conf", &conf(&nodes[0])]);
+    assert_eq!(code, Some(0));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("ID  NAME") && lines[0].ends_with("LEASE"), "{table}");
+    assert_eq!(lines.len(), 4, "{table}");
+    for (line, node) in lines[1..].iter().zip(&nodes) {
+        assert!(line.contains(&node.identity().unwrap()) && line.contains(&node.ip.to_string()), "{table}");
+        let ttl = line.rsplit(' ').next().unwrap();
+        assert!(ttl.ends_with('s') && ttl.trim_end_matches('s').parse::<u32>().unwrap() <= 20, "{table}");
+    }
+    let (code, json, _) = idetcd(&["members", "--json", "--conf", &conf(&nodes[0])]);
+    assert_eq!(code, Some(0));
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 3);
+    assert_eq!(json[1]["name"], "worker2.tf.test.");
+    assert_eq!(json[1]["ipv4"], nodes[1].ip.to_string());
+
+    // The second node's Corefile names its own address: it is task 1.
+    let (code, spec, err) = idetcd(&["tf-config", "--job", "worker", "-conf", &conf(&nodes[1])]);
+    assert_eq!(code, Some(0), "{err}");
+    let spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    let want = serde_json::json!({
+        "cluster": { "worker": ["worker1.tf.test:2222", "worker2.tf.test:2222", "worker3.tf.test:2222"] },
+        "task": { "type": "worker", "index": 1 },
+    });
+    assert_eq!(spec, want);
+
+    // --wait blocks until enough members are there.
+    let waiting = std::process::Command::new(crate::support::BINARY)
+        .args(["tf-config", "--job", "ps", "--port", "5000", "--wait", "4", "-conf", &conf(&nodes[0])])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut fourth = setup.start();
+    assert_eq!(fourth.claimed(), "worker4.tf.test.");
+    let output = waiting.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let spec: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(spec["cluster"]["ps"].as_array().unwrap().len(), 4);
+    assert_eq!(spec["cluster"]["ps"][3], "worker4.tf.test:5000");
+    assert_eq!(spec["task"], serde_json::json!({ "type": "ps", "index": 0 }));
+
+    // A host that is no member is told so.
+    let dir = crate::support::TempDir::new("stranger");
+    let stranger = dir.path().join("Corefile");
+    let text = std::fs::read_to_string(nodes[0].corefile_path()).unwrap();
+    let text: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("address ") {
+                "        address 10.99.0.1".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&stranger, text.join("\n")).unwrap();
+    let (code, _, err) = idetcd(&["tf-config", "--job", "worker", "-conf", stranger.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("this host (10.99.0.1") && err.contains("is no member of worker{{.ID}}.tf.test."), "{err}");
+}
+
+#[test]
+fn subcommands_explain_themselves() {
+    for command in ["members", "tf-config"] {
+        let (code, out, _) = idetcd(&[command, "--help"]);
+        assert_eq!(code, Some(0));
+        assert!(out.starts_with(&format!("usage: idetcd {command}")), "{out}");
+    }
+    let (code, _, err) = idetcd(&["tf-config", "--port", "99"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("tf-config needs --job NAME") && err.contains("usage: idetcd tf-config"), "{err}");
+    let (code, _, err) = idetcd(&["members", "-conf", "/nonexistent/Corefile"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot read the Corefile"), "{err}");
+}
