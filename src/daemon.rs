@@ -80,7 +80,8 @@ pub fn run(config: &Config) -> Result<(), Error> {
     let forwarding = match &config.forward {
         None => None,
         Some(f) => {
-            let forwarder = Forwarder::start(f.upstreams.clone()).map_err(Error::Spawn)?;
+            let upstreams = upstreams_but_us(config, &f.upstreams)?;
+            let forwarder = Forwarder::start(upstreams).map_err(Error::Spawn)?;
             let from = dns::wire_name(&f.from).map_err(|e| Error::Fatal(format!("forward: {e}")))?;
             Some(Forwarding { from, forwarder })
         }
@@ -178,6 +179,26 @@ fn wait(events: &Receiver<Event>, commands: &Sender<Command>, mut client: etcd::
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// The upstream servers, less this daemon itself: forwarding to ourselves would send a question
+/// round until the queue overflows (a resolv.conf that lists 127.0.0.1, say).
+fn upstreams_but_us(config: &Config, upstreams: &[std::net::SocketAddr]) -> Result<Vec<std::net::SocketAddr>, Error> {
+    let ours = |a: &std::net::SocketAddr| {
+        a.port() == config.port
+            && match config.listen.is_empty() {
+                true => a.ip().is_loopback() || a.ip().is_unspecified() || Some(a.ip()) == config.ipv4.map(Into::into),
+                false => config.listen.contains(&a.ip()),
+            }
+    };
+    let (us, others): (Vec<_>, Vec<_>) = upstreams.iter().partition(|a| ours(a));
+    for a in &us {
+        log::warn!("forward: leaving out {a}, which is this server itself");
+    }
+    if others.is_empty() {
+        return Err(Error::Fatal("forward: every upstream server is this server itself".into()));
+    }
+    Ok(others)
 }
 
 /// The monitoring listeners: one per address, serving what was asked of it (`health` and

@@ -188,3 +188,15 @@ fn forward_sends_other_names_upstream() {
     let own = node.ask(Transport::Udp, &Query::new("worker1.down.test.", Rtype::A));
     assert_eq!(own.data(), [node.ip.to_string()]);
 }
+
+#[test]
+fn forwarding_to_itself_is_refused() {
+    let etcd = Etcd::start();
+    let ip = crate::support::next_loopback();
+    let port = crate::support::free_port(ip);
+    let corefile = Setup::new(&etcd, "loop.test.").corefile(ip, port);
+    let corefile = corefile.replacen("    idetcd {", &format!("    forward . {ip}:{port}\n    idetcd {{"), 1);
+    let mut node = Node::start_with(corefile, ip);
+    assert_eq!(node.wait_exit(Duration::from_secs(5)).code(), Some(1));
+    assert!(node.log().contains("every upstream server is this server itself"), "{}", node.log());
+}
