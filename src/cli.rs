@@ -114,24 +114,24 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             Some((flag, value)) if flag.starts_with('-') => (flag.to_string(), Some(value.to_string())),
             _ => (arg.clone(), None),
         };
-        let mut value = || -> Result<String, UsageError> {
+        let mut value = |what: &str| -> Result<String, UsageError> {
             let value = match inline.clone() {
                 Some(v) => v,
                 None => args.next().and_then(Result::ok).unwrap_or_default(),
             };
             match value.is_empty() {
-                true => Err(fail(format!("{flag} needs a value"))),
+                true => Err(fail(format!("{flag} needs {what}"))),
                 false => Ok(value),
             }
         };
         match (command, flag.as_str()) {
             (_, "-h" | "-help" | "--help") => return Ok(Command::Help(usage)),
             ("", "-version" | "--version") => return Ok(Command::Version),
-            (_, "-conf" | "--conf") => set(&mut conf, PathBuf::from(value()?), &flag, usage)?,
+            (_, "-conf" | "--conf") => set(&mut conf, PathBuf::from(value("a path")?), &flag, usage)?,
             ("members", "--json") if inline.is_none() => json = true,
-            ("tf-config", "--job") => set(&mut job, value()?, &flag, usage)?,
+            ("tf-config", "--job") => set(&mut job, value("a job name")?, &flag, usage)?,
             ("tf-config", "--port") => {
-                let text = value()?;
+                let text = value("a port")?;
                 let p = text
                     .parse::<u16>()
                     .ok()
@@ -140,7 +140,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
                 set(&mut port, p, &flag, usage)?;
             }
             ("tf-config", "--wait") => {
-                let text = value()?;
+                let text = value("a number")?;
                 let n = text
                     .parse::<usize>()
                     .ok()
@@ -214,8 +214,8 @@ mod tests {
     fn usage_errors() {
         for (args, want, usage) in [
             (&["--bogus"][..], "unknown option --bogus", USAGE),
-            (&["-conf"], "-conf needs a value", USAGE),
-            (&["--conf="], "--conf needs a value", USAGE),
+            (&["-conf"], "-conf needs a path", USAGE),
+            (&["--conf="], "--conf needs a path", USAGE),
             (&["-conf", "a", "-conf", "b"], "-conf is given twice", USAGE),
             (&["Corefile"], "unexpected argument \"Corefile\"", USAGE),
             (&["--json"], "unknown option --json", USAGE),
@@ -233,7 +233,7 @@ mod tests {
                 "--wait: \"none\" is not a number of members",
                 TF_CONFIG_USAGE,
             ),
-            (&["tf-config", "--job"], "--job needs a value", TF_CONFIG_USAGE),
+            (&["tf-config", "--job"], "--job needs a job name", TF_CONFIG_USAGE),
         ] {
             assert_eq!(parse_strs(args), Err(UsageError { message: want.into(), usage }), "{args:?}");
         }
