@@ -83,23 +83,26 @@ fn etcd_down_for_longer_than_the_lease_and_back() {
     std::thread::sleep(Duration::from_secs(5));
     // Past the lease, a node no longer vouches for its name...
     for node in &nodes {
-        assert_eq!(node.identity(), None, "{} still names itself", node.ip);
+        assert_eq!(node.identity(), None, "{} still names itself:\n{}", node.ip, node.log());
     }
     etcd.resume();
 
     // ...and when etcd is back, each holds its old name again: no two the same.
+    let logs = |nodes: &[Node]| nodes.iter().map(|n| n.log()).collect::<Vec<_>>().join("\n----\n");
     for (node, name) in nodes.iter().zip(&before) {
-        eventually("the node to name itself again", Duration::from_secs(15), || {
-            (node.identity().as_deref() == Some(name.as_str())).then_some(())
-        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while node.identity().as_deref() != Some(name.as_str()) {
+            assert!(Instant::now() < deadline, "{} did not name itself {name} again:\n{}", node.ip, logs(&nodes));
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
     let mut held = etcd.names("outage.test.");
     held.sort();
     let mut want = before.clone();
     want.sort();
-    assert_eq!(held, want);
+    assert_eq!(held, want, "{}", logs(&nodes));
     let leases: BTreeSet<i64> = etcd.range("worker0", "worker:").iter().map(|kv| kv.lease).collect();
-    assert_eq!(leases.len(), 3);
+    assert_eq!(leases.len(), 3, "{}", logs(&nodes));
 }
 
 #[test]

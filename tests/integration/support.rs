@@ -59,11 +59,15 @@ fn spawn(command: &mut Command) -> Child {
     command.spawn().unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"))
 }
 
+/// A port free for UDP and TCP on `ip`, never handed out before in this process, and below
+/// Linux's ephemeral range (32768 and up): a stopped etcd's port must still be there when it is
+/// started again, not taken by another test or by some client's outgoing connection meanwhile.
 pub fn free_port(ip: Ipv4Addr) -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 10_000 + std::process::id() * 7919 % 20_000;
     loop {
-        let udp = UdpSocket::bind((ip, 0)).expect("bind a UDP port");
-        let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind((ip, port)).is_ok() {
+        let port = (10_000 + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % 22_000) as u16;
+        if UdpSocket::bind((ip, port)).is_ok() && TcpListener::bind((ip, port)).is_ok() {
             return port;
         }
     }
