@@ -132,20 +132,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             ("tf-config", "--job") => set(&mut job, value("a job name")?, &flag, usage)?,
             ("tf-config", "--port") => {
                 let text = value("a port")?;
-                let p = text
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|&p| p > 0)
-                    .ok_or_else(|| fail(format!("--port: {text:?} is not a port")))?;
+                let p = positive(&text).ok_or_else(|| fail(format!("--port: {text:?} is not a port")))?;
                 set(&mut port, p, &flag, usage)?;
             }
             ("tf-config", "--wait") => {
                 let text = value("a number")?;
-                let n = text
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| fail(format!("--wait: {text:?} is not a number of members")))?;
+                let n = positive(&text).ok_or_else(|| fail(format!("--wait: {text:?} is not a number of members")))?;
                 set(&mut wait, n, &flag, usage)?;
             }
             (_, f) if f.starts_with('-') => return Err(fail(format!("unknown option {flag}"))),
@@ -164,6 +156,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
         }
         _ => Command::Run { conf },
     })
+}
+
+fn positive<T: std::str::FromStr + Default + PartialOrd>(text: &str) -> Option<T> {
+    text.parse::<T>().ok().filter(|n| *n > T::default())
 }
 
 fn set<T>(slot: &mut Option<T>, value: T, flag: &str, usage: &'static str) -> Result<(), UsageError> {

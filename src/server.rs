@@ -355,11 +355,7 @@ pub fn serve_udp(listener: UdpListener, mut view: View) {
             )
         };
         if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                log::warn!("receiving DNS queries: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            after_failed_wait("receiving DNS queries");
             continue;
         }
         view.refresh();
@@ -398,6 +394,16 @@ pub fn serve_udp(listener: UdpListener, mut view: View) {
             count += 1;
         }
         send_all(fd, &mut b.send[..count]);
+    }
+}
+
+/// After a blocking call failed: an interruption is retried at once; anything else is logged and
+/// retried after a pause, so that a persistent error cannot spin the thread.
+fn after_failed_wait(what: &str) {
+    let e = io::Error::last_os_error();
+    if e.kind() != io::ErrorKind::Interrupted {
+        log::warn!("{what}: {e}");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -683,11 +689,7 @@ pub fn serve_tcp(listeners: Vec<TcpListener>, mut view: View) {
         let r =
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout.as_millis() as libc::c_int + 1) };
         if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                log::warn!("waiting for TCP connections: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            after_failed_wait("waiting for TCP connections");
             continue;
         }
         view.refresh();
