@@ -169,6 +169,8 @@ struct Builder {
 /// Where the zone starts in the question `_idetcd._udp.<zone>`: after the header and the two
 /// service labels (`\x07_idetcd`, `\x04_udp`).
 const SERVICE_ZONE_OFFSET: u16 = 12 + 8 + 5;
+/// The SRV records of one answer, leaving room in a 64 KiB message for header and question.
+const MAX_SERVICE_BYTES: usize = 60_000;
 
 type Names = HashMap<Box<[u8]>, Range<u32>, BuildHasherDefault<Fnv>>;
 
@@ -203,34 +205,46 @@ impl Builder {
     }
 
     /// `_idetcd._udp.<zone>` and `_idetcd._tcp.<zone>`: one SRV record per member with a port, its
-    /// addresses in the additional section (left out when they do not fit).
+    /// addresses in the additional section (left out when they do not fit). A DNS message holds
+    /// 64 KiB, so a cluster of thousands lists its first members only (about 1500 of them).
     fn services(&mut self, apex: &[u8], members: &[(u32, Vec<u8>, &Record)], ttl: u32) {
+        let mut room = MAX_SERVICE_BYTES;
+        let listed: Vec<_> = members
+            .iter()
+            .filter_map(|(_, name, r)| Some((name, *r, r.port?)))
+            .take_while(|(name, _, _)| {
+                // Owner pointer, type, class, TTL, length, priority, weight, port, target.
+                let size = 2 + 10 + 6 + name.len();
+                room = room.checked_sub(size).unwrap_or(0);
+                room > 0
+            })
+            .collect();
+        // The owner is the question, so both names share one section.
+        let rrsets = match listed.is_empty() {
+            true => vec![],
+            false => {
+                let section = self.section(|w| {
+                    for (name, _, port) in &listed {
+                        w.record(
+                            Part::Answer,
+                            Owner::Question,
+                            Rtype::SRV,
+                            Class::IN,
+                            ttl,
+                            &dns::srv_rdata(*port, name),
+                        );
+                    }
+                    for (name, record, _) in &listed {
+                        // The target's zone is the question's: a pointer into it saves the bytes.
+                        let owner = dns::below_question(name, SERVICE_ZONE_OFFSET);
+                        address_records(w, Part::Additional, Owner::Name(&owner), record, ttl);
+                    }
+                });
+                vec![(Rtype::SRV, section)]
+            }
+        };
         for protocol in [&b"\x04_udp"[..], b"\x04_tcp"] {
-            let with_port: Vec<_> = members.iter().filter_map(|(_, name, r)| Some((name, *r, r.port?))).collect();
-            let rrsets = match with_port.is_empty() {
-                true => vec![],
-                false => {
-                    let section = self.section(|w| {
-                        for (name, _, port) in &with_port {
-                            w.record(
-                                Part::Answer,
-                                Owner::Question,
-                                Rtype::SRV,
-                                Class::IN,
-                                ttl,
-                                &dns::srv_rdata(*port, name),
-                            );
-                        }
-                        for (name, record, _) in &with_port {
-                            // The target's zone is the question's: a pointer into it saves the bytes.
-                            let owner = dns::below_question(name, SERVICE_ZONE_OFFSET);
-                            address_records(w, Part::Additional, Owner::Name(&owner), record, ttl);
-                        }
-                    });
-                    vec![(Rtype::SRV, section)]
-                }
-            };
-            self.name([&b"\x07_idetcd"[..], protocol, apex].concat(), rrsets);
+            self.name([&b"\x07_idetcd"[..], protocol, apex].concat(), rrsets.clone());
             // `_udp.<zone>` exists too, as an empty non-terminal: NODATA, not NXDOMAIN (RFC 8020).
             self.name([protocol, apex].concat(), vec![]);
         }

@@ -603,3 +603,19 @@ fn answers_belong_to_their_questions() {
     set_id(&mut wrong_id, id(&query) ^ 1);
     assert!(!answers(&query, &wrong_id));
 }
+
+#[test]
+fn service_records_of_a_huge_cluster_still_fit_one_message() {
+    let pattern = Pattern::parse("worker{{.ID}}.tf.local.").unwrap();
+    let members: BTreeMap<u32, Record> = (1..=5000)
+        .map(|id| (id, Record { ipv4: Some(std::net::Ipv4Addr::from(0x0a00_0000 + id)), ipv6: None, port: Some(53) }))
+        .collect();
+    let s = Snapshot::build(&Inputs { pattern: &pattern, ttl: 5, revision: 1, own_name: None, members: &members });
+    let tcp = Context { transport: Transport::Tcp, identity_held: true, forward: None };
+    let m = ask(&q("_idetcd._tcp.tf.local.", Rtype::SRV).packet(), &s, tcp).unwrap();
+    assert!(!m.header().tc());
+    let listed = m.header_counts().ancount();
+    assert!((1400..2000).contains(&listed), "{listed} SRV records");
+    assert!(m.as_slice().len() <= 65535);
+    assert_eq!(records(m.answer().unwrap())[0], "_idetcd._tcp.tf.local 5 IN SRV 0 0 53 worker1.tf.local");
+}
