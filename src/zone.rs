@@ -215,7 +215,7 @@ impl Builder {
             .take_while(|(name, _, _)| {
                 // Owner pointer, type, class, TTL, length, priority, weight, port, target.
                 let size = 2 + 10 + 6 + name.len();
-                room = room.checked_sub(size).unwrap_or(0);
+                room = room.saturating_sub(size);
                 room > 0
             })
             .collect();
