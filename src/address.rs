@@ -39,6 +39,11 @@ pub fn detect(endpoints: &[String]) -> Addresses {
     }
 }
 
+/// Every address of every interface of this machine.
+pub fn local_addresses() -> Vec<IpAddr> {
+    interfaces().into_iter().map(|i| i.address).collect()
+}
+
 fn from_ip(ip: IpAddr) -> Addresses {
     match ip {
         IpAddr::V4(v4) => Addresses { ipv4: Some(v4), ipv6: None },

@@ -43,14 +43,16 @@ usage: idetcd tf-config --job NAME [--port PORT] [--wait N] [-conf PATH]
 Prints the TF_CONFIG JSON for this node: cluster.NAME lists the members in ID order as
 name:PORT, and task.index is this node's place among them. This node is the member whose
 record carries this host's address, as the Corefile's `address` (or its detection) gives it.
+With --wait N the cluster is exactly the first N IDs, so that every node prints the same one
+(TensorFlow needs that); without it, whoever is a member right now.
 
   export TF_CONFIG=$(idetcd tf-config --job worker --wait 4)
 
 options:
   --job NAME           the job name, such as worker
   --port PORT          the port the training processes listen on (default: 2222)
-  --wait N             first wait until N members are there, this node among them
-                       (a progress line on a terminal)
+  --wait N             wait until the first N IDs are all taken, this node holding one
+                       of them (a progress line on a terminal; etcd trouble is waited out)
   -conf, --conf PATH   the Corefile to read (default: ./Corefile)
 
 exit status: 0 on success, 1 when the Corefile or etcd fails or this host is no member,
@@ -149,8 +151,13 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
         "members" => Command::Members { conf, json },
         "tf-config" => {
             let job = job.ok_or_else(|| fail("tf-config needs --job NAME, such as --job worker".into()))?;
-            if job.is_empty() || !job.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                return Err(fail(format!("--job: {job:?} is not a job name (letters, digits, - and _)")));
+            // TensorFlow's own rule for job names (a letter, then letters, digits and _).
+            let valid = job.starts_with(|c: char| c.is_ascii_alphabetic())
+                && job.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(fail(format!(
+                    "--job: {job:?} is not a TensorFlow job name (a letter, then letters, digits or _)"
+                )));
             }
             Command::TfConfig { conf, job, port: port.unwrap_or(DEFAULT_TF_PORT), wait }
         }
@@ -219,8 +226,13 @@ mod tests {
             (&["members", "--version"], "unknown option --version", MEMBERS_USAGE),
             (&["tf-config"], "tf-config needs --job NAME, such as --job worker", TF_CONFIG_USAGE),
             (
-                &["tf-config", "--job", "a b"],
-                "--job: \"a b\" is not a job name (letters, digits, - and _)",
+                &["tf-config", "--job", "my-worker"],
+                "--job: \"my-worker\" is not a TensorFlow job name (a letter, then letters, digits or _)",
+                TF_CONFIG_USAGE,
+            ),
+            (
+                &["tf-config", "--job", "1st"],
+                "--job: \"1st\" is not a TensorFlow job name (a letter, then letters, digits or _)",
                 TF_CONFIG_USAGE,
             ),
             (&["tf-config", "--job", "w", "--port", "0"], "--port: \"0\" is not a port", TF_CONFIG_USAGE),

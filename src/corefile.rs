@@ -265,6 +265,7 @@ impl Parser {
 fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
     let port = server_port(&block.keys)?;
     let mut listen = Vec::new();
+    let mut warnings = Vec::new();
     let mut forward = None;
     let (mut health, mut prometheus) = (None, None);
     let mut idetcd = None;
@@ -291,7 +292,7 @@ fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
                         "forward options are not supported; give FROM and the upstream servers".into(),
                     ));
                 }
-                forward = Some(forward_directive(d)?);
+                forward = Some(forward_directive(d, source.parent().unwrap_or(Path::new(".")), &mut warnings)?);
             }
             // CoreDNS's plugin names and default addresses.
             "health" => monitor_address(d, &mut health, ":8080")?,
@@ -349,7 +350,7 @@ fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
     });
     Ok(Config {
         source: source.to_path_buf(),
-        warnings: Vec::new(),
+        warnings,
         listen,
         forward,
         health,
@@ -523,7 +524,7 @@ impl Settings {
 
 /// `forward FROM TO…` as CoreDNS writes it: each TO an address (`10.0.0.1`, `10.0.0.1:5353`,
 /// `[fd00::1]:53`, `dns://10.0.0.1`) or a resolv.conf-style file whose `nameserver` lines name them.
-fn forward_directive(d: &Directive) -> Result<config::Forward, Failure> {
+fn forward_directive(d: &Directive, base: &Path, warnings: &mut Vec<String>) -> Result<config::Forward, Failure> {
     let line = d.name.line;
     let [from, to @ ..] = d.args.as_slice() else {
         return Err((line, "forward needs a zone (FROM, `.` for all names) and upstream servers".into()));
@@ -535,20 +536,29 @@ fn forward_directive(d: &Directive) -> Result<config::Forward, Failure> {
     crate::dns::wire_name(zone).map_err(|e| (from.line, format!("forward: {e}")))?;
     let mut upstreams = Vec::new();
     for a in to {
-        if a.text.starts_with('/') {
-            let text = std::fs::read_to_string(&a.text)
-                .map_err(|e| (a.line, format!("forward: cannot read {}: {e}", a.text)))?;
-            let found: Vec<_> = text
-                .lines()
-                .filter_map(|l| l.trim().strip_prefix("nameserver"))
-                .filter_map(|ip| upstream(ip.trim()).ok())
-                .collect();
-            if found.is_empty() {
-                return Err((a.line, format!("forward: no nameserver line in {}", a.text)));
+        let address = upstream(&a.text);
+        let looks_like_file =
+            !a.text.contains("://") && (a.text.contains('/') || !a.text.contains(|c: char| c.is_ascii_digit()));
+        if address.is_ok() || !looks_like_file {
+            upstreams.push(address.map_err(|m| (a.line, format!("forward: {m}")))?);
+            continue;
+        }
+        // A resolv.conf-style file, relative to the Corefile like every other path here.
+        let path = base.join(&a.text);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| (a.line, format!("forward: cannot read {}: {e}", path.display())))?;
+        let mut found = 0;
+        for ip in text.lines().filter_map(|l| l.trim().strip_prefix("nameserver")).map(str::trim) {
+            match upstream(ip) {
+                Ok(address) => {
+                    upstreams.push(address);
+                    found += 1;
+                }
+                Err(why) => warnings.push(format!("forward: leaving out nameserver {ip} of {}: {why}", path.display())),
             }
-            upstreams.extend(found);
-        } else {
-            upstreams.push(upstream(&a.text).map_err(|m| (a.line, format!("forward: {m}")))?);
+        }
+        if found == 0 {
+            return Err((a.line, format!("forward: no usable nameserver line in {}", path.display())));
         }
     }
     if upstreams.len() > 15 {
@@ -588,7 +598,10 @@ fn upstream(text: &str) -> Result<std::net::SocketAddr, String> {
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return Ok(std::net::SocketAddr::new(ip, 53));
     }
-    bare.parse().map_err(|_| format!("{text:?} is not an IP address or IP:port"))
+    match bare.parse::<std::net::SocketAddr>() {
+        Ok(address) if address.port() != 0 => Ok(address),
+        _ => Err(format!("{text:?} is not an IP address or IP:port")),
+    }
 }
 
 fn replace<T>(slot: &mut Option<T>, value: T) -> Result<(), ()> {

@@ -77,16 +77,17 @@ pub fn run(config: &Config) -> Result<(), Error> {
     let (events_tx, events) = crossbeam_channel::unbounded();
     let (commands, commands_rx) = crossbeam_channel::unbounded();
     let empty = Arc::new(Snapshot::empty(&config.pattern));
+    let metrics = Arc::new(Metrics::default());
     let forwarding = match &config.forward {
         None => None,
         Some(f) => {
-            let upstreams = upstreams_but_us(config, &f.upstreams)?;
-            let forwarder = Forwarder::start(upstreams).map_err(Error::Spawn)?;
+            let upstreams = upstreams_but_us(config, &record, &f.upstreams)?;
+            let (forwarder, forwarding) = Forwarder::new(upstreams, Arc::clone(&metrics)).map_err(Error::Spawn)?;
+            spawn("forward", &events_tx, move || forwarding.run())?;
             let from = dns::wire_name(&f.from).map_err(|e| Error::Fatal(format!("forward: {e}")))?;
             Some(Forwarding { from, forwarder })
         }
     };
-    let metrics = Arc::new(Metrics::default());
     let mut updates = Vec::new();
     let mut view = || {
         let (latest, rx) = Latest::channel();
@@ -182,14 +183,21 @@ fn wait(events: &Receiver<Event>, commands: &Sender<Command>, mut client: etcd::
 }
 
 /// The upstream servers, less this daemon itself: forwarding to ourselves would send a question
-/// round until the queue overflows (a resolv.conf that lists 127.0.0.1, say).
-fn upstreams_but_us(config: &Config, upstreams: &[std::net::SocketAddr]) -> Result<Vec<std::net::SocketAddr>, Error> {
-    let ours = |a: &std::net::SocketAddr| {
+/// round forever (a resolv.conf that lists this host, say).
+fn upstreams_but_us(
+    config: &Config,
+    record: &Record,
+    upstreams: &[std::net::SocketAddr],
+) -> Result<Vec<std::net::SocketAddr>, Error> {
+    let wildcard = config.listen.is_empty() || config.listen.iter().any(|ip| ip.is_unspecified());
+    let local = address::local_addresses();
+    let ours = |a: &&std::net::SocketAddr| {
+        let ip = a.ip();
+        let published =
+            [record.ipv4.map(std::net::IpAddr::V4), record.ipv6.map(std::net::IpAddr::V6)].contains(&Some(ip));
         a.port() == config.port
-            && match config.listen.is_empty() {
-                true => a.ip().is_loopback() || a.ip().is_unspecified() || Some(a.ip()) == config.ipv4.map(Into::into),
-                false => config.listen.contains(&a.ip()),
-            }
+            && (config.listen.contains(&ip)
+                || (wildcard && (ip.is_loopback() || ip.is_unspecified() || published || local.contains(&ip))))
     };
     let (us, others): (Vec<_>, Vec<_>) = upstreams.iter().partition(|a| ours(a));
     for a in &us {

@@ -93,6 +93,8 @@ pub fn respond(query: &[u8], snapshot: &Snapshot, context: Context, out: &mut [u
             qtype = q.qtype;
             reply.question = Some(q.question);
             reply.edns = q.edns;
+            // Recursion is available for the names `forward` covers, not for the others.
+            reply.ra = context.forward.is_some_and(|from| is_within(&lower[..q.name_len], from));
             if answer(&q, &lower[..q.name_len], snapshot, context, &mut reply) == Verdict::Forward {
                 return Action::Forward { qtype };
             }
@@ -137,6 +139,34 @@ pub fn id(packet: &[u8]) -> u16 {
 pub fn set_id(packet: &mut [u8], id: u16) {
     if let Some(b) = packet.get_mut(..2) {
         b.copy_from_slice(&id.to_be_bytes());
+    }
+}
+
+/// Lowers the EDNS payload size a query advertises to `max`: a question passed upstream must not
+/// invite answers that fragment (and fragments can be forged).
+pub fn limit_payload(packet: &mut [u8], max: u16) {
+    let Some(header) = Header::read(packet) else { return };
+    let mut r = Reader { packet, pos: HEADER_LEN };
+    let skipped = (0..header.qdcount)
+        .try_for_each(|_| r.skip_question())
+        .and_then(|()| (0..u32::from(header.ancount) + u32::from(header.nscount)).try_for_each(|_| r.skip_record()));
+    if skipped.is_none() {
+        return;
+    }
+    let mut opts = Vec::new();
+    for _ in 0..header.arcount {
+        let Some(()) = r.skip_name() else { break };
+        let (Some(rtype), at, Some(class)) = (r.u16(), r.pos, r.u16()) else { break };
+        if rtype == TYPE_OPT && class > max {
+            opts.push(at);
+        }
+        let (Some(_), Some(rdlen)) = (r.u32(), r.u16()) else { break };
+        if r.skip(usize::from(rdlen)).is_none() {
+            break;
+        }
+    }
+    for at in opts {
+        packet[at..at + 2].copy_from_slice(&max.to_be_bytes());
     }
 }
 
@@ -194,6 +224,11 @@ fn answer<'a>(q: &Query<'a>, lower: &[u8], snapshot: &'a Snapshot, context: Cont
 }
 
 fn answer_in<'a>(qtype: u16, lower: &[u8], snapshot: &'a Snapshot, context: Context, reply: &mut Reply<'a>) -> Verdict {
+    // Zone transfers are neither given nor passed on.
+    if qtype == TYPE_AXFR || qtype == TYPE_IXFR {
+        reply.rcode = OptRcode::REFUSED;
+        return Verdict::Answered;
+    }
     let found = snapshot.lookup(lower);
     if matches!(found, Found::OutOfZone) {
         if context.forward.is_some_and(|from| is_within(lower, from)) {
@@ -205,10 +240,6 @@ fn answer_in<'a>(qtype: u16, lower: &[u8], snapshot: &'a Snapshot, context: Cont
     if !snapshot.is_ready() {
         // Nothing read from etcd yet: "no such name" would be cached by clients and be wrong.
         reply.rcode = OptRcode::SERVFAIL;
-        return Verdict::Answered;
-    }
-    if qtype == TYPE_AXFR || qtype == TYPE_IXFR {
-        reply.rcode = OptRcode::REFUSED;
         return Verdict::Answered;
     }
     reply.aa = true;

@@ -1,28 +1,43 @@
 //! Forwarding: with `forward . UPSTREAM…`, questions outside the zone go to upstream DNS servers
 //! instead of being refused, so that a node can use idetcd as its only resolver.
 //!
-//! Answering threads must never wait, so they hand such questions to a few forwarding threads
-//! through a bounded queue (when it is full the question gets SERVFAIL at once), and the forwarding
-//! thread sends the answer back itself, through the delivery the answering thread gave it. The
-//! question goes upstream as the client asked it (its EDNS size included) under a fresh random ID
-//! from a fresh random port, over UDP; an answer truncated upstream is fetched again over TCP for a
-//! TCP client, and passed on truncated to a UDP client, which then asks again over TCP itself.
+//! Answering threads must never wait, so they hand such questions to the forwarding thread
+//! through a bounded queue (when it is full the question gets SERVFAIL at once). The forwarding
+//! thread keeps any number of questions in flight at once, up to a cap, over a few UDP sockets it
+//! polls: a slow or silent upstream delays only the questions sent to it. Each question goes
+//! upstream under a fresh random ID from a randomly chosen socket, with its EDNS size held to 1232;
+//! only an answer from that upstream, with that ID, to that question is taken. After a timeout the
+//! next upstream is asked; when none answers the client gets SERVFAIL. An answer truncated upstream
+//! is fetched again over TCP for a TCP client, and passed on truncated to a UDP client, which then
+//! asks again over TCP itself. The thread sends each answer back through the delivery the
+//! answering thread gave it.
 
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use domain::base::iana::OptRcode;
 
-use crate::dns::{self, Action, Context, Transport};
+use crate::dns::{self, Action, Context, Transport, MAX_UDP_PAYLOAD};
+use crate::messages::Wake;
+use crate::metrics::Metrics;
 
-/// Questions waiting for a forwarding thread; more get SERVFAIL rather than pile up.
+/// Questions waiting to be sent; more get SERVFAIL rather than pile up.
 const QUEUE: usize = 1024;
-/// Threads asking upstream at once: each waits for one answer at a time.
-const WORKERS: usize = 4;
+/// Questions in flight at once.
+const MAX_IN_FLIGHT: usize = 4096;
+/// Sockets per address family; each question leaves from one picked at random, so that its source
+/// port is as hard to guess as its ID.
+const SOCKETS: usize = 8;
 /// How long one upstream server gets before the next is asked.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// While upstream servers keep failing, say so this often, not for every question.
+const WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// Hands the answer to the client: a UDP datagram from the right address, or a TCP connection's
 /// output.
@@ -35,24 +50,70 @@ pub struct Job {
     pub deliver: Delivery,
 }
 
+/// The answering threads' end: queues questions for the forwarding thread.
 #[derive(Clone)]
 pub struct Forwarder {
     jobs: Sender<Job>,
+    wake: Arc<Wake>,
 }
 
 impl Forwarder {
-    pub fn start(upstreams: Vec<SocketAddr>) -> io::Result<Forwarder> {
+    /// The forwarding thread's state, to be run on a thread of its own, and the handle to it.
+    pub fn new(upstreams: Vec<SocketAddr>, metrics: Arc<Metrics>) -> io::Result<(Forwarder, Forwarding)> {
         let (jobs, queue) = crossbeam_channel::bounded(QUEUE);
-        for i in 0..WORKERS {
-            let (upstreams, queue) = (upstreams.clone(), queue.clone());
-            std::thread::Builder::new().name(format!("forward-{i}")).spawn(move || work(upstreams, queue))?;
+        let wake = Arc::new(Wake::new()?);
+        let mut sockets = Vec::new();
+        let mut families = [0..0, 0..0];
+        for (family, local) in
+            [SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), (Ipv6Addr::UNSPECIFIED, 0).into()].into_iter().enumerate()
+        {
+            if upstreams.iter().any(|u| u.is_ipv4() == local.is_ipv4()) {
+                let first = sockets.len();
+                for _ in 0..SOCKETS {
+                    let socket = UdpSocket::bind(local)?;
+                    socket.set_nonblocking(true)?;
+                    sockets.push(socket);
+                }
+                families[family] = first..sockets.len();
+            }
         }
-        Ok(Forwarder { jobs })
+        let forwarding = Forwarding {
+            upstreams,
+            queue,
+            wake: Arc::clone(&wake),
+            metrics,
+            sockets,
+            families,
+            in_flight: HashMap::new(),
+            timeouts: VecDeque::new(),
+            preferred: 0,
+            random: Random::new(),
+            last_warning: None,
+        };
+        Ok((Forwarder { jobs, wake }, forwarding))
     }
 
     /// Queues a question; gives it back when the queue is full.
     pub fn submit(&self, job: Job) -> Result<(), Job> {
-        self.jobs.try_send(job).map_err(|e| e.into_inner())
+        self.jobs.try_send(job).map_err(|e| e.into_inner())?;
+        self.wake.notify();
+        Ok(())
+    }
+}
+
+/// Whether a client may use this server as its resolver: loopback and private networks only
+/// (RFC 1918, RFC 6598 shared space, link-local, unique-local), so that `forward` never makes an
+/// open resolver others can bounce floods off.
+pub fn may_use(client: IpAddr) -> bool {
+    match client {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => may_use(IpAddr::V4(v4)),
+            None => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || (v6.segments()[0] & 0xffc0) == 0xfe80,
+        },
     }
 }
 
@@ -65,69 +126,201 @@ pub fn servfail(query: &[u8], transport: Transport, out: &mut [u8]) -> Option<us
     }
 }
 
-fn work(upstreams: Vec<SocketAddr>, queue: Receiver<Job>) {
-    let mut random = Random::new();
-    let mut preferred = 0;
-    let mut out = vec![0u8; u16::MAX as usize];
-    for job in queue {
-        match ask(&upstreams, &mut preferred, &job, &mut random) {
-            Some(answer) => (job.deliver)(&answer),
-            None => {
-                if let Some(len) = servfail(&job.query, job.transport, &mut out) {
-                    (job.deliver)(&out[..len]);
+/// A question in flight.
+struct InFlight {
+    job: Job,
+    /// As sent: our ID, a held-down EDNS size.
+    query: Vec<u8>,
+    upstream: usize,
+    /// Upstream servers asked so far.
+    asked: usize,
+}
+
+/// The forwarding thread.
+pub struct Forwarding {
+    upstreams: Vec<SocketAddr>,
+    queue: Receiver<Job>,
+    wake: Arc<Wake>,
+    metrics: Arc<Metrics>,
+    sockets: Vec<UdpSocket>,
+    /// The IPv4 sockets and the IPv6 sockets, as indexes into `sockets`.
+    families: [std::ops::Range<usize>; 2],
+    /// By socket and ID.
+    in_flight: HashMap<(usize, u16), InFlight>,
+    /// When each question sent gives up on its upstream, oldest first (all wait as long).
+    timeouts: VecDeque<(Instant, (usize, u16))>,
+    /// The upstream that answered last, asked first.
+    preferred: usize,
+    random: Random,
+    last_warning: Option<Instant>,
+}
+
+impl Forwarding {
+    pub fn run(mut self) {
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut buf = vec![0u8; u16::MAX as usize];
+        loop {
+            fds.clear();
+            fds.push(libc::pollfd { fd: self.wake.fd(), events: libc::POLLIN, revents: 0 });
+            fds.extend(self.sockets.iter().map(|s| libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }));
+            let timeout = match self.timeouts.front() {
+                Some((deadline, _)) => {
+                    deadline.saturating_duration_since(Instant::now()).as_millis() as libc::c_int + 1
+                }
+                None => -1,
+            };
+            // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
+            if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) } < 0 {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            if fds[0].revents != 0 {
+                self.wake.clear();
+                while let Ok(job) = self.queue.try_recv() {
+                    self.start(job);
+                }
+            }
+            for i in 0..self.sockets.len() {
+                if fds[i + 1].revents != 0 {
+                    self.receive(i, &mut buf);
+                }
+            }
+            self.expire();
+        }
+    }
+
+    fn start(&mut self, job: Job) {
+        if self.in_flight.len() >= MAX_IN_FLIGHT {
+            self.metrics.forward_dropped.fetch_add(1, Relaxed);
+            return fail(job);
+        }
+        let mut query = job.query.clone();
+        dns::limit_payload(&mut query, MAX_UDP_PAYLOAD);
+        let upstream = self.preferred % self.upstreams.len();
+        self.send(InFlight { job, query, upstream, asked: 0 });
+    }
+
+    /// Sends a question to its upstream, or to the next ones if sending fails; SERVFAIL when none
+    /// is left.
+    fn send(&mut self, mut q: InFlight) {
+        while q.asked < self.upstreams.len() {
+            let upstream = self.upstreams[q.upstream];
+            let family = self.families[usize::from(!upstream.is_ipv4())].clone();
+            let socket = family.start + self.random.next() as usize % family.len();
+            let id = loop {
+                let id = self.random.next() as u16;
+                if !self.in_flight.contains_key(&(socket, id)) {
+                    break id;
+                }
+            };
+            dns::set_id(&mut q.query, id);
+            q.asked += 1;
+            match self.sockets[socket].send_to(&q.query, upstream) {
+                Ok(_) => {
+                    self.timeouts.push_back((Instant::now() + UPSTREAM_TIMEOUT, (socket, id)));
+                    self.in_flight.insert((socket, id), q);
+                    return;
+                }
+                Err(e) => {
+                    log::debug!("forwarding to {upstream}: {e}");
+                    q.upstream = (q.upstream + 1) % self.upstreams.len();
                 }
             }
         }
+        self.give_up(q);
     }
-}
 
-/// Asks the upstream servers in turn, starting with the one that answered last.
-fn ask(upstreams: &[SocketAddr], preferred: &mut usize, job: &Job, random: &mut Random) -> Option<Vec<u8>> {
-    for i in 0..upstreams.len() {
-        let index = (*preferred + i) % upstreams.len();
-        let upstream = upstreams[index];
-        let mut query = job.query.clone();
-        dns::set_id(&mut query, random.next() as u16);
-        let mut answer = match exchange_udp(upstream, &query) {
-            Ok(answer) if dns::truncated(&answer) && job.transport == Transport::Tcp => exchange_tcp(upstream, &query),
-            other => other,
-        };
-        match &mut answer {
-            Ok(answer) => {
-                dns::set_id(answer, dns::id(&job.query));
-                *preferred = index;
-                return Some(std::mem::take(answer));
+    /// Takes every answer waiting on a socket; anything but the answer to a question in flight,
+    /// from the server it was asked of, is dropped.
+    fn receive(&mut self, socket: usize, buf: &mut [u8]) {
+        loop {
+            let (n, from) = match self.sockets[socket].recv_from(buf) {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::debug!("receiving from upstream: {e}");
+                    return;
+                }
+            };
+            let answer = &buf[..n];
+            let key = (socket, dns::id(answer));
+            let genuine = self
+                .in_flight
+                .get(&key)
+                .is_some_and(|q| self.upstreams[q.upstream] == from && dns::answers(&q.query, answer));
+            if !genuine {
+                continue;
             }
-            Err(e) => log::debug!("forwarding to {upstream}: {e}"),
+            let Some(q) = self.in_flight.remove(&key) else { continue };
+            self.preferred = q.upstream;
+            self.last_warning = None;
+            if dns::truncated(answer) && q.job.transport == Transport::Tcp {
+                // Rare, and a TCP exchange blocks: it gets a thread of its own.
+                let upstream = self.upstreams[q.upstream];
+                let metrics = Arc::clone(&self.metrics);
+                let spawned =
+                    std::thread::Builder::new().name("forward-tcp".into()).spawn(move || {
+                        match exchange_tcp(upstream, &q.query) {
+                            Ok(answer) => deliver(q.job, answer),
+                            Err(e) => {
+                                log::debug!("forwarding over TCP to {upstream}: {e}");
+                                metrics.forward_failures.fetch_add(1, Relaxed);
+                                fail(q.job);
+                            }
+                        }
+                    });
+                if let Err(e) = spawned {
+                    log::warn!("cannot start a thread for a TCP exchange: {e}");
+                }
+                continue;
+            }
+            deliver(q.job, answer.to_vec());
         }
     }
-    log::warn!("no upstream server answered ({} tried)", upstreams.len());
-    None
+
+    /// Questions whose upstream did not answer in time go to the next upstream.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        while let Some(&(deadline, key)) = self.timeouts.front() {
+            if deadline > now {
+                return;
+            }
+            self.timeouts.pop_front();
+            // Answered meanwhile, or given up on: nothing to do.
+            let Some(mut q) = self.in_flight.remove(&key) else { continue };
+            log::debug!("{} did not answer in time", self.upstreams[q.upstream]);
+            q.upstream = (q.upstream + 1) % self.upstreams.len();
+            self.send(q);
+        }
+    }
+
+    fn give_up(&mut self, q: InFlight) {
+        self.metrics.forward_failures.fetch_add(1, Relaxed);
+        let now = Instant::now();
+        if self.last_warning.is_none_or(|t| now - t >= WARN_EVERY) {
+            self.last_warning = Some(now);
+            log::warn!("no upstream server answered ({} asked); answering SERVFAIL", self.upstreams.len());
+        }
+        fail(q.job);
+    }
 }
 
-fn exchange_udp(upstream: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>> {
-    let local: SocketAddr = match upstream {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = UdpSocket::bind(local)?;
-    socket.connect(upstream)?;
-    socket.send(query)?;
-    let deadline = Instant::now() + UPSTREAM_TIMEOUT;
-    let mut buf = vec![0u8; u16::MAX as usize];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer"));
-        }
-        socket.set_read_timeout(Some(left))?;
-        let n = socket.recv(&mut buf)?;
-        // Anything but the answer to this very question (a late answer to another, a forgery
-        // without our random ID) is ignored.
-        if dns::answers(query, &buf[..n]) {
-            buf.truncate(n);
-            return Ok(buf);
-        }
+/// Hands an upstream answer to the client, under the client's own ID.
+fn deliver(job: Job, mut answer: Vec<u8>) {
+    dns::set_id(&mut answer, dns::id(&job.query));
+    (job.deliver)(&answer);
+}
+
+fn fail(job: Job) {
+    // Header, the longest question and an OPT record.
+    let mut out = [0u8; 512];
+    if let Some(len) = servfail(&job.query, job.transport, &mut out) {
+        (job.deliver)(&out[..len]);
     }
 }
 
@@ -146,8 +339,8 @@ fn exchange_tcp(upstream: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>> {
     }
 }
 
-/// xorshift64, seeded from the clock and the thread: IDs an off-path attacker cannot guess
-/// cheaply, together with the random source port.
+/// xorshift64, seeded from the clock and the thread: IDs and sockets an off-path attacker cannot
+/// guess cheaply.
 struct Random(u64);
 
 impl Random {
@@ -163,5 +356,33 @@ impl Random {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_nearby_clients_may_resolve_through_us() {
+        for (ip, want) in [
+            ("127.0.0.1", true),
+            ("10.1.2.3", true),
+            ("172.16.0.1", true),
+            ("172.32.0.1", false),
+            ("192.168.1.1", true),
+            ("100.64.0.1", true),
+            ("100.128.0.1", false),
+            ("169.254.1.1", true),
+            ("8.8.8.8", false),
+            ("::1", true),
+            ("fd00::1", true),
+            ("fe80::1", true),
+            ("2001:db8::1", false),
+            ("::ffff:10.0.0.1", true),
+            ("::ffff:8.8.8.8", false),
+        ] {
+            assert_eq!(may_use(ip.parse().unwrap()), want, "{ip}");
+        }
     }
 }

@@ -71,6 +71,10 @@ pub struct Metrics {
     pub renewals: AtomicU64,
     pub lease_losses: AtomicU64,
     pub etcd_errors: AtomicU64,
+    /// Forwarded questions answered SERVFAIL because too many were waiting or in flight.
+    pub forward_dropped: AtomicU64,
+    /// Forwarded questions no upstream server answered.
+    pub forward_failures: AtomicU64,
     etcd_requests: [AtomicU64; BUCKETS.len() + 1],
     etcd_seconds_micros: AtomicU64,
     /// Whether this node holds a name, and whether etcd answered its last request: `/health`.
@@ -163,6 +167,18 @@ impl Metrics {
                 self.lease_losses.load(Relaxed),
             ),
             ("idetcd_etcd_errors_total", "counter", "etcd requests that failed.", self.etcd_errors.load(Relaxed)),
+            (
+                "idetcd_forward_dropped_total",
+                "counter",
+                "Questions answered SERVFAIL because too many were waiting for upstream servers.",
+                self.forward_dropped.load(Relaxed),
+            ),
+            (
+                "idetcd_forward_failures_total",
+                "counter",
+                "Questions no upstream server answered.",
+                self.forward_failures.load(Relaxed),
+            ),
         ] {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");

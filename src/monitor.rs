@@ -1,18 +1,22 @@
 //! The monitoring endpoints, `GET /health` and `GET /metrics`, on a deliberately small HTTP/1.1
-//! server: one thread per listening address, one request per connection, short timeouts. These
-//! are scraped every few seconds from a handful of places; a server crate would add more code than
-//! it saves.
+//! server: one request per connection, each connection on a short-lived thread of its own with one
+//! second for the whole exchange, at most a few at a time. These are scraped every few seconds
+//! from a handful of places; a server crate would add more code than it saves, and a slow or
+//! silent client must not make a healthy node look dead.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::metrics::Metrics;
 
-/// A client gets this long to send its request and take the answer.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A client gets this long for the whole exchange, from accept to the last byte of the answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_REQUEST: usize = 8 * 1024;
+/// Connections served at once; more are closed at once.
+const MAX_CLIENTS: usize = 16;
 
 /// Which endpoints a listener serves (both when `health` and `prometheus` share an address).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,27 +26,46 @@ pub struct Endpoints {
 }
 
 pub fn serve(listener: TcpListener, endpoints: Endpoints, metrics: Arc<Metrics>) {
+    let busy = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
-        match stream {
-            Ok(stream) => {
-                if let Err(e) = answer(stream, endpoints, &metrics) {
-                    log::debug!("monitoring request: {e}");
-                }
-            }
+        let stream = match stream {
+            Ok(stream) => stream,
             Err(e) => {
                 log::warn!("monitoring endpoint: {e}");
                 std::thread::sleep(Duration::from_millis(100));
+                continue;
             }
+        };
+        if busy.fetch_add(1, Ordering::Relaxed) >= MAX_CLIENTS {
+            busy.fetch_sub(1, Ordering::Relaxed);
+            continue;
+        }
+        let (metrics, busy) = (Arc::clone(&metrics), Arc::clone(&busy));
+        let spawned = std::thread::Builder::new().name("http".into()).spawn(move || {
+            if let Err(e) = answer(stream, endpoints, &metrics) {
+                log::debug!("monitoring request: {e}");
+            }
+            busy.fetch_sub(1, Ordering::Relaxed);
+        });
+        if let Err(e) = spawned {
+            log::warn!("monitoring endpoint: cannot start a thread: {e}");
         }
     }
 }
 
 fn answer(mut stream: TcpStream, endpoints: Endpoints, metrics: &Metrics) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let left = || {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match left.is_zero() {
+            true => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client too slow")),
+            false => Ok(Some(left)),
+        }
+    };
     let mut request = Vec::new();
     let mut chunk = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") && !request.windows(2).any(|w| w == b"\n\n") {
+        stream.set_read_timeout(left()?)?;
         let n = stream.read(&mut chunk)?;
         if n == 0 || request.len() + n > MAX_REQUEST {
             break;
@@ -71,5 +94,6 @@ fn answer(mut stream: TcpStream, endpoints: Endpoints, metrics: &Metrics) -> std
     if method != "HEAD" {
         response.push_str(&body);
     }
+    stream.set_write_timeout(left()?)?;
     stream.write_all(response.as_bytes())
 }

@@ -31,6 +31,16 @@ pub enum Error {
         addresses: String,
         pattern: String,
     },
+    /// This host holds a name past the first `wanted`: it is no task of that cluster.
+    Beyond {
+        name: String,
+        wanted: usize,
+    },
+    /// `--wait` asked for more members than the Corefile's limit allows.
+    TooMany {
+        wanted: usize,
+        limit: usize,
+    },
     Output(std::io::Error),
 }
 
@@ -42,6 +52,12 @@ impl fmt::Display for Error {
                 f,
                 "this host ({addresses}) is no member of {pattern}; is idetcd running here, with the same Corefile?"
             ),
+            Error::Beyond { name, wanted } => {
+                write!(f, "this host holds {name}, which is not among the first {wanted} of the cluster")
+            }
+            Error::TooMany { wanted, limit } => {
+                write!(f, "--wait {wanted} asks for more members than the limit of {limit} allows")
+            }
             Error::Output(e) => write!(f, "cannot write the output: {e}"),
         }
     }
@@ -70,7 +86,8 @@ pub fn members(config: &Config, json: bool, out: &mut impl Write) -> Result<(), 
     Ok(())
 }
 
-/// `idetcd tf-config`.
+/// `idetcd tf-config`. With `--wait N` the cluster is the first N IDs, whatever else joins, so
+/// that every node that runs it prints the same cluster; without, it is every member right now.
 pub fn tf_config(
     config: &Config,
     job: &str,
@@ -83,23 +100,51 @@ pub fn tf_config(
         (None, None) => address::detect(&config.endpoints),
         (ipv4, ipv6) => Addresses { ipv4, ipv6 },
     };
+    let not_a_member = || Error::NotAMember { addresses: describe(&own), pattern: config.pattern.to_string() };
+    let Some(n) = wait else {
+        let members = read(&mut client, &config.pattern, false)?;
+        let spec = spec(&members, &own, job, port).ok_or_else(not_a_member)?;
+        writeln!(out, "{spec}")?;
+        return Ok(());
+    };
+    let first = *config.ids.start();
+    let last = first.saturating_add(u32::try_from(n - 1).unwrap_or(u32::MAX));
+    if last > *config.ids.end() {
+        return Err(Error::TooMany { wanted: n, limit: config.ids.clone().count() });
+    }
     // SAFETY: isatty only inspects a descriptor number.
     let terminal = unsafe { libc::isatty(libc::STDERR_FILENO) } == 1;
+    let mut progress = String::new();
     loop {
-        let members = read(&mut client, &config.pattern, false)?;
-        let ready = wait.is_none_or(|n| members.len() >= n && position(&members, &own).is_some());
-        if ready {
-            if terminal && wait.is_some() {
-                eprint!("\r\x1b[K");
+        let status = match read(&mut client, &config.pattern, false) {
+            Ok(members) => {
+                if let Some(beyond) = position(&members, &own).map(|i| &members[i]).filter(|m| m.id > last) {
+                    return Err(Error::Beyond { name: beyond.name.clone(), wanted: n });
+                }
+                let wanted: Vec<Member> = members.into_iter().filter(|m| (first..=last).contains(&m.id)).collect();
+                let own_place = position(&wanted, &own);
+                if wanted.len() == n && own_place.is_some() {
+                    if terminal && !progress.is_empty() {
+                        eprint!("\r\x1b[K");
+                    }
+                    let spec = spec(&wanted, &own, job, port).ok_or_else(not_a_member)?;
+                    writeln!(out, "{spec}")?;
+                    return Ok(());
+                }
+                match own_place {
+                    Some(_) => format!("waiting for members: {} of {n}", wanted.len()),
+                    None => format!(
+                        "waiting for members: {} of {n}, this host ({}) not among them yet",
+                        wanted.len(),
+                        describe(&own)
+                    ),
+                }
             }
-            let spec = spec(&members, &own, job, port)
-                .ok_or_else(|| Error::NotAMember { addresses: describe(&own), pattern: config.pattern.to_string() })?;
-            writeln!(out, "{spec}")?;
-            return Ok(());
-        }
-        if terminal {
-            let n = wait.unwrap_or(0);
-            eprint!("\r\x1b[Kwaiting for members: {} of {n}", members.len().min(n));
+            Err(e) => format!("waiting for etcd: {e}"),
+        };
+        if terminal && status != progress {
+            eprint!("\r\x1b[K{status}");
+            progress = status;
         }
         std::thread::sleep(Duration::from_secs(1));
     }

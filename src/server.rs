@@ -17,9 +17,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use domain::base::iana::OptRcode;
+
 use crate::dns::{self, Action, Context, Transport, MAX_UDP_PAYLOAD};
 use crate::forward::{self, Delivery, Forwarder, Job};
-use crate::messages::Update;
+use crate::messages::{Update, Wake};
 use crate::metrics::QueryCounters;
 use crate::zone::Snapshot;
 
@@ -29,8 +31,8 @@ const BATCH: usize = 32;
 const MAX_QUERY: usize = 4096;
 pub const MAX_TCP_CONNECTIONS: usize = 128;
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the TCP thread looks for forwarded answers while some are due.
-const FORWARD_CHECK: Duration = Duration::from_millis(2);
+/// Questions one TCP connection may have waiting for upstream servers; more get SERVFAIL.
+const MAX_FORWARDS_PER_CONNECTION: usize = 16;
 /// Room for bursts: at 50 000 queries a second a 4 MiB buffer holds tens of milliseconds.
 const UDP_RECEIVE_BUFFER: libc::c_int = 4 << 20;
 
@@ -242,10 +244,8 @@ impl View {
 
     /// Counts what was done with a query.
     fn count(&self, action: Action) -> Action {
-        match action {
-            Action::Reply { qtype, rcode, .. } => self.counters.answered(qtype, rcode),
-            Action::Forward { qtype } => self.counters.forwarded(qtype),
-            Action::Drop => {}
+        if let Action::Reply { qtype, rcode, .. } = action {
+            self.counters.answered(qtype, rcode);
         }
         action
     }
@@ -263,17 +263,62 @@ impl View {
         Context { transport, identity_held, forward: self.forward.as_ref().map(|f| f.from.as_slice()) }
     }
 
-    /// Hands a question to the forwarding threads, or answers SERVFAIL into `out` when they are
-    /// all busy; returns the length of that answer.
-    fn forward(&self, query: &[u8], transport: Transport, deliver: Delivery, out: &mut [u8]) -> Option<usize> {
+    /// Hands a question to the forwarding thread. Returns the length of an answer written into
+    /// `out` instead: REFUSED for a client that may not use this server as its resolver, SERVFAIL
+    /// when the forwarding thread has too much to do.
+    fn forward(
+        &self,
+        query: &[u8],
+        qtype: u16,
+        client: Option<IpAddr>,
+        transport: Transport,
+        deliver: Delivery,
+        out: &mut [u8],
+    ) -> Option<usize> {
         let forwarding = self.forward.as_ref()?;
-        let job = Job { query: query.to_vec(), transport, deliver };
-        match forwarding.forwarder.submit(job) {
-            Ok(()) => None,
+        if !client.is_some_and(forward::may_use) {
+            let context = Context { transport, identity_held: false, forward: None };
+            return self.answered(dns::error_answer(query, OptRcode::REFUSED, context, out));
+        }
+        match forwarding.forwarder.submit(Job { query: query.to_vec(), transport, deliver }) {
+            Ok(()) => {
+                self.counters.forwarded(qtype);
+                None
+            }
             Err(_) => {
                 log::debug!("forwarding queue full; answering SERVFAIL");
-                forward::servfail(query, transport, out)
+                self.answered(dns::error_answer(
+                    query,
+                    OptRcode::SERVFAIL,
+                    Context { transport, identity_held: false, forward: Some(b"\0") },
+                    out,
+                ))
             }
+        }
+    }
+
+    fn answered(&self, action: Action) -> Option<usize> {
+        match self.count(action) {
+            Action::Reply { len, .. } => Some(len),
+            _ => None,
+        }
+    }
+}
+
+/// The client's address, from the socket address the kernel filled in.
+fn peer_ip(storage: &libc::sockaddr_storage) -> Option<IpAddr> {
+    // SAFETY: the family says which of the two the storage holds.
+    unsafe {
+        match i32::from(storage.ss_family) {
+            libc::AF_INET => {
+                let sin = &*(storage as *const _ as *const libc::sockaddr_in);
+                Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
+            }
+            libc::AF_INET6 => {
+                let sin6 = &*(storage as *const _ as *const libc::sockaddr_in6);
+                Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+            }
+            _ => None,
         }
     }
 }
@@ -371,11 +416,12 @@ pub fn serve_udp(listener: UdpListener, mut view: View) {
             let len = match view.count(dns::respond(query, &view.snapshot, context, &mut b.answers[count])) {
                 Action::Reply { len, .. } => len,
                 Action::Drop => continue,
-                Action::Forward { .. } => {
+                Action::Forward { qtype } => {
                     let peer = Peer { address: b.peers[i], len: msg.msg_hdr.msg_namelen, destination };
+                    let client = peer_ip(&peer.address);
                     let socket = Arc::clone(&listener.socket);
                     let deliver: Delivery = Box::new(move |answer| peer.send(&socket, answer));
-                    match view.forward(query, Transport::Udp, deliver, &mut b.answers[count]) {
+                    match view.forward(query, qtype, client, Transport::Udp, deliver, &mut b.answers[count]) {
                         Some(len) => len,
                         None => continue,
                     }
@@ -513,8 +559,9 @@ unsafe fn set_source(hdr: &mut libc::msghdr, destination: Option<Destination>) {
 // TCP
 
 struct Connection {
-    /// Names the connection to the forwarding threads, whose answers come back by it.
+    /// Names the connection to the forwarding thread, whose answers come back by it.
     id: u64,
+    client: Option<IpAddr>,
     /// Questions forwarded and not answered yet: the connection waits for them.
     forwarding: usize,
     stream: TcpStream,
@@ -534,8 +581,10 @@ const TCP_READ_PER_TURN: usize = 4 * (2 + u16::MAX as usize);
 impl Connection {
     fn new(id: u64, stream: TcpStream) -> Connection {
         let deadline = Instant::now() + TCP_IDLE_TIMEOUT;
+        let client = stream.peer_addr().ok().map(|a| a.ip());
         Connection {
             id,
+            client,
             forwarding: 0,
             stream,
             input: Vec::new(),
@@ -546,9 +595,20 @@ impl Connection {
         }
     }
 
-    /// Whether the connection must stay: it has something to send, or more to come.
+    /// Whether the connection must stay: it has something to send, or more to come. An answer
+    /// from upstream always comes (SERVFAIL at the latest), so waiting for one keeps it open.
     fn alive(&self, now: Instant) -> bool {
-        (self.pending() || self.forwarding > 0 || !self.done) && self.deadline > now
+        self.forwarding > 0 || ((self.pending() || !self.done) && self.deadline > now)
+    }
+
+    /// What to wait for: room to write, or more to read; nothing while it only waits for
+    /// forwarded answers (a closed socket would wake `poll` at once, forever).
+    fn events(&self) -> libc::c_short {
+        match (self.pending(), self.done) {
+            (true, _) => libc::POLLOUT,
+            (false, false) => libc::POLLIN,
+            (false, true) => 0,
+        }
     }
 
     fn push_answer(&mut self, answer: &[u8]) {
@@ -561,7 +621,7 @@ impl Connection {
         self.written < self.output.len()
     }
 
-    fn read(&mut self, view: &View, answer: &mut [u8], forwarded: &Sender<(u64, Vec<u8>)>) {
+    fn read(&mut self, view: &View, answer: &mut [u8], forwarded: &Returns) {
         let mut read = 0;
         while read < TCP_READ_PER_TURN && !self.done && !self.pending() {
             let start = self.input.len();
@@ -592,7 +652,7 @@ impl Connection {
     /// Answers every complete query in the input (RFC 7766 allows several in flight). A frame that
     /// gets no answer (too short for a header, or not a query) ends the connection: nothing good
     /// comes from a client that sends them.
-    fn answer(&mut self, view: &View, answer: &mut [u8], forwarded: &Sender<(u64, Vec<u8>)>) {
+    fn answer(&mut self, view: &View, answer: &mut [u8], forwarded: &Returns) {
         let mut used = 0;
         let context = view.context(Transport::Tcp);
         while let Some(prefix) = self.input.get(used..used + 2) {
@@ -605,12 +665,16 @@ impl Connection {
                     self.done = true;
                     break;
                 }
-                Action::Forward { .. } => {
-                    let (id, back) = (self.id, forwarded.clone());
-                    let deliver: Delivery = Box::new(move |answer| {
-                        let _ = back.send((id, answer.to_vec()));
-                    });
-                    match view.forward(query, Transport::Tcp, deliver, answer) {
+                Action::Forward { .. } if self.forwarding >= MAX_FORWARDS_PER_CONNECTION => {
+                    let context = Context { transport: Transport::Tcp, identity_held: false, forward: Some(b"\0") };
+                    match view.answered(dns::error_answer(query, OptRcode::SERVFAIL, context, answer)) {
+                        Some(len) => len,
+                        None => continue,
+                    }
+                }
+                Action::Forward { qtype } => {
+                    let deliver = forwarded.delivery(self.id);
+                    match view.forward(query, qtype, self.client, Transport::Tcp, deliver, answer) {
                         Some(len) => len,
                         None => {
                             self.forwarding += 1;
@@ -657,13 +721,20 @@ pub fn serve_tcp(listeners: Vec<TcpListener>, mut view: View) {
     let mut connections: Vec<Connection> = Vec::new();
     let mut fds: Vec<libc::pollfd> = Vec::new();
     let mut answer = vec![0u8; u16::MAX as usize];
-    let (forwarded, answers_back) = crossbeam_channel::unbounded::<(u64, Vec<u8>)>();
+    let (forwarded, answers_back) = match Returns::new() {
+        Ok(returns) => returns,
+        Err(e) => {
+            log::error!("TCP: {e}");
+            return;
+        }
+    };
     let mut next_id = 0u64;
     // After accept fails for want of descriptors, the listener stays readable: pause it a little
     // instead of spinning.
     let mut accept_again = Instant::now();
     loop {
         view.refresh();
+        forwarded.wake.clear();
         for (id, forwarded_answer) in answers_back.try_iter() {
             if let Some(c) = connections.iter_mut().find(|c| c.id == id) {
                 c.forwarding -= 1;
@@ -676,15 +747,11 @@ pub fn serve_tcp(listeners: Vec<TcpListener>, mut view: View) {
         fds.clear();
         let listen = if now >= accept_again { libc::POLLIN } else { 0 };
         fds.extend(listeners.iter().map(|l| pollfd(l.as_raw_fd(), listen)));
-        fds.extend(
-            connections
-                .iter()
-                .map(|c| pollfd(c.stream.as_raw_fd(), if c.pending() { libc::POLLOUT } else { libc::POLLIN })),
-        );
+        fds.extend(connections.iter().map(|c| pollfd(c.stream.as_raw_fd(), c.events())));
+        // Forwarded answers come by channel; the forwarding thread rings this when one does.
+        fds.push(pollfd(forwarded.wake.fd(), libc::POLLIN));
         let next = connections.iter().map(|c| c.deadline).chain([accept_again]).filter(|&d| d > now).min();
-        // Forwarded answers come by channel, not by socket: look often while some are due.
-        let most = if connections.iter().any(|c| c.forwarding > 0) { FORWARD_CHECK } else { Duration::from_secs(1) };
-        let timeout = next.map_or(most, |d| d - now).min(most);
+        let timeout = next.map_or(Duration::from_secs(1), |d| d - now).min(Duration::from_secs(1));
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
         let r =
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout.as_millis() as libc::c_int + 1) };
@@ -693,7 +760,8 @@ pub fn serve_tcp(listeners: Vec<TcpListener>, mut view: View) {
             continue;
         }
         view.refresh();
-        let (listener_fds, connection_fds) = fds.split_at(listeners.len());
+        let (listener_fds, rest) = fds.split_at(listeners.len());
+        let connection_fds = &rest[..connections.len()];
         for (c, fd) in connections.iter_mut().zip(connection_fds) {
             if fd.revents & libc::POLLOUT != 0 {
                 c.flush();
@@ -713,10 +781,13 @@ pub fn serve_tcp(listeners: Vec<TcpListener>, mut view: View) {
                             continue;
                         }
                         let _ = stream.set_nodelay(true);
-                        // At the cap, the connection idle the longest makes room: idle clients
-                        // cannot lock new ones out.
+                        // At the cap, the connection idle the longest makes room, one waiting for
+                        // nothing before one waiting for an answer: idle clients cannot lock new
+                        // ones out.
                         if connections.len() >= MAX_TCP_CONNECTIONS {
-                            if let Some(oldest) = (0..connections.len()).min_by_key(|&i| connections[i].deadline) {
+                            let evict = (0..connections.len())
+                                .min_by_key(|&i| (connections[i].forwarding > 0, connections[i].deadline));
+                            if let Some(oldest) = evict {
                                 connections.swap_remove(oldest);
                             }
                         }
@@ -733,6 +804,33 @@ pub fn serve_tcp(listeners: Vec<TcpListener>, mut view: View) {
                 }
             }
         }
+    }
+}
+
+/// How forwarded answers find their way back to the TCP thread: a channel, and a wake-up for its
+/// `poll`.
+struct Returns {
+    tx: Sender<Returned>,
+    wake: Arc<Wake>,
+}
+
+/// A forwarded answer for the TCP connection with this ID.
+type Returned = (u64, Vec<u8>);
+
+impl Returns {
+    fn new() -> io::Result<(Returns, Receiver<Returned>)> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Ok((Returns { tx, wake: Arc::new(Wake::new()?) }, rx))
+    }
+
+    /// Delivers an answer to connection `id`.
+    fn delivery(&self, id: u64) -> Delivery {
+        let (tx, wake) = (self.tx.clone(), Arc::clone(&self.wake));
+        Box::new(move |answer| {
+            if tx.send((id, answer.to_vec())).is_ok() {
+                wake.notify();
+            }
+        })
     }
 }
 

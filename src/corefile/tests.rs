@@ -157,6 +157,7 @@ fn errors_name_the_line_and_the_problem() {
         (". {\n forward . tls://1.1.1.1\n}".into(), "Corefile:2: forward: tls:// upstreams are not supported, only plain DNS"),
         (". {\n forward . 1.1.1.1 {\n  max_fails 3\n }\n}".into(), "Corefile:2: forward options are not supported; give FROM and the upstream servers"),
         (". {\n forward . /nonexistent/resolv.conf\n}".into(), "Corefile:2: forward: cannot read /nonexistent/resolv.conf: No such file or directory (os error 2)"),
+        (". {\n forward . 10.0.0.1:0\n}".into(), "Corefile:2: forward: \"10.0.0.1:0\" is not an IP address or IP:port"),
         (". {\n bind eth0\n}".into(), "Corefile:2: bind: \"eth0\" is not an IP address"),
         (". {\n}".into(), "Corefile:1: server block has no idetcd { ... } block"),
         (". {\n idetcd {\n  pattern w{{.ID}}.z.\n }\n idetcd {\n }\n}".into(), "Corefile:5: idetcd is configured twice in this server block"),

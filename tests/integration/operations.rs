@@ -52,6 +52,14 @@ fn health_and_metrics() {
     assert_eq!(a.rsplit(' ').next(), Some("3"), "{text}");
     assert!(text.contains("idetcd_etcd_request_duration_seconds_bucket{le=\"+Inf\"}"));
     assert_eq!(get(&format!("http://{ip}:{metrics}/health")).0, 404, "each endpoint on its own address");
+    // Clients that trickle their request, or send nothing, do not hold up the others.
+    let mut slow: Vec<std::net::TcpStream> =
+        (0..5).map(|_| std::net::TcpStream::connect((ip, health)).unwrap()).collect();
+    for s in &mut slow {
+        std::io::Write::write_all(s, b"GET /hea").unwrap();
+    }
+    assert_eq!(get(&health_url), (200, "OK\n".to_string()));
+    drop(slow);
     assert_eq!(get(&format!("http://{ip}:{health}/nothing")).0, 404);
 
     etcd.stop();
@@ -121,6 +129,16 @@ fn members_and_tf_config() {
     assert_eq!(spec["cluster"]["ps"].as_array().unwrap().len(), 4);
     assert_eq!(spec["cluster"]["ps"][3], "worker4.tf.test:5000");
     assert_eq!(spec["task"], serde_json::json!({ "type": "ps", "index": 0 }));
+
+    // --wait 2 makes the cluster the first two IDs: the third node is no task of it.
+    let (code, _, err) = idetcd(&["tf-config", "--job", "worker", "--wait", "2", "-conf", &conf(&nodes[2])]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("this host holds worker3.tf.test., which is not among the first 2"), "{err}");
+    let (code, spec, _) = idetcd(&["tf-config", "--job", "worker", "--wait", "2", "-conf", &conf(&nodes[1])]);
+    assert_eq!(code, Some(0));
+    let spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    assert_eq!(spec["cluster"]["worker"].as_array().unwrap().len(), 2, "the first two, though four are there");
+    assert_eq!(spec["task"]["index"], 1);
 
     // A host that is no member is told so.
     let dir = crate::support::TempDir::new("stranger");

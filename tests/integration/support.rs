@@ -711,7 +711,7 @@ pub fn exchange(server: SocketAddr, transport: Transport, packet: &[u8]) -> Opti
     let bytes = match transport {
         Transport::Udp => {
             let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).ok()?;
-            socket.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+            socket.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
             let mut buf = vec![0u8; 65535];
             (0..3).find_map(|_| {
                 socket.send_to(packet, server).ok()?;
