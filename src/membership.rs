@@ -64,7 +64,8 @@ struct Lease {
 struct Entry {
     mod_revision: i64,
     lease: i64,
-    value: Vec<u8>,
+    /// Whether its value is this node's own record, byte for byte.
+    ours: bool,
     /// The member it stands for, or why it stands for none.
     member: Result<(u32, Record), String>,
 }
@@ -404,7 +405,7 @@ impl Membership {
         if let Err(why) = &member {
             log::warn!("ignoring etcd key {:?}: {why}", String::from_utf8_lossy(&kv.key));
         }
-        Entry { mod_revision: kv.mod_revision, lease: kv.lease, value: kv.value.clone(), member }
+        Entry { mod_revision: kv.mod_revision, lease: kv.lease, ours: kv.value == self.value.as_bytes(), member }
     }
 
     /// After `entries` changed: checks that this node still holds its name and only that, then
@@ -448,7 +449,7 @@ impl Membership {
         if entry.lease == lease.id {
             return;
         }
-        if entry.value == self.value.as_bytes() {
+        if entry.ours {
             // Only a node publishing this very record takes a name over by value: two nodes with
             // one address, which would take the name from each other forever.
             self.fatal = Some(format!(
