@@ -617,6 +617,15 @@ fn lowercase_labels(wire: &mut [u8]) {
     }
 }
 
+/// `label` (which fits in a label: the pattern checked its length) in front of a wire-form name.
+pub fn prepend_label(label: &str, name: &[u8]) -> Vec<u8> {
+    let mut wire = Vec::with_capacity(1 + label.len() + name.len());
+    wire.push(label.len() as u8);
+    wire.extend_from_slice(label.as_bytes());
+    wire.extend_from_slice(name);
+    wire
+}
+
 /// Whether `name` is `zone` or below it; both in lowercase wire form.
 pub fn is_within(name: &[u8], zone: &[u8]) -> bool {
     let mut i = 0;
@@ -659,28 +668,29 @@ pub fn below_question(name: &[u8], offset: u16) -> Vec<u8> {
 /// The reverse-lookup name of an address, in wire form: `3.0.0.10.in-addr.arpa.` or the 32
 /// nibbles of an IPv6 address under `ip6.arpa.`.
 pub fn reverse_name(ip: std::net::IpAddr) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut wire = Vec::with_capacity(72);
-    let mut label = |text: &str| {
-        wire.push(text.len() as u8);
-        wire.extend_from_slice(text.as_bytes());
-    };
     match ip {
         std::net::IpAddr::V4(v4) => {
             for octet in v4.octets().iter().rev() {
-                label(&octet.to_string());
+                let digits: &[u8] = match octet {
+                    0..=9 => &[b'0' + octet],
+                    10..=99 => &[b'0' + octet / 10, b'0' + octet % 10],
+                    _ => &[b'0' + octet / 100, b'0' + octet / 10 % 10, b'0' + octet % 10],
+                };
+                wire.push(digits.len() as u8);
+                wire.extend_from_slice(digits);
             }
-            label("in-addr");
+            wire.extend_from_slice(b"\x07in-addr");
         }
         std::net::IpAddr::V6(v6) => {
             for byte in v6.octets().iter().rev() {
-                label(&format!("{:x}", byte & 0xf));
-                label(&format!("{:x}", byte >> 4));
+                wire.extend_from_slice(&[1, HEX[usize::from(byte & 0xf)], 1, HEX[usize::from(byte >> 4)]]);
             }
-            label("ip6");
+            wire.extend_from_slice(b"\x03ip6");
         }
     }
-    label("arpa");
-    wire.push(0);
+    wire.extend_from_slice(b"\x04arpa\x00");
     wire
 }
 

@@ -107,6 +107,11 @@ impl Pattern {
         &self.prefix
     }
 
+    /// The text after `{{.ID}}` in the first label.
+    pub fn suffix(&self) -> &str {
+        &self.suffix
+    }
+
     /// The zone this pattern's names live in, with its trailing dot: `tf.local.`.
     pub fn zone(&self) -> &str {
         &self.zone

@@ -68,7 +68,13 @@ impl Snapshot {
     }
 
     pub fn build(inputs: &Inputs) -> Snapshot {
-        let mut b = Builder { arena: Vec::new(), names: Names::default(), rrsets: Vec::new() };
+        // Each member has its name and one or two reverse names.
+        let expected = inputs.members.len() * 3 + 8;
+        let mut b = Builder {
+            arena: Vec::with_capacity(inputs.members.len() * 64),
+            names: Names::with_capacity_and_hasher(expected, Default::default()),
+            rrsets: Vec::with_capacity(expected),
+        };
         let ttl = inputs.ttl;
         let apex = zone_apex(inputs.pattern);
         let own_wire = inputs.own_name.and_then(|n| dns::wire_name(n).ok());
@@ -97,10 +103,14 @@ impl Snapshot {
         }
         b.name(apex.clone(), apex_rrsets);
 
+        // Member names are the pattern's first label in front of the zone: built directly, not
+        // parsed from text, as this runs for every member at every change.
+        let (prefix, suffix) =
+            (inputs.pattern.prefix().to_ascii_lowercase(), inputs.pattern.suffix().to_ascii_lowercase());
         let names: Vec<(u32, Vec<u8>, &Record)> = inputs
             .members
             .iter()
-            .filter_map(|(&id, record)| Some((id, dns::wire_name(&inputs.pattern.name(id)).ok()?, record)))
+            .map(|(&id, record)| (id, dns::prepend_label(&format!("{prefix}{id}{suffix}"), &apex), record))
             .collect();
         for (_, name, record) in &names {
             let mut rrsets = Vec::with_capacity(2);
