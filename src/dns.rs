@@ -73,29 +73,19 @@ pub enum Action {
 /// Writes the response to `query` into `out`, or says to forward or drop it. `out` must hold
 /// `MAX_UDP_PAYLOAD` bytes for UDP and 65 535 for TCP.
 pub fn respond(query: &[u8], snapshot: &Snapshot, context: Context, out: &mut [u8]) -> Action {
-    let Some(header) = Header::read(query) else { return Action::Drop };
-    // Room for a header, the longest question and an OPT record, whatever the answer.
-    if out.len() < HEADER_LEN + 255 + 4 + OPT_LEN || header.flags & FLAG_QR != 0 {
-        return Action::Drop;
-    }
     let mut lower = [0u8; 255];
-    let parsed = parse(query, &header, &mut lower);
+    let Some((header, parsed)) = read_query(query, out, &mut lower) else { return Action::Drop };
     let mut reply = Reply::new(&header, context);
-    let mut qtype = 0;
+    let qtype = reply.echo(&parsed);
     match parsed {
-        Err(malformed) => {
-            // Anything we cannot read: FORMERR, unless the opcode is one we do not do at all.
-            reply.question = malformed.question;
-            reply.edns = malformed.edns;
-            reply.rcode = if header.opcode() != Opcode::QUERY.to_int() { OptRcode::NOTIMP } else { OptRcode::FORMERR };
-        }
+        // Anything we cannot read: FORMERR, unless the opcode is one we do not do at all.
+        Err(_) if header.opcode() != Opcode::QUERY.to_int() => reply.rcode = OptRcode::NOTIMP,
+        Err(_) => reply.rcode = OptRcode::FORMERR,
         Ok(q) => {
-            qtype = q.qtype;
-            reply.question = Some(q.question);
-            reply.edns = q.edns;
+            let name = &lower[..q.name_len];
             // Recursion is available for the names `forward` covers, not for the others.
-            reply.ra = context.forward.is_some_and(|from| is_within(&lower[..q.name_len], from));
-            if answer(&q, &lower[..q.name_len], snapshot, context, &mut reply) == Verdict::Forward {
+            reply.ra = context.forward.is_some_and(|from| is_within(name, from));
+            if answer(&q, name, snapshot, context, &mut reply) == Verdict::Forward {
                 return Action::Forward { qtype };
             }
         }
@@ -108,27 +98,29 @@ pub fn respond(query: &[u8], snapshot: &Snapshot, context: Context, out: &mut [u
 /// An answer carrying only `rcode` (SERVFAIL when upstream servers fail, say), or `Drop` for a
 /// packet that is no query.
 pub fn error_answer(query: &[u8], rcode: OptRcode, context: Context, out: &mut [u8]) -> Action {
-    let Some(header) = Header::read(query) else { return Action::Drop };
-    if out.len() < HEADER_LEN + 255 + 4 + OPT_LEN || header.flags & FLAG_QR != 0 {
-        return Action::Drop;
-    }
     let mut lower = [0u8; 255];
+    let Some((header, parsed)) = read_query(query, out, &mut lower) else { return Action::Drop };
     let mut reply = Reply::new(&header, context);
-    let mut qtype = 0;
-    match parse(query, &header, &mut lower) {
-        Ok(q) => {
-            qtype = q.qtype;
-            reply.question = Some(q.question);
-            reply.edns = q.edns;
-        }
-        Err(malformed) => {
-            reply.question = malformed.question;
-            reply.edns = malformed.edns;
-        }
-    }
+    let qtype = reply.echo(&parsed);
     reply.rcode = rcode;
     let len = reply.write(&[], context.transport, out);
     Action::Reply { len, qtype, rcode: rcode.to_int() }
+}
+
+/// The header and question of a packet to answer, or `None` when it gets no answer at all: too
+/// short for a header, itself a response, or `out` too small for even an error answer.
+fn read_query<'a>(
+    query: &'a [u8],
+    out: &[u8],
+    lower: &mut [u8; 255],
+) -> Option<(Header, Result<Query<'a>, Malformed<'a>>)> {
+    let header = Header::read(query)?;
+    // Room for a header, the longest question and an OPT record, whatever the answer.
+    if out.len() < HEADER_LEN + 255 + 4 + OPT_LEN || header.flags & FLAG_QR != 0 {
+        return None;
+    }
+    let parsed = parse(query, &header, lower);
+    Some((header, parsed))
 }
 
 /// A message's ID.
@@ -283,6 +275,23 @@ impl<'a> Reply<'a> {
     fn new(header: &'a Header, context: Context) -> Reply<'a> {
         let ra = context.forward.is_some();
         Reply { header, question: None, edns: None, rcode: OptRcode::NOERROR, aa: false, ra, section: None }
+    }
+
+    /// Takes over what the answer echoes of the query (its question and OPT record, as far as
+    /// they could be read); returns the query type, 0 when unknown.
+    fn echo(&mut self, parsed: &Result<Query<'a>, Malformed<'a>>) -> u16 {
+        match parsed {
+            Ok(q) => {
+                self.question = Some(q.question);
+                self.edns = q.edns;
+                q.qtype
+            }
+            Err(malformed) => {
+                self.question = malformed.question;
+                self.edns = malformed.edns;
+                0
+            }
+        }
     }
 
     /// Writes the reply; `body` holds the bytes of `self.section`.
