@@ -15,15 +15,21 @@ fn sees(observer: &Node, name: &str, data: &str) {
     });
 }
 
+/// A 3-member etcd cluster, and nodes holding worker1 and worker2 of `zone` that see each other.
+fn two_nodes_on_a_cluster(zone: &str, lease: u32) -> (Vec<Etcd>, Setup, Node, Node) {
+    let members = Etcd::cluster(3);
+    let setup = Setup { endpoints: endpoints(&members), lease, ..Setup::new(&members[0], zone) };
+    let mut a = setup.start();
+    assert_eq!(a.claimed(), format!("worker1.{zone}"));
+    let mut b = setup.start();
+    assert_eq!(b.claimed(), format!("worker2.{zone}"));
+    sees(&a, &format!("worker2.{zone}"), &b.ip.to_string());
+    (members, setup, a, b)
+}
+
 #[test]
 fn a_three_member_cluster_loses_a_member_then_its_quorum() {
-    let mut members = Etcd::cluster(3);
-    let setup = Setup { endpoints: endpoints(&members), lease: 4, ..Setup::new(&members[0], "quorum.test.") };
-    let mut a = setup.start();
-    assert_eq!(a.claimed(), "worker1.quorum.test.");
-    let mut b = setup.start();
-    assert_eq!(b.claimed(), "worker2.quorum.test.");
-    sees(&a, "worker2.quorum.test.", &b.ip.to_string());
+    let (mut members, setup, mut a, mut b) = two_nodes_on_a_cluster("quorum.test.", 4);
     let lease = members[2].get("worker1.quorum.test.").unwrap().lease;
     let asker = Asker::start(
         a.address(),
@@ -174,13 +180,7 @@ fn sixty_four_nodes_ten_times_never_share_a_name() {
 
 #[test]
 fn answers_stay_right_under_load_through_churn_and_failover() {
-    let mut members = Etcd::cluster(3);
-    let setup = Setup { endpoints: endpoints(&members), lease: 5, ..Setup::new(&members[0], "load.test.") };
-    let mut a = setup.start();
-    assert_eq!(a.claimed(), "worker1.load.test.");
-    let mut b = setup.start();
-    assert_eq!(b.claimed(), "worker2.load.test.");
-    sees(&a, "worker2.load.test.", &b.ip.to_string());
+    let (mut members, setup, a, b) = two_nodes_on_a_cluster("load.test.", 5);
 
     let dir = crate::support::TempDir::new("load");
     let queries = dir.path().join("queries");
