@@ -117,13 +117,11 @@ pub fn may_use(client: IpAddr) -> bool {
     }
 }
 
-/// Answers `query` with SERVFAIL in `out` (a full queue, or no upstream answered).
-pub fn servfail(query: &[u8], transport: Transport, out: &mut [u8]) -> Option<usize> {
+/// Answers a question meant for upstream with SERVFAIL in `out`: too many waiting, or no
+/// upstream answered.
+pub fn servfail(query: &[u8], transport: Transport, out: &mut [u8]) -> Action {
     let context = Context { transport, identity_held: false, forward: Some(b"\0") };
-    match dns::error_answer(query, OptRcode::SERVFAIL, context, out) {
-        Action::Reply { len, .. } => Some(len),
-        _ => None,
-    }
+    dns::error_answer(query, OptRcode::SERVFAIL, context, out)
 }
 
 /// A question in flight.
@@ -319,7 +317,7 @@ fn deliver(job: Job, mut answer: Vec<u8>) {
 fn fail(job: Job) {
     // Header, the longest question and an OPT record.
     let mut out = [0u8; 512];
-    if let Some(len) = servfail(&job.query, job.transport, &mut out) {
+    if let Action::Reply { len, .. } = servfail(&job.query, job.transport, &mut out) {
         (job.deliver)(&out[..len]);
     }
 }

@@ -287,12 +287,7 @@ impl View {
             }
             Err(_) => {
                 log::debug!("forwarding queue full; answering SERVFAIL");
-                self.answered(dns::error_answer(
-                    query,
-                    OptRcode::SERVFAIL,
-                    Context { transport, identity_held: false, forward: Some(b"\0") },
-                    out,
-                ))
+                self.answered(forward::servfail(query, transport, out))
             }
         }
     }
@@ -666,8 +661,7 @@ impl Connection {
                     break;
                 }
                 Action::Forward { .. } if self.forwarding >= MAX_FORWARDS_PER_CONNECTION => {
-                    let context = Context { transport: Transport::Tcp, identity_held: false, forward: Some(b"\0") };
-                    match view.answered(dns::error_answer(query, OptRcode::SERVFAIL, context, answer)) {
+                    match view.answered(forward::servfail(query, Transport::Tcp, answer)) {
                         Some(len) => len,
                         None => continue,
                     }
