@@ -1,30 +1,31 @@
-//! Claiming an ID: the lowest free one, atomically, in two etcd requests even when hundreds of
+//! Claiming a name: the lowest free one, atomically, in two etcd requests even when hundreds of
 //! nodes start together.
 //!
 //! A name is only ever taken by a transaction that puts its key if the key does not exist, so two
-//! live nodes never hold one name. The question is which ID to try. If every node starting at once
-//! tried the lowest free ID, all but one would fail and retry, O(N²) transactions for N nodes. So a
-//! claiming node first takes a number, like at a counter: one transaction counts the claims already
-//! queued, puts this node's own queue key (on its lease, so a crashed node leaves the queue) and
-//! reads the names. A node with k claims ahead of it takes the k-th lowest free ID, so nodes
-//! starting together aim at different IDs and get exactly 1..N. The claim transaction tries a few
-//! IDs from there in order, each "if absent, put it and leave the queue", and when all are gone
-//! reads the names and the queue again for another round.
+//! live nodes never hold one name. The question is which name to try. If every node starting at
+//! once tried the lowest free one, all but one would fail and retry, O(N²) transactions for N
+//! nodes. So a claiming node first takes a number, like at a counter: one transaction reads the
+//! claims already queued, puts this node's own queue key (on its lease, so a crashed node leaves
+//! the queue; its value is the role asked for, empty to fill the roles in order) and reads the
+//! names. Replaying the claims ahead of it tells the node which free slot each of them will take,
+//! so nodes starting together aim at different slots and get exactly the first N. The claim
+//! transaction tries a few slots from there in order, each "if absent, put it and leave the
+//! queue", and when all are gone reads the names and the queue again for another round.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::ops::RangeInclusive;
 
-use crate::etcd::{self, Compare, Op, OpResponse, Range, RangeRequest, Txn};
-use crate::pattern::Pattern;
+use crate::config::Role;
+use crate::etcd::{self, Compare, KeyValue, Op, OpResponse, Range, RangeRequest, Txn};
+use crate::view::Slot;
 
-/// IDs one claim transaction tries. etcd's cost per transaction grows with its nesting, and with
+/// Slots one claim transaction tries. etcd's cost per transaction grows with its nesting, and with
 /// queue positions nodes rarely need more than the first.
 const WINDOW: usize = 8;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claimed {
-    pub id: u32,
+    pub slot: Slot,
     pub name: String,
     /// etcd requests the claim took, for the logs and the claim benchmark.
     pub requests: u32,
@@ -32,23 +33,15 @@ pub struct Claimed {
 
 #[derive(Debug)]
 pub enum ClaimError {
-    /// Every ID in the range belongs to a live node.
-    Full {
-        ids: RangeInclusive<u32>,
-    },
+    /// Every ID this node may take belongs to a live node; the message says which.
+    Full(String),
     Etcd(etcd::Error),
 }
 
 impl fmt::Display for ClaimError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClaimError::Full { ids } => write!(
-                f,
-                "every ID from {} to {} is taken: the cluster already has its limit of {} nodes",
-                ids.start(),
-                ids.end(),
-                u64::from(ids.end() - ids.start()) + 1
-            ),
+            ClaimError::Full(why) => f.write_str(why),
             ClaimError::Etcd(e) => e.fmt(f),
         }
     }
@@ -60,37 +53,56 @@ impl From<etcd::Error> for ClaimError {
     }
 }
 
+/// Which role a node claims in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// The first role, in Corefile order, with a free ID.
+    Fill,
+    /// This role only (`--role`).
+    Role(usize),
+}
+
 /// What a claim needs to know besides the etcd client.
 pub struct Request<'a> {
-    pub pattern: &'a Pattern,
-    pub ids: RangeInclusive<u32>,
+    pub roles: &'a [Role],
+    pub choice: Choice,
     /// This node's record, exactly as it is stored.
     pub value: &'a [u8],
     pub lease: i64,
-    /// The ID to try first, if free: the one this node held before it lost its lease.
-    pub preferred: Option<u32>,
+    /// The slot to try first, if free: the one this node held before it lost its lease.
+    pub preferred: Option<Slot>,
 }
 
-/// Keys of one claim: the name range, the queue, and this node's place in it.
+/// Keys of one claim: the name ranges, the queue, and this node's place in it.
 struct Keys {
-    names: RangeRequest,
+    names: Vec<RangeRequest>,
     queue: RangeRequest,
     mine: Vec<u8>,
 }
 
 impl Keys {
     fn new(request: &Request) -> Keys {
-        let (start, end) = request.pattern.key_range();
-        // Under the pattern's literal prefix, so that an etcd user granted that prefix may claim,
-        // but outside the name range (names continue the prefix with a digit), so member reads
-        // never see it.
-        let queue = format!("{}_claims/{}/", request.pattern.prefix(), request.pattern);
+        let names = request
+            .roles
+            .iter()
+            .map(|r| {
+                let (start, end) = r.pattern.key_range();
+                RangeRequest::new(start.as_bytes(), end.as_bytes())
+            })
+            .collect();
+        // The first role's queue serves them all, so that one Corefile's nodes see each other's
+        // claims whatever their roles. It lies under the pattern's literal prefix, so that an etcd
+        // user granted that prefix may claim, but outside the name range (names continue the
+        // prefix with a digit), so member reads never see it. With one role, it is where earlier
+        // versions queued.
+        let first = request.roles.first().map(|r| &r.pattern);
+        let queue = first.map_or_else(String::new, |p| format!("{}_claims/{p}/", p.prefix()));
         let mut queue_end = queue.clone().into_bytes();
         queue_end.pop();
         queue_end.push(b'/' + 1);
         Keys {
-            names: RangeRequest::new(start.as_bytes(), end.as_bytes()),
-            queue: RangeRequest { keys_only: true, ..RangeRequest::new(queue.as_bytes(), &queue_end) },
+            names,
+            queue: RangeRequest::new(queue.as_bytes(), &queue_end),
             mine: format!("{queue}{:016x}", request.lease).into_bytes(),
         }
     }
@@ -99,50 +111,68 @@ impl Keys {
     fn ahead(&self, queued_at: i64) -> Op {
         Op::Range(RangeRequest { max_create_revision: queued_at - 1, ..self.queue.clone() })
     }
+
+    /// Every role's names.
+    fn read_names(&self) -> impl Iterator<Item = Op> + '_ {
+        self.names.iter().cloned().map(Op::Range)
+    }
 }
 
 pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, ClaimError> {
     let keys = Keys::new(request);
-    // Take a number: count the queue, join it, read the names, all at one revision. A retry on
-    // the same lease finds its place already taken and keeps it.
-    let join = Txn {
-        compare: vec![],
-        success: vec![
-            Op::Range(RangeRequest { count_only: true, ..keys.queue.clone() }),
-            Op::Range(RangeRequest::new(&keys.mine, &[keys.mine.as_slice(), &[0]].concat())),
-            Op::Put { key: keys.mine.clone(), value: Vec::new(), lease: request.lease },
-            Op::Range(keys.names.clone()),
-        ],
-        failure: vec![],
+    let roles = request.roles.len();
+    let asked = match request.choice {
+        Choice::Fill => Vec::new(),
+        Choice::Role(role) => request.roles.get(role).map_or_else(Vec::new, |r| r.name.clone().into_bytes()),
     };
-    let joined = client.txn(&join)?;
+    // Take a number: read the queue, join it, read the names, all at one revision. A retry on
+    // the same lease finds its place already taken and keeps it.
+    let mut success = vec![
+        Op::Range(keys.queue.clone()),
+        Op::Range(RangeRequest::new(&keys.mine, &[keys.mine.as_slice(), &[0]].concat())),
+        Op::Put { key: keys.mine.clone(), value: asked, lease: request.lease },
+    ];
+    success.extend(keys.read_names());
+    let joined = client.txn(&Txn { compare: vec![], success, failure: vec![] })?;
     let mut requests = 1;
-    let (mut ahead, queued_at, mut view) = match joined.responses.as_slice() {
-        [OpResponse::Range(queue), OpResponse::Range(mine), OpResponse::Put { revision }, OpResponse::Range(names)] => {
-            match mine.kvs.first() {
-                Some(place) => ((queue.count as usize).saturating_sub(1), place.create_revision, names.clone()),
-                None => (queue.count as usize, *revision, names.clone()),
-            }
+    let (mut ahead, queued_at, mut names) = match joined.responses.as_slice() {
+        [OpResponse::Range(queue), OpResponse::Range(mine), OpResponse::Put { revision }, names @ ..]
+            if names.len() == roles =>
+        {
+            let queued_at = mine.kvs.first().map_or(*revision, |place| place.create_revision);
+            (claims_ahead(request.roles, &queue.kvs, queued_at), queued_at, ranges(names))
         }
         other => return Err(unexpected(client, other)),
     };
     let mut window = WINDOW;
     loop {
-        let taken = taken_ids(request.pattern, &request.ids, &view);
+        let Some(names_now) = names.as_deref() else { return Err(unexpected(client, &joined.responses)) };
+        let spaces = spaces(request.roles, names_now);
+        let order: Vec<usize> = match request.choice {
+            Choice::Fill => (0..roles).collect(),
+            Choice::Role(role) => vec![role],
+        };
         // The same node restarted before its old lease ran out: its record is still there. Moving
         // that key to the new lease keeps the name instead of claiming a second one.
-        let own = taken.iter().find(|(_, value)| **value == request.value).map(|(id, _)| *id);
-        let ids = match own {
-            Some(id) => vec![id],
-            None => candidates(&taken, &request.ids, request.preferred, ahead, window),
+        let own = order.iter().find_map(|&role| {
+            let (&id, _) = spaces[role].taken.iter().find(|(_, value)| **value == request.value)?;
+            Some(Slot { role, id })
+        });
+        let slots = match own {
+            Some(slot) => vec![slot],
+            None => {
+                let place = place(&spaces, &ahead, request.choice);
+                let preferred = request.preferred.filter(|s| order.contains(&s.role) && spaces[s.role].is_free(s.id));
+                candidates(free_slots(&spaces, &order), preferred, place, window)
+            }
         };
-        if ids.is_empty() {
+        if slots.is_empty() {
             let _ = client.txn(&Txn { success: vec![Op::Delete { key: keys.mine.clone() }], ..Txn::default() });
-            return Err(ClaimError::Full { ids: request.ids.clone() });
+            return Err(ClaimError::Full(full(request.roles, request.choice)));
         }
         let txn = match own {
-            Some(id) => takeover(request, &keys, id, queued_at),
-            None => chain(request, &keys, &ids, queued_at),
+            Some(slot) => takeover(request, &keys, slot, queued_at),
+            None => chain(request, &keys, &slots, queued_at),
         };
         requests += 1;
         let answer = match client.txn(&txn) {
@@ -157,12 +187,12 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
         };
         match walk(&answer) {
             Walk::Won(level) => {
-                let Some(&id) = ids.get(level) else { return Err(unexpected(client, &answer.responses)) };
-                return Ok(Claimed { id, name: request.pattern.name(id), requests });
+                let Some(&slot) = slots.get(level) else { return Err(unexpected(client, &answer.responses)) };
+                return Ok(Claimed { slot, name: slot.name(request.roles), requests });
             }
-            Walk::Lost([OpResponse::Range(names), OpResponse::Range(queue)]) => {
-                view = names.clone();
-                ahead = queue.kvs.len();
+            Walk::Lost([read @ .., OpResponse::Range(queue)]) if read.len() == roles => {
+                names = ranges(read);
+                ahead = claims_ahead(request.roles, &queue.kvs, queued_at);
             }
             Walk::Lost(other) => return Err(unexpected(client, other)),
         }
@@ -174,44 +204,127 @@ fn unexpected(client: &etcd::Client, responses: &[OpResponse]) -> ClaimError {
     ClaimError::Etcd(etcd::Error::Malformed { endpoint: client.endpoint().to_string(), detail })
 }
 
-/// The IDs in range that have a key, with the key's value.
-fn taken_ids<'v>(pattern: &Pattern, ids: &RangeInclusive<u32>, view: &'v Range) -> BTreeMap<u32, &'v [u8]> {
-    view.kvs
+/// The ranges of a transaction's answers, if every one is a range.
+fn ranges(responses: &[OpResponse]) -> Option<Vec<Range>> {
+    responses
         .iter()
-        .filter_map(|kv| {
-            let id = pattern.id_of(std::str::from_utf8(&kv.key).ok()?)?;
-            ids.contains(&id).then_some((id, kv.value.as_slice()))
+        .map(|r| match r {
+            OpResponse::Range(range) => Some(range.clone()),
+            _ => None,
         })
         .collect()
 }
 
-/// Up to `window` free IDs in the order to try them: the preferred one if free, then from the
-/// `ahead`-th lowest free ID on, the ones before it being left to the claims ahead; then the free
-/// IDs just below, in case a claim ahead fails. Walks at most `ahead + window` IDs, never the range.
-fn candidates<V>(
-    taken: &BTreeMap<u32, V>,
-    ids: &RangeInclusive<u32>,
-    preferred: Option<u32>,
-    ahead: usize,
-    window: usize,
-) -> Vec<u32> {
-    let mut out = Vec::with_capacity(window);
-    if let Some(id) = preferred.filter(|id| ids.contains(id) && !taken.contains_key(id)) {
-        out.push(id);
+/// What the queue says of the claims created before `queued_at`, oldest first: the role each
+/// asked for. A claim for a role this Corefile does not have is no rival of ours.
+fn claims_ahead(roles: &[Role], queue: &[KeyValue], queued_at: i64) -> Vec<Choice> {
+    let mut ahead: Vec<&KeyValue> = queue.iter().filter(|kv| kv.create_revision < queued_at).collect();
+    ahead.sort_by_key(|kv| kv.create_revision);
+    ahead
+        .into_iter()
+        .filter_map(|kv| match kv.value.as_slice() {
+            b"" => Some(Choice::Fill),
+            name => roles.iter().position(|r| r.name.as_bytes() == name).map(Choice::Role),
+        })
+        .collect()
+}
+
+/// One role as a claim sees it: its IDs, and which of them are taken, with their values.
+struct Space<'v> {
+    ids: std::ops::RangeInclusive<u32>,
+    taken: BTreeMap<u32, &'v [u8]>,
+}
+
+impl Space<'_> {
+    fn is_free(&self, id: u32) -> bool {
+        self.ids.contains(&id) && !self.taken.contains_key(&id)
     }
+
+    fn free_count(&self) -> u64 {
+        u64::from(self.ids.end() - self.ids.start()) + 1 - self.taken.len() as u64
+    }
+
+    fn free(&self) -> impl Iterator<Item = u32> + '_ {
+        self.ids.clone().filter(|id| !self.taken.contains_key(id))
+    }
+}
+
+fn spaces<'v>(roles: &[Role], names: &'v [Range]) -> Vec<Space<'v>> {
+    roles
+        .iter()
+        .zip(names)
+        .map(|(role, view)| Space {
+            ids: role.ids.clone(),
+            taken: view
+                .kvs
+                .iter()
+                .filter_map(|kv| {
+                    let id = role.pattern.id_of(std::str::from_utf8(&kv.key).ok()?)?;
+                    role.ids.contains(&id).then_some((id, kv.value.as_slice()))
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The free slots this claim may take, in the order it takes them: its role's, or with `Fill`
+/// every role's, one role after another.
+fn free_slots<'a>(spaces: &'a [Space], order: &'a [usize]) -> impl Iterator<Item = Slot> + 'a {
+    order.iter().flat_map(move |&role| spaces[role].free().map(move |id| Slot { role, id }))
+}
+
+/// This claim's place among the free slots it may take (see `free_slots`), after the claims ahead
+/// of it took theirs: each takes the first slot nobody ahead of it took, in its role or, filling,
+/// in the first role that has one. Within a role they always take from the front, so a count per
+/// role says what is taken. Past the end means every slot is spoken for by a claim ahead.
+fn place(spaces: &[Space], ahead: &[Choice], mine: Choice) -> usize {
+    let mut taken = vec![0u64; spaces.len()];
+    let first_open = |taken: &[u64]| (0..spaces.len()).find(|&r| taken[r] < spaces[r].free_count());
+    for claim in ahead {
+        let role = match *claim {
+            Choice::Role(role) => Some(role),
+            Choice::Fill => first_open(&taken),
+        };
+        if let Some(count) = role.and_then(|r| taken.get_mut(r)) {
+            *count += 1;
+        }
+    }
+    let place = match mine {
+        Choice::Role(role) => taken.get(role).copied().unwrap_or(0),
+        Choice::Fill => match first_open(&taken) {
+            Some(role) => spaces[..role].iter().map(Space::free_count).sum::<u64>() + taken[role],
+            None => spaces.iter().map(Space::free_count).sum(),
+        },
+    };
+    usize::try_from(place).unwrap_or(usize::MAX)
+}
+
+/// Up to `window` free slots in the order to try them: the preferred one, then from the `place`-th
+/// free slot on, the ones before it being left to the claims ahead; then the free slots just
+/// below, in case a claim ahead fails. Walks at most `place + window` slots, never whole ranges.
+fn candidates<T: Copy + PartialEq>(
+    free: impl Iterator<Item = T>,
+    preferred: Option<T>,
+    place: usize,
+    window: usize,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(window);
+    out.extend(preferred);
     let room = window.saturating_sub(out.len());
-    let free = ids.clone().filter(|id| !taken.contains_key(id) && Some(*id) != preferred);
-    // Ours from the `ahead`-th free ID on; then, as fallbacks, the free IDs just below it.
+    // Ours from the `place`-th free slot on; then, as fallbacks, the free slots just below it.
     let mut mine = Vec::with_capacity(room);
     let mut below = std::collections::VecDeque::with_capacity(room);
-    for (i, id) in free.enumerate() {
-        if i < ahead {
+    for (i, slot) in free.filter(|s| Some(*s) != preferred).enumerate() {
+        if room == 0 {
+            break;
+        }
+        if i < place {
             if below.len() == room {
                 below.pop_front();
             }
-            below.push_back(id);
+            below.push_back(slot);
         } else {
-            mine.push(id);
+            mine.push(slot);
             if mine.len() == room {
                 break;
             }
@@ -223,28 +336,56 @@ fn candidates<V>(
     out
 }
 
-/// Put our key if absent, for each ID in turn; leave the queue with it. When every ID is taken,
-/// read the names and the claims still ahead of ours.
-fn chain(request: &Request, keys: &Keys, ids: &[u32], queued_at: i64) -> Txn {
-    let mut failure = vec![Op::Range(keys.names.clone()), keys.ahead(queued_at)];
-    for &id in ids.iter().rev() {
-        let name = request.pattern.name(id).into_bytes();
+/// Why a node cannot claim: every slot it may take is held.
+fn full(roles: &[Role], choice: Choice) -> String {
+    let span = |role: &Role| format!("from {} to {}", role.ids.start(), role.ids.end());
+    match (choice, roles) {
+        (_, [only]) => {
+            format!("every ID {} is taken: the cluster already has its limit of {} nodes", span(only), only.limit())
+        }
+        (Choice::Role(role), _) => match roles.get(role) {
+            Some(r) => format!(
+                "every ID of role {} ({}) is taken: the cluster already has its limit of {} {} nodes",
+                r.name,
+                span(r),
+                r.limit(),
+                r.name
+            ),
+            None => "no such role".to_string(),
+        },
+        (Choice::Fill, _) => {
+            let each: Vec<String> = roles.iter().map(|r| format!("{} {}", r.name, r.limit())).collect();
+            let total: u64 = roles.iter().map(Role::limit).sum();
+            format!(
+                "every ID of every role is taken: the cluster already has its limit of {total} nodes ({})",
+                each.join(", ")
+            )
+        }
+    }
+}
+
+/// Put our key if absent, for each slot in turn; leave the queue with it. When every slot is
+/// taken, read the names and the claims still ahead of ours.
+fn chain(request: &Request, keys: &Keys, slots: &[Slot], queued_at: i64) -> Txn {
+    let mut failure: Vec<Op> = keys.read_names().chain([keys.ahead(queued_at)]).collect();
+    for &slot in slots.iter().rev() {
+        let name = slot.name(request.roles).into_bytes();
         let txn = Txn { compare: vec![Compare::Absent(name.clone())], success: take(request, keys, name), failure };
         failure = vec![Op::Txn(Box::new(txn))];
     }
     match failure.pop() {
         Some(Op::Txn(txn)) => *txn,
-        _ => unreachable!("chain is called with at least one ID"),
+        _ => unreachable!("chain is called with at least one slot"),
     }
 }
 
 /// Move our old record's key to the new lease, if it still holds our record.
-fn takeover(request: &Request, keys: &Keys, id: u32, queued_at: i64) -> Txn {
-    let name = request.pattern.name(id).into_bytes();
+fn takeover(request: &Request, keys: &Keys, slot: Slot, queued_at: i64) -> Txn {
+    let name = slot.name(request.roles).into_bytes();
     Txn {
         compare: vec![Compare::ValueIs(name.clone(), request.value.to_vec())],
         success: take(request, keys, name),
-        failure: vec![Op::Range(keys.names.clone()), keys.ahead(queued_at)],
+        failure: keys.read_names().chain([keys.ahead(queued_at)]).collect(),
     }
 }
 
@@ -283,15 +424,52 @@ fn walk(answer: &etcd::TxnResponse) -> Walk<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::etcd::{KeyValue, TxnResponse};
+    use crate::etcd::TxnResponse;
+    use crate::pattern::Pattern;
 
-    fn taken(ids: &[u32]) -> BTreeMap<u32, ()> {
-        ids.iter().map(|&id| (id, ())).collect()
+    fn role(name: &str, ids: std::ops::RangeInclusive<u32>) -> Role {
+        Role { name: name.into(), pattern: Pattern::parse(&format!("{name}{{{{.ID}}}}.tf.local.")).unwrap(), ids }
+    }
+
+    fn space(taken: &[u32], ids: std::ops::RangeInclusive<u32>) -> Space<'static> {
+        Space { ids, taken: taken.iter().map(|&id| (id, &b"{}"[..])).collect() }
+    }
+
+    fn kv(key: &str, value: &str, create_revision: i64) -> KeyValue {
+        KeyValue { key: key.into(), value: value.into(), create_revision, mod_revision: create_revision, lease: 0 }
+    }
+
+    /// The chief, ps and worker roles of the README, IDs from 0.
+    fn job() -> Vec<Role> {
+        vec![role("chief", 0..=0), role("ps", 0..=1), role("worker", 0..=15)]
+    }
+
+    fn names(roles: &[Role], taken: &[&[u32]]) -> Vec<Range> {
+        roles
+            .iter()
+            .zip(taken)
+            .map(|(r, ids)| Range {
+                kvs: ids.iter().map(|&id| kv(&r.pattern.name(id), "{}", 1)).collect(),
+                ..Range::default()
+            })
+            .collect()
+    }
+
+    /// The slot a claim aims at first.
+    fn aim(roles: &[Role], taken: &[&[u32]], ahead: &[Choice], mine: Choice) -> Option<String> {
+        let names = names(roles, taken);
+        let spaces = spaces(roles, &names);
+        let order: Vec<usize> = match mine {
+            Choice::Fill => (0..roles.len()).collect(),
+            Choice::Role(r) => vec![r],
+        };
+        let place = place(&spaces, ahead, mine);
+        candidates(free_slots(&spaces, &order), None, place, WINDOW).first().map(|s| s.name(roles))
     }
 
     #[test]
     fn candidates_start_past_the_claims_ahead() {
-        type Case = (&'static [u32], RangeInclusive<u32>, Option<u32>, usize, usize, &'static [u32]);
+        type Case = (&'static [u32], std::ops::RangeInclusive<u32>, Option<u32>, usize, usize, &'static [u32]);
         let cases: [Case; 11] = [
             (&[], 1..=5, None, 0, 8, &[1, 2, 3, 4, 5]),
             (&[1, 3], 1..=5, None, 0, 8, &[2, 4, 5]),
@@ -303,72 +481,130 @@ mod tests {
             (&[1, 3], 1..=5, None, 7, 2, &[4, 5]),
             (&[1, 3], 1..=5, None, 2, 8, &[5, 2, 4]),
             (&[1, 3], 1..=5, Some(4), 0, 8, &[4, 2, 5]),
-            (&[1, 3], 1..=5, Some(3), 0, 2, &[2, 4]),
-            (&[0, 6], 0..=3, Some(9), 0, 8, &[1, 2, 3]),
+            (&[1, 3], 1..=5, Some(2), 0, 2, &[2, 4]),
+            (&[0, 6], 0..=3, None, 0, 8, &[1, 2, 3]),
         ];
         for (t, ids, preferred, ahead, window, want) in cases {
-            let got = candidates(&taken(t), &ids, preferred, ahead, window);
+            let space = space(t, ids.clone());
+            let got = candidates(space.free(), preferred, ahead, window);
             assert_eq!(got, want, "taken {t:?} in {ids:?}, preferred {preferred:?}, {ahead} ahead");
         }
     }
 
     #[test]
     fn nodes_starting_together_aim_at_different_ids() {
-        let free = taken(&[]);
-        let aims: Vec<u32> = (0..100).map(|ahead| candidates(&free, &(1..=100), None, ahead, 8)[0]).collect();
-        assert_eq!(aims, (1..=100).collect::<Vec<_>>());
+        let roles = [role("worker", 1..=100)];
+        let aims: Vec<String> =
+            (0..100).map(|n| aim(&roles, &[&[]], &vec![Choice::Fill; n], Choice::Fill).unwrap()).collect();
+        assert_eq!(aims, (1..=100).map(|id| format!("worker{id}.tf.local.")).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn filling_takes_the_roles_in_order() {
+        // Six nodes started together: chief0, ps0, ps1, worker0, worker1, worker2.
+        let aims: Vec<String> =
+            (0..6).map(|n| aim(&job(), &[&[], &[], &[]], &vec![Choice::Fill; n], Choice::Fill).unwrap()).collect();
+        assert_eq!(aims, ["chief0", "ps0", "ps1", "worker0", "worker1", "worker2"].map(|n| format!("{n}.tf.local.")),);
+        use Choice::{Fill, Role as R};
+        const CHIEF: usize = 0;
+        const PS: usize = 1;
+        const WORKER: usize = 2;
+        const ALL: [u32; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+        type Case = (&'static [&'static [u32]], &'static [Choice], Choice, Option<&'static str>);
+        let cases: [Case; 9] = [
+            // ps1 died: the next node takes it.
+            (&[&[0], &[0], &[0, 1, 2]], &[], Fill, Some("ps1")),
+            (&[&[0], &[0], &[0, 1, 2]], &[Fill], Fill, Some("worker3")),
+            // Claims pinned to a role take from it; filling ones from the first open role.
+            (&[&[], &[], &[]], &[R(WORKER), Fill], Fill, Some("ps0")),
+            (&[&[], &[], &[]], &[Fill, R(WORKER)], R(WORKER), Some("worker1")),
+            (&[&[], &[], &[]], &[R(PS), R(PS)], Fill, Some("chief0")),
+            (&[&[], &[], &[]], &[R(PS), R(PS), R(CHIEF)], Fill, Some("worker0")),
+            (&[&[0], &[0, 1], &[]], &[], R(PS), None),
+            // Every slot taken by a claim ahead: the highest free ones, in case one fails.
+            (&[&[0], &[0, 1], &[]], &[R(WORKER); 16], R(WORKER), Some("worker8")),
+            (&[&[0], &[0, 1], &ALL], &[], Fill, None),
+        ];
+        for (taken, ahead, mine, want) in cases {
+            let want = want.map(|n| format!("{n}.tf.local."));
+            assert_eq!(aim(&job(), taken, ahead, mine), want, "taken {taken:?}, ahead {ahead:?}, {mine:?}");
+        }
     }
 
     #[test]
     fn candidates_stay_cheap_for_huge_limits() {
-        let got = candidates(&taken(&[1, 2]), &(1..=u32::MAX), None, 1, 4);
-        assert_eq!(got, [4, 5, 6, 7]);
+        let space = space(&[1, 2], 1..=u32::MAX);
+        assert_eq!(candidates(space.free(), None, 1, 4), [4, 5, 6, 7]);
+        assert_eq!(space.free_count(), u64::from(u32::MAX) - 2);
     }
 
     #[test]
-    fn taken_ids_ignore_keys_off_the_pattern_and_out_of_range() {
-        let pattern = Pattern::parse("worker{{.ID}}.tf.local.").unwrap();
-        let kv = |key: &str| KeyValue {
-            key: key.as_bytes().to_vec(),
-            value: b"{}".to_vec(),
-            create_revision: 1,
-            mod_revision: 1,
-            lease: 0,
-        };
+    fn the_queue_says_who_is_ahead_and_for_which_role() {
+        let queue =
+            [kv("q/3", "worker", 30), kv("q/1", "", 10), kv("q/2", "gpu", 20), kv("q/4", "ps", 40), kv("q/5", "", 50)];
+        assert_eq!(claims_ahead(&job(), &queue, 45), [Choice::Fill, Choice::Role(2), Choice::Role(1)]);
+        assert_eq!(claims_ahead(&job(), &queue, 10), []);
+    }
+
+    #[test]
+    fn spaces_ignore_keys_off_the_pattern_and_out_of_range() {
+        let roles = [role("worker", 1..=5)];
         let view = Range {
             revision: 9,
             count: 4,
             kvs: vec![
-                kv("worker1.tf.local."),
-                kv("worker01.tf.local."),
-                kv("worker2x.tf.local."),
-                kv("worker7.tf.local."),
+                kv("worker1.tf.local.", "{}", 1),
+                kv("worker01.tf.local.", "{}", 1),
+                kv("worker2x.tf.local.", "{}", 1),
+                kv("worker7.tf.local.", "{}", 1),
             ],
         };
-        let got: Vec<u32> = taken_ids(&pattern, &(1..=5), &view).into_keys().collect();
-        assert_eq!(got, [1]);
+        let spaces = spaces(&roles, std::slice::from_ref(&view));
+        assert_eq!(spaces[0].taken.keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(spaces[0].free_count(), 4);
     }
 
     #[test]
-    fn chain_nests_one_level_per_id_and_leaves_the_queue() {
-        let pattern = Pattern::parse("w{{.ID}}.z.").unwrap();
-        let request = Request { pattern: &pattern, ids: 1..=5, value: b"{}", lease: 0x2a, preferred: None };
+    fn a_full_cluster_says_which_limit() {
+        let one = [role("worker", 1..=5)];
+        assert_eq!(
+            full(&one, Choice::Fill),
+            "every ID from 1 to 5 is taken: the cluster already has its limit of 5 nodes"
+        );
+        assert_eq!(
+            full(&job(), Choice::Role(1)),
+            "every ID of role ps (from 0 to 1) is taken: the cluster already has its limit of 2 ps nodes"
+        );
+        assert_eq!(
+            full(&job(), Choice::Fill),
+            "every ID of every role is taken: the cluster already has its limit of 19 nodes (chief 1, ps 2, worker 16)"
+        );
+    }
+
+    #[test]
+    fn chain_nests_one_level_per_slot_and_leaves_the_queue() {
+        let roles =
+            [Role { name: "w".into(), pattern: Pattern::parse("w{{.ID}}.z.").unwrap(), ids: 1..=5 }, role("ps", 0..=1)];
+        let request = Request { roles: &roles, choice: Choice::Fill, value: b"{}", lease: 0x2a, preferred: None };
         let keys = Keys::new(&request);
         assert_eq!(keys.mine, b"w_claims/w{{.ID}}.z./000000000000002a");
         assert_eq!(
             (keys.queue.start.as_slice(), keys.queue.end.as_slice()),
             (&b"w_claims/w{{.ID}}.z./"[..], &b"w_claims/w{{.ID}}.z.0"[..])
         );
-        let (start, end) = pattern.key_range();
+        let (start, end) = roles[0].pattern.key_range();
         assert!(!(start.as_bytes()..end.as_bytes()).contains(&keys.mine.as_slice()), "outside the name range");
-        let txn = chain(&request, &keys, &[2, 5], 17);
+        let txn = chain(&request, &keys, &[Slot { role: 0, id: 2 }, Slot { role: 1, id: 0 }], 17);
         let Compare::Absent(key) = &txn.compare[0] else { panic!() };
         assert_eq!(key, b"w2.z.");
         assert!(matches!(&txn.success[..], [Op::Put { lease: 0x2a, .. }, Op::Delete { key }] if *key == keys.mine));
         let Op::Txn(inner) = &txn.failure[0] else { panic!() };
         let Compare::Absent(key) = &inner.compare[0] else { panic!() };
-        assert_eq!(key, b"w5.z.");
-        assert!(matches!(&inner.failure[..], [Op::Range(_), Op::Range(RangeRequest { max_create_revision: 16, .. })]));
+        assert_eq!(key, b"ps0.tf.local.");
+        assert!(matches!(
+            &inner.failure[..],
+            [Op::Range(_), Op::Range(_), Op::Range(RangeRequest { max_create_revision: 16, .. })]
+        ));
     }
 
     #[test]

@@ -5,21 +5,28 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub const USAGE: &str = "\
-usage: idetcd [-conf PATH]
+usage: idetcd [-conf PATH] [--role NAME]
        idetcd members [-conf PATH] [--json]
-       idetcd tf-config --job NAME [--port PORT] [--wait N] [-conf PATH]
+       idetcd tf-config [--job NAME] [--port PORT] [--wait N|all] [--timeout S] [-conf PATH]
+       idetcd torch-env [--port PORT] [--wait N|all] [--timeout S] [-conf PATH]
+       idetcd hostfile [--slots N] [--format openmpi|mpich|horovod] [--wait N|all] [--timeout S] [-conf PATH]
+       idetcd exec [--wait N|all] [--timeout S] [--port P] [--master-port P] [-conf PATH] -- CMD [ARG...]
 
 Claims a unique name for this node in etcd and answers DNS for every member of the cluster.
 The subcommands read the same Corefile; `idetcd COMMAND --help` tells more.
 
 options:
   -conf, --conf PATH   the Corefile to read (default: ./Corefile)
+  -role, --role NAME   claim in this role of the Corefile (default: $IDETCD_ROLE, else the
+                       first role, in Corefile order, with a free ID)
   -h, --help           print this help
   -version, --version  print the version
 
 environment:
+  IDETCD_ROLE          the role to claim in, when --role is not given
   RUST_LOG             log level: error, warn, info (default), debug or trace
 
 exit status: 0 after a clean stop (SIGTERM or SIGINT release the name first),
@@ -28,8 +35,9 @@ exit status: 0 after a clean stop (SIGTERM or SIGINT release the name first),
 pub const MEMBERS_USAGE: &str = "\
 usage: idetcd members [-conf PATH] [--json]
 
-Lists the cluster's members as etcd has them now: ID, name, addresses, port and how many
-seconds their lease has left (- for a record without a lease).
+Lists the cluster's members as etcd has them now, role by role in Corefile order and by ID
+within a role: role, ID, name, addresses, port and how many seconds their lease has left
+(- for a record without a lease).
 
 options:
   -conf, --conf PATH   the Corefile to read (default: ./Corefile)
@@ -37,47 +45,152 @@ options:
 
 exit status: 0 on success, 1 when the Corefile or etcd fails, 2 on a usage error.";
 
-pub const TF_CONFIG_USAGE: &str = "\
-usage: idetcd tf-config --job NAME [--port PORT] [--wait N] [-conf PATH]
-
-Prints the TF_CONFIG JSON for this node: cluster.NAME lists the members in ID order as
-name:PORT, and task.index is this node's place among them. This node is the member whose
-record carries this host's address, as the Corefile's `address` (or its detection) gives it.
-With --wait N the cluster is exactly the first N IDs, so that every node prints the same one
-(TensorFlow needs that); without it, whoever is a member right now.
-
-  export TF_CONFIG=$(idetcd tf-config --job worker --wait 4)
-
-options:
-  --job NAME           the job name, such as worker
-  --port PORT          the port the training processes listen on (default: 2222)
-  --wait N             wait until the first N IDs are all taken, this node holding one
-                       of them (a progress line on a terminal; etcd trouble is waited out)
+/// What every launcher says about waiting; appended to their usage texts.
+macro_rules! waiting {
+    () => {
+        "
+  --wait N             first wait until the first N IDs of this node's role are held
+  --wait all           first wait until every role holds every ID of its limit
+  --timeout S          give up waiting after S seconds (90s, 2m also work): exit 1
   -conf, --conf PATH   the Corefile to read (default: ./Corefile)
 
-exit status: 0 on success, 1 when the Corefile or etcd fails or this host is no member,
-2 on a usage error.";
+This node is the member whose record carries this host's address, as the Corefile's `address`
+(or its detection) gives it. Members are ordered by ID; every node prints the same for the same
+members, which --wait makes sure of. While waiting, a progress line goes to stderr at most every
+5 seconds; etcd trouble is waited out.
+
+exit status: 0 on success, 1 when the Corefile or etcd fails, this host is no member or the wait
+timed out, 2 on a usage error."
+    };
+}
+
+pub const TF_CONFIG_USAGE: &str = concat!(
+    "\
+usage: idetcd tf-config [--job NAME] [--port PORT] [--wait N|all] [--timeout S] [-conf PATH]
+
+Prints TensorFlow's TF_CONFIG for this node: `cluster` lists every role (an `evaluator` role
+excepted, as TensorFlow wants) as name:PORT in ID order, and `task` is this node's role and its
+0-based place in it.
+
+  export TF_CONFIG=$(idetcd tf-config --wait all)
+
+options:
+  --job NAME           call the role this instead (only for a Corefile with one role)
+  --port PORT          the port the training processes listen on (default: 2222)",
+    waiting!()
+);
+
+pub const TORCH_ENV_USAGE: &str = concat!(
+    "\
+usage: idetcd torch-env [--port PORT] [--wait N|all] [--timeout S] [-conf PATH]
+
+Prints the settings of torchrun's static rendezvous and of torch.distributed with one process
+per node, as KEY=VALUE lines, for this node's role: MASTER_ADDR (the role's lowest-ID member),
+MASTER_PORT, NNODES, NODE_RANK (this node's 0-based place by ID), WORLD_SIZE (= NNODES) and
+RANK (= NODE_RANK).
+
+  export $(idetcd torch-env --wait 4)
+  torchrun --nnodes=$NNODES --node-rank=$NODE_RANK --master-addr=$MASTER_ADDR \\
+           --master-port=$MASTER_PORT train.py
+
+options:
+  --port PORT          MASTER_PORT (default: 29500)",
+    waiting!()
+);
+
+pub const HOSTFILE_USAGE: &str = concat!(
+    "\
+usage: idetcd hostfile [--slots N] [--format openmpi|mpich|horovod] [--wait N|all] [--timeout S]
+                       [-conf PATH]
+
+Prints an MPI hostfile: one member per line, role by role in Corefile order and by ID within a
+role: `name slots=N` for Open MPI, `name:N` for MPICH and Horovod. Without --wait, it lists
+whoever is a member now, so that with --format horovod it serves as Horovod elastic's
+--host-discovery-script; it never prints an empty line.
+
+  idetcd hostfile --wait 8 > hosts && mpirun --hostfile hosts ./app
+
+options:
+  --slots N            processes per host (default: 1)
+  --format F           openmpi (default), mpich or horovod",
+    waiting!()
+);
+
+pub const EXEC_USAGE: &str = concat!(
+    "\
+usage: idetcd exec [--wait N|all] [--timeout S] [--port P] [--master-port P] [-conf PATH]
+                   -- CMD [ARG...]
+
+Runs CMD once the job is there, with what it needs to know in its environment: TF_CONFIG;
+MASTER_ADDR, MASTER_PORT, NNODES, NODE_RANK, WORLD_SIZE and RANK; IDETCD_NAME, IDETCD_ID,
+IDETCD_ROLE, and IDETCD_MEMBERS (every member's name, comma-separated, in order). SIGTERM,
+SIGINT and SIGHUP are passed on to CMD. While CMD runs, exec follows etcd: when this host no
+longer holds its name (its key is gone or holds another node's record, or etcd cannot confirm
+it before its lease would end), CMD gets SIGTERM, SIGKILL 10 s later, and exec exits 75, so
+that no command ever runs on under a name another node may hold.
+
+  idetcd exec --wait all -- python train.py
+
+options:
+  --port P             the TensorFlow port in TF_CONFIG (default: 2222)
+  --master-port P      MASTER_PORT (default: 29500)",
+    waiting!(),
+    "
+exec exits with CMD's status instead, 128 + the signal's number when a signal ended CMD, 75
+when this host lost its name, 126 or 127 when CMD cannot be run."
+);
 
 pub const DEFAULT_TF_PORT: u16 = 2222;
+pub const DEFAULT_TORCH_PORT: u16 = 29500;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Run {
         conf: PathBuf,
+        /// `--role NAME`: the role to claim in.
+        role: Option<String>,
     },
     Members {
         conf: PathBuf,
         json: bool,
     },
-    TfConfig {
+    /// `tf-config`, `torch-env`, `hostfile` and `exec`: they wait for the job, then say it.
+    Launch {
         conf: PathBuf,
-        job: String,
-        port: u16,
-        wait: Option<usize>,
+        wait: Wait,
+        /// Give up waiting after this long.
+        timeout: Option<Duration>,
+        launcher: Launcher,
     },
     /// Print this usage text.
     Help(&'static str),
     Version,
+}
+
+/// Which members make the job, and what to wait for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Whoever is a member now; no waiting.
+    Now,
+    /// The first N IDs of this node's role, all held.
+    First(u32),
+    /// Every ID of every role, all held.
+    All,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Launcher {
+    TfConfig { job: Option<String>, port: u16 },
+    TorchEnv { port: u16 },
+    Hostfile { slots: u32, format: HostFormat },
+    Exec { port: u16, master_port: u16, command: Vec<OsString> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostFormat {
+    OpenMpi,
+    Mpich,
+    Horovod,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -93,25 +206,59 @@ impl fmt::Display for UsageError {
     }
 }
 
+/// Every flag a command may be given, as parsed; `parse` then says which command gets which.
+#[derive(Default)]
+struct Flags {
+    conf: Option<PathBuf>,
+    role: Option<String>,
+    json: bool,
+    job: Option<String>,
+    port: Option<u16>,
+    master_port: Option<u16>,
+    wait: Option<Wait>,
+    timeout: Option<Duration>,
+    slots: Option<u32>,
+    format: Option<HostFormat>,
+    command: Vec<OsString>,
+}
+
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
-    let mut args = args.into_iter().map(|a| a.into_string()).peekable();
-    let command = match args.peek() {
-        Some(Ok(word)) if word == "members" => "members",
-        Some(Ok(word)) if word == "tf-config" => "tf-config",
-        _ => "",
+    let mut args = args.into_iter().peekable();
+    let command = match args.peek().and_then(|a| a.to_str()) {
+        Some(word @ ("members" | "tf-config" | "torch-env" | "hostfile" | "exec")) => word.to_string(),
+        _ => String::new(),
     };
     if !command.is_empty() {
         args.next();
     }
-    let usage = match command {
+    let usage = match command.as_str() {
         "members" => MEMBERS_USAGE,
         "tf-config" => TF_CONFIG_USAGE,
+        "torch-env" => TORCH_ENV_USAGE,
+        "hostfile" => HOSTFILE_USAGE,
+        "exec" => EXEC_USAGE,
         _ => USAGE,
     };
     let fail = |message: String| UsageError { message, usage };
-    let (mut conf, mut json, mut job, mut port, mut wait) = (None, false, None, None, None);
-    while let Some(arg) = args.next() {
-        let arg = arg.map_err(|a| fail(format!("argument {a:?} is not valid UTF-8")))?;
+    let launcher = matches!(command.as_str(), "tf-config" | "torch-env" | "hostfile" | "exec");
+    let mut f = Flags::default();
+    while let Some(raw) = args.next() {
+        let Some(arg) = raw.to_str().map(str::to_string) else {
+            if command == "exec" {
+                // The command itself may be any bytes.
+                f.command.push(raw);
+                f.command.extend(args.by_ref());
+                break;
+            }
+            return Err(fail(format!("argument {raw:?} is not valid UTF-8")));
+        };
+        if command == "exec" && (arg == "--" || !arg.starts_with('-')) {
+            if arg != "--" {
+                f.command.push(raw);
+            }
+            f.command.extend(args.by_ref());
+            break;
+        }
         let (flag, inline) = match arg.split_once('=') {
             Some((flag, value)) if flag.starts_with('-') => (flag.to_string(), Some(value.to_string())),
             _ => (arg.clone(), None),
@@ -119,50 +266,88 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
         let mut value = |what: &str| -> Result<String, UsageError> {
             let value = match inline.clone() {
                 Some(v) => v,
-                None => args.next().and_then(Result::ok).unwrap_or_default(),
+                None => args.next().and_then(|a| a.into_string().ok()).unwrap_or_default(),
             };
             match value.is_empty() {
                 true => Err(fail(format!("{flag} needs {what}"))),
                 false => Ok(value),
             }
         };
-        match (command, flag.as_str()) {
+        let port = |text: String| positive(&text).ok_or_else(|| fail(format!("{flag}: {text:?} is not a port")));
+        match (command.as_str(), flag.as_str()) {
             (_, "-h" | "-help" | "--help") => return Ok(Command::Help(usage)),
             ("", "-version" | "--version") => return Ok(Command::Version),
-            (_, "-conf" | "--conf") => set(&mut conf, PathBuf::from(value("a path")?), &flag, usage)?,
-            ("members", "--json") if inline.is_none() => json = true,
-            ("tf-config", "--job") => set(&mut job, value("a job name")?, &flag, usage)?,
-            ("tf-config", "--port") => {
-                let text = value("a port")?;
-                let p = positive(&text).ok_or_else(|| fail(format!("--port: {text:?} is not a port")))?;
-                set(&mut port, p, &flag, usage)?;
-            }
-            ("tf-config", "--wait") => {
+            (_, "-conf" | "--conf") => set(&mut f.conf, PathBuf::from(value("a path")?), &flag, usage)?,
+            ("", "-role" | "--role") => set(&mut f.role, value("a role name")?, &flag, usage)?,
+            ("members", "--json") if inline.is_none() => f.json = true,
+            ("tf-config", "--job") => set(&mut f.job, value("a job name")?, &flag, usage)?,
+            ("tf-config" | "torch-env" | "exec", "--port") => set(&mut f.port, port(value("a port")?)?, &flag, usage)?,
+            ("exec", "--master-port") => set(&mut f.master_port, port(value("a port")?)?, &flag, usage)?,
+            ("hostfile", "--slots") => {
                 let text = value("a number")?;
-                let n = positive(&text).ok_or_else(|| fail(format!("--wait: {text:?} is not a number of members")))?;
-                set(&mut wait, n, &flag, usage)?;
+                let n = positive(&text).ok_or_else(|| fail(format!("--slots: {text:?} is not a number of slots")))?;
+                set(&mut f.slots, n, &flag, usage)?;
+            }
+            ("hostfile", "--format") => {
+                let format = match value("a format")?.as_str() {
+                    "openmpi" => HostFormat::OpenMpi,
+                    "mpich" => HostFormat::Mpich,
+                    "horovod" => HostFormat::Horovod,
+                    other => return Err(fail(format!("--format: {other:?} is not openmpi, mpich or horovod"))),
+                };
+                set(&mut f.format, format, &flag, usage)?;
+            }
+            (_, "--wait") if launcher => {
+                let text = value("a number of members or all")?;
+                let wait = match text.as_str() {
+                    "all" => Wait::All,
+                    n => Wait::First(
+                        positive(n)
+                            .ok_or_else(|| fail(format!("--wait: {text:?} is neither a number of members nor all")))?,
+                    ),
+                };
+                set(&mut f.wait, wait, &flag, usage)?;
+            }
+            (_, "--timeout") if launcher => {
+                let text = value("a number of seconds")?;
+                let timeout = crate::config::parse_duration(&text)
+                    .ok()
+                    .filter(|t| !t.is_zero())
+                    .ok_or_else(|| fail(format!("--timeout: {text:?} is not a number of seconds")))?;
+                set(&mut f.timeout, timeout, &flag, usage)?;
             }
             (_, f) if f.starts_with('-') => return Err(fail(format!("unknown option {flag}"))),
             _ => return Err(fail(format!("unexpected argument {arg:?}"))),
         }
     }
-    let conf = conf.unwrap_or_else(|| PathBuf::from("Corefile"));
-    Ok(match command {
-        "members" => Command::Members { conf, json },
+    let conf = f.conf.unwrap_or_else(|| PathBuf::from("Corefile"));
+    let launcher = match command.as_str() {
+        "" => return Ok(Command::Run { conf, role: f.role }),
+        "members" => return Ok(Command::Members { conf, json: f.json }),
         "tf-config" => {
-            let job = job.ok_or_else(|| fail("tf-config needs --job NAME, such as --job worker".into()))?;
-            // TensorFlow's own rule for job names (a letter, then letters, digits and _).
-            let valid = job.starts_with(|c: char| c.is_ascii_alphabetic())
-                && job.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
+            if let Some(job) = f.job.as_deref().filter(|job| !crate::config::is_role_name(job)) {
                 return Err(fail(format!(
                     "--job: {job:?} is not a TensorFlow job name (a letter, then letters, digits or _)"
                 )));
             }
-            Command::TfConfig { conf, job, port: port.unwrap_or(DEFAULT_TF_PORT), wait }
+            Launcher::TfConfig { job: f.job, port: f.port.unwrap_or(DEFAULT_TF_PORT) }
         }
-        _ => Command::Run { conf },
-    })
+        "torch-env" => Launcher::TorchEnv { port: f.port.unwrap_or(DEFAULT_TORCH_PORT) },
+        "hostfile" => {
+            Launcher::Hostfile { slots: f.slots.unwrap_or(1), format: f.format.unwrap_or(HostFormat::OpenMpi) }
+        }
+        _ => {
+            if f.command.is_empty() {
+                return Err(fail("exec needs a command to run, after --".into()));
+            }
+            Launcher::Exec {
+                port: f.port.unwrap_or(DEFAULT_TF_PORT),
+                master_port: f.master_port.unwrap_or(DEFAULT_TORCH_PORT),
+                command: f.command,
+            }
+        }
+    };
+    Ok(Command::Launch { conf, wait: f.wait.unwrap_or(Wait::Now), timeout: f.timeout, launcher })
 }
 
 fn positive<T: std::str::FromStr + Default + PartialOrd>(text: &str) -> Option<T> {
@@ -186,12 +371,15 @@ mod tests {
 
     #[test]
     fn commands() {
-        let run = |p: &str| Ok(Command::Run { conf: PathBuf::from(p) });
+        let run = |p: &str| Ok(Command::Run { conf: PathBuf::from(p), role: None });
         assert_eq!(parse_strs(&[]), run("Corefile"));
         assert_eq!(parse_strs(&["-conf", "/etc/idetcd/Corefile"]), run("/etc/idetcd/Corefile"));
         assert_eq!(parse_strs(&["--conf", "c"]), run("c"));
         assert_eq!(parse_strs(&["--conf=c"]), run("c"));
         assert_eq!(parse_strs(&["-conf=c=d"]), run("c=d"));
+        for args in [&["--role", "ps"][..], &["-role", "ps"], &["--role=ps"]] {
+            assert_eq!(parse_strs(args), Ok(Command::Run { conf: "Corefile".into(), role: Some("ps".into()) }));
+        }
         assert_eq!(parse_strs(&["--help"]), Ok(Command::Help(USAGE)));
         assert_eq!(parse_strs(&["-h"]), Ok(Command::Help(USAGE)));
         assert_eq!(parse_strs(&["--version"]), Ok(Command::Version));
@@ -202,15 +390,58 @@ mod tests {
             Ok(Command::Members { conf: "c".into(), json: true })
         );
         assert_eq!(parse_strs(&["members", "--help"]), Ok(Command::Help(MEMBERS_USAGE)));
-        assert_eq!(
-            parse_strs(&["tf-config", "--job", "worker"]),
-            Ok(Command::TfConfig { conf: "Corefile".into(), job: "worker".into(), port: 2222, wait: None })
-        );
-        assert_eq!(
-            parse_strs(&["tf-config", "--job=ps", "--port", "5000", "--wait=3", "--conf", "c"]),
-            Ok(Command::TfConfig { conf: "c".into(), job: "ps".into(), port: 5000, wait: Some(3) })
-        );
         assert_eq!(parse_strs(&["tf-config", "-h"]), Ok(Command::Help(TF_CONFIG_USAGE)));
+        assert_eq!(parse_strs(&["exec", "--help"]), Ok(Command::Help(EXEC_USAGE)));
+    }
+
+    #[test]
+    fn launchers() {
+        let launch = |wait, timeout, launcher| Ok(Command::Launch { conf: "Corefile".into(), wait, timeout, launcher });
+        let secs = |s| Some(Duration::from_secs(s));
+        let cases = [
+            (&["tf-config"][..], launch(Wait::Now, None, Launcher::TfConfig { job: None, port: 2222 })),
+            (
+                &["tf-config", "--job=ps", "--port", "5000", "--wait=3", "--timeout", "90"],
+                launch(Wait::First(3), secs(90), Launcher::TfConfig { job: Some("ps".into()), port: 5000 }),
+            ),
+            (&["torch-env", "--wait", "all"], launch(Wait::All, None, Launcher::TorchEnv { port: 29500 })),
+            (
+                &["torch-env", "--port", "1234", "--timeout=2m"],
+                launch(Wait::Now, secs(120), Launcher::TorchEnv { port: 1234 }),
+            ),
+            (&["hostfile"], launch(Wait::Now, None, Launcher::Hostfile { slots: 1, format: HostFormat::OpenMpi })),
+            (
+                &["hostfile", "--slots", "8", "--format", "horovod"],
+                launch(Wait::Now, None, Launcher::Hostfile { slots: 8, format: HostFormat::Horovod }),
+            ),
+            (
+                &["exec", "--wait", "4", "--", "sh", "-c", "exit 3"],
+                launch(
+                    Wait::First(4),
+                    None,
+                    Launcher::Exec {
+                        port: 2222,
+                        master_port: 29500,
+                        command: ["sh", "-c", "exit 3"].map(OsString::from).into(),
+                    },
+                ),
+            ),
+            (
+                &["exec", "--master-port", "1", "python", "-u", "--wait", "x"],
+                launch(
+                    Wait::Now,
+                    None,
+                    Launcher::Exec {
+                        port: 2222,
+                        master_port: 1,
+                        command: ["python", "-u", "--wait", "x"].map(OsString::from).into(),
+                    },
+                ),
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(parse_strs(args), want, "{args:?}");
+        }
     }
 
     #[test]
@@ -220,11 +451,13 @@ mod tests {
             (&["-conf"], "-conf needs a path", USAGE),
             (&["--conf="], "--conf needs a path", USAGE),
             (&["-conf", "a", "-conf", "b"], "-conf is given twice", USAGE),
+            (&["--role"], "--role needs a role name", USAGE),
             (&["Corefile"], "unexpected argument \"Corefile\"", USAGE),
             (&["--json"], "unknown option --json", USAGE),
+            (&["--wait", "3"], "unknown option --wait", USAGE),
             (&["members", "--job", "x"], "unknown option --job", MEMBERS_USAGE),
             (&["members", "--version"], "unknown option --version", MEMBERS_USAGE),
-            (&["tf-config"], "tf-config needs --job NAME, such as --job worker", TF_CONFIG_USAGE),
+            (&["members", "--role", "ps"], "unknown option --role", MEMBERS_USAGE),
             (
                 &["tf-config", "--job", "my-worker"],
                 "--job: \"my-worker\" is not a TensorFlow job name (a letter, then letters, digits or _)",
@@ -235,13 +468,25 @@ mod tests {
                 "--job: \"1st\" is not a TensorFlow job name (a letter, then letters, digits or _)",
                 TF_CONFIG_USAGE,
             ),
-            (&["tf-config", "--job", "w", "--port", "0"], "--port: \"0\" is not a port", TF_CONFIG_USAGE),
+            (&["tf-config", "--port", "0"], "--port: \"0\" is not a port", TF_CONFIG_USAGE),
             (
-                &["tf-config", "--job", "w", "--wait", "none"],
-                "--wait: \"none\" is not a number of members",
+                &["tf-config", "--wait", "none"],
+                "--wait: \"none\" is neither a number of members nor all",
                 TF_CONFIG_USAGE,
             ),
+            (&["tf-config", "--wait", "0"], "--wait: \"0\" is neither a number of members nor all", TF_CONFIG_USAGE),
+            (&["tf-config", "--timeout", "soon"], "--timeout: \"soon\" is not a number of seconds", TF_CONFIG_USAGE),
             (&["tf-config", "--job"], "--job needs a job name", TF_CONFIG_USAGE),
+            (&["torch-env", "--job", "w"], "unknown option --job", TORCH_ENV_USAGE),
+            (
+                &["hostfile", "--format", "slurm"],
+                "--format: \"slurm\" is not openmpi, mpich or horovod",
+                HOSTFILE_USAGE,
+            ),
+            (&["hostfile", "--slots", "0"], "--slots: \"0\" is not a number of slots", HOSTFILE_USAGE),
+            (&["hostfile", "--port", "1"], "unknown option --port", HOSTFILE_USAGE),
+            (&["exec"], "exec needs a command to run, after --", EXEC_USAGE),
+            (&["exec", "--wait", "2", "--"], "exec needs a command to run, after --", EXEC_USAGE),
         ] {
             assert_eq!(parse_strs(args), Err(UsageError { message: want.into(), usage }), "{args:?}");
         }

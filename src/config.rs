@@ -35,8 +35,9 @@ pub struct Config {
     /// TLS to etcd; `https://` endpoints without it verify etcd against the public CAs.
     pub tls: Option<TlsFiles>,
     pub credentials: Option<Credentials>,
-    pub ids: RangeInclusive<u32>,
-    pub pattern: Pattern,
+    /// The kinds of node, in Corefile order; never empty. Their patterns share one zone, and no
+    /// name (or etcd key) of one role can be a name of another.
+    pub roles: Vec<Role>,
     /// Addresses to publish; `None` for both means detect them.
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
@@ -48,6 +49,51 @@ pub struct Config {
     pub watch: bool,
     /// UDP answering threads per listen address, sharing it with `SO_REUSEPORT`.
     pub threads: u32,
+}
+
+/// One kind of node of a job, `role ps ps{{.ID}}.tf.local. 2`: a Corefile with only `pattern`
+/// and `limit` has one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Role {
+    /// A letter, then letters, digits and `_`: TensorFlow's rule for job names.
+    pub name: String,
+    pub pattern: Pattern,
+    /// The IDs its members may hold: `start` to `start + limit - 1`.
+    pub ids: RangeInclusive<u32>,
+}
+
+impl Role {
+    /// How many members the role holds at most.
+    pub fn limit(&self) -> u64 {
+        u64::from(self.ids.end() - self.ids.start()) + 1
+    }
+}
+
+impl Config {
+    /// The zone every role's names live in, with its trailing dot.
+    pub fn zone(&self) -> &str {
+        self.roles.first().map_or(".", |r| r.pattern.zone())
+    }
+
+    /// The role of that name, or an error that lists the roles there are.
+    pub fn role_named(&self, name: &str) -> Result<usize, String> {
+        self.roles.iter().position(|r| r.name == name).ok_or_else(|| {
+            format!("unknown role {name:?}; the roles in {} are {}", self.source.display(), self.role_names())
+        })
+    }
+
+    /// `chief, ps, worker`.
+    pub fn role_names(&self) -> String {
+        self.roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Whether `name` can name a role: a letter, then letters, digits and `_` (TensorFlow's job names,
+/// so that every role can stand in `TF_CONFIG` as it is).
+pub fn is_role_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// `forward FROM TO…`: names under `from` that are not ours are asked of `upstreams`, in turn.

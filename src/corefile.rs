@@ -43,7 +43,9 @@ impl std::error::Error for Error {}
 
 const SERVER_DIRECTIVES: &str = "bind, forward, health, prometheus, idetcd";
 const IDETCD_DIRECTIVES: &str =
-    "endpoint, tls, credentials, limit, start, pattern, address, ttl, lease, poll, watch, threads";
+    "endpoint, tls, credentials, limit, start, pattern, role, address, ttl, lease, poll, watch, threads";
+/// Each role adds a range to the claim and read transactions, and etcd caps their operations.
+const MAX_ROLES: usize = 32;
 
 pub fn load(path: &Path) -> Result<Config, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| Error {
@@ -321,15 +323,7 @@ fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
     for d in idetcd.block.as_deref().unwrap_or_default() {
         settings.apply(d)?;
     }
-    let Some(pattern) = settings.pattern else {
-        return Err((idetcd.name.line, "idetcd needs a pattern, such as `pattern worker{{.ID}}.tf.local.`".into()));
-    };
-    let limit = settings.limit.unwrap_or(config::DEFAULT_LIMIT);
-    let first = settings.start.map_or(1, |(_, n)| n);
-    let Some(last) = first.checked_add(limit - 1) else {
-        let line = settings.start.map_or(idetcd.name.line, |(line, _)| line);
-        return Err((line, format!("start {first} with limit {limit} runs past the largest ID, {}", u32::MAX)));
-    };
+    let roles = roles(&settings, idetcd.name.line)?;
     // Endpoints are settled last: `tls` makes a bare host:port mean https.
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
     let endpoints = match &settings.endpoints {
@@ -359,8 +353,7 @@ fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
         endpoints,
         tls,
         credentials: settings.credentials,
-        ids: first..=last,
-        pattern,
+        roles,
         ipv4: settings.ipv4,
         ipv6: settings.ipv6,
         ttl: settings.ttl.unwrap_or(config::DEFAULT_TTL),
@@ -402,10 +395,13 @@ struct Settings {
     /// With the line it was given on.
     tls: Option<(usize, config::TlsFiles)>,
     credentials: Option<config::Credentials>,
-    limit: Option<u32>,
+    /// With the line it was given on.
+    limit: Option<(usize, u32)>,
     /// With the line it was given on.
     start: Option<(usize, u32)>,
-    pattern: Option<Pattern>,
+    /// With the line it was given on.
+    pattern: Option<(usize, Pattern)>,
+    roles: Vec<RoleLine>,
     ipv4: Option<std::net::Ipv4Addr>,
     ipv6: Option<std::net::Ipv6Addr>,
     address_given: bool,
@@ -450,8 +446,8 @@ impl Settings {
                 replace(&mut self.credentials, credentials).map_err(|_| twice())
             }
             "limit" => {
-                let n = number(d, 1, 1_000_000)?;
-                replace(&mut self.limit, n).map_err(|_| twice())
+                let n = number(d, 1, MAX_LIMIT)?;
+                replace(&mut self.limit, (line, n)).map_err(|_| twice())
             }
             "start" => {
                 let n = number(d, 0, u32::MAX)?;
@@ -461,10 +457,54 @@ impl Settings {
                 if d.args.is_empty() {
                     return Err((line, "pattern needs a name pattern, such as worker{{.ID}}.tf.local.".into()));
                 }
-                // `worker{{ .ID }}.tf.local.` arrives as three words; they are one pattern.
-                let text = d.args.iter().map(|a| a.text.as_str()).collect::<Vec<_>>().join(" ");
-                let pattern = Pattern::parse(&text).map_err(|e| (line, format!("pattern {text:?}: {e}")))?;
-                replace(&mut self.pattern, pattern).map_err(|_| twice())
+                let pattern = pattern_words(&d.args, line)?;
+                replace(&mut self.pattern, (line, pattern)).map_err(|_| twice())
+            }
+            "role" => {
+                let usage = || {
+                    (
+                        line,
+                        "role takes a name, a pattern and a limit: role worker worker{{.ID}}.tf.local. 16".to_string(),
+                    )
+                };
+                let [name, rest @ ..] = d.args.as_slice() else { return Err(usage()) };
+                // The limit is optional; a pattern never ends in a word of digits alone.
+                let (words, limit) = match rest.split_last() {
+                    Some((last, words)) if !words.is_empty() && last.text.bytes().all(|b| b.is_ascii_digit()) => {
+                        (words, Some(last))
+                    }
+                    _ => (rest, None),
+                };
+                if words.is_empty() {
+                    return Err(usage());
+                }
+                if !config::is_role_name(&name.text) {
+                    return Err((
+                        name.line,
+                        format!("role: {:?} is not a role name (a letter, then letters, digits or _)", name.text),
+                    ));
+                }
+                if self.roles.iter().any(|r| r.name == name.text) {
+                    return Err((line, format!("role {} is given twice", name.text)));
+                }
+                if self.roles.len() == MAX_ROLES {
+                    return Err((line, format!("at most {MAX_ROLES} roles are supported")));
+                }
+                let limit = match limit {
+                    None => config::DEFAULT_LIMIT,
+                    Some(a) => match a.text.parse::<u32>() {
+                        Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+                        _ => {
+                            return Err((
+                                a.line,
+                                format!("role {}: limit {:?} is not a number from 1 to {MAX_LIMIT}", name.text, a.text),
+                            ))
+                        }
+                    },
+                };
+                let pattern = pattern_words(words, line)?;
+                self.roles.push(RoleLine { line, name: name.text.clone(), pattern, limit });
+                Ok(())
             }
             "address" => {
                 if std::mem::replace(&mut self.address_given, true) {
@@ -519,6 +559,100 @@ impl Settings {
             }
             other => Err((line, format!("unknown directive {other:?} in idetcd block (known: {IDETCD_DIRECTIVES})"))),
         }
+    }
+}
+
+const MAX_LIMIT: u32 = 1_000_000;
+
+/// A `role NAME PATTERN [LIMIT]` line, before `start` is known.
+#[derive(Clone)]
+struct RoleLine {
+    line: usize,
+    name: String,
+    pattern: Pattern,
+    limit: u32,
+}
+
+/// A pattern's words as one pattern: `worker{{ .ID }}.tf.local.` arrives as three.
+fn pattern_words(words: &[Token], line: usize) -> Result<Pattern, Failure> {
+    let text = words.iter().map(|a| a.text.as_str()).collect::<Vec<_>>().join(" ");
+    Pattern::parse(&text).map_err(|e| (line, format!("pattern {text:?}: {e}")))
+}
+
+/// The roles: the `role` lines, or the one role of `pattern` and `limit`; each with its IDs, all in
+/// one zone, no two whose names could collide.
+fn roles(settings: &Settings, idetcd_line: usize) -> Result<Vec<config::Role>, Failure> {
+    let first = settings.start.map_or(1, |(_, n)| n);
+    let lines: Vec<RoleLine> = match (&settings.pattern, settings.roles.as_slice()) {
+        (Some((line, _)), [role, ..]) => {
+            return Err((
+                (*line).max(role.line),
+                "pattern and role cannot be used together: write each role as `role NAME PATTERN [LIMIT]`".into(),
+            ))
+        }
+        (None, []) => {
+            return Err((
+                idetcd_line,
+                "idetcd needs a pattern, such as `pattern worker{{.ID}}.tf.local.`, or roles, such as `role worker worker{{.ID}}.tf.local. 16`".into(),
+            ))
+        }
+        (Some((line, pattern)), []) => vec![RoleLine {
+            line: *line,
+            name: role_name_of(pattern),
+            pattern: pattern.clone(),
+            limit: settings.limit.map_or(config::DEFAULT_LIMIT, |(_, n)| n),
+        }],
+        (None, roles) => {
+            if let Some((line, _)) = settings.limit {
+                return Err((line, "limit goes with pattern; give each role its own: `role NAME PATTERN LIMIT`".into()));
+            }
+            roles.to_vec()
+        }
+    };
+    let mut roles: Vec<config::Role> = Vec::with_capacity(lines.len());
+    for role in lines {
+        let Some(last) = first.checked_add(role.limit - 1) else {
+            let line = settings.start.map_or(role.line, |(line, _)| line);
+            return Err((
+                line,
+                format!("start {first} with limit {} runs past the largest ID, {}", role.limit, u32::MAX),
+            ));
+        };
+        if let Some(other) = roles.first().filter(|o| !o.pattern.zone().eq_ignore_ascii_case(role.pattern.zone())) {
+            return Err((
+                role.line,
+                format!(
+                    "role {} is in zone {}, role {} in {}: all roles share one zone",
+                    role.name,
+                    role.pattern.zone(),
+                    other.name,
+                    other.pattern.zone()
+                ),
+            ));
+        }
+        if let Some(other) = roles.iter().find(|o| o.pattern.overlaps(&role.pattern)) {
+            return Err((
+                role.line,
+                format!(
+                    "role {}: names of {} could be names of role {}'s {}; let the text before {{{{.ID}}}} differ by more than digits",
+                    role.name, role.pattern, other.name, other.pattern
+                ),
+            ));
+        }
+        roles.push(config::Role { name: role.name, pattern: role.pattern, ids: first..=last });
+    }
+    Ok(roles)
+}
+
+/// The role a lone `pattern` makes, named after the text before `{{.ID}}`: `worker` for
+/// `worker{{.ID}}.tf.local.`, `gpu_node` for `gpu-node-{{.ID}}.x.`; `node` when that text names
+/// nothing.
+fn role_name_of(pattern: &Pattern) -> String {
+    let name: String = pattern.prefix().chars().map(|c| if c == '-' { '_' } else { c }).collect();
+    let name = name.trim_matches('_');
+    match config::is_role_name(name) {
+        true => name.to_string(),
+        false => "node".to_string(),
     }
 }
 

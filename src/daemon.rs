@@ -15,6 +15,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::address;
+use crate::claim::Choice;
 use crate::config::Config;
 use crate::dns;
 use crate::etcd;
@@ -35,6 +36,8 @@ pub enum Error {
     Bind(server::BindError),
     Etcd(etcd::Error),
     NoAddress,
+    /// `--role` or `IDETCD_ROLE` names no role of the Corefile.
+    Role(String),
     Signals(std::io::Error),
     Spawn(std::io::Error),
     /// The etcd thread gave up, with its reason.
@@ -50,6 +53,7 @@ impl fmt::Display for Error {
             Error::NoAddress => {
                 write!(f, "found no address to publish for this node; name one with `address` in the Corefile")
             }
+            Error::Role(why) => f.write_str(why),
             Error::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
             Error::Spawn(e) => write!(f, "cannot start a thread: {e}"),
             Error::Fatal(why) => write!(f, "{why}"),
@@ -60,23 +64,29 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-pub fn run(config: &Config) -> Result<(), Error> {
+/// Runs the daemon; `role` is the `--role` flag's.
+pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
     for warning in &config.warnings {
         log::warn!("{warning}");
     }
+    let choice = choice(config, role)?;
     let listeners = server::bind(&config.listen, config.port, config.threads as usize).map_err(Error::Bind)?;
     let record = own_record(config)?;
+    let serving = match (config.roles.as_slice(), choice) {
+        ([only], _) => only.pattern.to_string(),
+        (_, Choice::Fill) => format!("{} (roles {}, the first with a free ID)", config.zone(), config.role_names()),
+        (roles, Choice::Role(i)) => format!("{} (roles {}, as {})", config.zone(), config.role_names(), roles[i].name),
+    };
     log::info!(
-        "idetcd {} serving {} on port {}, publishing {}",
+        "idetcd {} serving {serving} on port {}, publishing {}",
         env!("CARGO_PKG_VERSION"),
-        config.pattern,
         config.port,
         record.to_json()
     );
 
     let (events_tx, events) = crossbeam_channel::unbounded();
     let (commands, commands_rx) = crossbeam_channel::unbounded();
-    let empty = Arc::new(Snapshot::empty(&config.pattern));
+    let empty = Arc::new(Snapshot::empty(config.zone()));
     let metrics = Arc::new(Metrics::default());
     let forwarding = match &config.forward {
         None => None,
@@ -102,8 +112,8 @@ pub fn run(config: &Config) -> Result<(), Error> {
     spawn("tcp", &events_tx, move || server::serve_tcp(listeners.tcp, view))?;
 
     let settings = Settings {
-        pattern: config.pattern.clone(),
-        ids: config.ids.clone(),
+        roles: config.roles.clone(),
+        choice,
         record,
         lease_ttl: config.lease,
         poll: config.poll,
@@ -224,6 +234,17 @@ fn monitor_listeners(config: &Config) -> Vec<(std::net::SocketAddr, monitor::End
         }
     }
     listeners
+}
+
+/// The role this node claims in: `--role`, else `IDETCD_ROLE`, else the first with a free ID.
+fn choice(config: &Config, flag: Option<&str>) -> Result<Choice, Error> {
+    let from_env = std::env::var("IDETCD_ROLE").ok().filter(|name| !name.is_empty());
+    let (name, given_by) = match (flag, from_env) {
+        (Some(name), _) => (name.to_string(), "--role"),
+        (None, Some(name)) => (name, "IDETCD_ROLE"),
+        (None, None) => return Ok(Choice::Fill),
+    };
+    config.role_named(&name).map(Choice::Role).map_err(|e| Error::Role(format!("{given_by}: {e}")))
 }
 
 /// The record this node publishes: the Corefile's addresses, or detected ones.

@@ -147,6 +147,10 @@ pub struct RangeRequest {
     /// Only keys created at or before this revision (0: any). etcd still counts every key in
     /// `count`, so count the returned keys instead.
     pub max_create_revision: i64,
+    /// Only the key modified last, without its value; `count` still counts the whole range. The
+    /// pair changes exactly when something in the range changed, so it is a cheap change
+    /// detector: any put raises the newest revision, and a delete alone lowers the count.
+    pub newest: bool,
 }
 
 impl RangeRequest {
@@ -222,20 +226,24 @@ impl Client {
         answer.decode().map_err(|detail| Error::Malformed { endpoint, detail })
     }
 
-    /// The key with the highest modification revision in `[start, end)`, and the range's count. The
-    /// pair changes exactly when something in the range changed, so it is a cheap change detector:
-    /// any put raises the highest revision, and a delete alone lowers the count.
-    pub fn range_newest(&mut self, start: &[u8], end: &[u8]) -> Result<Range, Error> {
-        let body = json!({
-            "key": BASE64.encode(start),
-            "range_end": BASE64.encode(end),
-            "limit": 1,
-            "sort_order": "DESCEND",
-            "sort_target": "MOD",
-            "keys_only": true,
-        });
-        let (endpoint, answer) = self.post::<RangeJson>("/v3/kv/range", &body, Retry::Safe)?;
-        answer.decode().map_err(|detail| Error::Malformed { endpoint, detail })
+    /// Reads several ranges at one revision, in one request (a transaction that only reads).
+    pub fn read(&mut self, ranges: &[RangeRequest]) -> Result<Vec<Range>, Error> {
+        let txn = Txn { success: ranges.iter().cloned().map(Op::Range).collect(), ..Txn::default() };
+        // Reading twice does no harm: unlike other transactions, it may go to another endpoint.
+        let (endpoint, answer) = self.post::<TxnJson>("/v3/kv/txn", &txn_json(&txn), Retry::Safe)?;
+        let malformed = |detail: String| Error::Malformed { endpoint: endpoint.clone(), detail };
+        let answer = answer.decode().map_err(malformed)?;
+        if answer.responses.len() != ranges.len() {
+            return Err(malformed(format!("{} answers to {} reads", answer.responses.len(), ranges.len())));
+        }
+        answer
+            .responses
+            .into_iter()
+            .map(|r| match r {
+                OpResponse::Range(range) => Ok(range),
+                other => Err(malformed(format!("a read answered with {other:?}"))),
+            })
+            .collect()
     }
 
     /// Runs a transaction. It is not resent to another endpoint once it may have arrived at one,
@@ -289,17 +297,27 @@ impl Client {
         }
     }
 
-    /// Starts watching `[start, end)` for changes from `revision` on.
-    pub fn watch(&mut self, start: &[u8], end: &[u8], revision: i64) -> Result<Watch, Error> {
-        let body = json!({ "create_request": {
-            "key": BASE64.encode(start),
-            "range_end": BASE64.encode(end),
-            "start_revision": revision.to_string(),
-            "progress_notify": true,
-        }});
+    /// Starts watching each range `[start, end)` for changes from its revision on, all on one
+    /// stream: the gateway takes one create request after another in the body.
+    pub fn watch(&mut self, ranges: &[WatchRange]) -> Result<Watch, Error> {
+        let mut body = Vec::new();
+        for range in ranges {
+            let create = json!({ "create_request": {
+                "key": BASE64.encode(&range.start),
+                "range_end": BASE64.encode(&range.end),
+                "start_revision": range.from.to_string(),
+                "progress_notify": true,
+            }});
+            body.extend_from_slice(create.to_string().as_bytes());
+            body.push(b'\n');
+        }
         self.failover("/v3/watch", Retry::Safe, |client, endpoint| {
             let url = format!("{endpoint}/v3/watch");
-            let mut response = client.request(&client.stream_agent, &url).send_json(&body).map_err(unreachable)?;
+            let mut response = client
+                .request(&client.stream_agent, &url)
+                .header("Content-Type", "application/json")
+                .send(&body[..])
+                .map_err(unreachable)?;
             let status = response.status().as_u16();
             if status != 200 {
                 let answer = response.body_mut().with_config().limit(1 << 16).read_to_vec().unwrap_or_default();
@@ -510,6 +528,14 @@ fn unreachable(e: ureq::Error) -> Attempt {
         sent: !matches!(e, ureq::Error::ConnectionFailed | ureq::Error::HostNotFound),
         why: describe(&e),
     }
+}
+
+/// One range of a watch, and the revision to follow it from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchRange {
+    pub start: Vec<u8>,
+    pub end: Vec<u8>,
+    pub from: i64,
 }
 
 /// An open watch: etcd's never-ending answer, one JSON message per line.
@@ -749,6 +775,12 @@ fn range_json(r: &RangeRequest) -> Value {
     }
     if r.max_create_revision > 0 {
         body["max_create_revision"] = json!(r.max_create_revision.to_string());
+    }
+    if r.newest {
+        body["limit"] = json!(1);
+        body["sort_order"] = json!("DESCEND");
+        body["sort_target"] = json!("MOD");
+        body["keys_only"] = json!(true);
     }
     body
 }

@@ -22,24 +22,35 @@ fn main() -> ExitCode {
             println!("idetcd {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        cli::Command::Run { conf } => {
+        cli::Command::Run { conf, role } => {
             init_logging();
-            corefile::load(&conf).map_err(|e| e.to_string()).and_then(|c| daemon::run(&c).map_err(|e| e.to_string()))
+            corefile::load(&conf)
+                .map_err(|e| e.to_string())
+                .and_then(|c| daemon::run(&c, role.as_deref()).map_err(|e| e.to_string()))
         }
         cli::Command::Members { conf, json } => corefile::load(&conf)
             .map_err(|e| e.to_string())
             .and_then(|c| roster::members(&c, json, &mut std::io::stdout()).map_err(|e| e.to_string())),
-        cli::Command::TfConfig { conf, job, port, wait } => corefile::load(&conf)
-            .map_err(|e| e.to_string())
-            .and_then(|c| roster::tf_config(&c, &job, port, wait, &mut std::io::stdout()).map_err(|e| e.to_string())),
+        cli::Command::Launch { conf, wait, timeout, launcher } => {
+            let config = match corefile::load(&conf) {
+                Ok(config) => config,
+                Err(e) => return fail(e.to_string(), 1),
+            };
+            return match roster::launch(&config, wait, timeout, &launcher, &mut std::io::stdout()) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => fail(e.to_string(), e.exit_code()),
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("idetcd: error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(e, 1),
     }
+}
+
+fn fail(message: String, code: u8) -> ExitCode {
+    eprintln!("idetcd: error: {message}");
+    ExitCode::from(code)
 }
 
 fn init_logging() {

@@ -2,27 +2,27 @@
 //! hands answering threads a new snapshot whenever they change, and releases the name at shutdown.
 //!
 //! It is the only thread that changes anything in etcd. Members are read by polling: every `poll`,
-//! one cheap request tells whether the key range changed, and only then is it read whole. With
-//! `watch`, a helper thread also follows etcd's watch stream and forwards each change at once;
-//! polling stays on underneath, so a watch that breaks or silently stalls costs latency, never
-//! correctness. Everything is retried with backoff when etcd cannot be reached; meanwhile answering
-//! threads go on with the last snapshot they received.
+//! one cheap request tells whether any role's key range changed, and only then are they read
+//! whole. With `watch`, a helper thread also follows etcd's watch stream and forwards each change
+//! at once; polling stays on underneath, so a watch that breaks or silently stalls costs latency,
+//! never correctness. What the members are is the `view`'s to say; this thread does the I/O.
+//! Everything is retried with backoff when etcd cannot be reached; meanwhile answering threads go
+//! on with the last snapshot they received.
 
-use std::collections::BTreeMap;
-use std::ops::RangeInclusive;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
-use crate::claim::{self, ClaimError};
+use crate::claim::{self, Choice, ClaimError};
 use crate::clock::boottime;
-use crate::etcd::{self, Compare, KeyValue, Op, Txn, WatchMessage};
+use crate::config::Role;
+use crate::etcd::{self, Compare, Op, RangeRequest, Txn, WatchMessage, WatchRange};
 use crate::messages::{Command, Event, Latest, Update, Watched};
 use crate::metrics::Metrics;
-use crate::pattern::Pattern;
 use crate::record::Record;
+use crate::view::{Changes, Own, Slot, View};
 use crate::zone::{Inputs, Snapshot};
 
 /// While etcd cannot be reached, repeat the warning this often, not at every retry.
@@ -36,8 +36,9 @@ const FULL_READ_EVERY: Duration = Duration::from_secs(600);
 const MAX_LEASE_TTL: i64 = 7 * 24 * 3600;
 
 pub struct Settings {
-    pub pattern: Pattern,
-    pub ids: RangeInclusive<u32>,
+    pub roles: Vec<Role>,
+    /// The role to claim in, or filling them in order.
+    pub choice: Choice,
     pub record: Record,
     /// Requested lease TTL in seconds; etcd may grant more.
     pub lease_ttl: u32,
@@ -60,16 +61,6 @@ struct Lease {
     renewed: Instant,
 }
 
-/// One key of the member range as last read, with its value already parsed.
-struct Entry {
-    mod_revision: i64,
-    lease: i64,
-    /// Whether its value is this node's own record, byte for byte.
-    ours: bool,
-    /// The member it stands for, or why it stands for none.
-    member: Result<(u32, Record), String>,
-}
-
 struct Membership {
     settings: Settings,
     value: String,
@@ -82,13 +73,12 @@ struct Membership {
     lease: Option<Lease>,
     /// The name held, if any.
     held: Option<String>,
-    /// The ID held last, to ask for again after losing the lease.
-    last_id: Option<u32>,
-    /// Every key of the member range, as of `revision`.
-    entries: BTreeMap<Vec<u8>, Entry>,
-    /// The revision `entries` reflect; `None` until the first read, or when a full read is due.
-    revision: Option<i64>,
-    members: BTreeMap<u32, Record>,
+    /// The slot held last, to ask for again after losing the lease.
+    last: Option<Slot>,
+    view: View,
+    /// Set when everything must be read again: at start, after a claim, when the watch missed
+    /// changes, and now and then as a backstop.
+    read_due: bool,
     /// Set when this node cannot go on; the loop ends with it.
     fatal: Option<String>,
     trouble: Trouble,
@@ -109,8 +99,10 @@ pub struct Channels {
 pub fn run(settings: Settings, client: etcd::Client, channels: Channels, empty: Arc<Snapshot>) {
     let Channels { commands, events, updates, metrics } = channels;
     let now = Instant::now();
+    let value = settings.record.to_json();
     let mut m = Membership {
-        value: settings.record.to_json(),
+        view: View::new(&settings.roles, value.as_bytes()),
+        value,
         settings,
         client,
         events,
@@ -119,10 +111,8 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, empty: 
         state: Update { snapshot: empty, held_until: None },
         lease: None,
         held: None,
-        last_id: None,
-        entries: BTreeMap::new(),
-        revision: None,
-        members: BTreeMap::new(),
+        last: None,
+        read_due: true,
         fatal: None,
         trouble: Trouble::default(),
         next_keepalive: now,
@@ -147,8 +137,8 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, empty: 
             }
             match m.claim() {
                 Ok(()) => retry.reset(),
-                Err(ClaimError::Full { ids }) => {
-                    m.fatal = Some(ClaimError::Full { ids }.to_string());
+                Err(ClaimError::Full(why)) => {
+                    m.fatal = Some(why);
                     continue;
                 }
                 Err(ClaimError::Etcd(e)) => {
@@ -163,10 +153,10 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, empty: 
                 }
             }
         }
-        if now >= m.next_poll || m.revision.is_none() {
+        if now >= m.next_poll || m.read_due {
             m.poll();
         }
-        if m.settings.watch && !watch_started && m.revision.is_some() {
+        if m.settings.watch && !watch_started && !m.read_due {
             watch_started = true;
             watched = m.start_watch().unwrap_or_else(crossbeam_channel::never);
         }
@@ -174,8 +164,12 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, empty: 
         select! {
             recv(commands) -> _ => return m.stop(),
             recv(watched) -> change => match change {
-                Ok(Watched::Changes(events)) => m.apply_changes(events),
-                Ok(Watched::Resync) => m.revision = None,
+                Ok(Watched::Changes(events)) => {
+                    if let Some(changes) = m.view.apply(events) {
+                        m.publish(changes);
+                    }
+                }
+                Ok(Watched::Resync) => m.read_due = true,
                 Err(_) => {
                     log::warn!("the etcd watch stopped; polling every {:?} instead", m.settings.poll);
                     watched = crossbeam_channel::never();
@@ -201,15 +195,15 @@ impl Membership {
             None => self.grant()?,
         };
         let request = claim::Request {
-            pattern: &self.settings.pattern,
-            ids: self.settings.ids.clone(),
+            roles: &self.settings.roles,
+            choice: self.settings.choice,
             value: self.value.as_bytes(),
             lease: lease.id,
-            preferred: self.last_id,
+            preferred: self.last,
         };
         let claimed = match claim::claim(&mut self.client, &request) {
             Ok(claimed) => claimed,
-            Err(ClaimError::Full { ids }) => return Err(ClaimError::Full { ids }),
+            Err(ClaimError::Full(why)) => return Err(ClaimError::Full(why)),
             Err(ClaimError::Etcd(e)) => {
                 // A transaction that got no answer may still be applied, late, and take a name
                 // with this lease. A new lease for the next attempt keeps that from ever making
@@ -224,16 +218,21 @@ impl Membership {
             }
         };
         self.trouble.recovered(self.client.endpoint());
+        let role = &self.settings.roles[claimed.slot.role];
+        let as_role = match self.settings.roles.len() {
+            1 => String::new(),
+            _ => format!("role {}, ", role.name),
+        };
         log::info!(
-            "claimed {} (ID {}, lease {:x} of {}s, {} etcd requests)",
+            "claimed {} ({as_role}ID {}, lease {:x} of {}s, {} etcd requests)",
             claimed.name,
-            claimed.id,
+            claimed.slot.id,
             lease.id,
             lease.ttl.as_secs(),
             claimed.requests
         );
         self.held = Some(claimed.name);
-        self.last_id = Some(claimed.id);
+        self.last = Some(claimed.slot);
         self.metrics.claims.fetch_add(1, Relaxed);
         self.metrics.holds_name.store(true, Relaxed);
         // A lease kept through failed claims may be due for renewal already.
@@ -243,7 +242,7 @@ impl Membership {
         self.state.held_until = Some(lease.expires);
         // Name ourselves in the answers at once, then read the members afresh.
         self.rebuild();
-        self.revision = None;
+        self.read_due = true;
         Ok(())
     }
 
@@ -309,7 +308,7 @@ impl Membership {
     }
 
     /// Forgets the name, and the lease if it is gone: the next loop turn claims again, preferring
-    /// the same ID.
+    /// the same slot.
     fn lose(&mut self, lease_state: LeaseState) {
         let name = self.held.take().unwrap_or_else(|| "no name".to_string());
         let lease = self.lease.map_or(0, |l| l.id);
@@ -335,87 +334,63 @@ impl Membership {
         self.next_poll = now + self.settings.poll;
         if now >= self.next_full_read {
             self.next_full_read = now + FULL_READ_EVERY;
-            self.revision = None;
+            self.read_due = true;
         }
-        let (start, end) = self.settings.pattern.key_range();
-        if self.revision.is_some() {
-            match self.client.range_newest(start.as_bytes(), end.as_bytes()) {
-                Ok(newest) if (newest.count, newest.kvs.first().map_or(0, |kv| kv.mod_revision)) == self.marker() => {
+        if !self.read_due {
+            let newest: Vec<RangeRequest> =
+                self.ranges().into_iter().map(|r| RangeRequest { newest: true, ..r }).collect();
+            match self.client.read(&newest) {
+                Ok(ranges) => {
                     self.trouble.recovered(self.client.endpoint());
-                    return;
+                    let marker = |r: &etcd::Range| (r.count, r.kvs.first().map_or(0, |kv| kv.mod_revision));
+                    if ranges.iter().enumerate().all(|(role, r)| marker(r) == self.view.marker(role)) {
+                        return;
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => return self.failed("cannot read the members", &e),
             }
         }
-        match self.client.range(start.as_bytes(), end.as_bytes()) {
-            Ok(range) => {
+        match self.client.read(&self.ranges()) {
+            Ok(ranges) => {
                 self.trouble.recovered(self.client.endpoint());
-                let mut old = std::mem::take(&mut self.entries);
-                for kv in range.kvs {
-                    let reused = old.remove(&kv.key).filter(|e| e.mod_revision == kv.mod_revision);
-                    let entry = reused.unwrap_or_else(|| self.entry(&kv));
-                    self.entries.insert(kv.key, Entry { lease: kv.lease, ..entry });
-                }
-                self.revision = Some(range.revision);
-                self.publish();
+                let revision = ranges.first().map_or(0, |r| r.revision);
+                let changes = self.view.load(revision, ranges.into_iter().map(|r| r.kvs).collect());
+                self.read_due = false;
+                self.publish(changes);
             }
             Err(e) => self.failed("cannot read the members", &e),
         }
     }
 
-    /// What `range_newest` answers when nothing changed since `entries` were read: the range's
-    /// count and its newest modification.
-    fn marker(&self) -> (i64, i64) {
-        let newest = self.entries.values().map(|e| e.mod_revision).max().unwrap_or(0);
-        (self.entries.len() as i64, newest)
+    /// Every role's key range.
+    fn ranges(&self) -> Vec<RangeRequest> {
+        self.settings
+            .roles
+            .iter()
+            .map(|r| {
+                let (start, end) = r.pattern.key_range();
+                RangeRequest::new(start.as_bytes(), end.as_bytes())
+            })
+            .collect()
     }
 
-    /// Applies changes from the watch stream. Changes the last read already saw are skipped, so a
-    /// read and a watch racing each other never undo one another; the changes of one transaction
-    /// share a revision and all apply.
-    fn apply_changes(&mut self, events: Vec<etcd::WatchEvent>) {
-        let Some(base) = self.revision else { return };
-        let mut newest = base;
-        for event in events {
-            if event.kv.mod_revision <= base {
-                continue;
-            }
-            newest = newest.max(event.kv.mod_revision);
-            if event.deleted {
-                self.entries.remove(&event.kv.key);
-            } else {
-                let entry = self.entry(&event.kv);
-                self.entries.insert(event.kv.key, entry);
-            }
+    /// After the view changed: logs what changed, checks that this node still holds its name and
+    /// only that, then builds and hands out a snapshot.
+    fn publish(&mut self, changes: Changes) {
+        for (key, why) in &changes.skipped {
+            log::warn!("ignoring etcd key {key:?}: {why}");
         }
-        if newest > base {
-            self.revision = Some(newest);
-            self.publish();
+        for (name, record) in &changes.joined {
+            log::info!("member joined: {name} {}", describe(record));
         }
-    }
-
-    /// Parses a key and value into an entry, warning once about a bad one.
-    fn entry(&self, kv: &KeyValue) -> Entry {
-        let id = std::str::from_utf8(&kv.key).ok().and_then(|key| self.settings.pattern.id_of(key));
-        let member = match id {
-            Some(id) => Record::parse(&kv.value).map(|record| (id, record)).map_err(|e| e.to_string()),
-            None => Err(format!("does not follow the pattern {}", self.settings.pattern)),
-        };
-        if let Err(why) = &member {
-            log::warn!("ignoring etcd key {:?}: {why}", String::from_utf8_lossy(&kv.key));
+        for (name, record) in &changes.changed {
+            log::info!("member changed: {name} {}", describe(record));
         }
-        Entry { mod_revision: kv.mod_revision, lease: kv.lease, ours: kv.value == self.value.as_bytes(), member }
-    }
-
-    /// After `entries` changed: checks that this node still holds its name and only that, then
-    /// builds and hands out a snapshot.
-    fn publish(&mut self) {
-        let members: BTreeMap<u32, Record> =
-            self.entries.values().filter_map(|e| e.member.as_ref().ok()).map(|(id, r)| (*id, *r)).collect();
-        self.log_changes(&members);
-        self.members = members;
-        self.metrics.members.store(self.members.len() as u64, Relaxed);
+        for name in &changes.left {
+            log::info!("member left: {name}");
+        }
+        let count: usize = self.view.members().iter().map(|m| m.len()).sum();
+        self.metrics.members.store(count as u64, Relaxed);
         self.check_own_keys();
         self.rebuild();
     }
@@ -424,13 +399,8 @@ impl Membership {
     /// on our lease is a claim that arrived late and must go.
     fn check_own_keys(&mut self) {
         let Some(lease) = self.lease else { return };
-        let mut strays = Vec::new();
-        for (key, entry) in &self.entries {
-            if entry.lease == lease.id && Some(key.as_slice()) != self.held.as_deref().map(str::as_bytes) {
-                strays.push(key.clone());
-            }
-        }
-        for key in strays {
+        let check = self.view.check(self.held.as_deref().map(str::as_bytes), lease.id);
+        for key in check.strays {
             log::warn!("deleting {:?}, which this node's lease holds besides its name", String::from_utf8_lossy(&key));
             let txn = Txn {
                 compare: vec![Compare::LeaseIs(key.clone(), lease.id)],
@@ -441,25 +411,22 @@ impl Membership {
                 log::warn!("could not delete it: {e}");
             }
         }
-        let Some(held) = &self.held else { return };
-        let Some(entry) = self.entries.get(held.as_bytes()) else {
-            let state = self.lease_state(lease);
-            return self.lose(state);
-        };
-        if entry.lease == lease.id {
-            return;
+        match check.own {
+            None | Some(Own::Held) => {}
+            Some(Own::Twin) => {
+                // Only a node publishing this very record takes a name over by value: two nodes
+                // with one address, which would take the name from each other forever.
+                let held = self.held.as_deref().unwrap_or_default();
+                self.fatal = Some(format!(
+                    "another node publishes the same record {} and took over {held}; give each node its own address",
+                    self.value
+                ));
+            }
+            Some(Own::Missing | Own::Taken) => {
+                let state = self.lease_state(lease);
+                self.lose(state);
+            }
         }
-        if entry.ours {
-            // Only a node publishing this very record takes a name over by value: two nodes with
-            // one address, which would take the name from each other forever.
-            self.fatal = Some(format!(
-                "another node publishes the same record {} and took over {held}; give each node its own address",
-                self.value
-            ));
-            return;
-        }
-        let state = self.lease_state(lease);
-        self.lose(state);
     }
 
     /// A revoked lease shows first as its keys vanishing; asking etcd tells whether it was that.
@@ -472,40 +439,26 @@ impl Membership {
 
     /// Builds a snapshot of the members as they are and hands it to the answering threads.
     fn rebuild(&mut self) {
-        let Some(revision) = self.revision else {
+        let Some(revision) = self.view.revision() else {
             // Nothing read yet: the identity deadline is all that changed.
             return self.broadcast();
         };
         let started = Instant::now();
         let snapshot = Snapshot::build(&Inputs {
-            pattern: &self.settings.pattern,
+            roles: &self.settings.roles,
             ttl: self.settings.ttl,
             revision,
             own_name: self.held.as_deref(),
-            members: &self.members,
+            members: self.view.members(),
         });
         log::debug!(
             "built a snapshot of {} members in {:.2} ms at revision {revision}",
-            self.members.len(),
+            self.metrics.members.load(Relaxed),
             started.elapsed().as_secs_f64() * 1e3
         );
         self.state.snapshot = Arc::new(snapshot);
         self.broadcast();
         return_freed_memory();
-    }
-
-    fn log_changes(&self, members: &BTreeMap<u32, Record>) {
-        let pattern = &self.settings.pattern;
-        for (id, record) in members {
-            match self.members.get(id) {
-                None => log::info!("member joined: {} {}", pattern.name(*id), describe(record)),
-                Some(old) if old != record => log::info!("member changed: {} {}", pattern.name(*id), describe(record)),
-                Some(_) => {}
-            }
-        }
-        for id in self.members.keys().filter(|id| !members.contains_key(id)) {
-            log::info!("member left: {}", pattern.name(*id));
-        }
     }
 
     fn broadcast(&self) {
@@ -514,15 +467,15 @@ impl Membership {
         }
     }
 
-    /// Starts the thread that follows the member range's watch stream from the last read on.
+    /// Starts the thread that follows every role's key range on one watch stream, from the last
+    /// read on.
     fn start_watch(&self) -> Option<Receiver<Watched>> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let (start, end) = self.settings.pattern.key_range();
-        let from = self.revision? + 1;
+        let from = self.view.revision()? + 1;
+        let ranges: Vec<WatchRange> =
+            self.ranges().into_iter().map(|r| WatchRange { start: r.start, end: r.end, from }).collect();
         let client = self.client.clone();
-        let spawned = std::thread::Builder::new()
-            .name("etcd-watch".into())
-            .spawn(move || follow(client, start.into_bytes(), end.into_bytes(), from, tx));
+        let spawned = std::thread::Builder::new().name("etcd-watch".into()).spawn(move || follow(client, ranges, tx));
         match spawned {
             Ok(_) => Some(rx),
             Err(e) => {
@@ -540,13 +493,13 @@ impl Membership {
 
     /// Revokes the lease, which frees the name at once.
     fn release(&mut self) {
-        let name = self.held.take();
+        let held = self.held.take();
         self.metrics.holds_name.store(false, Relaxed);
         let Some(lease) = self.lease else { return };
         match self.client.lease_revoke(lease.id) {
             Ok(()) => {
                 self.set_lease(None);
-                if let Some(name) = name {
+                if let Some(name) = held {
                     log::info!("released {name}");
                 }
             }
@@ -557,17 +510,26 @@ impl Membership {
     }
 }
 
-/// The watch thread: forwards every change in `[start, end)` from revision `from` on, reopening
-/// the stream where it left off whenever it breaks. Ends when the etcd thread is gone.
-fn follow(mut client: etcd::Client, start: Vec<u8>, end: Vec<u8>, mut from: i64, tx: Sender<Watched>) {
+/// The watch thread: forwards every change in the ranges, each from its revision on, reopening
+/// the stream where each left off whenever it breaks. Ends when the etcd thread is gone.
+pub(crate) fn follow(mut client: etcd::Client, mut ranges: Vec<WatchRange>, tx: Sender<Watched>) {
     let mut retry = Backoff::new();
     loop {
-        match client.watch(&start, &end, from) {
+        match client.watch(&ranges) {
             Ok(mut watch) => loop {
                 match watch.receive() {
                     Ok(WatchMessage::Changes(events)) => {
                         retry.reset();
-                        from = events.iter().map(|e| e.kv.mod_revision + 1).max().unwrap_or(from).max(from);
+                        // Each range's stream is in revision order, but the ranges are not in
+                        // step: each resumes from its own.
+                        for event in &events {
+                            let key = event.kv.key.as_slice();
+                            if let Some(range) =
+                                ranges.iter_mut().find(|r| r.start.as_slice() <= key && key < r.end.as_slice())
+                            {
+                                range.from = range.from.max(event.kv.mod_revision + 1);
+                            }
+                        }
                         if tx.send(Watched::Changes(events)).is_err() {
                             return;
                         }
@@ -577,7 +539,9 @@ fn follow(mut client: etcd::Client, start: Vec<u8>, end: Vec<u8>, mut from: i64,
                         // What happened before `revision` is gone from etcd's history: have
                         // everything read again, and watch on from the oldest revision left, so
                         // that nothing after the read is missed either.
-                        from = from.max(revision);
+                        for range in &mut ranges {
+                            range.from = range.from.max(revision);
+                        }
                         if tx.send(Watched::Resync).is_err() {
                             return;
                         }

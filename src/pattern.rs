@@ -30,6 +30,7 @@ pub enum PatternError {
     LabelTooLong(String),
     NameTooLong,
     BadCharacter(char),
+    DigitAfterId,
 }
 
 impl fmt::Display for PatternError {
@@ -50,6 +51,9 @@ impl fmt::Display for PatternError {
             PatternError::LabelTooLong(l) => write!(f, "label {l:?} is longer than 63 bytes"),
             PatternError::NameTooLong => write!(f, "names from this pattern are longer than 253 bytes"),
             PatternError::BadCharacter(c) => write!(f, "character {c:?} is not allowed in a name"),
+            PatternError::DigitAfterId => {
+                write!(f, "a digit right after {{{{.ID}}}} would run into the ID; put another character between")
+            }
         }
     }
 }
@@ -75,6 +79,9 @@ impl Pattern {
             None => (rest, ""),
         };
         let zone = zone.strip_suffix('.').unwrap_or(zone);
+        if suffix.starts_with(|c: char| c.is_ascii_digit()) {
+            return Err(PatternError::DigitAfterId);
+        }
         if zone.is_empty() {
             return Err(PatternError::NoZone);
         }
@@ -138,6 +145,21 @@ impl Pattern {
         number.parse().ok()
     }
 
+    /// Whether a name could follow both patterns, or a DNS lookup not tell them apart: then the
+    /// two cannot be roles of one cluster. It is exactly when their key ranges overlap, ignoring
+    /// case: one prefix is the other, or the other followed by a digit.
+    pub fn overlaps(&self, other: &Pattern) -> bool {
+        let (a, b) = (self.prefix.to_ascii_lowercase(), other.prefix.to_ascii_lowercase());
+        let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+        long.strip_prefix(short.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_digit()))
+    }
+
+    /// Whether an etcd key lies in this pattern's key range (it may still not follow the pattern).
+    pub fn in_key_range(&self, key: &[u8]) -> bool {
+        key.strip_prefix(self.prefix.as_bytes()).is_some_and(|rest| rest.first().is_some_and(u8::is_ascii_digit))
+    }
+
     /// The etcd key range `[start, end)` that holds every name of this pattern (and possibly keys that
     /// are not, which `id_of` filters out). IDs start with a digit, and ':' follows '9' in ASCII.
     pub fn key_range(&self) -> (String, String) {
@@ -190,6 +212,7 @@ mod tests {
             ("worker{{.ID}}.tf..local.", PatternError::EmptyLabel),
             ("worker{{.ID}}.tf local.", PatternError::BadCharacter(' ')),
             ("worker{{.ID}}.tf/local.", PatternError::BadCharacter('/')),
+            ("worker{{.ID}}5.tf.local.", PatternError::DigitAfterId),
         ];
         for (text, want) in cases {
             assert_eq!(Pattern::parse(text), Err(want), "{text}");
@@ -237,6 +260,30 @@ mod tests {
         for id in [0, 1, 9, 10, 99, 1000, u32::MAX] {
             let name = p.name(id);
             assert!(start.as_str() <= name.as_str() && name.as_str() < end.as_str(), "{name}");
+        }
+    }
+
+    #[test]
+    fn overlapping_patterns_are_those_whose_names_could_collide() {
+        let p = |text: &str| Pattern::parse(text).unwrap();
+        let cases = [
+            ("worker{{.ID}}.z.", "ps{{.ID}}.z.", false),
+            ("w{{.ID}}.z.", "wx{{.ID}}.z.", false),
+            ("w{{.ID}}.z.", "w1x{{.ID}}.z.", true),
+            ("n{{.ID}}a.z.", "n{{.ID}}b.z.", true),
+            ("Worker{{.ID}}.z.", "worker{{.ID}}.z.", true),
+            ("{{.ID}}.z.", "w{{.ID}}.z.", false),
+            ("{{.ID}}.z.", "{{.ID}}x.z.", true),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(p(a).overlaps(&p(b)), want, "{a} {b}");
+            assert_eq!(p(b).overlaps(&p(a)), want, "{b} {a}");
+        }
+        let w = p("w{{.ID}}.z.");
+        for (key, want) in
+            [(&b"w1.z."[..], true), (b"w12x.y.", true), (b"wx1.z.", false), (b"w", false), (b"v1.z.", false)]
+        {
+            assert_eq!(w.in_key_range(key), want, "{key:?}");
         }
     }
 

@@ -1,63 +1,62 @@
-//! The member list for the subcommands: `idetcd members` shows it, `idetcd tf-config` turns it into
-//! TensorFlow's `TF_CONFIG`. Both read etcd once (or until enough members are there) with the
-//! daemon's Corefile, and never write to it.
+//! The subcommands that read the members: `idetcd members` lists them; the launchers
+//! (`tf-config`, `torch-env`, `hostfile`, `exec`) wait until they make the job, then say it.
+//! They read etcd with the daemon's Corefile and never write to it.
 
 use std::fmt;
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::address::{self, Addresses};
+use crate::cli::{HostFormat, Launcher, Wait};
 use crate::config::Config;
-use crate::etcd;
-use crate::pattern::Pattern;
+use crate::etcd::{self, RangeRequest};
+use crate::exec;
+use crate::job::{self, Job, Me, Pending, Progress};
 use crate::record::Record;
+use crate::view::View;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
-    pub id: u32,
-    pub name: String,
-    pub record: Record,
-    /// Seconds its lease has left; `None` without a lease (a record put by hand, say).
-    pub ttl: Option<i64>,
-}
+/// Progress lines while waiting come no more often than this...
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// ...and, while nothing changes, only this often.
+const REMIND_EVERY: Duration = Duration::from_secs(30);
+/// How often etcd is read while waiting.
+const READ_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub enum Error {
     Etcd(etcd::Error),
-    /// This host's addresses are on no member's record.
-    NotAMember {
-        addresses: String,
-        pattern: String,
+    /// The members do not make the job, and waiting would not help.
+    Job(String),
+    /// `--timeout` passed first.
+    TimedOut {
+        after: Duration,
+        progress: Progress,
     },
-    /// This host holds a name past the first `wanted`: it is no task of that cluster.
-    Beyond {
-        name: String,
-        wanted: usize,
-    },
-    /// `--wait` asked for more members than the Corefile's limit allows.
-    TooMany {
-        wanted: usize,
-        limit: usize,
-    },
+    Exec(exec::Error),
     Output(std::io::Error),
+}
+
+impl Error {
+    /// The exit status it ends the process with.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Exec(e) => e.exit_code(),
+            _ => 1,
+        }
+    }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Etcd(e) => e.fmt(f),
-            Error::NotAMember { addresses, pattern } => write!(
-                f,
-                "this host ({addresses}) is no member of {pattern}; is idetcd running here, with the same Corefile?"
-            ),
-            Error::Beyond { name, wanted } => {
-                write!(f, "this host holds {name}, which is not among the first {wanted} of the cluster")
+            Error::Job(why) => f.write_str(why),
+            Error::TimedOut { after, progress } => {
+                write!(f, "gave up waiting after {}: {progress}", humane(*after))
             }
-            Error::TooMany { wanted, limit } => {
-                write!(f, "--wait {wanted} asks for more members than the limit of {limit} allows")
-            }
+            Error::Exec(e) => e.fmt(f),
             Error::Output(e) => write!(f, "cannot write the output: {e}"),
         }
     }
@@ -78,102 +77,193 @@ impl From<std::io::Error> for Error {
 /// `idetcd members`.
 pub fn members(config: &Config, json: bool, out: &mut impl Write) -> Result<(), Error> {
     let mut client = etcd::Client::new(config)?;
-    let members = read(&mut client, &config.pattern, true)?;
+    let view = read(&mut client, config)?;
+    let mut rows = Vec::new();
+    for (slot, record, lease) in view.records() {
+        let ttl = match lease {
+            0 => None,
+            lease => client.lease_ttl(lease)?,
+        };
+        rows.push(Row {
+            role: &config.roles[slot.role].name,
+            id: slot.id,
+            name: slot.name(&config.roles),
+            record: *record,
+            ttl,
+        });
+    }
     match json {
-        true => writeln!(out, "{}", to_json(&members))?,
-        false => write!(out, "{}", table(&members))?,
+        true => writeln!(out, "{}", to_json(&rows))?,
+        false => write!(out, "{}", table(&rows))?,
     }
     Ok(())
 }
 
-/// `idetcd tf-config`. With `--wait N` the cluster is the first N IDs, whatever else joins, so
-/// that every node that runs it prints the same cluster; without, it is every member right now.
-pub fn tf_config(
+/// The launchers: wait until the members make the job `wait` asks for, then print it, or run a
+/// command with it.
+pub fn launch(
     config: &Config,
-    job: &str,
-    port: u16,
-    wait: Option<usize>,
+    wait: Wait,
+    timeout: Option<Duration>,
+    launcher: &Launcher,
     out: &mut impl Write,
-) -> Result<(), Error> {
+) -> Result<u8, Error> {
+    if let Launcher::TfConfig { job: Some(_), .. } = launcher {
+        if config.roles.len() > 1 {
+            return Err(Error::Job(format!(
+                "--job renames the role of a Corefile with one; the job names here are its roles, {}",
+                config.role_names()
+            )));
+        }
+    }
     let mut client = etcd::Client::new(config)?;
     let own = match (config.ipv4, config.ipv6) {
         (None, None) => address::detect(&config.endpoints),
         (ipv4, ipv6) => Addresses { ipv4, ipv6 },
     };
-    let not_a_member = || Error::NotAMember { addresses: describe(&own), pattern: config.pattern.to_string() };
-    let Some(n) = wait else {
-        let members = read(&mut client, &config.pattern, false)?;
-        let spec = spec(&members, &own, job, port).ok_or_else(not_a_member)?;
-        writeln!(out, "{spec}")?;
-        return Ok(());
+    let me = match launcher {
+        Launcher::Hostfile { .. } => Me::NotNeeded,
+        _ => Me::Needed,
     };
-    let first = *config.ids.start();
-    let last = first.saturating_add(u32::try_from(n - 1).unwrap_or(u32::MAX));
-    if last > *config.ids.end() {
-        return Err(Error::TooMany { wanted: n, limit: config.ids.clone().count() });
-    }
-    // SAFETY: isatty only inspects a descriptor number.
-    let terminal = unsafe { libc::isatty(libc::STDERR_FILENO) } == 1;
-    let mut progress = String::new();
-    loop {
-        let status = match read(&mut client, &config.pattern, false) {
-            Ok(members) => {
-                if let Some(beyond) = position(&members, &own).map(|i| &members[i]).filter(|m| m.id > last) {
-                    return Err(Error::Beyond { name: beyond.name.clone(), wanted: n });
-                }
-                let wanted: Vec<Member> = members.into_iter().filter(|m| (first..=last).contains(&m.id)).collect();
-                let own_place = position(&wanted, &own);
-                if wanted.len() == n && own_place.is_some() {
-                    if terminal && !progress.is_empty() {
-                        eprint!("\r\x1b[K");
-                    }
-                    let spec = spec(&wanted, &own, job, port).ok_or_else(not_a_member)?;
-                    writeln!(out, "{spec}")?;
-                    return Ok(());
-                }
-                match own_place {
-                    Some(_) => format!("waiting for members: {} of {n}", wanted.len()),
-                    None => format!(
-                        "waiting for members: {} of {n}, this host ({}) not among them yet",
-                        wanted.len(),
-                        describe(&own)
-                    ),
-                }
-            }
-            Err(e) => format!("waiting for etcd: {e}"),
-        };
-        if terminal && status != progress {
-            eprint!("\r\x1b[K{status}");
-            progress = status;
+    let job = wait_for_job(&mut client, config, &own, wait, timeout, me)?;
+    let not_a_member = || Error::Job(format!("this host ({}) is no member", job::describe(&own)));
+    match launcher {
+        Launcher::TfConfig { job: name, port } => {
+            writeln!(out, "{}", job.tf_config(name.as_deref(), *port).ok_or_else(not_a_member)?)?;
         }
-        std::thread::sleep(Duration::from_secs(1));
+        Launcher::TorchEnv { port } => {
+            for (key, value) in job.torch_env(*port).ok_or_else(not_a_member)? {
+                writeln!(out, "{key}={value}")?;
+            }
+        }
+        Launcher::Hostfile { slots, format } => {
+            let hosts = job.hostfile(*slots, *format);
+            // Horovod's discovery script runs on and on: no members is an answer, not an error.
+            if hosts.is_empty() && *format != HostFormat::Horovod {
+                return Err(Error::Job("no members yet".into()));
+            }
+            write!(out, "{hosts}")?;
+        }
+        Launcher::Exec { port, master_port, command } => {
+            let env = environment(&job, *port, *master_port)?;
+            return exec::run(&mut client, &job, &env, command, config.lease).map_err(Error::Exec);
+        }
     }
+    Ok(0)
 }
 
-/// The members in ID order, each with its lease's time left if asked.
-pub fn read(client: &mut etcd::Client, pattern: &Pattern, with_ttl: bool) -> Result<Vec<Member>, etcd::Error> {
-    let (start, end) = pattern.key_range();
-    let range = client.range(start.as_bytes(), end.as_bytes())?;
-    let mut members = Vec::new();
-    for kv in range.kvs {
-        let Ok(name) = String::from_utf8(kv.key) else { continue };
-        let Some(id) = pattern.id_of(&name) else { continue };
-        let Ok(record) = Record::parse(&kv.value) else { continue };
-        let ttl = match (with_ttl, kv.lease) {
-            (true, lease) if lease != 0 => client.lease_ttl(lease)?,
-            _ => None,
+/// Reads the members until they make the job, printing progress now and then; gives up after
+/// `timeout`. Without waiting, one read, and etcd trouble is an error at once.
+fn wait_for_job<'c>(
+    client: &mut etcd::Client,
+    config: &'c Config,
+    own: &Addresses,
+    wait: Wait,
+    timeout: Option<Duration>,
+    me: Me,
+) -> Result<Job<'c>, Error> {
+    let started = Instant::now();
+    let mut said: Option<(String, Instant)> = None;
+    loop {
+        let status = match read(client, config) {
+            Ok(view) => match job::settle(&config.roles, view.members(), own, wait, me) {
+                Ok(job) => return Ok(job),
+                Err(Pending::Failed(why)) => return Err(Error::Job(why)),
+                Err(Pending::Waiting(progress)) if wait == Wait::Now => return Err(Error::Job(progress.to_string())),
+                Err(Pending::Waiting(progress)) => Err(progress),
+            },
+            Err(e @ (etcd::Error::Auth { .. } | etcd::Error::Setup(_))) => return Err(e.into()),
+            Err(e) if wait == Wait::Now => return Err(e.into()),
+            Err(e) => Ok(format!("etcd: {e}")),
         };
-        members.push(Member { id, name, record, ttl });
+        let line = match &status {
+            Err(progress) => format!("waiting: {progress}"),
+            Ok(trouble) => format!("waiting for etcd: {trouble}"),
+        };
+        let due = match &said {
+            None => true,
+            Some((last, at)) => at.elapsed() >= if *last == line { REMIND_EVERY } else { PROGRESS_EVERY },
+        };
+        if due {
+            eprintln!("idetcd: {line}");
+            said = Some((line, Instant::now()));
+        }
+        let mut pause = READ_EVERY;
+        if let Some(timeout) = timeout {
+            let left = timeout.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                let progress = match status {
+                    Err(progress) => progress,
+                    Ok(trouble) => {
+                        Progress { seen: 0, wanted: 0, detail: format!(" (etcd did not answer: {trouble})") }
+                    }
+                };
+                return Err(Error::TimedOut { after: timeout, progress });
+            }
+            pause = pause.min(left);
+        }
+        std::thread::sleep(pause);
     }
-    members.sort_by_key(|m| m.id);
-    Ok(members)
 }
 
-fn table(members: &[Member]) -> String {
-    let rows: Vec<[String; 6]> = members
+/// Every role's members, read at one revision.
+pub fn read(client: &mut etcd::Client, config: &Config) -> Result<View, etcd::Error> {
+    let ranges: Vec<RangeRequest> = config
+        .roles
+        .iter()
+        .map(|r| {
+            let (start, end) = r.pattern.key_range();
+            RangeRequest::new(start.as_bytes(), end.as_bytes())
+        })
+        .collect();
+    let read = client.read(&ranges)?;
+    let mut view = View::new(&config.roles, b"");
+    let revision = read.first().map_or(0, |r| r.revision);
+    view.load(revision, read.into_iter().map(|r| r.kvs).collect());
+    Ok(view)
+}
+
+/// What `exec` gives its command: TF_CONFIG, torchrun's variables and idetcd's own.
+fn environment(job: &Job, port: u16, master_port: u16) -> Result<Vec<(String, String)>, Error> {
+    let not_a_member = || Error::Job("this host is no member".into());
+    let own = job.own().ok_or_else(not_a_member)?;
+    let mut env = vec![("TF_CONFIG".to_string(), job.tf_config(None, port).ok_or_else(not_a_member)?)];
+    env.extend(job.torch_env(master_port).ok_or_else(not_a_member)?.into_iter().map(|(k, v)| (k.to_string(), v)));
+    let members: Vec<&str> = job.everyone().map(|m| m.host.as_str()).collect();
+    env.extend([
+        ("IDETCD_NAME".to_string(), own.host.clone()),
+        ("IDETCD_ID".to_string(), own.slot.id.to_string()),
+        ("IDETCD_ROLE".to_string(), job.roles[own.slot.role].name.clone()),
+        ("IDETCD_MEMBERS".to_string(), members.join(",")),
+    ]);
+    Ok(env)
+}
+
+/// `2s`, `1m30s`.
+fn humane(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    match secs < 60.0 {
+        true => format!("{}s", (secs * 10.0).round() / 10.0),
+        false => format!("{}m{}s", d.as_secs() / 60, d.as_secs() % 60),
+    }
+}
+
+/// One line of `idetcd members`.
+struct Row<'a> {
+    role: &'a str,
+    id: u32,
+    name: String,
+    record: Record,
+    /// Seconds its lease has left; `None` without a lease (a record put by hand, say).
+    ttl: Option<i64>,
+}
+
+fn table(rows: &[Row]) -> String {
+    let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|m| {
             [
+                m.role.to_string(),
                 m.id.to_string(),
                 m.name.clone(),
                 m.record.ipv4.map_or("-".into(), |ip| ip.to_string()),
@@ -183,23 +273,24 @@ fn table(members: &[Member]) -> String {
             ]
         })
         .collect();
-    let header = ["ID", "NAME", "IPV4", "IPV6", "PORT", "LEASE"].map(String::from);
+    let header = ["ROLE", "ID", "NAME", "IPV4", "IPV6", "PORT", "LEASE"].map(String::from);
     let widths: Vec<usize> =
-        (0..6).map(|i| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0)).collect();
+        (0..7).map(|i| cells.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0)).collect();
     let mut out = String::new();
-    for row in [&header].into_iter().chain(&rows) {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
-        out.push_str(cells.join("  ").trim_end());
+    for row in [&header].into_iter().chain(&cells) {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
     out
 }
 
-fn to_json(members: &[Member]) -> String {
-    let list: Vec<_> = members
+fn to_json(rows: &[Row]) -> String {
+    let list: Vec<_> = rows
         .iter()
         .map(|m| {
             json!({
+                "role": m.role,
                 "id": m.id,
                 "name": m.name,
                 "ipv4": m.record.ipv4.map(|ip| ip.to_string()),
@@ -212,72 +303,41 @@ fn to_json(members: &[Member]) -> String {
     serde_json::Value::Array(list).to_string()
 }
 
-/// This host's place among the members: the first whose record carries one of its addresses.
-fn position(members: &[Member], own: &Addresses) -> Option<usize> {
-    members.iter().position(|m| {
-        (own.ipv4.is_some() && m.record.ipv4 == own.ipv4) || (own.ipv6.is_some() && m.record.ipv6 == own.ipv6)
-    })
-}
-
-/// The `TF_CONFIG` document, or `None` when this host is no member.
-fn spec(members: &[Member], own: &Addresses, job: &str, port: u16) -> Option<String> {
-    let index = position(members, own)?;
-    let hosts: Vec<String> = members.iter().map(|m| format!("{}:{port}", m.name.trim_end_matches('.'))).collect();
-    Some(json!({ "cluster": { job: hosts }, "task": { "type": job, "index": index } }).to_string())
-}
-
-fn describe(own: &Addresses) -> String {
-    let list: Vec<String> =
-        [own.ipv4.map(|ip| ip.to_string()), own.ipv6.map(|ip| ip.to_string())].into_iter().flatten().collect();
-    if list.is_empty() {
-        "no address found".to_string()
-    } else {
-        list.join(", ")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn member(id: u32, ipv4: &str, ttl: Option<i64>) -> Member {
-        Member {
+    fn row(role: &'static str, id: u32, ipv4: &str, ttl: Option<i64>) -> Row<'static> {
+        Row {
+            role,
             id,
-            name: format!("worker{id}.tf.local."),
+            name: format!("{role}{id}.tf.local."),
             record: Record { ipv4: Some(ipv4.parse().unwrap()), ipv6: None, port: Some(53) },
             ttl,
         }
     }
 
     #[test]
-    fn tf_config_names_every_member_and_this_one() {
-        let members = [member(1, "10.0.0.1", None), member(2, "10.0.0.2", None), member(5, "10.0.0.5", None)];
-        let own = Addresses { ipv4: Some("10.0.0.5".parse().unwrap()), ipv6: None };
-        let got: serde_json::Value = serde_json::from_str(&spec(&members, &own, "worker", 2222).unwrap()).unwrap();
-        let want = json!({
-            "cluster": { "worker": ["worker1.tf.local:2222", "worker2.tf.local:2222", "worker5.tf.local:2222"] },
-            "task": { "type": "worker", "index": 2 },
-        });
-        assert_eq!(got, want);
-        let stranger = Addresses { ipv4: Some("10.9.9.9".parse().unwrap()), ipv6: None };
-        assert_eq!(spec(&members, &stranger, "worker", 2222), None);
-        assert_eq!(spec(&members, &Addresses::default(), "worker", 2222), None, "no address matches nothing");
+    fn table_and_json() {
+        let rows = [row("ps", 1, "10.0.0.1", Some(17)), row("worker", 12, "10.0.0.12", None)];
+        assert_eq!(
+            table(&rows),
+            "ROLE    ID  NAME                IPV4       IPV6  PORT  LEASE\n\
+             ps      1   ps1.tf.local.       10.0.0.1   -     53    17s\n\
+             worker  12  worker12.tf.local.  10.0.0.12  -     53    -\n"
+        );
+        let json: serde_json::Value = serde_json::from_str(&to_json(&rows)).unwrap();
+        assert_eq!(
+            json[0],
+            json!({"role": "ps", "id": 1, "name": "ps1.tf.local.", "ipv4": "10.0.0.1", "ipv6": null, "port": 53, "lease_ttl": 17})
+        );
+        assert_eq!(table(&[]), "ROLE  ID  NAME  IPV4  IPV6  PORT  LEASE\n");
     }
 
     #[test]
-    fn table_and_json() {
-        let members = [member(1, "10.0.0.1", Some(17)), member(12, "10.0.0.12", None)];
-        assert_eq!(
-            table(&members),
-            "ID  NAME                IPV4       IPV6  PORT  LEASE\n\
-             1   worker1.tf.local.   10.0.0.1   -     53    17s\n\
-             12  worker12.tf.local.  10.0.0.12  -     53    -\n"
-        );
-        let json: serde_json::Value = serde_json::from_str(&to_json(&members)).unwrap();
-        assert_eq!(
-            json[0],
-            json!({"id": 1, "name": "worker1.tf.local.", "ipv4": "10.0.0.1", "ipv6": null, "port": 53, "lease_ttl": 17})
-        );
-        assert_eq!(table(&[]), "ID  NAME  IPV4  IPV6  PORT  LEASE\n");
+    fn durations_read_as_people_write_them() {
+        assert_eq!(humane(Duration::from_secs(2)), "2s");
+        assert_eq!(humane(Duration::from_millis(2500)), "2.5s");
+        assert_eq!(humane(Duration::from_secs(90)), "1m30s");
     }
 }

@@ -10,8 +10,8 @@ use std::ops::Range;
 
 use domain::base::iana::{Class, Rtype};
 
+use crate::config::Role;
 use crate::dns::{self, Owner, Part, Section, SectionWriter};
-use crate::pattern::Pattern;
 use crate::record::Record;
 
 /// One name's records of one type, ready to send.
@@ -43,22 +43,24 @@ pub enum Found<'a> {
 
 /// What a snapshot is made of.
 pub struct Inputs<'a> {
-    pub pattern: &'a Pattern,
+    /// Every role's pattern; they share one zone.
+    pub roles: &'a [Role],
     /// TTL of every answer.
     pub ttl: u32,
     /// The etcd revision the members were read at; it becomes the SOA serial.
     pub revision: i64,
     /// The name this node holds, if it holds one.
     pub own_name: Option<&'a str>,
-    pub members: &'a BTreeMap<u32, Record>,
+    /// Per role, its members by ID.
+    pub members: &'a [BTreeMap<u32, Record>],
 }
 
 impl Snapshot {
     /// Before anything was read from etcd: in-zone queries get SERVFAIL, others REFUSED.
-    pub fn empty(pattern: &Pattern) -> Snapshot {
+    pub fn empty(zone: &str) -> Snapshot {
         Snapshot {
             ready: false,
-            apex: zone_apex(pattern),
+            apex: zone_apex(zone),
             names: Names::default(),
             rrsets: Vec::new(),
             negative: Section { start: 0, len: 0, required: 0, counts: [0; 3] },
@@ -69,17 +71,19 @@ impl Snapshot {
 
     pub fn build(inputs: &Inputs) -> Snapshot {
         // Each member has its name and one or two reverse names.
-        let expected = inputs.members.len() * 3 + 8;
+        let count: usize = inputs.members.iter().map(BTreeMap::len).sum();
+        let expected = count * 3 + 8;
         let mut b = Builder {
-            arena: Vec::with_capacity(inputs.members.len() * 64),
+            arena: Vec::with_capacity(count * 64),
             names: Names::with_capacity_and_hasher(expected, Default::default()),
             rrsets: Vec::with_capacity(expected),
         };
         let ttl = inputs.ttl;
-        let apex = zone_apex(inputs.pattern);
+        let apex = zone_apex(inputs.roles.first().map_or(".", |r| r.pattern.zone()));
         let own_wire = inputs.own_name.and_then(|n| dns::wire_name(n).ok());
-        let own_id = inputs.own_name.and_then(|n| inputs.pattern.id_of(n));
-        let own_record = own_id.and_then(|id| inputs.members.get(&id));
+        let own_record = inputs.own_name.and_then(|name| {
+            inputs.roles.iter().zip(inputs.members).find_map(|(role, members)| members.get(&role.pattern.id_of(name)?))
+        });
 
         // The SOA names this node as the primary: every member serves the same zone, and this one
         // is the server that answered. Serial arithmetic (RFC 1982) copes with the wrap.
@@ -105,14 +109,15 @@ impl Snapshot {
 
         // Member names are the pattern's first label in front of the zone: built directly, not
         // parsed from text, as this runs for every member at every change.
-        let (prefix, suffix) =
-            (inputs.pattern.prefix().to_ascii_lowercase(), inputs.pattern.suffix().to_ascii_lowercase());
-        let names: Vec<(u32, Vec<u8>, &Record)> = inputs
-            .members
-            .iter()
-            .map(|(&id, record)| (id, dns::prepend_label(&format!("{prefix}{id}{suffix}"), &apex), record))
-            .collect();
-        for (_, name, record) in &names {
+        let mut names: Vec<(Vec<u8>, &Record)> = Vec::with_capacity(count);
+        for (role, members) in inputs.roles.iter().zip(inputs.members) {
+            let (prefix, suffix) =
+                (role.pattern.prefix().to_ascii_lowercase(), role.pattern.suffix().to_ascii_lowercase());
+            for (&id, record) in members {
+                names.push((dns::prepend_label(&format!("{prefix}{id}{suffix}"), &apex), record));
+            }
+        }
+        for (name, record) in &names {
             let mut rrsets = Vec::with_capacity(2);
             if let Some(ip) = record.ipv4 {
                 let s = b.section(|w| w.record(Part::Answer, Owner::Question, Rtype::A, Class::IN, ttl, &ip.octets()));
@@ -217,11 +222,11 @@ impl Builder {
     /// `_idetcd._udp.<zone>` and `_idetcd._tcp.<zone>`: one SRV record per member with a port, its
     /// addresses in the additional section (left out when they do not fit). A DNS message holds
     /// 64 KiB, so a cluster of thousands lists its first members only (about 1500 of them).
-    fn services(&mut self, apex: &[u8], members: &[(u32, Vec<u8>, &Record)], ttl: u32) {
+    fn services(&mut self, apex: &[u8], members: &[(Vec<u8>, &Record)], ttl: u32) {
         let mut room = MAX_SERVICE_BYTES;
         let listed: Vec<_> = members
             .iter()
-            .filter_map(|(_, name, r)| Some((name, *r, r.port?)))
+            .filter_map(|(name, r)| Some((name, *r, r.port?)))
             .take_while(|(name, _, _)| {
                 // Owner pointer, type, class, TTL, length, priority, weight, port, target.
                 let size = 2 + 10 + 6 + name.len();
@@ -261,9 +266,9 @@ impl Builder {
     }
 
     /// PTR records for the members' addresses, under `in-addr.arpa.` and `ip6.arpa.`.
-    fn pointers(&mut self, members: &[(u32, Vec<u8>, &Record)], ttl: u32) {
+    fn pointers(&mut self, members: &[(Vec<u8>, &Record)], ttl: u32) {
         let mut reverse: BTreeMap<Vec<u8>, Vec<&[u8]>> = BTreeMap::new();
-        for (_, name, record) in members {
+        for (name, record) in members {
             let ips = [record.ipv4.map(std::net::IpAddr::V4), record.ipv6.map(std::net::IpAddr::V6)];
             for ip in ips.into_iter().flatten() {
                 reverse.entry(dns::reverse_name(ip)).or_default().push(name);
@@ -295,7 +300,7 @@ fn address_records(w: &mut SectionWriter, part: Part, owner: Owner, record: &Rec
     }
 }
 
-fn zone_apex(pattern: &Pattern) -> Vec<u8> {
-    // The pattern's zone was validated as a name when the Corefile was read.
-    dns::wire_name(pattern.zone()).unwrap_or_else(|_| vec![0])
+fn zone_apex(zone: &str) -> Vec<u8> {
+    // The patterns' zone was validated as a name when the Corefile was read.
+    dns::wire_name(zone).unwrap_or_else(|_| vec![0])
 }

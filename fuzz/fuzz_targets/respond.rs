@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use idetcd::dns::{self, Context, Transport, MAX_UDP_PAYLOAD};
+use idetcd::config::Role;
 use idetcd::pattern::Pattern;
 use idetcd::record::Record;
 use idetcd::zone::{Inputs, Snapshot};
@@ -20,7 +21,7 @@ fn snapshot() -> &'static Snapshot {
             let ipv6 = (id % 2 == 0).then(|| format!("fd00::{id}").parse().unwrap());
             members.insert(id, Record { ipv4: Some([10, 0, 0, id as u8].into()), ipv6, port: Some(53) });
         }
-        Snapshot::build(&Inputs { pattern: &pattern, ttl: 5, revision: 7, own_name: Some("worker3.tf.local."), members: &members })
+        Snapshot::build(&Inputs { roles: &[Role { name: "worker".into(), pattern: pattern.clone(), ids: 1..=20 }], ttl: 5, revision: 7, own_name: Some("worker3.tf.local."), members: std::slice::from_ref(&members) })
     })
 }
 

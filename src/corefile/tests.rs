@@ -25,8 +25,8 @@ fn the_original_readme_example_parses() {
         ". {\n    idetcd {\n        endpoint ETCDENDPOINTS\n        limit 5\n        pattern worker{{.ID}}.tf.local.\n    }\n}\n",
     );
     assert_eq!(c.endpoints, ["http://ETCDENDPOINTS:2379"]);
-    assert_eq!(c.ids, 1..=5);
-    assert_eq!(c.pattern.name(1), "worker1.tf.local.");
+    assert_eq!(c.roles[0].ids, 1..=5);
+    assert_eq!(c.roles[0].pattern.name(1), "worker1.tf.local.");
     assert_eq!(c.port, 53);
 }
 
@@ -34,7 +34,7 @@ fn the_original_readme_example_parses() {
 fn defaults() {
     let c = parse_ok(". {\n idetcd {\n  pattern worker{{.ID}}.tf.local.\n }\n}");
     assert_eq!(c.endpoints, ["http://localhost:2379"]);
-    assert_eq!(c.ids, 1..=10);
+    assert_eq!(c.roles[0].ids, 1..=10);
     assert_eq!((c.ttl, c.lease, c.poll, c.threads, c.watch), (5, 20, Duration::from_secs(1), 1, false));
     assert_eq!((c.ipv4, c.ipv6), (None, None));
     assert!(c.listen.is_empty());
@@ -65,8 +65,8 @@ fn every_setting() {
     assert_eq!(c.port, 1053);
     assert_eq!(c.listen, ["127.0.0.2".parse::<IpAddr>().unwrap(), "::1".parse().unwrap()]);
     assert_eq!(c.endpoints, ["http://10.0.0.5:2379", "https://[fd00::5]:2379", "http://10.0.0.6:2379"]);
-    assert_eq!(c.ids, 1..=32);
-    assert_eq!(c.pattern.to_string(), "worker{{.ID}}.tf.local.");
+    assert_eq!(c.roles[0].ids, 1..=32);
+    assert_eq!(c.roles[0].pattern.to_string(), "worker{{.ID}}.tf.local.");
     assert_eq!(c.ipv4, Some("10.0.0.3".parse().unwrap()));
     assert_eq!(c.ipv6, Some("fd00::3".parse().unwrap()));
     assert_eq!((c.ttl, c.lease, c.poll, c.threads, c.watch), (30, 10, Duration::from_millis(250), 4, true));
@@ -75,7 +75,7 @@ fn every_setting() {
 #[test]
 fn pattern_with_spaces_inside_the_braces() {
     let c = parse_ok(". {\n idetcd {\n  pattern worker{{ .ID }}.tf.local.\n }\n}");
-    assert_eq!(c.pattern.name(7), "worker7.tf.local.");
+    assert_eq!(c.roles[0].pattern.name(7), "worker7.tf.local.");
 }
 
 #[test]
@@ -98,7 +98,7 @@ fn environment_placeholders() {
     let text = ". {\n idetcd {\n  endpoint {$ETCD}\n  limit {$LIMIT:7}\n  pattern w{{.ID}}.tf.local.\n }\n}";
     let c = parse(text, Path::new("Corefile"), &env).unwrap();
     assert_eq!(c.endpoints, ["http://10.1.1.1:2379"]);
-    assert_eq!(c.ids, 1..=7);
+    assert_eq!(c.roles[0].ids, 1..=7);
     let err = parse(". {\n idetcd {\n  endpoint {$NOPE}\n }\n}", Path::new("Corefile"), &env).unwrap_err();
     assert_eq!(err.to_string(), "Corefile:3: environment variable NOPE is not set");
 }
@@ -138,7 +138,7 @@ fn errors_name_the_line_and_the_problem() {
         (idetcd("        threads 0"), "Corefile:4: threads: \"0\" is not a number from 1 to 64"),
         (idetcd("        pattern x{{.ID}}.y."), "Corefile:4: pattern is given twice"),
         (idetcd("        limit 3\n        limit 4"), "Corefile:5: limit is given twice"),
-        (idetcd("        upstream 8.8.8.8"), "Corefile:4: unknown directive \"upstream\" in idetcd block (known: endpoint, tls, credentials, limit, start, pattern, address, ttl, lease, poll, watch, threads)"),
+        (idetcd("        upstream 8.8.8.8"), "Corefile:4: unknown directive \"upstream\" in idetcd block (known: endpoint, tls, credentials, limit, start, pattern, role, address, ttl, lease, poll, watch, threads)"),
         (idetcd("        limit 3 {\n        }"), "Corefile:4: limit does not take a block"),
         (
             ". {\n idetcd {\n  pattern worker.tf.local.\n }\n}".into(),
@@ -149,7 +149,7 @@ fn errors_name_the_line_and_the_problem() {
             "Corefile:3: pattern \"a.w{{.ID}}.tf.local.\": {{.ID}} must be in the first label of the pattern",
         ),
         (". {\n idetcd {\n  pattern\n }\n}".into(), "Corefile:3: pattern needs a name pattern, such as worker{{.ID}}.tf.local."),
-        (". {\n idetcd {\n  limit 3\n }\n}".into(), "Corefile:2: idetcd needs a pattern, such as `pattern worker{{.ID}}.tf.local.`"),
+        (". {\n idetcd {\n  limit 3\n }\n}".into(), "Corefile:2: idetcd needs a pattern, such as `pattern worker{{.ID}}.tf.local.`, or roles, such as `role worker worker{{.ID}}.tf.local. 16`"),
         (". {\n log\n}".into(), "Corefile:2: unknown directive \"log\" in server block (known: bind, forward, health, prometheus, idetcd)"),
         (". {\n bind\n idetcd {\n }\n}".into(), "Corefile:2: bind needs at least one address"),
         (". {\n forward .\n}".into(), "Corefile:2: forward needs at least one upstream server after FROM"),
@@ -235,9 +235,9 @@ fn monitoring_addresses() {
 fn ids_can_start_at_zero() {
     // TensorFlow task indexes start at 0.
     let c = parse_ok(". {\n idetcd {\n  pattern w{{.ID}}.z.\n  start 0\n  limit 4\n }\n}");
-    assert_eq!(c.ids, 0..=3);
+    assert_eq!(c.roles[0].ids, 0..=3);
     let c = parse_ok(". {\n idetcd {\n  pattern w{{.ID}}.z.\n  start 100\n }\n}");
-    assert_eq!(c.ids, 100..=109);
+    assert_eq!(c.roles[0].ids, 100..=109);
 }
 
 #[test]
@@ -286,4 +286,76 @@ fn the_fuzz_corpus_and_regressions_replay_cleanly() {
             assert!(e.to_string().starts_with("Corefile"), "{}: {e}", path.display());
         }
     }
+}
+
+/// The three-role example of the README, with `extra` lines in the idetcd block.
+fn three_roles(extra: &str) -> String {
+    format!(
+        ". {{\n idetcd {{\n  start 0\n  role chief  chief{{{{.ID}}}}.tf.local.  1\n  role ps     ps{{{{ .ID }}}}.tf.local.     2\n  role worker worker{{{{.ID}}}}.tf.local. 16\n{extra} }}\n}}\n"
+    )
+}
+
+#[test]
+fn roles_in_order_share_the_start() {
+    let c = parse_ok(&three_roles(""));
+    let roles: Vec<(&str, String, std::ops::RangeInclusive<u32>)> =
+        c.roles.iter().map(|r| (r.name.as_str(), r.pattern.to_string(), r.ids.clone())).collect();
+    assert_eq!(
+        roles,
+        [
+            ("chief", "chief{{.ID}}.tf.local.".to_string(), 0..=0),
+            ("ps", "ps{{.ID}}.tf.local.".to_string(), 0..=1),
+            ("worker", "worker{{.ID}}.tf.local.".to_string(), 0..=15),
+        ]
+    );
+    assert_eq!((c.zone(), c.role_names()), ("tf.local.", "chief, ps, worker".to_string()));
+    assert_eq!(c.role_named("ps"), Ok(1));
+    assert!(c.role_named("evaluator").unwrap_err().ends_with("are chief, ps, worker"));
+    let c = parse_ok(". {\n idetcd {\n  role w w{{.ID}}.z.\n }\n}");
+    assert_eq!(c.roles[0].ids, 1..=10, "the default limit and start");
+}
+
+#[test]
+fn a_lone_pattern_is_a_role_named_after_its_text() {
+    for (pattern, name) in [
+        ("worker{{.ID}}.tf.local.", "worker"),
+        ("gpu-node-{{.ID}}.x.", "gpu_node"),
+        ("{{.ID}}.nodes.example.", "node"),
+        ("9lives{{.ID}}.x.", "node"),
+        ("Ps{{.ID}}.x.", "Ps"),
+    ] {
+        let c = parse_ok(&format!(". {{\n idetcd {{\n  pattern {pattern}\n }}\n}}"));
+        assert_eq!(c.roles.len(), 1);
+        assert_eq!(c.roles[0].name, name, "{pattern}");
+    }
+}
+
+#[test]
+fn role_errors_name_the_line() {
+    let roles = |body: &str| format!(". {{\n idetcd {{\n  role w w{{{{.ID}}}}.z. 3\n{body}\n }}\n}}\n");
+    let cases = [
+        (roles("  role"), "Corefile:4: role takes a name, a pattern and a limit: role worker worker{{.ID}}.tf.local. 16"),
+        (roles("  role ps"), "Corefile:4: role takes a name, a pattern and a limit: role worker worker{{.ID}}.tf.local. 16"),
+        (roles("  role ps 3"), "Corefile:4: pattern \"3\": pattern must contain {{.ID}}"),
+        (roles("  role w x{{.ID}}.z."), "Corefile:4: role w is given twice"),
+        (roles("  role my-ps ps{{.ID}}.z."), "Corefile:4: role: \"my-ps\" is not a role name (a letter, then letters, digits or _)"),
+        (roles("  role ps ps.z."), "Corefile:4: pattern \"ps.z.\": pattern must contain {{.ID}}"),
+        (roles("  role ps ps{{.ID}}.z. 0"), "Corefile:4: role ps: limit \"0\" is not a number from 1 to 1000000"),
+        (roles("  role ps ps{{.ID}}.y."), "Corefile:4: role ps is in zone y., role w in z.: all roles share one zone"),
+        (
+            roles("  role w1 w1x{{.ID}}.z."),
+            "Corefile:4: role w1: names of w1x{{.ID}}.z. could be names of role w's w{{.ID}}.z.; let the text before {{.ID}} differ by more than digits",
+        ),
+        (roles("  pattern p{{.ID}}.z."), "Corefile:4: pattern and role cannot be used together: write each role as `role NAME PATTERN [LIMIT]`"),
+        (roles("  limit 4"), "Corefile:4: limit goes with pattern; give each role its own: `role NAME PATTERN LIMIT`"),
+        (roles("  start 4294967294"), "Corefile:4: start 4294967294 with limit 3 runs past the largest ID, 4294967295"),
+        (roles("  role ps ps{{.ID}}5.z."), "Corefile:4: pattern \"ps{{.ID}}5.z.\": a digit right after {{.ID}} would run into the ID; put another character between"),
+    ];
+    for (text, want) in cases {
+        assert_eq!(parse_err(&text), want, "\n{text}");
+    }
+    let many: String = (0..33).map(|i| format!("  role r{i} r{i}x{{{{.ID}}}}.z.\n")).collect();
+    assert_eq!(parse_err(&format!(". {{\n idetcd {{\n{many} }}\n}}")), "Corefile:35: at most 32 roles are supported");
+    // Zones compare as DNS names do.
+    assert_eq!(parse_ok(&roles("  role ps ps{{.ID}}.Z.")).roles.len(), 2);
 }

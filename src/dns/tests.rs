@@ -8,9 +8,15 @@ use domain::base::{Message, MessageBuilder, Name, ParsedName, Question};
 use domain::rdata::AllRecordData;
 
 use super::*;
+use crate::config::Role;
 use crate::pattern::Pattern;
 use crate::record::Record;
 use crate::zone::{Inputs, Snapshot};
+
+/// The one role a Corefile with only `pattern` has.
+fn one_role(pattern: &Pattern) -> [Role; 1] {
+    [Role { name: "worker".into(), pattern: pattern.clone(), ids: 1..=u32::MAX }]
+}
 
 fn snapshot(own: Option<&str>) -> Snapshot {
     let pattern = Pattern::parse("worker{{.ID}}.tf.local.").unwrap();
@@ -21,7 +27,13 @@ fn snapshot(own: Option<&str>) -> Snapshot {
     );
     members.insert(2, Record { ipv4: Some("10.0.0.2".parse().unwrap()), ipv6: None, port: Some(53) });
     members.insert(3, Record { ipv4: None, ipv6: Some("fd00::3".parse().unwrap()), port: None });
-    Snapshot::build(&Inputs { pattern: &pattern, ttl: 5, revision: 42, own_name: own, members: &members })
+    Snapshot::build(&Inputs {
+        roles: &one_role(&pattern),
+        ttl: 5,
+        revision: 42,
+        own_name: own,
+        members: std::slice::from_ref(&members),
+    })
 }
 
 const HELD: Context = Context { transport: Transport::Udp, identity_held: true, forward: None };
@@ -235,7 +247,7 @@ fn no_identity_while_the_name_is_not_held() {
 
 #[test]
 fn servfail_in_the_zone_until_etcd_was_read() {
-    let empty = Snapshot::empty(&Pattern::parse("worker{{.ID}}.tf.local.").unwrap());
+    let empty = Snapshot::empty("tf.local.");
     let m = ask(&q("worker1.tf.local.", Rtype::A).packet(), &empty, HELD).unwrap();
     assert_eq!(rcode(&m), OptRcode::SERVFAIL);
     let m = ask(&q("example.com.", Rtype::A).packet(), &empty, HELD).unwrap();
@@ -278,8 +290,13 @@ fn long_zone() -> (String, Snapshot) {
         Record { ipv4: Some("10.0.0.1".parse().unwrap()), ipv6: Some("fd00::1".parse().unwrap()), port: None },
     );
     let own = pattern.name(1);
-    let snapshot =
-        Snapshot::build(&Inputs { pattern: &pattern, ttl: 5, revision: 1, own_name: Some(&own), members: &members });
+    let snapshot = Snapshot::build(&Inputs {
+        roles: &one_role(&pattern),
+        ttl: 5,
+        revision: 1,
+        own_name: Some(&own),
+        members: std::slice::from_ref(&members),
+    });
     (zone, snapshot)
 }
 
@@ -610,7 +627,13 @@ fn service_records_of_a_huge_cluster_still_fit_one_message() {
     let members: BTreeMap<u32, Record> = (1..=5000)
         .map(|id| (id, Record { ipv4: Some(std::net::Ipv4Addr::from(0x0a00_0000 + id)), ipv6: None, port: Some(53) }))
         .collect();
-    let s = Snapshot::build(&Inputs { pattern: &pattern, ttl: 5, revision: 1, own_name: None, members: &members });
+    let s = Snapshot::build(&Inputs {
+        roles: &one_role(&pattern),
+        ttl: 5,
+        revision: 1,
+        own_name: None,
+        members: std::slice::from_ref(&members),
+    });
     let tcp = Context { transport: Transport::Tcp, identity_held: true, forward: None };
     let m = ask(&q("_idetcd._tcp.tf.local.", Rtype::SRV).packet(), &s, tcp).unwrap();
     assert!(!m.header().tc());

@@ -1,0 +1,412 @@
+//! A training job as the launchers see it: which members take part, in which order, where this
+//! node stands among them, and what each launcher prints for it.
+//!
+//! Pure: `roster` reads the members and waits; this module decides whether they make the job yet
+//! and renders TF_CONFIG, torchrun's variables and hostfiles. Every node that sees the same members
+//! gets the same job, byte for byte: members are ordered by role (Corefile order), then by ID as a
+//! number, never by name as text.
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write};
+
+use crate::address::Addresses;
+use crate::cli::{HostFormat, Wait};
+use crate::config::Role;
+use crate::record::Record;
+use crate::view::Slot;
+
+/// TensorFlow leaves this role out of `cluster`: the evaluator is no part of the training.
+const EVALUATOR: &str = "evaluator";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub slot: Slot,
+    /// Without the trailing dot, as launchers and resolvers want host names.
+    pub host: String,
+    pub record: Record,
+}
+
+/// The members taking part, role by role, and this node among them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Job<'a> {
+    pub roles: &'a [Role],
+    /// Per role, its members that take part, in ID order.
+    pub members: Vec<Vec<Member>>,
+    /// This node's role, and its 0-based place in that role's list.
+    pub me: Option<(usize, usize)>,
+}
+
+/// Why the members do not make the job (yet).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// Not yet: here is how far it got.
+    Waiting(Progress),
+    /// Never, as things are: the message says why.
+    Failed(String),
+}
+
+/// How much of the job is there.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub seen: u64,
+    pub wanted: u64,
+    /// What is missing, for a person to read.
+    pub detail: String,
+}
+
+impl fmt::Display for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "saw {} of {} members{}", self.seen, self.wanted, self.detail)
+    }
+}
+
+/// Whether the launcher must find this host among the members: a hostfile can be written by a
+/// host that takes no part, TF_CONFIG and ranks cannot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Me {
+    Needed,
+    NotNeeded,
+}
+
+/// Decides the job from the members etcd holds now (per role, by ID), this host's addresses and
+/// what `--wait` asks for.
+pub fn settle<'a>(
+    roles: &'a [Role],
+    members: &[BTreeMap<u32, Record>],
+    own: &Addresses,
+    wait: Wait,
+    me_needed: Me,
+) -> Result<Job<'a>, Pending> {
+    // A record put by hand outside a role's IDs is a member, but of no job.
+    let all = |role: usize| -> Vec<Member> {
+        let ids = roles[role].ids.clone();
+        let within = members.get(role).map(|m| m.range(ids)).into_iter().flatten();
+        within.map(|(&id, record)| member(roles, Slot { role, id }, record)).collect()
+    };
+    let mine = roles.iter().enumerate().find_map(|(role, _)| {
+        let (&id, _) = members.get(role)?.iter().find(|(_, record)| carries(record, own))?;
+        Some(Slot { role, id })
+    });
+    let stranger = || format!("this host ({}) is no member", describe(own));
+    let lists: Vec<Vec<Member>> = match wait {
+        Wait::Now => {
+            if mine.is_none() && me_needed == Me::Needed {
+                return Err(Pending::Failed(format!(
+                    "{}; is idetcd running here, with the same Corefile?",
+                    stranger()
+                )));
+            }
+            (0..roles.len()).map(all).collect()
+        }
+        Wait::First(n) => {
+            // With one role, it is this node's wherever this node is.
+            let Some(role) = mine.map(|s| s.role).or_else(|| (roles.len() == 1).then_some(0)) else {
+                let progress = Progress { seen: 0, wanted: u64::from(n), detail: format!("; {} yet", stranger()) };
+                return Err(Pending::Waiting(progress));
+            };
+            let ids = &roles[role].ids;
+            let last = ids.start().checked_add(n - 1).filter(|last| last <= ids.end()).ok_or_else(|| {
+                Pending::Failed(format!(
+                    "--wait {n} asks for more members than role {}'s limit of {} allows",
+                    roles[role].name,
+                    roles[role].limit()
+                ))
+            })?;
+            if let Some(slot) = mine.filter(|s| s.id > last) {
+                return Err(Pending::Failed(format!(
+                    "this host holds {}, which is not among the first {n} of role {}",
+                    slot.name(roles),
+                    roles[role].name
+                )));
+            }
+            let first: Vec<Member> = all(role).into_iter().filter(|m| m.slot.id <= last).collect();
+            if first.len() < n as usize || (mine.is_none() && me_needed == Me::Needed) {
+                let held: Vec<u32> = first.iter().map(|m| m.slot.id).collect();
+                let missing = (*ids.start()..=last).filter(|id| !held.contains(id)).map(|id| Slot { role, id });
+                let mut detail = format!(" of role {}", roles[role].name);
+                detail.push_str(&missing_names(roles, missing));
+                if mine.is_none() && me_needed == Me::Needed {
+                    let _ = write!(detail, "; {} yet", stranger());
+                }
+                return Err(Pending::Waiting(Progress { seen: first.len() as u64, wanted: u64::from(n), detail }));
+            }
+            (0..roles.len()).map(|r| if r == role { first.clone() } else { all(r) }).collect()
+        }
+        Wait::All => {
+            let lists: Vec<Vec<Member>> = (0..roles.len()).map(all).collect();
+            let seen: u64 = lists.iter().map(|l| l.len() as u64).sum();
+            let wanted: u64 = roles.iter().map(Role::limit).sum();
+            if seen < wanted || (mine.is_none() && me_needed == Me::Needed) {
+                if seen == wanted {
+                    return Err(Pending::Failed(format!("{}, and every ID of every role is held", stranger())));
+                }
+                let each: Vec<String> =
+                    roles.iter().zip(&lists).map(|(r, l)| format!("{} {}/{}", r.name, l.len(), r.limit())).collect();
+                let missing = roles.iter().enumerate().flat_map(|(role, r)| {
+                    let held = &lists[role];
+                    r.ids
+                        .clone()
+                        .filter(move |id| !held.iter().any(|m| m.slot.id == *id))
+                        .map(move |id| Slot { role, id })
+                });
+                let mut detail = format!(" ({})", each.join(", "));
+                detail.push_str(&missing_names(roles, missing));
+                if mine.is_none() && me_needed == Me::Needed {
+                    let _ = write!(detail, "; {} yet", stranger());
+                }
+                return Err(Pending::Waiting(Progress { seen, wanted, detail }));
+            }
+            lists
+        }
+    };
+    let me = mine.and_then(|slot| Some((slot.role, lists[slot.role].iter().position(|m| m.slot == slot)?)));
+    Ok(Job { roles, members: lists, me })
+}
+
+impl Job<'_> {
+    /// Every member, role by role, in ID order.
+    pub fn everyone(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().flatten()
+    }
+
+    /// This node's member entry.
+    pub fn own(&self) -> Option<&Member> {
+        let (role, place) = self.me?;
+        self.members.get(role)?.get(place)
+    }
+
+    /// TensorFlow's `TF_CONFIG`: every role but the evaluator in `cluster`, in Corefile order, and
+    /// this node's `task`. `job` renames a single role. `None` when this node takes no part.
+    pub fn tf_config(&self, job: Option<&str>, port: u16) -> Option<String> {
+        let (role, index) = self.me?;
+        let name = |r: usize| job.filter(|_| self.roles.len() == 1).unwrap_or(&self.roles[r].name);
+        // Written by hand: the cluster's keys must keep the Corefile's order, which a JSON map
+        // would sort. Role and host names need no escaping.
+        let mut cluster = Vec::new();
+        for (r, members) in self.members.iter().enumerate().filter(|(r, _)| self.roles[*r].name != EVALUATOR) {
+            let hosts: Vec<String> = members.iter().map(|m| format!("\"{}:{port}\"", m.host)).collect();
+            cluster.push(format!("\"{}\":[{}]", name(r), hosts.join(",")));
+        }
+        Some(format!(
+            "{{\"cluster\":{{{}}},\"task\":{{\"type\":\"{}\",\"index\":{index}}}}}",
+            cluster.join(","),
+            name(role)
+        ))
+    }
+
+    /// torchrun's static rendezvous for this node's role, one process per node: `(KEY, VALUE)`.
+    pub fn torch_env(&self, port: u16) -> Option<Vec<(&'static str, String)>> {
+        let (role, rank) = self.me?;
+        let members = &self.members[role];
+        let master = members.first()?;
+        Some(vec![
+            ("MASTER_ADDR", master.host.clone()),
+            ("MASTER_PORT", port.to_string()),
+            ("NNODES", members.len().to_string()),
+            ("NODE_RANK", rank.to_string()),
+            ("WORLD_SIZE", members.len().to_string()),
+            ("RANK", rank.to_string()),
+        ])
+    }
+
+    /// An MPI hostfile: a line per member, every role's.
+    pub fn hostfile(&self, slots: u32, format: HostFormat) -> String {
+        let mut out = String::new();
+        for m in self.everyone() {
+            let _ = match format {
+                HostFormat::OpenMpi => writeln!(out, "{} slots={slots}", m.host),
+                HostFormat::Mpich | HostFormat::Horovod => writeln!(out, "{}:{slots}", m.host),
+            };
+        }
+        out
+    }
+}
+
+fn member(roles: &[Role], slot: Slot, record: &Record) -> Member {
+    Member { slot, host: slot.name(roles).trim_end_matches('.').to_string(), record: *record }
+}
+
+/// Whether a member's record carries one of this host's addresses.
+pub fn carries(record: &Record, own: &Addresses) -> bool {
+    (own.ipv4.is_some() && record.ipv4 == own.ipv4) || (own.ipv6.is_some() && record.ipv6 == own.ipv6)
+}
+
+/// `; missing worker2.tf.local, worker3.tf.local`, the first few only.
+fn missing_names(roles: &[Role], missing: impl Iterator<Item = Slot>) -> String {
+    const SHOWN: usize = 4;
+    let mut names: Vec<String> = Vec::new();
+    let mut more = 0;
+    for slot in missing {
+        match names.len() < SHOWN {
+            true => names.push(slot.name(roles).trim_end_matches('.').to_string()),
+            false => more += 1,
+        }
+    }
+    match (names.is_empty(), more) {
+        (true, _) => String::new(),
+        (false, 0) => format!("; missing {}", names.join(", ")),
+        (false, more) => format!("; missing {} and {more} more", names.join(", ")),
+    }
+}
+
+/// This host's addresses, for messages.
+pub fn describe(own: &Addresses) -> String {
+    let list: Vec<String> =
+        [own.ipv4.map(|ip| ip.to_string()), own.ipv6.map(|ip| ip.to_string())].into_iter().flatten().collect();
+    match list.is_empty() {
+        true => "no address found".to_string(),
+        false => list.join(", "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pattern::Pattern;
+
+    fn roles(spec: &[(&str, u32)], start: u32) -> Vec<Role> {
+        spec.iter()
+            .map(|&(name, limit)| Role {
+                name: name.to_string(),
+                pattern: Pattern::parse(&format!("{name}{{{{.ID}}}}.tf.local.")).unwrap(),
+                ids: start..=start + limit - 1,
+            })
+            .collect()
+    }
+
+    /// Members per role, each ID with address 10.0.<role>.<id>.
+    fn members(held: &[&[u32]]) -> Vec<BTreeMap<u32, Record>> {
+        held.iter()
+            .enumerate()
+            .map(|(role, ids)| {
+                ids.iter()
+                    .map(|&id| {
+                        (id, Record { ipv4: Some([10, 0, role as u8, id as u8].into()), ipv6: None, port: Some(53) })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn host(role: u8, id: u8) -> Addresses {
+        Addresses { ipv4: Some([10, 0, role, id].into()), ipv6: None }
+    }
+
+    fn hosts(job: &Job) -> Vec<String> {
+        job.everyone().map(|m| m.host.clone()).collect()
+    }
+
+    #[test]
+    fn tf_config_lists_every_role_in_corefile_order_but_the_evaluator() {
+        let roles = roles(&[("worker", 4), ("chief", 1), ("ps", 2), ("evaluator", 1)], 0);
+        let held = members(&[&[0, 1], &[0], &[0, 1], &[0]]);
+        let job = settle(&roles, &held, &host(2, 1), Wait::Now, Me::Needed).unwrap();
+        assert_eq!(
+            job.tf_config(None, 2222).unwrap(),
+            r#"{"cluster":{"worker":["worker0.tf.local:2222","worker1.tf.local:2222"],"chief":["chief0.tf.local:2222"],"ps":["ps0.tf.local:2222","ps1.tf.local:2222"]},"task":{"type":"ps","index":1}}"#
+        );
+        let evaluator = settle(&roles, &held, &host(3, 0), Wait::Now, Me::Needed).unwrap();
+        let spec: serde_json::Value = serde_json::from_str(&evaluator.tf_config(None, 1).unwrap()).unwrap();
+        assert_eq!(spec["task"], serde_json::json!({"type": "evaluator", "index": 0}));
+        assert!(spec["cluster"].get("evaluator").is_none());
+        // --job renames a single role.
+        let one = roles[..1].to_vec();
+        let job = settle(&one, &held[..1], &host(0, 1), Wait::Now, Me::Needed).unwrap();
+        let spec: serde_json::Value = serde_json::from_str(&job.tf_config(Some("trainer"), 5000).unwrap()).unwrap();
+        assert_eq!(spec["cluster"]["trainer"][1], "worker1.tf.local:5000");
+        assert_eq!(spec["task"], serde_json::json!({"type": "trainer", "index": 1}));
+    }
+
+    #[test]
+    fn ids_order_as_numbers() {
+        let roles = roles(&[("worker", 20)], 1);
+        let held = members(&[&[10, 2, 9, 1]]);
+        let job = settle(&roles, &held, &host(0, 9), Wait::Now, Me::Needed).unwrap();
+        assert_eq!(hosts(&job), ["worker1.tf.local", "worker2.tf.local", "worker9.tf.local", "worker10.tf.local"]);
+        assert_eq!(
+            job.torch_env(29500).unwrap(),
+            [
+                ("MASTER_ADDR", "worker1.tf.local".to_string()),
+                ("MASTER_PORT", "29500".into()),
+                ("NNODES", "4".into()),
+                ("NODE_RANK", "2".into()),
+                ("WORLD_SIZE", "4".into()),
+                ("RANK", "2".into()),
+            ]
+        );
+        assert_eq!(
+            job.hostfile(4, HostFormat::OpenMpi),
+            "worker1.tf.local slots=4\nworker2.tf.local slots=4\nworker9.tf.local slots=4\nworker10.tf.local slots=4\n"
+        );
+        assert_eq!(job.hostfile(1, HostFormat::Mpich).lines().last(), Some("worker10.tf.local:1"));
+        assert_eq!(job.hostfile(2, HostFormat::Horovod).lines().next(), Some("worker1.tf.local:2"));
+    }
+
+    #[test]
+    fn waiting_for_the_first_n() {
+        let roles = roles(&[("worker", 8)], 0);
+        let wait = |held: &[u32], own: Addresses, me| settle(&roles, &members(&[held]), &own, Wait::First(4), me);
+        let Err(Pending::Waiting(progress)) = wait(&[0, 2], host(0, 2), Me::Needed) else { panic!() };
+        assert_eq!(
+            progress.to_string(),
+            "saw 2 of 4 members of role worker; missing worker1.tf.local, worker3.tf.local"
+        );
+        let Err(Pending::Waiting(progress)) = wait(&[0, 1, 2, 3], host(0, 9), Me::Needed) else { panic!() };
+        assert_eq!(progress.to_string(), "saw 4 of 4 members of role worker; this host (10.0.0.9) is no member yet");
+        // The job is the first four, whoever else is there.
+        let job = wait(&[0, 1, 2, 3, 5], host(0, 3), Me::Needed).unwrap();
+        assert_eq!(job.me, Some((0, 3)));
+        assert_eq!(hosts(&job).len(), 4);
+        assert_eq!(wait(&[0, 1, 2, 3], host(0, 9), Me::NotNeeded).map(|j| hosts(&j).len()), Ok(4));
+        assert_eq!(
+            wait(&[0, 1, 2, 5], host(0, 5), Me::Needed),
+            Err(Pending::Failed(
+                "this host holds worker5.tf.local., which is not among the first 4 of role worker".into()
+            ))
+        );
+        let too_many = settle(&roles, &members(&[&[]]), &host(0, 0), Wait::First(9), Me::NotNeeded);
+        assert_eq!(
+            too_many,
+            Err(Pending::Failed("--wait 9 asks for more members than role worker's limit of 8 allows".into()))
+        );
+    }
+
+    #[test]
+    fn waiting_for_every_role_and_for_this_nodes() {
+        let roles = roles(&[("chief", 1), ("ps", 2), ("worker", 3)], 0);
+        let Err(Pending::Waiting(progress)) =
+            settle(&roles, &members(&[&[0], &[1], &[0, 1]]), &host(2, 0), Wait::All, Me::Needed)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            progress.to_string(),
+            "saw 4 of 6 members (chief 1/1, ps 1/2, worker 2/3); missing ps0.tf.local, worker2.tf.local"
+        );
+        let full = members(&[&[0], &[0, 1], &[0, 1, 2]]);
+        let job = settle(&roles, &full, &host(2, 2), Wait::All, Me::Needed).unwrap();
+        assert_eq!(job.me, Some((2, 2)));
+        assert_eq!(hosts(&job).len(), 6);
+        assert_eq!(
+            settle(&roles, &full, &host(7, 7), Wait::All, Me::Needed),
+            Err(Pending::Failed("this host (10.0.7.7) is no member, and every ID of every role is held".into()))
+        );
+        // --wait N counts this node's role; the others are whoever is there.
+        let job = settle(&roles, &members(&[&[0], &[0], &[0, 1]]), &host(2, 1), Wait::First(2), Me::Needed).unwrap();
+        assert_eq!(hosts(&job), ["chief0.tf.local", "ps0.tf.local", "worker0.tf.local", "worker1.tf.local"]);
+        // With several roles, which is this node's is known only once it is a member.
+        let Err(Pending::Waiting(progress)) = settle(&roles, &full, &host(7, 7), Wait::First(2), Me::NotNeeded) else {
+            panic!()
+        };
+        assert_eq!(progress.to_string(), "saw 0 of 2 members; this host (10.0.7.7) is no member yet");
+        assert_eq!(
+            settle(&roles, &full, &host(7, 7), Wait::Now, Me::Needed),
+            Err(Pending::Failed(
+                "this host (10.0.7.7) is no member; is idetcd running here, with the same Corefile?".into()
+            ))
+        );
+        // A record put by hand outside the IDs is no part of a job.
+        let job = settle(&roles, &members(&[&[0, 5]]), &host(0, 0), Wait::Now, Me::Needed).unwrap();
+        assert_eq!(hosts(&job), ["chief0.tf.local"]);
+    }
+}
