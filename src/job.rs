@@ -87,7 +87,14 @@ pub fn settle<'a>(
         let (&id, _) = members.get(role)?.iter().find(|(_, record)| carries(record, own))?;
         Some(Slot { role, id })
     });
-    let stranger = || format!("this host ({}) is no member", describe(own));
+    let cluster = match roles {
+        [only] => only.pattern.to_string(),
+        _ => {
+            let names: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
+            format!("roles {} in {}", names.join(", "), roles.first().map_or(".", |r| r.pattern.zone()))
+        }
+    };
+    let stranger = || format!("this host ({}) is no member of {cluster}", describe(own));
     let lists: Vec<Vec<Member>> = match wait {
         Wait::Now => {
             if mine.is_none() && me_needed == Me::Needed {
@@ -352,7 +359,10 @@ mod tests {
             "saw 2 of 4 members of role worker; missing worker1.tf.local, worker3.tf.local"
         );
         let Err(Pending::Waiting(progress)) = wait(&[0, 1, 2, 3], host(0, 9), Me::Needed) else { panic!() };
-        assert_eq!(progress.to_string(), "saw 4 of 4 members of role worker; this host (10.0.0.9) is no member yet");
+        assert_eq!(
+            progress.to_string(),
+            "saw 4 of 4 members of role worker; this host (10.0.0.9) is no member of worker{{.ID}}.tf.local. yet"
+        );
         // The job is the first four, whoever else is there.
         let job = wait(&[0, 1, 2, 3, 5], host(0, 3), Me::Needed).unwrap();
         assert_eq!(job.me, Some((0, 3)));
@@ -389,7 +399,10 @@ mod tests {
         assert_eq!(hosts(&job).len(), 6);
         assert_eq!(
             settle(&roles, &full, &host(7, 7), Wait::All, Me::Needed),
-            Err(Pending::Failed("this host (10.0.7.7) is no member, and every ID of every role is held".into()))
+            Err(Pending::Failed(
+                "this host (10.0.7.7) is no member of roles chief, ps, worker in tf.local., and every ID of every role is held"
+                    .into()
+            ))
         );
         // --wait N counts this node's role; the others are whoever is there.
         let job = settle(&roles, &members(&[&[0], &[0], &[0, 1]]), &host(2, 1), Wait::First(2), Me::Needed).unwrap();
@@ -398,11 +411,15 @@ mod tests {
         let Err(Pending::Waiting(progress)) = settle(&roles, &full, &host(7, 7), Wait::First(2), Me::NotNeeded) else {
             panic!()
         };
-        assert_eq!(progress.to_string(), "saw 0 of 2 members; this host (10.0.7.7) is no member yet");
+        assert_eq!(
+            progress.to_string(),
+            "saw 0 of 2 members; this host (10.0.7.7) is no member of roles chief, ps, worker in tf.local. yet"
+        );
         assert_eq!(
             settle(&roles, &full, &host(7, 7), Wait::Now, Me::Needed),
             Err(Pending::Failed(
-                "this host (10.0.7.7) is no member; is idetcd running here, with the same Corefile?".into()
+                "this host (10.0.7.7) is no member of roles chief, ps, worker in tf.local.; is idetcd running here, with the same Corefile?"
+                    .into()
             ))
         );
         // A record put by hand outside the IDs is no part of a job.

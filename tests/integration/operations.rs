@@ -89,7 +89,11 @@ fn members_and_tf_config() {
     let (code, table, _) = idetcd(&["members", "-conf", &conf(&nodes[0])]);
     assert_eq!(code, Some(0));
     let lines: Vec<&str> = table.lines().collect();
-    assert!(lines[0].starts_with("ID  NAME") && lines[0].ends_with("LEASE"), "{table}");
+    assert!(lines[0].starts_with("ROLE  ") && lines[0].ends_with("LEASE"), "{table}");
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["ROLE", "ID", "NAME", "IPV4", "IPV6", "PORT", "LEASE"]
+    );
     assert_eq!(lines.len(), 4, "{table}");
     for (line, node) in lines[1..].iter().zip(&nodes) {
         assert!(line.contains(&node.identity().unwrap()) && line.contains(&node.ip.to_string()), "{table}");
@@ -162,14 +166,17 @@ fn members_and_tf_config() {
 
 #[test]
 fn subcommands_explain_themselves() {
-    for command in ["members", "tf-config"] {
+    for command in ["members", "tf-config", "torch-env", "hostfile", "exec"] {
         let (code, out, _) = idetcd(&[command, "--help"]);
         assert_eq!(code, Some(0));
         assert!(out.starts_with(&format!("usage: idetcd {command}")), "{out}");
     }
-    let (code, _, err) = idetcd(&["tf-config", "--port", "99"]);
+    let (code, _, err) = idetcd(&["tf-config", "--port", "0"]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("tf-config needs --job NAME") && err.contains("usage: idetcd tf-config"), "{err}");
+    assert!(err.contains("--port: \"0\" is not a port") && err.contains("usage: idetcd tf-config"), "{err}");
+    let (code, _, err) = idetcd(&["exec", "--wait", "2"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("exec needs a command to run") && err.contains("usage: idetcd exec"), "{err}");
     let (code, _, err) = idetcd(&["members", "-conf", "/nonexistent/Corefile"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("cannot read the Corefile"), "{err}");

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -270,6 +270,10 @@ impl Etcd {
         self.post("/v3/kv/put", body);
     }
 
+    pub fn delete(&self, key: &str) {
+        self.post("/v3/kv/deleterange", json!({ "key": BASE64.encode(key) }));
+    }
+
     pub fn grant(&self, ttl: u32) -> i64 {
         self.post("/v3/lease/grant", json!({ "TTL": ttl }))["ID"].as_str().unwrap().parse().unwrap()
     }
@@ -422,6 +426,31 @@ pub fn id_of(name: &str) -> u32 {
     name.trim_start_matches("worker").split('.').next().unwrap().parse().unwrap_or(u32::MAX)
 }
 
+/// The role and the ID in `ps7.tf.local.`: `("ps", 7)`; the role is the first label's text
+/// before its digits.
+pub fn role_and_id(name: &str) -> (String, u32) {
+    let label = name.split('.').next().unwrap_or("");
+    let digits = label.len() - label.trim_start_matches(|c: char| !c.is_ascii_digit()).len();
+    let (role, id) = label.split_at(digits);
+    (role.to_string(), id.parse().unwrap_or(u32::MAX))
+}
+
+/// The PTR question for an address: `4.3.2.1.in-addr.arpa.` for 1.2.3.4, nibbles under `ip6.arpa.`
+/// for IPv6.
+pub fn reverse_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(ip) => {
+            let [a, b, c, d] = ip.octets();
+            format!("{d}.{c}.{b}.{a}.in-addr.arpa.")
+        }
+        IpAddr::V6(ip) => {
+            let nibbles: Vec<String> =
+                ip.octets().iter().rev().flat_map(|b| [b & 0xf, b >> 4]).map(|n| format!("{n:x}")).collect();
+            format!("{}.ip6.arpa.", nibbles.join("."))
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // idetcd nodes
 
@@ -436,6 +465,13 @@ pub struct Setup {
     pub ttl: u32,
     pub ipv6: bool,
     pub extra: String,
+    /// The text before `{{.ID}}` in the single-role `pattern`.
+    pub prefix: &'static str,
+    /// `role NAME NAME{{.ID}}.<zone> LIMIT` lines, in this order, in place of `limit` and
+    /// `pattern` when there are any.
+    pub roles: Vec<(&'static str, u32)>,
+    /// `start N`, when given.
+    pub first_id: Option<u32>,
 }
 
 impl Setup {
@@ -449,16 +485,38 @@ impl Setup {
             ttl: 5,
             ipv6: true,
             extra: String::new(),
+            prefix: "worker",
+            roles: Vec::new(),
+            first_id: None,
         }
+    }
+
+    /// A Corefile with these roles, IDs from 0: `Setup::with_roles(&etcd, zone, &[("ps", 2)])`.
+    pub fn with_roles(etcd: &Etcd, zone: &str, roles: &[(&'static str, u32)]) -> Setup {
+        Setup { roles: roles.to_vec(), first_id: Some(0), ..Setup::new(etcd, zone) }
+    }
+
+    /// The three-role TensorFlow cluster of issue 8: chief (1), ps (2), worker (16), IDs from 0.
+    pub fn three_roles(etcd: &Etcd, zone: &str) -> Setup {
+        Setup::with_roles(etcd, zone, &[("chief", 1), ("ps", 2), ("worker", 16)])
     }
 
     pub fn corefile(&self, ip: Ipv4Addr, port: u16) -> String {
         let ipv6 = if self.ipv6 { format!(" fd00::{}", ip.octets()[3]) } else { String::new() };
+        let mut names = match self.first_id {
+            Some(start) => format!("        start {start}\n"),
+            None => String::new(),
+        };
+        if self.roles.is_empty() {
+            names +=
+                &format!("        limit {}\n        pattern {}{{{{.ID}}}}.{}\n", self.limit, self.prefix, self.zone);
+        }
+        for (role, limit) in &self.roles {
+            names += &format!("        role {role} {role}{{{{.ID}}}}.{} {limit}\n", self.zone);
+        }
         format!(
-            ".:{port} {{\n    bind {ip}\n    idetcd {{\n        endpoint {endpoints}\n        limit {limit}\n        pattern worker{{{{.ID}}}}.{zone}\n        address {ip}{ipv6}\n        lease {lease}\n        poll {poll}\n        ttl {ttl}\n{extra}    }}\n}}\n",
+            ".:{port} {{\n    bind {ip}\n    idetcd {{\n        endpoint {endpoints}\n{names}        address {ip}{ipv6}\n        lease {lease}\n        poll {poll}\n        ttl {ttl}\n{extra}    }}\n}}\n",
             endpoints = self.endpoints,
-            limit = self.limit,
-            zone = self.zone,
             lease = self.lease,
             poll = self.poll,
             ttl = self.ttl,
@@ -467,8 +525,27 @@ impl Setup {
     }
 
     pub fn start(&self) -> Node {
+        self.start_with_args(&[], &[])
+    }
+
+    /// Starts a node with more command-line arguments (after `-conf PATH`) and environment.
+    pub fn start_with_args(&self, args: &[&str], env: &[(&str, &str)]) -> Node {
         let ip = next_loopback();
-        Node::start_with(self.corefile(ip, free_port(ip)), ip)
+        Node::start_with_args(self.corefile(ip, free_port(ip)), ip, args, env)
+    }
+
+    /// Starts `n` nodes at once and waits until each has claimed a name; returns them in
+    /// Corefile order of their roles, then by ID.
+    pub fn start_together(&self, n: usize) -> Vec<Node> {
+        let mut nodes: Vec<Node> = (0..n).map(|_| self.start()).collect();
+        for node in &mut nodes {
+            node.claimed();
+        }
+        nodes.sort_by_key(|node| {
+            let (role, id) = role_and_id(&node.identity().expect("a node that claimed holds its name"));
+            (self.roles.iter().position(|(r, _)| *r == role), id)
+        });
+        nodes
     }
 }
 
@@ -483,15 +560,29 @@ pub struct Node {
 impl Node {
     /// Starts the binary on `corefile`, which must bind `ip` and say its port on its first line.
     pub fn start_with(corefile: String, ip: Ipv4Addr) -> Node {
+        Node::start_with_args(corefile, ip, &[], &[])
+    }
+
+    /// As `start_with`, with more arguments after `-conf PATH` and more environment variables.
+    /// `IDETCD_ROLE` is only set when `env` sets it.
+    pub fn start_with_args(corefile: String, ip: Ipv4Addr, args: &[&str], env: &[(&str, &str)]) -> Node {
         let port =
             corefile.split(['{', '\n']).next().and_then(|k| k.trim().rsplit(':').next()).and_then(|p| p.parse().ok());
         let dir = TempDir::new("node");
         let conf = dir.path().join("Corefile");
         fs::write(&conf, &corefile).unwrap();
         let log = fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let child = spawn(
-            Command::new(BINARY).arg("-conf").arg(&conf).env("RUST_LOG", "debug").stdout(Stdio::null()).stderr(log),
-        );
+        let mut command = Command::new(BINARY);
+        command
+            .arg("-conf")
+            .arg(&conf)
+            .args(args)
+            .env_remove("IDETCD_ROLE")
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = spawn(&mut command);
         Node { child: Some(child), ip, port: port.unwrap_or(53), dir, status: None }
     }
 
@@ -509,6 +600,25 @@ impl Node {
 
     pub fn corefile_path(&self) -> PathBuf {
         self.dir.path().join("Corefile")
+    }
+
+    /// The command line `idetcd SUBCOMMAND -conf <this node's Corefile> ARGS…`, run as this host.
+    pub fn command(&self, subcommand: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(BINARY);
+        command.arg(subcommand).arg("-conf").arg(self.corefile_path()).args(args).env_remove("IDETCD_ROLE");
+        command
+    }
+
+    /// Runs a subcommand as this host to completion: its status, stdout and stderr (both pipes).
+    pub fn run(&self, subcommand: &str, args: &[&str]) -> (ExitStatus, String, String) {
+        let output = self.command(subcommand, args).stdin(Stdio::null()).output().expect("run idetcd");
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        (output.status, text(output.stdout), text(output.stderr))
+    }
+
+    /// Starts a subcommand as this host in the background.
+    pub fn launch(&self, subcommand: &str, args: &[&str]) -> Background {
+        Background::start(self.command(subcommand, args))
     }
 
     /// Waits until the node answers `id.server.` with the name it claimed, and returns the name.
@@ -589,6 +699,69 @@ impl Drop for Node {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A command running in the background, in a process group of its own, its stdout and stderr
+/// going to files; the whole group is killed on drop (what `idetcd exec` started too).
+pub struct Background {
+    child: Child,
+    dir: TempDir,
+    status: Option<ExitStatus>,
+}
+
+impl Background {
+    pub fn start(mut command: Command) -> Background {
+        let dir = TempDir::new("background");
+        let stdout = fs::File::create(dir.path().join("stdout")).unwrap();
+        let stderr = fs::File::create(dir.path().join("stderr")).unwrap();
+        command.stdin(Stdio::null()).stdout(stdout).stderr(stderr).process_group(0);
+        Background { child: spawn(&mut command), dir, status: None }
+    }
+
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
+
+    /// Sends a signal to the process itself, not to its group.
+    pub fn signal(&self, signal: i32) {
+        if self.status.is_none() {
+            // SAFETY: signalling our own child, which has not been reaped yet.
+            unsafe { libc::kill(self.child.id() as i32, signal) };
+        }
+    }
+
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok()?;
+        }
+        self.status
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!("still running after {timeout:?}:\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // SAFETY: the group is our child's own (process_group(0)); killing it reaches nothing else.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
