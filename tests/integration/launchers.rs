@@ -260,6 +260,29 @@ fn exec_ends_the_command_and_exits_75_when_the_name_is_lost() {
 }
 
 #[test]
+fn exec_stops_the_command_when_etcd_cannot_confirm_the_name_within_the_lease() {
+    // etcd gone: the lease may end unrenewed and another node take the name, so the command
+    // must not outlive the lease, although the key was never seen to go.
+    let mut etcd = Etcd::start();
+    let mut node = Setup { lease: 3, ..Setup::new(&etcd, "blind.test.") }.start();
+    assert_eq!(node.claimed(), "worker1.blind.test.");
+    let dir = TempDir::new("blind");
+    let (note, running) = (dir.path().join("note"), dir.path().join("running"));
+    let mut exec =
+        node.launch("exec", &["--", "sh", "-c", TRAPPING, "sh", note.to_str().unwrap(), running.to_str().unwrap()]);
+    eventually("the command to start", Duration::from_secs(10), || running.exists().then_some(()));
+    etcd.stop();
+    let stopped = Instant::now();
+    let status = exec.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(75), "{}", exec.stderr());
+    assert!(exec.stderr().contains("could not confirm"), "{}", exec.stderr());
+    assert!(exec.stderr().contains("worker1.blind.test"), "{}", exec.stderr());
+    assert_eq!(fs::read_to_string(&note).unwrap_or_default().trim(), "got-term");
+    // Not before the lease could have run out: a short outage does not stop a job.
+    assert!(stopped.elapsed() >= Duration::from_secs(1), "stopped after only {:?}", stopped.elapsed());
+}
+
+#[test]
 fn signals_to_exec_reach_the_command_and_exec_exits_with_its_status() {
     let etcd = Etcd::start();
     let mut node = Setup::new(&etcd, "sig.test.").start();

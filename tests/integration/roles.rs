@@ -287,3 +287,36 @@ fn single_role_corefiles_in_one_etcd_each_serve_their_own_names() {
         assert_eq!((nx.rcode, nx.aa), (OptRcode::NXDOMAIN, true), "{name}: {nx:?}");
     }
 }
+
+#[test]
+fn with_watch_every_roles_changes_show_long_before_the_next_poll() {
+    // One watch stream with a watcher per role; polling (30 s) would be far too late.
+    let etcd = Etcd::start();
+    let zone = "rwatch.test.";
+    let setup = Setup { poll: "30s", extra: "        watch\n".into(), ..Setup::three_roles(&etcd, zone) };
+    let nodes = setup.start_together(2);
+    let observer = &nodes[0];
+    assert_eq!(observer.identity().unwrap(), format!("chief0.{zone}"));
+    // Changes in every role, and one transaction touching two roles at once.
+    for (name, ip) in [("ps1", "10.0.0.21"), ("worker7", "10.0.0.27")] {
+        etcd.put(&format!("{name}.{zone}"), &format!(r#"{{"ipv4":"{ip}"}}"#));
+        resolves(observer, &format!("{name}.{zone}"), ip);
+    }
+    let put = |key: String, ip: &str| {
+        use base64::Engine;
+        let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+        serde_json::json!({ "requestPut": { "key": b64(&key), "value": b64(&format!(r#"{{"ipv4":"{ip}"}}"#)) } })
+    };
+    etcd.post(
+        "/v3/kv/txn",
+        serde_json::json!({ "success": [put(format!("ps1.{zone}"), "10.1.0.21"), put(format!("worker7.{zone}"), "10.1.0.27")] }),
+    );
+    for (name, ip) in [("ps1", "10.1.0.21"), ("worker7", "10.1.0.27")] {
+        let name = format!("{name}.{zone}");
+        eventually(&name, Duration::from_secs(3), || (observer.query(&name, Rtype::A).data() == [ip]).then_some(()));
+    }
+    etcd.delete(&format!("worker7.{zone}"));
+    eventually("worker7 to leave", Duration::from_secs(3), || {
+        (observer.query(&format!("worker7.{zone}"), Rtype::A).rcode == OptRcode::NXDOMAIN).then_some(())
+    });
+}
