@@ -283,8 +283,10 @@ impl Client {
     /// Seconds a lease has left, or `None` when etcd no longer knows it.
     pub fn lease_ttl(&mut self, id: i64) -> Result<Option<i64>, Error> {
         let (_, answer) = self.post::<Value>("/v3/lease/timetolive", &json!({ "ID": id.to_string() }), Retry::Safe)?;
+        // The gateway leaves out a TTL of 0: a live lease in its last second. One etcd no longer
+        // knows has -1.
         let ttl = int(&answer["TTL"]);
-        Ok((ttl >= 0 && !answer["TTL"].is_null()).then_some(ttl))
+        Ok((ttl >= 0).then_some(ttl))
     }
 
     /// Revokes a lease, deleting every key attached to it. A lease etcd no longer knows is gone

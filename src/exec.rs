@@ -8,6 +8,7 @@
 
 use std::ffi::OsString;
 use std::fmt;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -77,11 +78,11 @@ pub fn run(
 ) -> Result<u8, Error> {
     let own = job.own().ok_or_else(|| Error::Lost { name: "a name".into(), why: "this host is no member".into() })?;
     let name = own.slot.name(job.roles);
-    // The key as it is now: ours, and on which lease; followed from here on.
+    // The key as it is now: ours, and since when; followed from here on.
     let key = name.clone().into_bytes();
     let (now, revision) = read_key(client, &key)?;
-    let lease_id = match now {
-        Some((value, lease_id)) if Record::parse(&value).ok() == Some(own.record) => lease_id,
+    let held = match now {
+        Some(held) if Record::parse(&held.value).ok() == Some(own.record) => held,
         _ => return Err(Error::Lost { name, why: "its key holds another node's record, or none".into() }),
     };
 
@@ -91,16 +92,32 @@ pub fn run(
         command: String::new(),
         error: std::io::Error::new(std::io::ErrorKind::NotFound, "no command"),
     })?;
-    let mut child = Command::new(program)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
+    let terminal = Terminal::foreground();
+    let mut spawn_command = Command::new(program);
+    spawn_command.args(args).envs(env.iter().map(|(k, v)| (k, v)));
+    // A process group of its own, so that a signal reaches every process the command started
+    // (torchrun's workers, a shell's children), not only the first.
+    spawn_command.process_group(0);
+    if terminal.is_some() {
+        // SAFETY: only async-signal-safe calls, in the child before exec: it takes the terminal,
+        // so that it reads it and gets Ctrl-C as a shell's foreground job would.
+        unsafe {
+            spawn_command.pre_exec(|| {
+                libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+                libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
+                libc::signal(libc::SIGTTOU, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+    }
+    let mut child = spawn_command
         .spawn()
         .map_err(|error| Error::Spawn { command: program.to_string_lossy().into_owned(), error })?;
-    let pid = child.id() as i32;
+    let group = Group(child.id() as i32);
 
     let (exited_tx, exited) = crossbeam_channel::bounded(1);
     spawn("exec-wait", move || {
-        let _ = exited_tx.send(child.wait());
+        let _ = exited_tx.send(group.wait_exit());
     })?;
     let (caught_tx, caught) = crossbeam_channel::unbounded();
     spawn("exec-signals", move || {
@@ -115,53 +132,55 @@ pub fn run(
         client: client.clone(),
         key,
         record: own.record,
-        lease: lease_id,
+        held,
         max_ttl: Duration::from_secs(u64::from(lease.max(1))),
     };
     spawn("exec-fence", move || fence.run(revision, lost_tx))?;
 
-    supervise(pid, &exited, &caught, &lost, &name)
+    let fenced = supervise(group, &exited, &caught, &lost, &name);
+    // The command has ended, but is not reaped yet: until now its process ID could not be reused,
+    // so no signal above could reach a stranger.
+    let status = child.wait().map_err(Error::Setup);
+    if let Some(terminal) = terminal {
+        terminal.take_back();
+    }
+    match fenced {
+        Some(why) => {
+            // What the command left running must not run on under a lost name either.
+            group.signal(SIGKILL);
+            Err(Error::Lost { name, why })
+        }
+        None => status.map(exit_code),
+    }
 }
 
-/// Waits for the command to end, passing signals on and stopping it when the name is lost.
-fn supervise(
-    pid: i32,
-    exited: &Receiver<std::io::Result<ExitStatus>>,
-    caught: &Receiver<i32>,
-    lost: &Receiver<String>,
-    name: &str,
-) -> Result<u8, Error> {
-    let mut fenced: Option<(String, Instant)> = None;
+/// Waits for the command to end, passing signals on and stopping it when the name is lost;
+/// returns why it was stopped, if it was.
+fn supervise(group: Group, exited: &Receiver<()>, caught: &Receiver<i32>, lost: &Receiver<String>, name: &str) -> Option<String> {
+    let mut fenced: Option<String> = None;
+    let mut kill_at: Option<Instant> = None;
     let mut lost = lost.clone();
     loop {
-        let timeout =
-            fenced.as_ref().map_or(Duration::from_secs(3600), |(_, at)| at.saturating_duration_since(Instant::now()));
+        let timeout = kill_at.map_or(Duration::from_secs(3600), |at| at.saturating_duration_since(Instant::now()));
         select! {
-            recv(exited) -> status => {
-                let status = status.map_err(|_| Error::Setup(std::io::Error::other("the wait thread is gone")))?;
-                let status = status.map_err(Error::Setup)?;
-                if let Some((why, _)) = fenced {
-                    return Err(Error::Lost { name: name.to_string(), why });
-                }
-                return Ok(exit_code(status));
-            }
+            recv(exited) -> _ => return fenced,
             recv(caught) -> signal => {
                 if let Ok(signal) = signal {
-                    send(pid, signal);
+                    group.signal(signal);
                 }
             }
             recv(lost) -> why => {
                 let why = why.unwrap_or_else(|_| "the fence stopped".to_string());
                 eprintln!("idetcd: this host no longer holds {name}: {why}; stopping the command");
-                send(pid, SIGTERM);
-                fenced = Some((why, Instant::now() + KILL_AFTER));
+                group.signal(SIGTERM);
+                fenced = Some(why);
+                kill_at = Some(Instant::now() + KILL_AFTER);
                 lost = crossbeam_channel::never();
             }
             default(timeout) => {
-                if fenced.is_some() {
+                if kill_at.take().is_some() {
                     eprintln!("idetcd: the command did not stop within {}s of SIGTERM; killing it", KILL_AFTER.as_secs());
-                    send(pid, SIGKILL);
-                    fenced = fenced.map(|(why, _)| (why, Instant::now() + Duration::from_secs(3600)));
+                    group.signal(SIGKILL);
                 }
             }
         }
@@ -178,22 +197,71 @@ fn exit_code(status: ExitStatus) -> u8 {
     }
 }
 
-fn send(pid: i32, signal: i32) {
-    // SAFETY: kill only sends a signal; `pid` is our child, which the wait thread reaps only once
-    // it has ended, after which no signal is sent any more.
-    unsafe { libc::kill(pid, signal) };
+/// The command's process group; its ID is the command's process ID.
+#[derive(Clone, Copy)]
+struct Group(i32);
+
+impl Group {
+    fn signal(self, signal: i32) {
+        // SAFETY: kill only sends a signal. The group's leader is our child, and is reaped only
+        // after the last signal: until then its ID names this group and no other.
+        unsafe { libc::kill(-self.0, signal) };
+    }
+
+    /// Waits until the leader has ended, leaving it unreaped.
+    fn wait_exit(self) {
+        loop {
+            // SAFETY: waitid writes only into `info`, which lives on this stack.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let done = unsafe { libc::waitid(libc::P_PID, self.0 as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+            if done == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return;
+            }
+        }
+    }
+}
+
+/// The terminal exec runs in the foreground of, handed to the command while it runs.
+struct Terminal {
+    /// exec's own process group, to take the terminal back for.
+    group: libc::pid_t,
+}
+
+impl Terminal {
+    fn foreground() -> Option<Terminal> {
+        // SAFETY: plain queries of this process and its standard input.
+        let (tty, group) = unsafe { (libc::isatty(libc::STDIN_FILENO) == 1, libc::getpgrp()) };
+        (tty && unsafe { libc::tcgetpgrp(libc::STDIN_FILENO) } == group).then_some(Terminal { group })
+    }
+
+    fn take_back(self) {
+        // SAFETY: as the shell does when a foreground job ends; SIGTTOU would stop a background
+        // process group that asks, so it is ignored meanwhile.
+        unsafe {
+            let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+            libc::tcsetpgrp(libc::STDIN_FILENO, self.group);
+            libc::signal(libc::SIGTTOU, old);
+        }
+    }
 }
 
 fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), Error> {
     std::thread::Builder::new().name(name.to_string()).spawn(body).map(|_| ()).map_err(Error::Setup)
 }
 
-/// The key's value and lease (`None` when it is gone), and the revision it was read at.
-type KeyNow = (Option<(Vec<u8>, i64)>, i64);
+/// This node's key as read: its value, its lease (0 for none) and when it was created.
+#[derive(Clone, Debug)]
+struct Held {
+    value: Vec<u8>,
+    lease: i64,
+    create_revision: i64,
+}
 
-fn read_key(client: &mut etcd::Client, key: &[u8]) -> Result<KeyNow, Error> {
+/// The key (`None` when it is gone), and the revision it was read at.
+fn read_key(client: &mut etcd::Client, key: &[u8]) -> Result<(Option<Held>, i64), Error> {
     let range = client.range(key, &[key, &[0]].concat()).map_err(Error::Etcd)?;
-    Ok((range.kvs.into_iter().next().map(|kv| (kv.value, kv.lease)), range.revision))
+    let held = range.kvs.into_iter().next().map(|kv| Held { value: kv.value, lease: kv.lease, create_revision: kv.create_revision });
+    Ok((held, range.revision))
 }
 
 /// What the fence thread follows: this node's key, its record and the lease it is on.
@@ -201,7 +269,8 @@ struct Fence {
     client: etcd::Client,
     key: Vec<u8>,
     record: Record,
-    lease: i64,
+    /// The key as last seen.
+    held: Held,
     /// The longest a lease lasts unrenewed, as the Corefile asks for it.
     max_ttl: Duration,
 }
@@ -213,74 +282,84 @@ impl Fence {
         let range =
             WatchRange { start: self.key.clone(), end: [self.key.as_slice(), &[0]].concat(), from: revision + 1 };
         let client = self.client.clone();
-        if std::thread::Builder::new()
-            .name("exec-watch".into())
-            .spawn(move || membership::follow(client, vec![range], changes_tx))
-            .is_err()
-        {
+        let follow = move || membership::follow(client, vec![range], changes_tx);
+        if std::thread::Builder::new().name("exec-watch".into()).spawn(follow).is_err() {
             let _ = lost.send("cannot follow the key in etcd".into());
             return;
         }
-        // Until etcd says otherwise, the lease may end as early as a full TTL after we read it.
+        // All times on the boot-time clock, which counts through suspends and pauses. Until etcd
+        // says otherwise, the lease may end a full TTL after the key was read.
         let mut deadline = boottime() + self.max_ttl;
-        let mut next_check = Instant::now();
+        let mut next_check = boottime();
+        let mut resync = false;
         let why = loop {
-            let timeout = next_check.saturating_duration_since(Instant::now());
+            let timeout = next_check.saturating_sub(boottime()).min(Duration::from_secs(1));
             select! {
                 recv(changes) -> message => match message {
                     Ok(Watched::Changes(events)) => {
-                        let mut now = events.iter().map(|e| (!e.deleted).then_some((e.kv.value.as_slice(), e.kv.lease)));
-                        if let Some(why) = now.find_map(|key| self.judge(key)) {
+                        let mut seen = events.iter().map(|e| {
+                            let kv = &e.kv;
+                            (!e.deleted).then(|| Held { value: kv.value.clone(), lease: kv.lease, create_revision: kv.create_revision })
+                        });
+                        if let Some(why) = seen.find_map(|now| self.judge(now)) {
                             break why;
                         }
                     }
                     // The watch missed changes: the key as it is now says all.
-                    Ok(Watched::Resync) => match read_key(&mut self.client, &self.key) {
-                        Ok((now, _)) => {
-                            if let Some(why) = self.judge(now.as_ref().map(|(value, lease)| (value.as_slice(), *lease))) {
-                                break why;
-                            }
-                        }
-                        Err(_) => next_check = Instant::now(),
-                    },
+                    Ok(Watched::Resync) => resync = true,
                     Err(_) => break "the watch on its key stopped".to_string(),
                 },
                 default(timeout) => {}
             }
-            if Instant::now() < next_check {
+            if resync {
+                if let Ok((now, _)) = read_key(&mut self.client, &self.key) {
+                    resync = false;
+                    if let Some(why) = self.judge(now) {
+                        break why;
+                    }
+                }
+            }
+            if boottime() < next_check {
+                continue;
+            }
+            if self.held.lease == 0 {
+                // A record put without a lease (by hand, say) holds its name until it is deleted.
+                next_check = Duration::MAX;
                 continue;
             }
             let before = boottime();
-            match self.client.lease_ttl(self.lease) {
+            match self.client.lease_ttl(self.held.lease) {
                 Ok(Some(ttl)) => {
-                    deadline = before + Duration::from_secs(ttl.max(0) as u64);
+                    deadline = before + Duration::from_secs(ttl as u64);
                     // As often as the daemon renews it.
-                    next_check = Instant::now() + (self.max_ttl / 3).max(Duration::from_secs(1));
+                    next_check = boottime() + (self.max_ttl / 3).max(Duration::from_secs(1));
                 }
-                Ok(None) => break format!("its lease {:x} is gone", self.lease),
+                Ok(None) => break format!("its lease {:x} is gone", self.held.lease),
                 Err(e) => {
                     if boottime() >= deadline {
                         break format!("etcd could not confirm it before its lease would end ({e})");
                     }
-                    next_check = Instant::now() + Duration::from_secs(1);
+                    next_check = boottime() + Duration::from_secs(1);
                 }
             }
         };
         let _ = lost.send(why);
     }
 
-    /// Why the key's new value and lease (`None`: deleted) mean the name is lost, if they do.
-    /// The same record on another lease is this node's daemon restarted: it kept the name.
-    fn judge(&mut self, now: Option<(&[u8], i64)>) -> Option<String> {
-        let Some((value, lease)) = now else {
+    /// Why the key as it is now (`None`: deleted) means the name is lost, if it does. Our record
+    /// on another lease, the key not re-created meanwhile, is this node's daemon restarted: it
+    /// kept the name all along.
+    fn judge(&mut self, now: Option<Held>) -> Option<String> {
+        let Some(now) = now else {
             return Some("its key was deleted (its lease ended or was revoked)".into());
         };
-        match Record::parse(value) {
-            Ok(record) if record == self.record => {
-                self.lease = lease;
-                None
-            }
-            _ => Some(format!("its key now holds another node's record, {}", String::from_utf8_lossy(value))),
+        if Record::parse(&now.value).ok() != Some(self.record) {
+            return Some(format!("its key now holds another node's record, {}", String::from_utf8_lossy(&now.value)));
         }
+        if now.create_revision != self.held.create_revision {
+            return Some("its key was deleted and taken anew meanwhile".into());
+        }
+        self.held = now;
+        None
     }
 }

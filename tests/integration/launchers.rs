@@ -283,6 +283,29 @@ fn exec_stops_the_command_when_etcd_cannot_confirm_the_name_within_the_lease() {
 }
 
 #[test]
+fn a_fenced_command_takes_what_it_started_with_it() {
+    let etcd = Etcd::start();
+    let mut node = Setup::new(&etcd, "family.test.").start();
+    let name = node.claimed();
+    let dir = TempDir::new("family");
+    let pidfile = dir.path().join("grandchild");
+    // A shell that starts a long child and waits, as a launcher script does.
+    let script = r#"sleep 300 & echo $! > "$1"; wait"#;
+    let mut exec = node.launch("exec", &["--", "sh", "-c", script, "sh", pidfile.to_str().unwrap()]);
+    let pid: i32 = eventually("the grandchild to start", Duration::from_secs(10), || {
+        fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    });
+    etcd.delete(&name);
+    assert_eq!(exec.wait_exit(Duration::from_secs(20)).code(), Some(75), "{}", exec.stderr());
+    // Gone, or a zombie that nobody has reaped yet: either way it runs no more.
+    let alive = || {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit(") ").next().is_some_and(|rest| !rest.is_empty() && !rest.starts_with('Z'))
+    };
+    eventually("the grandchild to be gone", Duration::from_secs(5), || (!alive()).then_some(()));
+}
+
+#[test]
 fn signals_to_exec_reach_the_command_and_exec_exits_with_its_status() {
     let etcd = Etcd::start();
     let mut node = Setup::new(&etcd, "sig.test.").start();
