@@ -6,7 +6,7 @@
 //! once tried the lowest free one, all but one would fail and retry, O(N²) transactions for N
 //! nodes. So a claiming node first takes a number, like at a counter: one transaction reads the
 //! claims already queued, puts this node's own queue key (on its lease, so a crashed node leaves
-//! the queue; its value is the role asked for, empty to fill the roles in order) and reads the
+//! the queue; its value says what the node asks for, see `Ticket`) and reads the
 //! names. Replaying the claims ahead of it tells the node which free slot each of them will take,
 //! so nodes starting together aim at different slots and get exactly the first N. The claim
 //! transaction tries a few slots from there in order, each "if absent, put it and leave the
@@ -121,16 +121,12 @@ impl Keys {
 pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, ClaimError> {
     let keys = Keys::new(request);
     let roles = request.roles.len();
-    let asked = match request.choice {
-        Choice::Fill => Vec::new(),
-        Choice::Role(role) => request.roles.get(role).map_or_else(Vec::new, |r| r.name.clone().into_bytes()),
-    };
     // Take a number: read the queue, join it, read the names, all at one revision. A retry on
     // the same lease finds its place already taken and keeps it.
     let mut success = vec![
         Op::Range(keys.queue.clone()),
         Op::Range(RangeRequest::new(&keys.mine, &[keys.mine.as_slice(), &[0]].concat())),
-        Op::Put { key: keys.mine.clone(), value: asked, lease: request.lease },
+        Op::Put { key: keys.mine.clone(), value: Ticket::of(request), lease: request.lease },
     ];
     success.extend(keys.read_names());
     let joined = client.txn(&Txn { compare: vec![], success, failure: vec![] })?;
@@ -140,14 +136,14 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
             if names.len() == roles =>
         {
             let queued_at = mine.kvs.first().map_or(*revision, |place| place.create_revision);
-            (claims_ahead(request.roles, &queue.kvs, queued_at), queued_at, ranges(names))
+            (claims_ahead(request, &queue.kvs, queued_at), queued_at, ranges(names))
         }
         other => return Err(unexpected(client, other)),
     };
     let mut window = WINDOW;
     loop {
         let Some(names_now) = names.as_deref() else { return Err(unexpected(client, &joined.responses)) };
-        let spaces = spaces(request.roles, names_now);
+        let mut spaces = spaces(request.roles, names_now);
         let order: Vec<usize> = match request.choice {
             Choice::Fill => (0..roles).collect(),
             Choice::Role(role) => vec![role],
@@ -161,7 +157,7 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
         let slots = match own {
             Some(slot) => vec![slot],
             None => {
-                let place = place(&spaces, &ahead, request.choice);
+                let place = place(&mut spaces, &ahead, request.choice);
                 let preferred = request.preferred.filter(|s| order.contains(&s.role) && spaces[s.role].is_free(s.id));
                 candidates(free_slots(&spaces, &order), preferred, place, window)
             }
@@ -192,7 +188,7 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
             }
             Walk::Lost([read @ .., OpResponse::Range(queue)]) if read.len() == roles => {
                 names = ranges(read);
-                ahead = claims_ahead(request.roles, &queue.kvs, queued_at);
+                ahead = claims_ahead(request, &queue.kvs, queued_at);
             }
             Walk::Lost(other) => return Err(unexpected(client, other)),
         }
@@ -215,17 +211,58 @@ fn ranges(responses: &[OpResponse]) -> Option<Vec<Range>> {
         .collect()
 }
 
-/// What the queue says of the claims created before `queued_at`, oldest first: the role each
-/// asked for. A claim for a role this Corefile does not have is no rival of ours.
-fn claims_ahead(roles: &[Role], queue: &[KeyValue], queued_at: i64) -> Vec<Choice> {
+/// A claim in the queue, as its key's value says: `ROLE\nPREFERRED\nRECORD`, the role asked for
+/// (empty to fill in order), the name it asks back first (empty for none) and the node's record.
+/// Earlier versions wrote nothing there: a claim filling in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Ticket {
+    choice: Choice,
+    preferred: Option<Slot>,
+    record: Vec<u8>,
+}
+
+impl Ticket {
+    fn of(request: &Request) -> Vec<u8> {
+        let role = match request.choice {
+            Choice::Fill => "",
+            Choice::Role(role) => request.roles.get(role).map_or("", |r| r.name.as_str()),
+        };
+        let preferred = request.preferred.map(|s| s.name(request.roles)).unwrap_or_default();
+        [role.as_bytes(), b"\n", preferred.as_bytes(), b"\n", request.value].concat()
+    }
+
+    /// `None` for a role this Corefile does not have: no rival of ours.
+    fn read(roles: &[Role], value: &[u8]) -> Option<Ticket> {
+        let mut parts = value.splitn(3, |&b| b == b'\n');
+        let (role, preferred, record) =
+            (parts.next()?, parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        let choice = match role {
+            b"" => Choice::Fill,
+            name => Choice::Role(roles.iter().position(|r| r.name.as_bytes() == name)?),
+        };
+        let preferred = std::str::from_utf8(preferred).ok().and_then(|name| {
+            roles.iter().enumerate().find_map(|(role, r)| Some(Slot { role, id: r.pattern.id_of(name)? }))
+        });
+        Some(Ticket { choice, preferred, record: record.to_vec() })
+    }
+
+    fn may_take(&self, role: usize) -> bool {
+        match self.choice {
+            Choice::Fill => true,
+            Choice::Role(r) => r == role,
+        }
+    }
+}
+
+/// The claims created before `queued_at`, oldest first. A claim with this node's own record is
+/// an earlier attempt of its own (its lease could not be revoked): no rival.
+fn claims_ahead(request: &Request, queue: &[KeyValue], queued_at: i64) -> Vec<Ticket> {
     let mut ahead: Vec<&KeyValue> = queue.iter().filter(|kv| kv.create_revision < queued_at).collect();
     ahead.sort_by_key(|kv| kv.create_revision);
     ahead
         .into_iter()
-        .filter_map(|kv| match kv.value.as_slice() {
-            b"" => Some(Choice::Fill),
-            name => roles.iter().position(|r| r.name.as_bytes() == name).map(Choice::Role),
-        })
+        .filter_map(|kv| Ticket::read(request.roles, &kv.value))
+        .filter(|ticket| ticket.record != request.value)
         .collect()
 }
 
@@ -274,14 +311,35 @@ fn free_slots<'a>(spaces: &'a [Space], order: &'a [usize]) -> impl Iterator<Item
 }
 
 /// This claim's place among the free slots it may take (see `free_slots`), after the claims ahead
-/// of it took theirs: each takes the first slot nobody ahead of it took, in its role or, filling,
-/// in the first role that has one. Within a role they always take from the front, so a count per
-/// role says what is taken. Past the end means every slot is spoken for by a claim ahead.
-fn place(spaces: &[Space], ahead: &[Choice], mine: Choice) -> usize {
+/// of it took theirs. A claim whose record is already there takes its name back and nothing
+/// else; one that asks for its old slot back takes that, if free (it is set aside in `spaces`,
+/// for this claim to skip). Every other takes the first slot nobody ahead of it took, in its role
+/// or, filling, in the first role that has one. Within a role those always take from the front,
+/// so a count per role says what is taken. Past the end means every slot is spoken for.
+fn place(spaces: &mut [Space], ahead: &[Ticket], mine: Choice) -> usize {
+    let records: Vec<std::collections::HashSet<&[u8]>> =
+        spaces.iter().map(|s| s.taken.values().copied().collect()).collect();
+    let mut reserved = Vec::new();
+    let mut rest = Vec::new();
+    for ticket in ahead {
+        let own = !ticket.record.is_empty()
+            && (0..spaces.len()).any(|r| ticket.may_take(r) && records[r].contains(ticket.record.as_slice()));
+        let preferred = ticket
+            .preferred
+            .filter(|s| ticket.may_take(s.role) && spaces.get(s.role).is_some_and(|sp| sp.is_free(s.id)));
+        match (own, preferred) {
+            (true, _) => {}
+            (false, Some(slot)) => reserved.push(slot),
+            (false, None) => rest.push(ticket.choice),
+        }
+    }
+    for slot in reserved {
+        spaces[slot.role].taken.insert(slot.id, b"");
+    }
     let mut taken = vec![0u64; spaces.len()];
     let first_open = |taken: &[u64]| (0..spaces.len()).find(|&r| taken[r] < spaces[r].free_count());
-    for claim in ahead {
-        let role = match *claim {
+    for choice in rest {
+        let role = match choice {
             Choice::Role(role) => Some(role),
             Choice::Fill => first_open(&taken),
         };
@@ -457,13 +515,21 @@ mod tests {
 
     /// The slot a claim aims at first.
     fn aim(roles: &[Role], taken: &[&[u32]], ahead: &[Choice], mine: Choice) -> Option<String> {
+        let tickets: Vec<Ticket> = ahead
+            .iter()
+            .map(|&choice| Ticket { choice, preferred: None, record: b"{\"ipv4\":\"10.9.9.9\"}".to_vec() })
+            .collect();
+        aim_behind(roles, taken, &tickets, mine)
+    }
+
+    fn aim_behind(roles: &[Role], taken: &[&[u32]], ahead: &[Ticket], mine: Choice) -> Option<String> {
         let names = names(roles, taken);
-        let spaces = spaces(roles, &names);
+        let mut spaces = spaces(roles, &names);
         let order: Vec<usize> = match mine {
             Choice::Fill => (0..roles.len()).collect(),
             Choice::Role(r) => vec![r],
         };
-        let place = place(&spaces, ahead, mine);
+        let place = place(&mut spaces, ahead, mine);
         candidates(free_slots(&spaces, &order), None, place, WINDOW).first().map(|s| s.name(roles))
     }
 
@@ -540,10 +606,63 @@ mod tests {
 
     #[test]
     fn the_queue_says_who_is_ahead_and_for_which_role() {
-        let queue =
-            [kv("q/3", "worker", 30), kv("q/1", "", 10), kv("q/2", "gpu", 20), kv("q/4", "ps", 40), kv("q/5", "", 50)];
-        assert_eq!(claims_ahead(&job(), &queue, 45), [Choice::Fill, Choice::Role(2), Choice::Role(1)]);
-        assert_eq!(claims_ahead(&job(), &queue, 10), []);
+        let roles = job();
+        let request = Request {
+            roles: &roles,
+            choice: Choice::Role(1),
+            value: b"{\"ipv4\":\"10.0.0.1\"}",
+            lease: 1,
+            preferred: Some(Slot { role: 1, id: 1 }),
+        };
+        assert_eq!(Ticket::of(&request), b"ps\nps1.tf.local.\n{\"ipv4\":\"10.0.0.1\"}");
+        let fill = Request { choice: Choice::Fill, preferred: None, ..request };
+        assert_eq!(Ticket::of(&fill), b"\n\n{\"ipv4\":\"10.0.0.1\"}");
+        let queue = [
+            kv("q/3", "worker\n\n{\"ipv4\":\"10.0.0.3\"}", 30),
+            kv("q/1", "", 10),
+            kv("q/2", "gpu\n\nx", 20),
+            kv("q/4", "ps\nps1.tf.local.\n{\"ipv4\":\"10.0.0.4\"}", 40),
+            // An earlier attempt of this very node.
+            kv("q/0", "\n\n{\"ipv4\":\"10.0.0.1\"}", 5),
+            kv("q/5", "", 50),
+        ];
+        let ahead = claims_ahead(&fill, &queue, 45);
+        let summary: Vec<(Choice, Option<Slot>)> = ahead.iter().map(|t| (t.choice, t.preferred)).collect();
+        assert_eq!(
+            summary,
+            [(Choice::Fill, None), (Choice::Role(2), None), (Choice::Role(1), Some(Slot { role: 1, id: 1 }))]
+        );
+        assert!(claims_ahead(&fill, &queue, 10).is_empty());
+    }
+
+    #[test]
+    fn claims_that_take_a_particular_slot_leave_the_others_to_the_rest() {
+        let ticket = |choice, preferred: Option<(usize, u32)>, record: &str| Ticket {
+            choice,
+            preferred: preferred.map(|(role, id)| Slot { role, id }),
+            record: record.as_bytes().to_vec(),
+        };
+        // A node taking its own record back (every taken name holds `{}` here) takes nothing new.
+        let back = [ticket(Choice::Fill, None, "{}")];
+        assert_eq!(aim_behind(&job(), &[&[0], &[0], &[]], &back, Choice::Fill).as_deref(), Some("ps1.tf.local."));
+        // One asking for its old slot back takes that one, if free; the rest fill around it.
+        let returning = [ticket(Choice::Role(2), Some((2, 5)), "a")];
+        assert_eq!(
+            aim_behind(&job(), &[&[0], &[0, 1], &[]], &returning, Choice::Role(2)).as_deref(),
+            Some("worker0.tf.local.")
+        );
+        let returning = [ticket(Choice::Fill, Some((1, 1)), "a")];
+        assert_eq!(
+            aim_behind(&job(), &[&[0], &[0], &[]], &returning, Choice::Fill).as_deref(),
+            Some("worker0.tf.local.")
+        );
+        // Its old slot taken meanwhile: it fills like any other.
+        let returning = [ticket(Choice::Fill, Some((1, 0)), "a")];
+        assert_eq!(
+            aim_behind(&job(), &[&[0], &[0], &[]], &returning, Choice::Fill).as_deref(),
+            Some("worker0.tf.local.")
+        );
+        assert_eq!(aim_behind(&job(), &[&[], &[0], &[]], &returning, Choice::Fill).as_deref(), Some("ps1.tf.local."));
     }
 
     #[test]

@@ -117,7 +117,8 @@ pub fn run(
 
     let (exited_tx, exited) = crossbeam_channel::bounded(1);
     spawn("exec-wait", move || {
-        let _ = exited_tx.send(group.wait_exit());
+        group.wait_exit();
+        let _ = exited_tx.send(());
     })?;
     let (caught_tx, caught) = crossbeam_channel::unbounded();
     spawn("exec-signals", move || {
@@ -156,7 +157,13 @@ pub fn run(
 
 /// Waits for the command to end, passing signals on and stopping it when the name is lost;
 /// returns why it was stopped, if it was.
-fn supervise(group: Group, exited: &Receiver<()>, caught: &Receiver<i32>, lost: &Receiver<String>, name: &str) -> Option<String> {
+fn supervise(
+    group: Group,
+    exited: &Receiver<()>,
+    caught: &Receiver<i32>,
+    lost: &Receiver<String>,
+    name: &str,
+) -> Option<String> {
     let mut fenced: Option<String> = None;
     let mut kill_at: Option<Instant> = None;
     let mut lost = lost.clone();
@@ -213,7 +220,8 @@ impl Group {
         loop {
             // SAFETY: waitid writes only into `info`, which lives on this stack.
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            let done = unsafe { libc::waitid(libc::P_PID, self.0 as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+            let done =
+                unsafe { libc::waitid(libc::P_PID, self.0 as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
             if done == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
                 return;
             }
@@ -260,7 +268,11 @@ struct Held {
 /// The key (`None` when it is gone), and the revision it was read at.
 fn read_key(client: &mut etcd::Client, key: &[u8]) -> Result<(Option<Held>, i64), Error> {
     let range = client.range(key, &[key, &[0]].concat()).map_err(Error::Etcd)?;
-    let held = range.kvs.into_iter().next().map(|kv| Held { value: kv.value, lease: kv.lease, create_revision: kv.create_revision });
+    let held = range.kvs.into_iter().next().map(|kv| Held {
+        value: kv.value,
+        lease: kv.lease,
+        create_revision: kv.create_revision,
+    });
     Ok((held, range.revision))
 }
 

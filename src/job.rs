@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write};
+use std::ops::RangeInclusive;
 
 use crate::address::Addresses;
 use crate::cli::{HostFormat, Wait};
@@ -128,10 +129,9 @@ pub fn settle<'a>(
             }
             let first: Vec<Member> = all(role).into_iter().filter(|m| m.slot.id <= last).collect();
             if first.len() < n as usize || (mine.is_none() && me_needed == Me::Needed) {
-                let held: Vec<u32> = first.iter().map(|m| m.slot.id).collect();
-                let missing = (*ids.start()..=last).filter(|id| !held.contains(id)).map(|id| Slot { role, id });
+                let missing = gaps(members.get(role), *ids.start()..=last).map(|id| Slot { role, id });
                 let mut detail = format!(" of role {}", roles[role].name);
-                detail.push_str(&missing_names(roles, missing));
+                detail.push_str(&missing_names(roles, missing, u64::from(n) - first.len() as u64));
                 if mine.is_none() && me_needed == Me::Needed {
                     let _ = write!(detail, "; {} yet", stranger());
                 }
@@ -149,15 +149,12 @@ pub fn settle<'a>(
                 }
                 let each: Vec<String> =
                     roles.iter().zip(&lists).map(|(r, l)| format!("{} {}/{}", r.name, l.len(), r.limit())).collect();
-                let missing = roles.iter().enumerate().flat_map(|(role, r)| {
-                    let held = &lists[role];
-                    r.ids
-                        .clone()
-                        .filter(move |id| !held.iter().any(|m| m.slot.id == *id))
-                        .map(move |id| Slot { role, id })
-                });
+                let missing = roles
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(role, r)| gaps(members.get(role), r.ids.clone()).map(move |id| Slot { role, id }));
                 let mut detail = format!(" ({})", each.join(", "));
-                detail.push_str(&missing_names(roles, missing));
+                detail.push_str(&missing_names(roles, missing, wanted - seen));
                 if mine.is_none() && me_needed == Me::Needed {
                     let _ = write!(detail, "; {} yet", stranger());
                 }
@@ -174,6 +171,16 @@ impl Job<'_> {
     /// Every member, role by role, in ID order.
     pub fn everyone(&self) -> impl Iterator<Item = &Member> {
         self.members.iter().flatten()
+    }
+
+    /// The roles, other than this node's, that hold fewer members than their limit, as
+    /// `ps 1/2`: with `--wait N` they are whoever was there, and nodes may see them differently.
+    pub fn short_roles(&self) -> Vec<String> {
+        let mine = self.me.map(|(role, _)| role);
+        (self.roles.iter().zip(&self.members).enumerate())
+            .filter(|(r, (role, members))| Some(*r) != mine && (members.len() as u64) < role.limit())
+            .map(|(_, (role, members))| format!("{} {}/{}", role.name, members.len(), role.limit()))
+            .collect()
     }
 
     /// This node's member entry.
@@ -238,17 +245,28 @@ pub fn carries(record: &Record, own: &Addresses) -> bool {
     (own.ipv4.is_some() && record.ipv4 == own.ipv4) || (own.ipv6.is_some() && record.ipv6 == own.ipv6)
 }
 
-/// `; missing worker2.tf.local, worker3.tf.local`, the first few only.
-fn missing_names(roles: &[Role], missing: impl Iterator<Item = Slot>) -> String {
-    const SHOWN: usize = 4;
-    let mut names: Vec<String> = Vec::new();
-    let mut more = 0;
-    for slot in missing {
-        match names.len() < SHOWN {
-            true => names.push(slot.name(roles).trim_end_matches('.').to_string()),
-            false => more += 1,
+/// The IDs in `ids` that hold no member, lowest first. It steps over the members one by one, so
+/// the first few gaps of a role of a million IDs cost what its members do, not the million.
+fn gaps(members: Option<&BTreeMap<u32, Record>>, ids: RangeInclusive<u32>) -> impl Iterator<Item = u32> + '_ {
+    let end = *ids.end();
+    let mut next = Some(*ids.start());
+    let mut held = members.map(|m| m.range(ids)).into_iter().flatten().map(|(&id, _)| id).peekable();
+    std::iter::from_fn(move || loop {
+        let id = next.filter(|&id| id <= end)?;
+        next = id.checked_add(1);
+        match held.next_if_eq(&id) {
+            Some(_) => continue,
+            None => return Some(id),
         }
-    }
+    })
+}
+
+/// `; missing worker2.tf.local, worker3.tf.local`: the first few of the `count` missing.
+fn missing_names(roles: &[Role], missing: impl Iterator<Item = Slot>, count: u64) -> String {
+    const SHOWN: usize = 4;
+    let names: Vec<String> =
+        missing.take(SHOWN).map(|slot| slot.name(roles).trim_end_matches('.').to_string()).collect();
+    let more = count.saturating_sub(names.len() as u64);
     match (names.is_empty(), more) {
         (true, _) => String::new(),
         (false, 0) => format!("; missing {}", names.join(", ")),
@@ -379,6 +397,19 @@ mod tests {
             too_many,
             Err(Pending::Failed("--wait 9 asks for more members than role worker's limit of 8 allows".into()))
         );
+    }
+
+    #[test]
+    fn gaps_walk_the_members_not_the_ids() {
+        let held = members(&[&[0, 1, 3, 7]]).remove(0);
+        assert_eq!(gaps(Some(&held), 0..=9).collect::<Vec<_>>(), [2, 4, 5, 6, 8, 9]);
+        assert_eq!(gaps(Some(&held), 1..=3).collect::<Vec<_>>(), [2]);
+        assert_eq!(gaps(None, 4..=6).collect::<Vec<_>>(), [4, 5, 6]);
+        let top: BTreeMap<u32, Record> = [(u32::MAX - 1, Record::default())].into();
+        assert_eq!(gaps(Some(&top), u32::MAX - 2..=u32::MAX).collect::<Vec<_>>(), [u32::MAX - 2, u32::MAX]);
+        // A million IDs, all but the last few held.
+        let many: BTreeMap<u32, Record> = (0..999_990).map(|id| (id, Record::default())).collect();
+        assert_eq!(gaps(Some(&many), 0..=999_999).take(2).collect::<Vec<_>>(), [999_990, 999_991]);
     }
 
     #[test]

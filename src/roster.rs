@@ -126,6 +126,14 @@ pub fn launch(
         _ => Me::Needed,
     };
     let job = wait_for_job(&mut client, config, &own, wait, timeout, me)?;
+    let short = job.short_roles();
+    if matches!(wait, Wait::First(_)) && !short.is_empty() {
+        eprintln!(
+            "idetcd: note: --wait N counts this node's role only, and the others are short ({}): nodes \
+             may see them differently; --wait all waits for every role",
+            short.join(", ")
+        );
+    }
     let not_a_member = || Error::Job(format!("this host ({}) is no member", job::describe(&own)));
     match launcher {
         Launcher::TfConfig { job: name, port } => {
