@@ -82,14 +82,7 @@ struct Keys {
 
 impl Keys {
     fn new(request: &Request) -> Keys {
-        let names = request
-            .roles
-            .iter()
-            .map(|r| {
-                let (start, end) = r.pattern.key_range();
-                RangeRequest::new(start.as_bytes(), end.as_bytes())
-            })
-            .collect();
+        let names = crate::view::ranges(request.roles);
         // The first role's queue serves them all, so that one Corefile's nodes see each other's
         // claims whatever their roles. It lies under the pattern's literal prefix, so that an etcd
         // user granted that prefix may claim, but outside the name range (names continue the

@@ -22,7 +22,7 @@ use crate::etcd::{self, Compare, Op, RangeRequest, Txn, WatchMessage, WatchRange
 use crate::messages::{Command, Event, Latest, Update, Watched};
 use crate::metrics::Metrics;
 use crate::record::Record;
-use crate::view::{Changes, Own, Slot, View};
+use crate::view::{self, Changes, Own, Slot, View};
 use crate::zone::{Inputs, Snapshot};
 
 /// While etcd cannot be reached, repeat the warning this often, not at every retry.
@@ -364,14 +364,7 @@ impl Membership {
 
     /// Every role's key range.
     fn ranges(&self) -> Vec<RangeRequest> {
-        self.settings
-            .roles
-            .iter()
-            .map(|r| {
-                let (start, end) = r.pattern.key_range();
-                RangeRequest::new(start.as_bytes(), end.as_bytes())
-            })
-            .collect()
+        view::ranges(&self.settings.roles)
     }
 
     /// After the view changed: logs what changed, checks that this node still holds its name and

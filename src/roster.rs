@@ -11,11 +11,11 @@ use serde_json::json;
 use crate::address::{self, Addresses};
 use crate::cli::{HostFormat, Launcher, Wait};
 use crate::config::Config;
-use crate::etcd::{self, RangeRequest};
+use crate::etcd;
 use crate::exec;
 use crate::job::{self, Job, Me, Pending, Progress};
 use crate::record::Record;
-use crate::view::View;
+use crate::view::{self, View};
 
 /// Progress lines while waiting come no more often than this...
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -216,14 +216,7 @@ fn wait_for_job<'c>(
 
 /// Every role's members, read at one revision.
 pub fn read(client: &mut etcd::Client, config: &Config) -> Result<View, etcd::Error> {
-    let ranges: Vec<RangeRequest> = config
-        .roles
-        .iter()
-        .map(|r| {
-            let (start, end) = r.pattern.key_range();
-            RangeRequest::new(start.as_bytes(), end.as_bytes())
-        })
-        .collect();
+    let ranges = view::ranges(&config.roles);
     let read = client.read(&ranges)?;
     let mut view = View::new(&config.roles, b"");
     let revision = read.first().map_or(0, |r| r.revision);

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Role;
-use crate::etcd::{KeyValue, WatchEvent};
+use crate::etcd::{KeyValue, RangeRequest, WatchEvent};
 use crate::record::Record;
 
 /// A place a member can hold: an ID of a role.
@@ -24,6 +24,17 @@ impl Slot {
     pub fn name(self, roles: &[Role]) -> String {
         roles.get(self.role).map_or_else(String::new, |r| r.pattern.name(self.id))
     }
+}
+
+/// Every role's key range, in Corefile order: what a full read asks etcd for.
+pub fn ranges(roles: &[Role]) -> Vec<RangeRequest> {
+    roles
+        .iter()
+        .map(|r| {
+            let (start, end) = r.pattern.key_range();
+            RangeRequest::new(start.as_bytes(), end.as_bytes())
+        })
+        .collect()
 }
 
 pub struct View {

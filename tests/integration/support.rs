@@ -674,16 +674,8 @@ impl Node {
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.exited() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                panic!("node {} still running after {timeout:?}:\n{}", self.ip, self.log());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let status = await_exit(timeout, || self.exited());
+        status.unwrap_or_else(|| panic!("node {} still running after {timeout:?}:\n{}", self.ip, self.log()))
     }
 
     pub fn kill(&mut self) {
@@ -699,6 +691,20 @@ impl Drop for Node {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Polls `exited` until it says how the process ended, or `timeout` passes.
+fn await_exit(timeout: Duration, mut exited: impl FnMut() -> Option<ExitStatus>) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = exited() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -743,16 +749,10 @@ impl Background {
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.exited() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                panic!("still running after {timeout:?}:\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let status = await_exit(timeout, || self.exited());
+        status.unwrap_or_else(|| {
+            panic!("still running after {timeout:?}:\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr())
+        })
     }
 }
 
