@@ -149,11 +149,7 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
         });
         let slots = match own {
             Some(slot) => vec![slot],
-            None => {
-                let place = place(&mut spaces, &ahead, request.choice);
-                let preferred = request.preferred.filter(|s| order.contains(&s.role) && spaces[s.role].is_free(s.id));
-                candidates(free_slots(&spaces, &order), preferred, place, window)
-            }
+            None => slots_to_try(&mut spaces, &order, &ahead, request.choice, request.preferred, window),
         };
         if slots.is_empty() {
             let _ = client.txn(&Txn { success: vec![Op::Delete { key: keys.mine.clone() }], ..Txn::default() });
@@ -247,16 +243,24 @@ impl Ticket {
     }
 }
 
-/// The claims created before `queued_at`, oldest first. A claim with this node's own record is
-/// an earlier attempt of its own (its lease could not be revoked): no rival.
+/// The claims created before `queued_at`, oldest first. Two tickets with one record are one node
+/// that tried before (its old lease could not be revoked, or it restarted): every node counts it
+/// once, at its first ticket. This node's own earlier ticket is its place: the claims behind it
+/// are not ahead of it.
 fn claims_ahead(request: &Request, queue: &[KeyValue], queued_at: i64) -> Vec<Ticket> {
-    let mut ahead: Vec<&KeyValue> = queue.iter().filter(|kv| kv.create_revision < queued_at).collect();
-    ahead.sort_by_key(|kv| kv.create_revision);
+    let mut queued: Vec<&KeyValue> = queue.iter().filter(|kv| kv.create_revision < queued_at).collect();
+    queued.sort_by_key(|kv| kv.create_revision);
+    let mut seen = std::collections::HashSet::new();
+    let mut ahead = Vec::new();
+    for ticket in queued.into_iter().filter_map(|kv| Ticket::read(request.roles, &kv.value)) {
+        if ticket.record == request.value {
+            break;
+        }
+        if ticket.record.is_empty() || seen.insert(ticket.record.clone()) {
+            ahead.push(ticket);
+        }
+    }
     ahead
-        .into_iter()
-        .filter_map(|kv| Ticket::read(request.roles, &kv.value))
-        .filter(|ticket| ticket.record != request.value)
-        .collect()
 }
 
 /// One role as a claim sees it: its IDs, and which of them are taken, with their values.
@@ -309,7 +313,7 @@ fn free_slots<'a>(spaces: &'a [Space], order: &'a [usize]) -> impl Iterator<Item
 /// for this claim to skip). Every other takes the first slot nobody ahead of it took, in its role
 /// or, filling, in the first role that has one. Within a role those always take from the front,
 /// so a count per role says what is taken. Past the end means every slot is spoken for.
-fn place(spaces: &mut [Space], ahead: &[Ticket], mine: Choice) -> usize {
+fn place(spaces: &mut [Space], ahead: &[Ticket], mine: Choice) -> (usize, Vec<Slot>) {
     let records: Vec<std::collections::HashSet<&[u8]>> =
         spaces.iter().map(|s| s.taken.values().copied().collect()).collect();
     let mut reserved = Vec::new();
@@ -326,7 +330,7 @@ fn place(spaces: &mut [Space], ahead: &[Ticket], mine: Choice) -> usize {
             (false, None) => rest.push(ticket.choice),
         }
     }
-    for slot in reserved {
+    for slot in &reserved {
         spaces[slot.role].taken.insert(slot.id, b"");
     }
     let mut taken = vec![0u64; spaces.len()];
@@ -347,7 +351,27 @@ fn place(spaces: &mut [Space], ahead: &[Ticket], mine: Choice) -> usize {
             None => spaces.iter().map(Space::free_count).sum(),
         },
     };
-    usize::try_from(place).unwrap_or(usize::MAX)
+    (usize::try_from(place).unwrap_or(usize::MAX), reserved)
+}
+
+/// The slots one claim transaction tries, in order: the preferred one if free, then from this
+/// claim's place among the free slots on (see `place`), then the free ones just below; last, the
+/// slots set aside for claims ahead that asked for them back, in case those failed: a slot left
+/// empty is a gap in the job.
+fn slots_to_try(
+    spaces: &mut [Space],
+    order: &[usize],
+    ahead: &[Ticket],
+    choice: Choice,
+    preferred: Option<Slot>,
+    window: usize,
+) -> Vec<Slot> {
+    let preferred = preferred.filter(|s| order.contains(&s.role) && spaces[s.role].is_free(s.id));
+    let (place, reserved) = place(spaces, ahead, choice);
+    let mut slots = candidates(free_slots(spaces, order), preferred, place, window);
+    let room = window.saturating_sub(slots.len());
+    slots.extend(reserved.into_iter().filter(|s| order.contains(&s.role) && Some(*s) != preferred).take(room));
+    slots
 }
 
 /// Up to `window` free slots in the order to try them: the preferred one, then from the `place`-th
@@ -516,14 +540,19 @@ mod tests {
     }
 
     fn aim_behind(roles: &[Role], taken: &[&[u32]], ahead: &[Ticket], mine: Choice) -> Option<String> {
+        try_behind(roles, taken, ahead, mine, WINDOW).first().cloned()
+    }
+
+    /// The names a claim tries, in order.
+    fn try_behind(roles: &[Role], taken: &[&[u32]], ahead: &[Ticket], mine: Choice, window: usize) -> Vec<String> {
         let names = names(roles, taken);
         let mut spaces = spaces(roles, &names);
         let order: Vec<usize> = match mine {
             Choice::Fill => (0..roles.len()).collect(),
             Choice::Role(r) => vec![r],
         };
-        let place = place(&mut spaces, ahead, mine);
-        candidates(free_slots(&spaces, &order), None, place, WINDOW).first().map(|s| s.name(roles))
+        let slots = slots_to_try(&mut spaces, &order, ahead, mine, None, window);
+        slots.into_iter().map(|s| s.name(roles)).collect()
     }
 
     #[test]
@@ -615,17 +644,37 @@ mod tests {
             kv("q/1", "", 10),
             kv("q/2", "gpu\n\nx", 20),
             kv("q/4", "ps\nps1.tf.local.\n{\"ipv4\":\"10.0.0.4\"}", 40),
-            // An earlier attempt of this very node.
-            kv("q/0", "\n\n{\"ipv4\":\"10.0.0.1\"}", 5),
+            // An earlier attempt of this very node: its place, and nothing behind it is ahead.
+            kv("q/0", "\n\n{\"ipv4\":\"10.0.0.1\"}", 42),
             kv("q/5", "", 50),
         ];
         let ahead = claims_ahead(&fill, &queue, 45);
+        assert_eq!(ahead.len(), 3, "{ahead:?}");
         let summary: Vec<(Choice, Option<Slot>)> = ahead.iter().map(|t| (t.choice, t.preferred)).collect();
         assert_eq!(
             summary,
             [(Choice::Fill, None), (Choice::Role(2), None), (Choice::Role(1), Some(Slot { role: 1, id: 1 }))]
         );
         assert!(claims_ahead(&fill, &queue, 10).is_empty());
+        // One node's two tickets (an old lease that outlived a failed attempt) count once, at the
+        // first; this node's own earlier ticket is its place.
+        let queue = [
+            kv("q/a", "\n\nA", 10),
+            kv("q/n1", "\n\nN", 20),
+            kv("q/x", "\n\nX", 30),
+            kv("q/n2", "\n\nN", 40),
+            kv("q/m", "\n\nM", 50),
+        ];
+        let records = |request: &Request, queued_at| -> Vec<Vec<u8>> {
+            claims_ahead(request, &queue, queued_at).into_iter().map(|t| t.record).collect()
+        };
+        let node = |value: &'static [u8]| Request {
+            value,
+            ..Request { roles: &roles, choice: Choice::Fill, value: b"", lease: 1, preferred: None }
+        };
+        assert_eq!(records(&node(b"M"), 50), [b"A".to_vec(), b"N".to_vec(), b"X".to_vec()]);
+        assert_eq!(records(&node(b"N"), 40), [b"A".to_vec()]);
+        assert_eq!(records(&node(b"X"), 30), [b"A".to_vec(), b"N".to_vec()]);
     }
 
     #[test]
@@ -649,6 +698,11 @@ mod tests {
             aim_behind(&job(), &[&[0], &[0], &[]], &returning, Choice::Fill).as_deref(),
             Some("worker0.tf.local.")
         );
+        // A slot set aside for a claim ahead is still tried, last, in case that claim failed.
+        let one = [role("worker", 0..=3)];
+        let returning = [ticket(Choice::Fill, Some((0, 1)), "a")];
+        let tried: Vec<String> = try_behind(&one, &[&[0]], &returning, Choice::Fill, 8);
+        assert_eq!(tried, ["worker2.tf.local.", "worker3.tf.local.", "worker1.tf.local."]);
         // Its old slot taken meanwhile: it fills like any other.
         let returning = [ticket(Choice::Fill, Some((1, 0)), "a")];
         assert_eq!(
