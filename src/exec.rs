@@ -13,7 +13,7 @@ use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGKILL, SIGTERM};
+use signal_hook::consts::{SIGCONT, SIGHUP, SIGINT, SIGKILL, SIGTERM, SIGTSTP};
 use signal_hook::iterator::Signals;
 
 use crate::clock::boottime;
@@ -86,40 +86,11 @@ pub fn run(
         _ => return Err(Error::Lost { name, why: "its key holds another node's record, or none".into() }),
     };
 
+    // The wait below needs the command's exit reported to us, whatever was inherited.
+    // SAFETY: resets one signal's disposition for this process; no handler of ours is involved.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
     // Caught before the command starts, so that none is missed in between.
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(Error::Setup)?;
-    let (program, args) = command.split_first().ok_or_else(|| Error::Spawn {
-        command: String::new(),
-        error: std::io::Error::new(std::io::ErrorKind::NotFound, "no command"),
-    })?;
-    let terminal = Terminal::foreground();
-    let mut spawn_command = Command::new(program);
-    spawn_command.args(args).envs(env.iter().map(|(k, v)| (k, v)));
-    // A process group of its own, so that a signal reaches every process the command started
-    // (torchrun's workers, a shell's children), not only the first.
-    spawn_command.process_group(0);
-    if terminal.is_some() {
-        // SAFETY: only async-signal-safe calls, in the child before exec: it takes the terminal,
-        // so that it reads it and gets Ctrl-C as a shell's foreground job would.
-        unsafe {
-            spawn_command.pre_exec(|| {
-                libc::signal(libc::SIGTTOU, libc::SIG_IGN);
-                libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
-                libc::signal(libc::SIGTTOU, libc::SIG_DFL);
-                Ok(())
-            });
-        }
-    }
-    let mut child = spawn_command
-        .spawn()
-        .map_err(|error| Error::Spawn { command: program.to_string_lossy().into_owned(), error })?;
-    let group = Group(child.id() as i32);
-
-    let (exited_tx, exited) = crossbeam_channel::bounded(1);
-    spawn("exec-wait", move || {
-        group.wait_exit();
-        let _ = exited_tx.send(());
-    })?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGTSTP, SIGCONT]).map_err(Error::Setup)?;
     let (caught_tx, caught) = crossbeam_channel::unbounded();
     spawn("exec-signals", move || {
         for signal in signals.forever() {
@@ -138,28 +109,72 @@ pub fn run(
     };
     spawn("exec-fence", move || fence.run(revision, lost_tx))?;
 
-    let fenced = supervise(group, &exited, &caught, &lost, &name);
-    // The command has ended, but is not reaped yet: until now its process ID could not be reused,
-    // so no signal above could reach a stranger.
+    let (program, args) = command.split_first().ok_or_else(|| Error::Spawn {
+        command: String::new(),
+        error: std::io::Error::new(std::io::ErrorKind::NotFound, "no command"),
+    })?;
+    let terminal = Terminal::of_job();
+    let mut spawn_command = Command::new(program);
+    spawn_command.args(args).envs(env.iter().map(|(k, v)| (k, v)));
+    // A process group of its own, so that a signal reaches every process the command started
+    // (torchrun's workers, a shell's children), not only the first.
+    spawn_command.process_group(0);
+    if terminal.as_ref().is_some_and(Terminal::ours) {
+        // SAFETY: only async-signal-safe calls, in the child before exec: it takes the terminal,
+        // so that it reads it and gets Ctrl-C and Ctrl-Z as a shell's foreground job would.
+        unsafe {
+            spawn_command.pre_exec(|| {
+                libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+                libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
+                libc::signal(libc::SIGTTOU, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+    }
+    let mut child = spawn_command
+        .spawn()
+        .map_err(|error| Error::Spawn { command: program.to_string_lossy().into_owned(), error })?;
+    let group = Group(child.id() as i32);
+    let (events_tx, events) = crossbeam_channel::unbounded();
+    if let Err(e) = spawn("exec-wait", move || group.watch(&events_tx)) {
+        // Nothing could watch over it: it must not run at all.
+        group.signal(SIGKILL);
+        let _ = child.wait();
+        return Err(e);
+    }
+
+    let fenced = supervise(group, terminal.as_ref(), &events, &caught, &lost, &name);
+    if fenced.is_some() {
+        // What the command left running must not run on under a lost name either; sent before
+        // the leader is reaped, while the group's ID is still ours.
+        group.signal(SIGKILL);
+    }
+    // The command has ended, but is not reaped yet: until now its process ID, which is the
+    // group's, could not be reused, so no signal above could reach a stranger.
     let status = child.wait().map_err(Error::Setup);
-    if let Some(terminal) = terminal {
-        terminal.take_back();
+    if let Some(terminal) = terminal.filter(|_| group.has_terminal()) {
+        terminal.give(own_group());
     }
     match fenced {
-        Some(why) => {
-            // What the command left running must not run on under a lost name either.
-            group.signal(SIGKILL);
-            Err(Error::Lost { name, why })
-        }
+        Some(why) => Err(Error::Lost { name, why }),
         None => status.map(exit_code),
     }
 }
 
-/// Waits for the command to end, passing signals on and stopping it when the name is lost;
-/// returns why it was stopped, if it was.
+/// What the wait thread tells of the command.
+enum ChildEvent {
+    /// Stopped by a signal (Ctrl-Z, or reading the terminal from the background).
+    Stopped,
+    /// Ended; not reaped yet.
+    Exited,
+}
+
+/// Waits for the command to end, passing signals on, following job control in a terminal, and
+/// stopping the command when the name is lost; returns why it was stopped, if it was.
 fn supervise(
     group: Group,
-    exited: &Receiver<()>,
+    terminal: Option<&Terminal>,
+    events: &Receiver<ChildEvent>,
     caught: &Receiver<i32>,
     lost: &Receiver<String>,
     name: &str,
@@ -170,16 +185,31 @@ fn supervise(
     loop {
         let timeout = kill_at.map_or(Duration::from_secs(3600), |at| at.saturating_duration_since(Instant::now()));
         select! {
-            recv(exited) -> _ => return fenced,
-            recv(caught) -> signal => {
-                if let Ok(signal) = signal {
-                    group.signal(signal);
+            recv(events) -> event => match event {
+                Ok(ChildEvent::Stopped) => {
+                    // A shell's job: stop with the command, so that the shell sees it and takes
+                    // the terminal back; `fg` or `bg` continues both.
+                    if terminal.is_some() {
+                        suspend(group, terminal);
+                    }
                 }
-            }
+                Ok(ChildEvent::Exited) | Err(_) => return fenced,
+            },
+            recv(caught) -> signal => match signal {
+                Ok(SIGTSTP) => {
+                    group.signal(SIGTSTP);
+                    suspend(group, terminal);
+                }
+                Ok(SIGCONT) => resume(group, terminal),
+                Ok(signal) => group.signal(signal),
+                Err(_) => {}
+            },
             recv(lost) -> why => {
                 let why = why.unwrap_or_else(|_| "the fence stopped".to_string());
                 eprintln!("idetcd: this host no longer holds {name}: {why}; stopping the command");
                 group.signal(SIGTERM);
+                // A stopped command must run to end.
+                group.signal(SIGCONT);
                 fenced = Some(why);
                 kill_at = Some(Instant::now() + KILL_AFTER);
                 lost = crossbeam_channel::never();
@@ -192,6 +222,24 @@ fn supervise(
             }
         }
     }
+}
+
+/// Stops exec itself until it is continued, then continues the command.
+fn suspend(group: Group, terminal: Option<&Terminal>) {
+    if let Some(terminal) = terminal.filter(|_| group.has_terminal()) {
+        terminal.give(own_group());
+    }
+    // SAFETY: raise only sends a signal to this process; SIGSTOP stops every thread until SIGCONT.
+    unsafe { libc::raise(libc::SIGSTOP) };
+    resume(group, terminal);
+}
+
+/// Continues the command, with the terminal when exec has it (`fg`, not `bg`).
+fn resume(group: Group, terminal: Option<&Terminal>) {
+    if let Some(terminal) = terminal.filter(|t| t.ours()) {
+        terminal.give(group.0);
+    }
+    group.signal(SIGCONT);
 }
 
 /// The shell's convention: the exit code, or 128 + the signal's number.
@@ -215,42 +263,76 @@ impl Group {
         unsafe { libc::kill(-self.0, signal) };
     }
 
-    /// Waits until the leader has ended, leaving it unreaped.
-    fn wait_exit(self) {
+    /// Whether the group is the terminal's foreground.
+    fn has_terminal(self) -> bool {
+        // SAFETY: a plain query of standard input.
+        unsafe { libc::tcgetpgrp(libc::STDIN_FILENO) == self.0 }
+    }
+
+    /// Tells `events` of every stop of the leader and, last, of its end, leaving it unreaped.
+    fn watch(self, events: &Sender<ChildEvent>) {
         loop {
             // SAFETY: waitid writes only into `info`, which lives on this stack.
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            let done =
-                unsafe { libc::waitid(libc::P_PID, self.0 as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
-            if done == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            let flags = libc::WEXITED | libc::WSTOPPED | libc::WNOWAIT;
+            if unsafe { libc::waitid(libc::P_PID, self.0 as libc::id_t, &mut info, flags) } != 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                let _ = events.send(ChildEvent::Exited);
+                return;
+            }
+            if info.si_code != libc::CLD_STOPPED && info.si_code != libc::CLD_TRAPPED {
+                let _ = events.send(ChildEvent::Exited);
+                return;
+            }
+            // Take the stop's report, or the next wait would find it again; an end is left.
+            // SAFETY: as above.
+            let mut taken: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            unsafe { libc::waitid(libc::P_PID, self.0 as libc::id_t, &mut taken, libc::WSTOPPED | libc::WNOHANG) };
+            if events.send(ChildEvent::Stopped).is_err() {
                 return;
             }
         }
     }
 }
 
-/// The terminal exec runs in the foreground of, handed to the command while it runs.
-struct Terminal {
-    /// exec's own process group, to take the terminal back for.
-    group: libc::pid_t,
-}
+/// The terminal whose foreground job exec is, in an interactive shell; the command gets it while it
+/// runs.
+struct Terminal;
 
 impl Terminal {
-    fn foreground() -> Option<Terminal> {
+    /// Only when exec runs on a terminal and leads a process group of its own: a shell with job
+    /// control started it, in the foreground or not. A script without job control keeps Ctrl-C
+    /// for itself too.
+    fn of_job() -> Option<Terminal> {
         // SAFETY: plain queries of this process and its standard input.
-        let (tty, group) = unsafe { (libc::isatty(libc::STDIN_FILENO) == 1, libc::getpgrp()) };
-        (tty && unsafe { libc::tcgetpgrp(libc::STDIN_FILENO) } == group).then_some(Terminal { group })
+        let (tty, group, pid) = unsafe { (libc::isatty(libc::STDIN_FILENO) == 1, libc::getpgrp(), libc::getpid()) };
+        (tty && group == pid).then_some(Terminal)
     }
 
-    fn take_back(self) {
-        // SAFETY: as the shell does when a foreground job ends; SIGTTOU would stop a background
-        // process group that asks, so it is ignored meanwhile.
+    /// Whether exec's group has the terminal (after `fg`, not after `bg`).
+    fn ours(&self) -> bool {
+        // SAFETY: plain queries.
+        unsafe { libc::tcgetpgrp(libc::STDIN_FILENO) == libc::getpgrp() }
+    }
+
+    /// Makes `group` the terminal's foreground process group.
+    fn give(&self, group: libc::pid_t) {
+        // SAFETY: as a shell does for its jobs; SIGTTOU would stop a background process group
+        // that asks, so it is ignored meanwhile.
         unsafe {
             let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
-            libc::tcsetpgrp(libc::STDIN_FILENO, self.group);
+            libc::tcsetpgrp(libc::STDIN_FILENO, group);
             libc::signal(libc::SIGTTOU, old);
         }
     }
+}
+
+/// exec's own process group.
+fn own_group() -> libc::pid_t {
+    // SAFETY: a plain query that cannot fail.
+    unsafe { libc::getpgrp() }
 }
 
 fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), Error> {
@@ -335,16 +417,19 @@ impl Fence {
                 continue;
             }
             if self.held.lease == 0 {
-                // A record put without a lease (by hand, say) holds its name until it is deleted.
-                next_check = Duration::MAX;
+                // A record put without a lease (by hand, say) holds its name until it is deleted;
+                // looked at again in case a lease comes.
+                next_check = boottime() + Duration::from_secs(1);
                 continue;
             }
             let before = boottime();
             match self.client.lease_ttl(self.held.lease) {
                 Ok(Some(ttl)) => {
-                    deadline = before + Duration::from_secs(ttl as u64);
-                    // As often as the daemon renews it.
-                    next_check = boottime() + (self.max_ttl / 3).max(Duration::from_secs(1));
+                    let ttl = Duration::from_secs(ttl as u64);
+                    deadline = before + ttl;
+                    // As often as the daemon renews it, and before the lease could end unrenewed.
+                    let every = (self.max_ttl / 3).min(ttl / 2).max(Duration::from_millis(250));
+                    next_check = boottime() + every;
                 }
                 Ok(None) => break format!("its lease {:x} is gone", self.held.lease),
                 Err(e) => {

@@ -197,6 +197,17 @@ fn exec_runs_the_command_with_the_cluster_in_its_environment() {
     assert_eq!(status.code(), Some(3), "{err}");
     let (status, _, err) = node.run("exec", &["--", "sh", "-c", "kill -KILL $$"]);
     assert_eq!(status.code(), Some(128 + libc::SIGKILL), "{err}");
+    // Started by a parent that ignores SIGCHLD, which children inherit: exec still sees the end.
+    let mut ignoring = node.command("exec", &["--", "sh", "-c", "exit 3"]);
+    // SAFETY: signal() is async-signal-safe; it only sets what the exec'd binary inherits.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut ignoring, || {
+            libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let output = ignoring.output().unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
 
     let dir = TempDir::new("exec-env");
     let file = dir.path().join("env");
