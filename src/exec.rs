@@ -25,6 +25,19 @@ use crate::record::Record;
 
 /// How long a fenced command has between SIGTERM and SIGKILL.
 const KILL_AFTER: Duration = Duration::from_secs(10);
+/// Why the fence stops the command, and by when (`boottime`) it must be gone, if sooner than
+/// `KILL_AFTER` from now: before the lease could end and another node take the name.
+struct Lost {
+    why: String,
+    kill_by: Option<Duration>,
+}
+
+impl Lost {
+    fn now(why: impl Into<String>) -> Lost {
+        Lost { why: why.into(), kill_by: None }
+    }
+}
+
 /// The exit status when this node lost its name (EX_TEMPFAIL: try again later).
 pub const LOST_NAME: u8 = 75;
 
@@ -176,7 +189,7 @@ fn supervise(
     terminal: Option<&Terminal>,
     events: &Receiver<ChildEvent>,
     caught: &Receiver<i32>,
-    lost: &Receiver<String>,
+    lost: &Receiver<Lost>,
     name: &str,
 ) -> Option<String> {
     let mut fenced: Option<String> = None;
@@ -204,14 +217,15 @@ fn supervise(
                 Ok(signal) => group.signal(signal),
                 Err(_) => {}
             },
-            recv(lost) -> why => {
-                let why = why.unwrap_or_else(|_| "the fence stopped".to_string());
+            recv(lost) -> verdict => {
+                let Lost { why, kill_by } = verdict.unwrap_or_else(|_| Lost::now("the fence stopped"));
                 eprintln!("idetcd: this host no longer holds {name}: {why}; stopping the command");
                 group.signal(SIGTERM);
                 // A stopped command must run to end.
                 group.signal(SIGCONT);
                 fenced = Some(why);
-                kill_at = Some(Instant::now() + KILL_AFTER);
+                let grace = kill_by.map_or(KILL_AFTER, |by| by.saturating_sub(boottime()).min(KILL_AFTER));
+                kill_at = Some(Instant::now() + grace);
                 lost = crossbeam_channel::never();
             }
             default(timeout) => {
@@ -370,24 +384,31 @@ struct Fence {
 }
 
 impl Fence {
-    /// Follows the key from `revision` on until the name is lost, then says why on `lost`.
-    fn run(mut self, revision: i64, lost: Sender<String>) {
+    /// Follows the key from `revision` on until the name is lost, or could be before the command
+    /// is gone, then says why on `lost`.
+    fn run(mut self, revision: i64, lost: Sender<Lost>) {
         let (changes_tx, changes) = crossbeam_channel::unbounded();
         let range =
             WatchRange { start: self.key.clone(), end: [self.key.as_slice(), &[0]].concat(), from: revision + 1 };
         let client = self.client.clone();
         let follow = move || membership::follow(client, vec![range], changes_tx);
         if std::thread::Builder::new().name("exec-watch".into()).spawn(follow).is_err() {
-            let _ = lost.send("cannot follow the key in etcd".into());
+            let _ = lost.send(Lost::now("cannot follow the key in etcd"));
             return;
         }
+        // The command is stopped while this much of the lease is left unconfirmed, so that it is
+        // gone before the lease could end unrenewed and another node take the name. A lease
+        // renewed every third of its TTL never comes this close.
+        let grace = (self.max_ttl / 4).min(KILL_AFTER);
         // All times on the boot-time clock, which counts through suspends and pauses. Until etcd
         // says otherwise, the lease may end a full TTL after the key was read.
         let mut deadline = boottime() + self.max_ttl;
         let mut next_check = boottime();
         let mut resync = false;
-        let why = loop {
-            let timeout = next_check.saturating_sub(boottime()).min(Duration::from_secs(1));
+        let mut trouble: Option<String> = None;
+        let verdict = loop {
+            let wake = next_check.min(deadline.saturating_sub(grace));
+            let timeout = wake.saturating_sub(boottime()).min(Duration::from_secs(1));
             select! {
                 recv(changes) -> message => match message {
                     Ok(Watched::Changes(events)) => {
@@ -396,12 +417,12 @@ impl Fence {
                             (!e.deleted).then(|| Held { value: kv.value.clone(), lease: kv.lease, create_revision: kv.create_revision })
                         });
                         if let Some(why) = seen.find_map(|now| self.judge(now)) {
-                            break why;
+                            break Lost::now(why);
                         }
                     }
                     // The watch missed changes: the key as it is now says all.
                     Ok(Watched::Resync) => resync = true,
-                    Err(_) => break "the watch on its key stopped".to_string(),
+                    Err(_) => break Lost::now("the watch on its key stopped"),
                 },
                 default(timeout) => {}
             }
@@ -409,38 +430,40 @@ impl Fence {
                 if let Ok((now, _)) = read_key(&mut self.client, &self.key) {
                     resync = false;
                     if let Some(why) = self.judge(now) {
-                        break why;
+                        break Lost::now(why);
                     }
                 }
-            }
-            if boottime() < next_check {
-                continue;
             }
             if self.held.lease == 0 {
-                // A record put without a lease (by hand, say) holds its name until it is deleted;
-                // looked at again in case a lease comes.
-                next_check = boottime() + Duration::from_secs(1);
-                continue;
-            }
-            let before = boottime();
-            match self.client.lease_ttl(self.held.lease) {
-                Ok(Some(ttl)) => {
-                    let ttl = Duration::from_secs(ttl as u64);
-                    deadline = before + ttl;
-                    // As often as the daemon renews it, and before the lease could end unrenewed.
-                    let every = (self.max_ttl / 3).min(ttl / 2).max(Duration::from_millis(250));
-                    next_check = boottime() + every;
-                }
-                Ok(None) => break format!("its lease {:x} is gone", self.held.lease),
-                Err(e) => {
-                    if boottime() >= deadline {
-                        break format!("etcd could not confirm it before its lease would end ({e})");
+                // A record put without a lease (by hand, say) holds its name until it is deleted.
+                deadline = Duration::MAX;
+            } else if boottime() >= next_check {
+                let before = boottime();
+                match self.client.lease_ttl(self.held.lease) {
+                    Ok(Some(ttl)) => {
+                        trouble = None;
+                        let ttl = Duration::from_secs(ttl as u64);
+                        deadline = before + ttl;
+                        // As often as the daemon renews it, and oftener as its end nears.
+                        let every = (self.max_ttl / 3).min(ttl / 2).max(Duration::from_millis(250));
+                        next_check = boottime() + every;
                     }
-                    next_check = boottime() + Duration::from_secs(1);
+                    Ok(None) => break Lost::now(format!("its lease {:x} is gone", self.held.lease)),
+                    Err(e) => {
+                        trouble = Some(e.to_string());
+                        next_check = boottime() + Duration::from_secs(1);
+                    }
                 }
+            }
+            if deadline.saturating_sub(boottime()) <= grace {
+                let why = match &trouble {
+                    Some(e) => format!("etcd cannot confirm it, and its lease could end within {grace:?} ({e})"),
+                    None => format!("its lease could end within {grace:?}, unrenewed (is the idetcd daemon running?)"),
+                };
+                break Lost { why, kill_by: Some(deadline) };
             }
         };
-        let _ = lost.send(why);
+        let _ = lost.send(verdict);
     }
 
     /// Why the key as it is now (`None`: deleted) means the name is lost, if it does. Our record
