@@ -13,7 +13,7 @@ use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
-use signal_hook::consts::{SIGCONT, SIGHUP, SIGINT, SIGKILL, SIGTERM, SIGTSTP};
+use signal_hook::consts::{SIGALRM, SIGCONT, SIGHUP, SIGINT, SIGKILL, SIGQUIT, SIGTERM, SIGTSTP, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 
 use crate::clock::boottime;
@@ -22,6 +22,10 @@ use crate::job::Job;
 use crate::membership;
 use crate::messages::Watched;
 use crate::record::Record;
+
+/// Signals exec passes on to the command: the stopping ones, and those programs use to be told
+/// something (SLURM's SIGUSR1 before a job's time is up, say), which would otherwise end exec.
+const PASSED_ON: [i32; 7] = [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM];
 
 /// How long a fenced command has between SIGTERM and SIGKILL.
 const KILL_AFTER: Duration = Duration::from_secs(10);
@@ -103,7 +107,7 @@ pub fn run(
     // SAFETY: resets one signal's disposition for this process; no handler of ours is involved.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
     // Caught before the command starts, so that none is missed in between.
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGTSTP, SIGCONT]).map_err(Error::Setup)?;
+    let mut signals = Signals::new(PASSED_ON.iter().copied().chain([SIGTSTP, SIGCONT])).map_err(Error::Setup)?;
     let (caught_tx, caught) = crossbeam_channel::unbounded();
     spawn("exec-signals", move || {
         for signal in signals.forever() {
@@ -132,6 +136,14 @@ pub fn run(
     // A process group of its own, so that a signal reaches every process the command started
     // (torchrun's workers, a shell's children), not only the first.
     spawn_command.process_group(0);
+    // SAFETY: prctl is async-signal-safe and changes only the child. Without exec nothing fences
+    // the command: if exec is killed outright, the command goes too.
+    unsafe {
+        spawn_command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     if terminal.as_ref().is_some_and(Terminal::ours) {
         // SAFETY: only async-signal-safe calls, in the child before exec: it takes the terminal,
         // so that it reads it and gets Ctrl-C and Ctrl-Z as a shell's foreground job would.

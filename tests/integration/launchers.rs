@@ -177,9 +177,16 @@ fn hostfile_in_each_format_with_ids_in_numeric_order() {
 
 /// A command that notes its start in `$2` and, when a signal comes, notes which in `$1` and exits
 /// (0 for SIGTERM, 4 for SIGINT, 5 for SIGHUP); left alone, it gives up by itself after a minute.
+/// Whether a process runs: not gone, and not a zombie nobody has reaped yet.
+fn running(pid: i32) -> bool {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit(") ").next().is_some_and(|rest| !rest.is_empty() && !rest.starts_with('Z'))
+}
+
 const TRAPPING: &str = r#"trap 'echo got-term > "$1"; exit 0' TERM
 trap 'echo got-int > "$1"; exit 4' INT
 trap 'echo got-hup > "$1"; exit 5' HUP
+trap 'echo got-usr1 > "$1"; exit 6' USR1
 echo running > "$2"
 i=0
 while [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
@@ -325,12 +332,7 @@ fn a_fenced_command_takes_what_it_started_with_it() {
     });
     etcd.delete(&name);
     assert_eq!(exec.wait_exit(Duration::from_secs(20)).code(), Some(75), "{}", exec.stderr());
-    // Gone, or a zombie that nobody has reaped yet: either way it runs no more.
-    let alive = || {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        stat.rsplit(") ").next().is_some_and(|rest| !rest.is_empty() && !rest.starts_with('Z'))
-    };
-    eventually("the grandchild to be gone", Duration::from_secs(5), || (!alive()).then_some(()));
+    eventually("the grandchild to be gone", Duration::from_secs(5), || (!running(pid)).then_some(()));
 }
 
 #[test]
@@ -339,9 +341,12 @@ fn signals_to_exec_reach_the_command_and_exec_exits_with_its_status() {
     let mut node = Setup::new(&etcd, "sig.test.").start();
     node.claimed();
     let dir = TempDir::new("signals");
-    for (signal, want, code) in
-        [(libc::SIGTERM, "got-term", 0), (libc::SIGINT, "got-int", 4), (libc::SIGHUP, "got-hup", 5)]
-    {
+    for (signal, want, code) in [
+        (libc::SIGTERM, "got-term", 0),
+        (libc::SIGINT, "got-int", 4),
+        (libc::SIGHUP, "got-hup", 5),
+        (libc::SIGUSR1, "got-usr1", 6),
+    ] {
         let (note, running) = (dir.path().join(format!("{signal}.note")), dir.path().join(format!("{signal}.running")));
         let mut exec =
             node.launch("exec", &["--", "sh", "-c", TRAPPING, "sh", note.to_str().unwrap(), running.to_str().unwrap()]);
@@ -352,6 +357,23 @@ fn signals_to_exec_reach_the_command_and_exec_exits_with_its_status() {
         assert_eq!(fs::read_to_string(&note).unwrap_or_default().trim(), want, "signal {signal}");
     }
     assert_eq!(node.identity().as_deref(), Some("worker1.sig.test."), "the daemon never saw the signals");
+}
+
+#[test]
+fn a_command_does_not_outlive_exec_killed_outright() {
+    let etcd = Etcd::start();
+    let mut node = Setup::new(&etcd, "orphan2.test.").start();
+    node.claimed();
+    let dir = TempDir::new("exec-killed");
+    let pidfile = dir.path().join("pid");
+    let mut exec =
+        node.launch("exec", &["--", "sh", "-c", r#"echo $$ > "$1"; exec sleep 300"#, "sh", pidfile.to_str().unwrap()]);
+    let pid: i32 = eventually("the command to start", Duration::from_secs(10), || {
+        fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    });
+    exec.signal(libc::SIGKILL);
+    exec.wait_exit(Duration::from_secs(5));
+    eventually("the command to end with exec", Duration::from_secs(5), || (!running(pid)).then_some(()));
 }
 
 #[test]
