@@ -222,10 +222,37 @@ struct Flags {
     command: Vec<OsString>,
 }
 
+impl UsageError {
+    /// The usage text's synopsis, and where to read more: what goes after the message.
+    pub fn hint(&self) -> String {
+        let synopsis: Vec<&str> = self.usage.lines().take_while(|line| !line.is_empty()).collect();
+        let command = synopsis
+            .first()
+            .and_then(|line| line.split_whitespace().nth(2))
+            .filter(|w| w.starts_with(char::is_alphabetic));
+        let help = command.map_or("idetcd --help".to_string(), |c| format!("idetcd {c} --help"));
+        format!("{}\n\n`{help}` tells more.", synopsis.join("\n"))
+    }
+}
+
+/// Subcommands; everything else is the daemon's.
+const COMMANDS: [&str; 5] = ["members", "tf-config", "torch-env", "hostfile", "exec"];
+
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
+    let mut args: Vec<OsString> = args.into_iter().collect();
+    // `idetcd -conf PATH members`, CoreDNS's habit of putting -conf first, means the same as
+    // `idetcd members -conf PATH`.
+    let conf_words = match args.first().and_then(|a| a.to_str()) {
+        Some("-conf" | "--conf") => 2,
+        Some(a) if a.starts_with("-conf=") || a.starts_with("--conf=") => 1,
+        _ => 0,
+    };
+    if conf_words > 0 && args.get(conf_words).and_then(|a| a.to_str()).is_some_and(|a| COMMANDS.contains(&a)) {
+        args[..=conf_words].rotate_left(conf_words);
+    }
     let mut args = args.into_iter().peekable();
     let command = match args.peek().and_then(|a| a.to_str()) {
-        Some(word @ ("members" | "tf-config" | "torch-env" | "hostfile" | "exec")) => word.to_string(),
+        Some(word) if COMMANDS.contains(&word) => word.to_string(),
         _ => String::new(),
     };
     if !command.is_empty() {
@@ -347,6 +374,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             }
         }
     };
+    if f.timeout.is_some() && f.wait.is_none() {
+        return Err(fail("--timeout goes with --wait: without waiting there is nothing to give up on".into()));
+    }
     Ok(Command::Launch { conf, wait: f.wait.unwrap_or(Wait::Now), timeout: f.timeout, launcher })
 }
 
@@ -392,6 +422,30 @@ mod tests {
         assert_eq!(parse_strs(&["members", "--help"]), Ok(Command::Help(MEMBERS_USAGE)));
         assert_eq!(parse_strs(&["tf-config", "-h"]), Ok(Command::Help(TF_CONFIG_USAGE)));
         assert_eq!(parse_strs(&["exec", "--help"]), Ok(Command::Help(EXEC_USAGE)));
+        // -conf before the subcommand, as CoreDNS users write it.
+        let members = Ok(Command::Members { conf: "c".into(), json: true });
+        assert_eq!(parse_strs(&["-conf", "c", "members", "--json"]), members);
+        assert_eq!(parse_strs(&["--conf=c", "members", "--json"]), members);
+        assert_eq!(
+            parse_strs(&["-conf", "c", "--role", "ps"]),
+            Ok(Command::Run { conf: "c".into(), role: Some("ps".into()) })
+        );
+    }
+
+    #[test]
+    fn usage_errors_end_with_the_synopsis_and_where_to_read_more() {
+        let err = parse_strs(&["tf-config", "--wait", "0"]).unwrap_err();
+        assert_eq!(
+            err.hint(),
+            "usage: idetcd tf-config [--job NAME] [--port PORT] [--wait N|all] [--timeout S] [-conf PATH]\n\n`idetcd tf-config --help` tells more."
+        );
+        let err = parse_strs(&["--bogus"]).unwrap_err();
+        assert!(
+            err.hint().starts_with("usage: idetcd [-conf PATH] [--role NAME]\n       idetcd members"),
+            "{}",
+            err.hint()
+        );
+        assert!(err.hint().ends_with("`idetcd --help` tells more."), "{}", err.hint());
     }
 
     #[test]
@@ -406,8 +460,8 @@ mod tests {
             ),
             (&["torch-env", "--wait", "all"], launch(Wait::All, None, Launcher::TorchEnv { port: 29500 })),
             (
-                &["torch-env", "--port", "1234", "--timeout=2m"],
-                launch(Wait::Now, secs(120), Launcher::TorchEnv { port: 1234 }),
+                &["torch-env", "--port", "1234", "--wait", "2", "--timeout=2m"],
+                launch(Wait::First(2), secs(120), Launcher::TorchEnv { port: 1234 }),
             ),
             (&["hostfile"], launch(Wait::Now, None, Launcher::Hostfile { slots: 1, format: HostFormat::OpenMpi })),
             (
@@ -476,6 +530,11 @@ mod tests {
             ),
             (&["tf-config", "--wait", "0"], "--wait: \"0\" is neither a number of members nor all", TF_CONFIG_USAGE),
             (&["tf-config", "--timeout", "soon"], "--timeout: \"soon\" is not a number of seconds", TF_CONFIG_USAGE),
+            (
+                &["tf-config", "--timeout", "5"],
+                "--timeout goes with --wait: without waiting there is nothing to give up on",
+                TF_CONFIG_USAGE,
+            ),
             (&["tf-config", "--job"], "--job needs a job name", TF_CONFIG_USAGE),
             (&["torch-env", "--job", "w"], "unknown option --job", TORCH_ENV_USAGE),
             (
