@@ -457,27 +457,36 @@ impl Settings {
                 if d.args.is_empty() {
                     return Err((line, "pattern needs a name pattern, such as worker{{.ID}}.tf.local.".into()));
                 }
-                let pattern = pattern_words(&d.args, line)?;
+                let (words, rest) = split_pattern(&d.args);
+                if let Some(extra) = rest.first() {
+                    return Err((
+                        extra.line,
+                        format!("pattern takes one pattern: unexpected {:?} after it", extra.text),
+                    ));
+                }
+                let pattern = pattern_words(words, line)?;
                 replace(&mut self.pattern, (line, pattern)).map_err(|_| twice())
             }
             "role" => {
                 let usage = || {
-                    (
-                        line,
-                        "role takes a name, a pattern and a limit: role worker worker{{.ID}}.tf.local. 16".to_string(),
-                    )
+                    let example = "role worker worker{{.ID}}.tf.local. 16";
+                    (line, format!("role takes a name, a pattern and optionally a limit: {example}"))
                 };
                 let [name, rest @ ..] = d.args.as_slice() else { return Err(usage()) };
-                // The limit is optional; a pattern never ends in a word of digits alone.
-                let (words, limit) = match rest.split_last() {
-                    Some((last, words)) if !words.is_empty() && last.text.bytes().all(|b| b.is_ascii_digit()) => {
-                        (words, Some(last))
-                    }
-                    _ => (rest, None),
-                };
+                let (words, after) = split_pattern(rest);
                 if words.is_empty() {
                     return Err(usage());
                 }
+                let limit = match after {
+                    [] => None,
+                    [limit] => Some(limit),
+                    [_, extra, ..] => {
+                        return Err((
+                            extra.line,
+                            format!("role {}: unexpected {:?} after the limit", name.text, extra.text),
+                        ))
+                    }
+                };
                 if !config::is_role_name(&name.text) {
                     return Err((
                         name.line,
@@ -573,7 +582,14 @@ struct RoleLine {
     limit: u32,
 }
 
-/// A pattern's words as one pattern: `worker{{ .ID }}.tf.local.` arrives as three.
+/// The words of a pattern, and what follows it: `worker{{ .ID }}.tf.local.` arrives as three
+/// words, up to the one that closes the template.
+fn split_pattern(words: &[Token]) -> (&[Token], &[Token]) {
+    let end = words.iter().position(|w| w.text.contains("}}")).map_or(1, |i| i + 1).min(words.len());
+    words.split_at(end)
+}
+
+/// A pattern's words as one pattern.
 fn pattern_words(words: &[Token], line: usize) -> Result<Pattern, Failure> {
     let text = words.iter().map(|a| a.text.as_str()).collect::<Vec<_>>().join(" ");
     Pattern::parse(&text).map_err(|e| (line, format!("pattern {text:?}: {e}")))

@@ -138,6 +138,10 @@ fn errors_name_the_line_and_the_problem() {
         (idetcd("        threads 0"), "Corefile:4: threads: \"0\" is not a number from 1 to 64"),
         (idetcd("        pattern x{{.ID}}.y."), "Corefile:4: pattern is given twice"),
         (idetcd("        limit 3\n        limit 4"), "Corefile:5: limit is given twice"),
+        (
+            ". {\n idetcd {\n  pattern w{{.ID}}.z. 5\n }\n}".into(),
+            "Corefile:3: pattern takes one pattern: unexpected \"5\" after it",
+        ),
         (idetcd("        upstream 8.8.8.8"), "Corefile:4: unknown directive \"upstream\" in idetcd block (known: endpoint, tls, credentials, limit, start, pattern, role, address, ttl, lease, poll, watch, threads)"),
         (idetcd("        limit 3 {\n        }"), "Corefile:4: limit does not take a block"),
         (
@@ -334,8 +338,11 @@ fn a_lone_pattern_is_a_role_named_after_its_text() {
 fn role_errors_name_the_line() {
     let roles = |body: &str| format!(". {{\n idetcd {{\n  role w w{{{{.ID}}}}.z. 3\n{body}\n }}\n}}\n");
     let cases = [
-        (roles("  role"), "Corefile:4: role takes a name, a pattern and a limit: role worker worker{{.ID}}.tf.local. 16"),
-        (roles("  role ps"), "Corefile:4: role takes a name, a pattern and a limit: role worker worker{{.ID}}.tf.local. 16"),
+        (roles("  role"), "Corefile:4: role takes a name, a pattern and optionally a limit: role worker worker{{.ID}}.tf.local. 16"),
+        (roles("  role ps"), "Corefile:4: role takes a name, a pattern and optionally a limit: role worker worker{{.ID}}.tf.local. 16"),
+        (roles("  role ps ps{{.ID}}.z. zero"), "Corefile:4: role ps: limit \"zero\" is not a number from 1 to 1000000"),
+        (roles("  role ps ps{{ .ID }}.z five"), "Corefile:4: role ps: limit \"five\" is not a number from 1 to 1000000"),
+        (roles("  role ps ps{{.ID}}.z. 5 extra"), "Corefile:4: role ps: unexpected \"extra\" after the limit"),
         (roles("  role ps 3"), "Corefile:4: pattern \"3\": pattern must contain {{.ID}}"),
         (roles("  role w x{{.ID}}.z."), "Corefile:4: role w is given twice"),
         (roles("  role my-ps ps{{.ID}}.z."), "Corefile:4: role: \"my-ps\" is not a role name (a letter, then letters, digits or _)"),
