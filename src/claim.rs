@@ -29,6 +29,8 @@ pub struct Claimed {
     pub name: String,
     /// etcd requests the claim took, for the logs and the claim benchmark.
     pub requests: u32,
+    /// Whether the name held this node's record already (a restart within the old lease).
+    pub taken_back: bool,
 }
 
 #[derive(Debug)]
@@ -173,7 +175,8 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
         match walk(&answer) {
             Walk::Won(level) => {
                 let Some(&slot) = slots.get(level) else { return Err(unexpected(client, &answer.responses)) };
-                return Ok(Claimed { slot, name: slot.name(request.roles), requests });
+                let taken_back = own.is_some();
+                return Ok(Claimed { slot, name: slot.name(request.roles), requests, taken_back });
             }
             Walk::Lost([read @ .., OpResponse::Range(queue)]) if read.len() == roles => {
                 names = ranges(read);

@@ -78,7 +78,7 @@ impl Config {
     /// The role of that name, or an error that lists the roles there are.
     pub fn role_named(&self, name: &str) -> Result<usize, String> {
         self.roles.iter().position(|r| r.name == name).ok_or_else(|| {
-            format!("unknown role {name:?}; the roles in {} are {}", self.source.display(), self.role_names())
+            format!("unknown role {name:?}; the roles of {} are {}", self.source.display(), self.role_names())
         })
     }
 

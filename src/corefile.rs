@@ -49,7 +49,8 @@ const MAX_ROLES: usize = 32;
 
 pub fn load(path: &Path) -> Result<Config, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| Error {
-        source: path.to_path_buf(),
+        // Where it was looked for, also when the path was relative.
+        source: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
         line: 0,
         message: format!("cannot read the Corefile: {e}"),
     })?;

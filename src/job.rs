@@ -109,7 +109,9 @@ pub fn settle<'a>(
         Wait::First(n) => {
             // With one role, it is this node's wherever this node is.
             let Some(role) = mine.map(|s| s.role).or_else(|| (roles.len() == 1).then_some(0)) else {
-                let progress = Progress { seen: 0, wanted: u64::from(n), detail: format!("; {} yet", stranger()) };
+                // With several roles, this node's decides which N: unknown until it is a member.
+                let detail = format!(": with several roles, --wait N counts this host's role, and {} yet", stranger());
+                let progress = Progress { seen: 0, wanted: u64::from(n), detail };
                 return Err(Pending::Waiting(progress));
             };
             let ids = &roles[role].ids;
@@ -444,7 +446,7 @@ mod tests {
         };
         assert_eq!(
             progress.to_string(),
-            "saw 0 of 2 members; this host (10.0.7.7) is no member of roles chief, ps, worker in tf.local. yet"
+            "saw 0 of 2 members: with several roles, --wait N counts this host's role, and this host (10.0.7.7) is no member of roles chief, ps, worker in tf.local. yet"
         );
         assert_eq!(
             settle(&roles, &full, &host(7, 7), Wait::Now, Me::Needed),

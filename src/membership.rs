@@ -223,8 +223,9 @@ impl Membership {
             1 => String::new(),
             _ => format!("role {}, ", role.name),
         };
+        let again = if claimed.taken_back { " back, its record still there from an earlier run" } else { "" };
         log::info!(
-            "claimed {} ({as_role}ID {}, lease {:x} of {}s, {} etcd requests)",
+            "claimed {}{again} ({as_role}ID {}, lease {:x} of {}s, {} etcd requests)",
             claimed.name,
             claimed.slot.id,
             lease.id,

@@ -111,7 +111,7 @@ pub fn launch(
     if let Launcher::TfConfig { job: Some(_), .. } = launcher {
         if config.roles.len() > 1 {
             return Err(Error::Job(format!(
-                "--job renames the role of a Corefile with one; the job names here are its roles, {}",
+                "--job renames the only role of a single-role Corefile; this one has roles, which are the job names: {}",
                 config.role_names()
             )));
         }
@@ -182,7 +182,7 @@ fn wait_for_job<'c>(
             },
             Err(e @ (etcd::Error::Auth { .. } | etcd::Error::Setup(_))) => return Err(e.into()),
             Err(e) if wait == Wait::Now => return Err(e.into()),
-            Err(e) => Ok(format!("etcd: {e}")),
+            Err(e) => Ok(e.to_string()),
         };
         let line = match &status {
             Err(progress) => format!("waiting: {progress}"),

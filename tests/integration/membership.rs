@@ -143,6 +143,7 @@ fn a_restarted_node_takes_its_old_name_back() {
     node.kill();
     let mut again = Node::start_with(corefile, ip);
     assert_eq!(again.claimed(), "worker2.restart.test.");
+    assert!(again.log().contains("claimed worker2.restart.test. back"), "{}", again.log());
     let kv = etcd.get("worker2.restart.test.").unwrap();
     assert_ne!(kv.lease, old_lease, "the key moved to the new lease");
     assert_eq!(etcd.names("restart.test."), ["worker1.restart.test.", "worker2.restart.test."], "no second name");
