@@ -124,10 +124,11 @@ usage: idetcd exec [--wait N|all] [--timeout S] [--port P] [--master-port P] [-c
 Runs CMD once the job is there, with what it needs to know in its environment: TF_CONFIG;
 MASTER_ADDR, MASTER_PORT, NNODES, NODE_RANK, WORLD_SIZE and RANK; IDETCD_NAME, IDETCD_ID,
 IDETCD_ROLE, and IDETCD_MEMBERS (every member's name, comma-separated, in order). SIGTERM,
-SIGINT and SIGHUP are passed on to CMD. While CMD runs, exec follows etcd: when this host no
-longer holds its name (its key is gone or holds another node's record, or etcd cannot confirm
-it before its lease would end), CMD gets SIGTERM, SIGKILL 10 s later, and exec exits 75, so
-that no command ever runs on under a name another node may hold.
+SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGALRM are passed on to CMD's process group.
+While CMD runs, exec follows etcd, so that no command runs on under a name another node may
+hold: when this host's key is gone or holds another node's record, CMD gets SIGTERM, SIGKILL
+10 s later; when the lease could end unrenewed (the daemon gone, etcd out of reach), SIGTERM
+with a quarter of the lease left and SIGKILL by its end. Either way exec exits 75.
 
   idetcd exec --wait all -- python train.py
 
