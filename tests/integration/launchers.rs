@@ -3,11 +3,12 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{eventually, Etcd, Setup, TempDir};
+use crate::support::{eventually, Background, Etcd, Node, Setup, TempDir};
 
 /// `name:port` for each label, without the final dot, as TF_CONFIG lists them.
 fn hosts(labels: &[&str], zone: &str, port: u16) -> Vec<String> {
@@ -183,6 +184,16 @@ fn running(pid: i32) -> bool {
     stat.rsplit(") ").next().is_some_and(|rest| !rest.is_empty() && !rest.starts_with('Z'))
 }
 
+/// Starts `idetcd exec` on `node` with the TRAPPING command and waits until the command runs;
+/// returns exec and the file where the command notes the signal it got.
+fn exec_trapping(node: &Node, dir: &TempDir, tag: &str) -> (Background, PathBuf) {
+    let (note, running) = (dir.path().join(format!("{tag}.note")), dir.path().join(format!("{tag}.running")));
+    let exec =
+        node.launch("exec", &["--", "sh", "-c", TRAPPING, "sh", note.to_str().unwrap(), running.to_str().unwrap()]);
+    eventually("the command to start", Duration::from_secs(10), || running.exists().then_some(()));
+    (exec, note)
+}
+
 const TRAPPING: &str = r#"trap 'echo got-term > "$1"; exit 0' TERM
 trap 'echo got-int > "$1"; exit 4' INT
 trap 'echo got-hup > "$1"; exit 5' HUP
@@ -259,10 +270,7 @@ fn exec_ends_the_command_and_exits_75_when_the_name_is_lost() {
         let held = eventually("the node to hold its name", Duration::from_secs(15), || {
             etcd.get(&name).filter(|kv| kv.lease != 0 && kv.value.contains(&own_record))
         });
-        let (note, running) = (dir.path().join(format!("{how}.note")), dir.path().join(format!("{how}.running")));
-        let mut exec =
-            node.launch("exec", &["--", "sh", "-c", TRAPPING, "sh", note.to_str().unwrap(), running.to_str().unwrap()]);
-        eventually("the command to start", Duration::from_secs(10), || running.exists().then_some(()));
+        let (mut exec, note) = exec_trapping(&node, &dir, how);
         assert!(exec.exited().is_none(), "exec ended while the name was held: {}", exec.stderr());
 
         match how {
@@ -285,10 +293,7 @@ fn exec_stops_the_command_when_etcd_cannot_confirm_the_name_within_the_lease() {
     let mut node = Setup { lease: 3, ..Setup::new(&etcd, "blind.test.") }.start();
     assert_eq!(node.claimed(), "worker1.blind.test.");
     let dir = TempDir::new("blind");
-    let (note, running) = (dir.path().join("note"), dir.path().join("running"));
-    let mut exec =
-        node.launch("exec", &["--", "sh", "-c", TRAPPING, "sh", note.to_str().unwrap(), running.to_str().unwrap()]);
-    eventually("the command to start", Duration::from_secs(10), || running.exists().then_some(()));
+    let (mut exec, note) = exec_trapping(&node, &dir, "trap");
     etcd.stop();
     let status = exec.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(75), "{}", exec.stderr());
@@ -305,10 +310,7 @@ fn exec_stops_the_command_before_an_unrenewed_lease_ends() {
     let mut node = Setup { lease: 8, ..Setup::new(&etcd, "orphan.test.") }.start();
     let name = node.claimed();
     let dir = TempDir::new("orphan");
-    let (note, running) = (dir.path().join("note"), dir.path().join("running"));
-    let mut exec =
-        node.launch("exec", &["--", "sh", "-c", TRAPPING, "sh", note.to_str().unwrap(), running.to_str().unwrap()]);
-    eventually("the command to start", Duration::from_secs(10), || running.exists().then_some(()));
+    let (mut exec, note) = exec_trapping(&node, &dir, "trap");
     node.kill();
     let status = exec.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(75), "{}", exec.stderr());
@@ -347,10 +349,7 @@ fn signals_to_exec_reach_the_command_and_exec_exits_with_its_status() {
         (libc::SIGHUP, "got-hup", 5),
         (libc::SIGUSR1, "got-usr1", 6),
     ] {
-        let (note, running) = (dir.path().join(format!("{signal}.note")), dir.path().join(format!("{signal}.running")));
-        let mut exec =
-            node.launch("exec", &["--", "sh", "-c", TRAPPING, "sh", note.to_str().unwrap(), running.to_str().unwrap()]);
-        eventually("the command to start", Duration::from_secs(10), || running.exists().then_some(()));
+        let (mut exec, note) = exec_trapping(&node, &dir, &signal.to_string());
         exec.signal(signal);
         let status = exec.wait_exit(Duration::from_secs(15));
         assert_eq!(status.code(), Some(code), "signal {signal}: {}", exec.stderr());
