@@ -140,10 +140,6 @@ pub enum Op {
 pub struct RangeRequest {
     pub start: Vec<u8>,
     pub end: Vec<u8>,
-    /// Only the count, no keys.
-    pub count_only: bool,
-    /// Keys without values.
-    pub keys_only: bool,
     /// Only keys created at or before this revision (0: any). etcd still counts every key in
     /// `count`, so count the returned keys instead.
     pub max_create_revision: i64,
@@ -769,12 +765,6 @@ impl OpResponseJson {
 
 fn range_json(r: &RangeRequest) -> Value {
     let mut body = json!({ "key": BASE64.encode(&r.start), "range_end": BASE64.encode(&r.end) });
-    if r.count_only {
-        body["count_only"] = json!(true);
-    }
-    if r.keys_only {
-        body["keys_only"] = json!(true);
-    }
     if r.max_create_revision > 0 {
         body["max_create_revision"] = json!(r.max_create_revision.to_string());
     }
@@ -889,7 +879,8 @@ mod tests {
             success: vec![Op::Put { key: b"k".to_vec(), value: b"v".to_vec(), lease: 42 }],
             failure: vec![
                 Op::Range(RangeRequest::new(b"a", b"b")),
-                Op::Range(RangeRequest { keys_only: true, max_create_revision: 9, ..RangeRequest::new(b"a", b"b") }),
+                Op::Range(RangeRequest { max_create_revision: 9, ..RangeRequest::new(b"a", b"b") }),
+                Op::Range(RangeRequest { newest: true, ..RangeRequest::new(b"a", b"b") }),
                 Op::Delete { key: b"k".to_vec() },
             ],
         };
@@ -898,7 +889,11 @@ mod tests {
             "success": [{ "requestPut": { "key": "aw==", "value": "dg==", "lease": "42" } }],
             "failure": [
                 { "requestRange": { "key": "YQ==", "range_end": "Yg==" } },
-                { "requestRange": { "key": "YQ==", "range_end": "Yg==", "keys_only": true, "max_create_revision": "9" } },
+                { "requestRange": { "key": "YQ==", "range_end": "Yg==", "max_create_revision": "9" } },
+                { "requestRange": {
+                    "key": "YQ==", "range_end": "Yg==",
+                    "limit": 1, "sort_order": "DESCEND", "sort_target": "MOD", "keys_only": true,
+                } },
                 { "requestDeleteRange": { "key": "aw==" } },
             ],
         });

@@ -96,9 +96,11 @@ pub fn settle<'a>(
         }
     };
     let stranger = || format!("this host ({}) is no member of {cluster}", describe(own));
+    // This host must be found, and is not (yet).
+    let missing_me = mine.is_none() && me_needed == Me::Needed;
     let lists: Vec<Vec<Member>> = match wait {
         Wait::Now => {
-            if mine.is_none() && me_needed == Me::Needed {
+            if missing_me {
                 return Err(Pending::Failed(format!(
                     "{}; is idetcd running here, with the same Corefile?",
                     stranger()
@@ -130,11 +132,11 @@ pub fn settle<'a>(
                 )));
             }
             let first: Vec<Member> = all(role).into_iter().filter(|m| m.slot.id <= last).collect();
-            if first.len() < n as usize || (mine.is_none() && me_needed == Me::Needed) {
+            if first.len() < n as usize || missing_me {
                 let missing = gaps(members.get(role), *ids.start()..=last).map(|id| Slot { role, id });
                 let mut detail = format!(" of role {}", roles[role].name);
                 detail.push_str(&missing_names(roles, missing, u64::from(n) - first.len() as u64));
-                if mine.is_none() && me_needed == Me::Needed {
+                if missing_me {
                     let _ = write!(detail, "; {} yet", stranger());
                 }
                 return Err(Pending::Waiting(Progress { seen: first.len() as u64, wanted: u64::from(n), detail }));
@@ -145,7 +147,7 @@ pub fn settle<'a>(
             let lists: Vec<Vec<Member>> = (0..roles.len()).map(all).collect();
             let seen: u64 = lists.iter().map(|l| l.len() as u64).sum();
             let wanted: u64 = roles.iter().map(Role::limit).sum();
-            if seen < wanted || (mine.is_none() && me_needed == Me::Needed) {
+            if seen < wanted || missing_me {
                 if seen == wanted {
                     return Err(Pending::Failed(format!("{}, and every ID of every role is held", stranger())));
                 }
@@ -157,7 +159,7 @@ pub fn settle<'a>(
                     .flat_map(|(role, r)| gaps(members.get(role), r.ids.clone()).map(move |id| Slot { role, id }));
                 let mut detail = format!(" ({})", each.join(", "));
                 detail.push_str(&missing_names(roles, missing, wanted - seen));
-                if mine.is_none() && me_needed == Me::Needed {
+                if missing_me {
                     let _ = write!(detail, "; {} yet", stranger());
                 }
                 return Err(Pending::Waiting(Progress { seen, wanted, detail }));
@@ -239,11 +241,16 @@ impl Job<'_> {
 }
 
 fn member(roles: &[Role], slot: Slot, record: &Record) -> Member {
-    Member { slot, host: slot.name(roles).trim_end_matches('.').to_string(), record: *record }
+    Member { slot, host: host(roles, slot), record: *record }
+}
+
+/// A slot's name as launchers and resolvers want host names: without the final dot.
+fn host(roles: &[Role], slot: Slot) -> String {
+    slot.name(roles).trim_end_matches('.').to_string()
 }
 
 /// Whether a member's record carries one of this host's addresses.
-pub fn carries(record: &Record, own: &Addresses) -> bool {
+fn carries(record: &Record, own: &Addresses) -> bool {
     (own.ipv4.is_some() && record.ipv4 == own.ipv4) || (own.ipv6.is_some() && record.ipv6 == own.ipv6)
 }
 
@@ -266,8 +273,7 @@ fn gaps(members: Option<&BTreeMap<u32, Record>>, ids: RangeInclusive<u32>) -> im
 /// `; missing worker2.tf.local, worker3.tf.local`: the first few of the `count` missing.
 fn missing_names(roles: &[Role], missing: impl Iterator<Item = Slot>, count: u64) -> String {
     const SHOWN: usize = 4;
-    let names: Vec<String> =
-        missing.take(SHOWN).map(|slot| slot.name(roles).trim_end_matches('.').to_string()).collect();
+    let names: Vec<String> = missing.take(SHOWN).map(|slot| host(roles, slot)).collect();
     let more = count.saturating_sub(names.len() as u64);
     match (names.is_empty(), more) {
         (true, _) => String::new(),
