@@ -205,10 +205,11 @@ fn supervise(
     name: &str,
 ) -> Option<String> {
     let mut fenced: Option<String> = None;
-    let mut kill_at: Option<Instant> = None;
+    // When SIGKILL follows the SIGTERM of a fence, and how long after it.
+    let mut kill_at: Option<(Instant, Duration)> = None;
     let mut lost = lost.clone();
     loop {
-        let timeout = kill_at.map_or(Duration::from_secs(3600), |at| at.saturating_duration_since(Instant::now()));
+        let timeout = kill_at.map_or(Duration::from_secs(3600), |(at, _)| at.saturating_duration_since(Instant::now()));
         select! {
             recv(events) -> event => match event {
                 Ok(ChildEvent::Stopped) => {
@@ -237,12 +238,12 @@ fn supervise(
                 group.signal(SIGCONT);
                 fenced = Some(why);
                 let grace = kill_by.map_or(KILL_AFTER, |by| by.saturating_sub(boottime()).min(KILL_AFTER));
-                kill_at = Some(Instant::now() + grace);
+                kill_at = Some((Instant::now() + grace, grace));
                 lost = crossbeam_channel::never();
             }
             default(timeout) => {
-                if kill_at.take().is_some() {
-                    eprintln!("idetcd: the command did not stop within {}s of SIGTERM; killing it", KILL_AFTER.as_secs());
+                if let Some((_, grace)) = kill_at.take() {
+                    eprintln!("idetcd: the command did not stop within {grace:.1?} of SIGTERM; killing it");
                     group.signal(SIGKILL);
                 }
             }
