@@ -64,6 +64,20 @@ pub enum Choice {
     Role(usize),
 }
 
+impl Choice {
+    fn may_take(self, role: usize) -> bool {
+        match self {
+            Choice::Fill => true,
+            Choice::Role(r) => r == role,
+        }
+    }
+
+    /// The roles, of `roles`, a claim takes slots in, in the order it takes them.
+    fn order(self, roles: usize) -> Vec<usize> {
+        (0..roles).filter(|&r| self.may_take(r)).collect()
+    }
+}
+
 /// What a claim needs to know besides the etcd client.
 pub struct Request<'a> {
     pub roles: &'a [Role],
@@ -139,10 +153,7 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
     loop {
         let Some(names_now) = names.as_deref() else { return Err(unexpected(client, &joined.responses)) };
         let mut spaces = spaces(request.roles, names_now);
-        let order: Vec<usize> = match request.choice {
-            Choice::Fill => (0..roles).collect(),
-            Choice::Role(role) => vec![role],
-        };
+        let order = request.choice.order(roles);
         // The same node restarted before its old lease ran out: its record is still there. Moving
         // that key to the new lease keeps the name instead of claiming a second one.
         let own = order.iter().find_map(|&role| {
@@ -237,13 +248,6 @@ impl Ticket {
         });
         Some(Ticket { choice, preferred, record: record.to_vec() })
     }
-
-    fn may_take(&self, role: usize) -> bool {
-        match self.choice {
-            Choice::Fill => true,
-            Choice::Role(r) => r == role,
-        }
-    }
 }
 
 /// The claims created before `queued_at`, oldest first. Two tickets with one record are one node
@@ -323,10 +327,10 @@ fn place(spaces: &mut [Space], ahead: &[Ticket], mine: Choice) -> (usize, Vec<Sl
     let mut rest = Vec::new();
     for ticket in ahead {
         let own = !ticket.record.is_empty()
-            && (0..spaces.len()).any(|r| ticket.may_take(r) && records[r].contains(ticket.record.as_slice()));
+            && (0..spaces.len()).any(|r| ticket.choice.may_take(r) && records[r].contains(ticket.record.as_slice()));
         let preferred = ticket
             .preferred
-            .filter(|s| ticket.may_take(s.role) && spaces.get(s.role).is_some_and(|sp| sp.is_free(s.id)));
+            .filter(|s| ticket.choice.may_take(s.role) && spaces.get(s.role).is_some_and(|sp| sp.is_free(s.id)));
         match (own, preferred) {
             (true, _) => {}
             (false, Some(slot)) => reserved.push(slot),
@@ -550,10 +554,7 @@ mod tests {
     fn try_behind(roles: &[Role], taken: &[&[u32]], ahead: &[Ticket], mine: Choice, window: usize) -> Vec<String> {
         let names = names(roles, taken);
         let mut spaces = spaces(roles, &names);
-        let order: Vec<usize> = match mine {
-            Choice::Fill => (0..roles.len()).collect(),
-            Choice::Role(r) => vec![r],
-        };
+        let order = mine.order(roles.len());
         let slots = slots_to_try(&mut spaces, &order, ahead, mine, None, window);
         slots.into_iter().map(|s| s.name(roles)).collect()
     }
