@@ -344,7 +344,7 @@ impl Membership {
                 Ok(ranges) => {
                     self.trouble.recovered(self.client.endpoint());
                     let marker = |r: &etcd::Range| (r.count, r.kvs.first().map_or(0, |kv| kv.mod_revision));
-                    if ranges.iter().enumerate().all(|(role, r)| marker(r) == self.view.marker(role)) {
+                    if ranges.iter().map(marker).eq(self.view.markers()) {
                         return;
                     }
                 }

@@ -180,17 +180,17 @@ impl View {
         applied.then_some(changes)
     }
 
-    /// What etcd answers for role `role`'s range when nothing changed since the view was read:
-    /// the number of keys and the newest modification. Any put raises the newest revision, and a
-    /// delete alone lowers the count.
-    pub fn marker(&self, role: usize) -> (i64, i64) {
-        let mut count = 0;
-        let mut newest = 0;
-        for entry in self.entries.values().filter(|e| e.role == role) {
-            count += 1;
-            newest = newest.max(entry.mod_revision);
+    /// What etcd answers for each role's range, in order, when nothing changed since the view was
+    /// read: the number of keys and the newest modification. Any put raises the newest revision,
+    /// and a delete alone lowers the count. One pass over the keys for every role.
+    pub fn markers(&self) -> Vec<(i64, i64)> {
+        let mut markers = vec![(0, 0); self.roles.len()];
+        for entry in self.entries.values() {
+            let (count, newest) = &mut markers[entry.role];
+            *count += 1;
+            *newest = (*newest).max(entry.mod_revision);
         }
-        (count, newest)
+        markers
     }
 
     /// Looks at this node's keys: its name `held` (its key), and any other key on its `lease`.
@@ -329,7 +329,7 @@ mod tests {
         let skipped: Vec<&str> = changes.skipped.iter().map(|(key, _)| key.as_str()).collect();
         assert_eq!(skipped, ["ps1.tf.local.", "worker01.tf.local."]);
         assert!(changes.skipped[1].1.contains("does not follow the pattern worker{{.ID}}.tf.local."));
-        assert_eq!((view.marker(0), view.marker(1)), ((2, 4), (2, 6)));
+        assert_eq!(view.markers(), [(2, 4), (2, 6)]);
         let records: Vec<(Slot, i64)> = view.records().map(|(slot, _, lease)| (slot, lease)).collect();
         assert_eq!(records, [(Slot { role: 0, id: 0 }, 7), (Slot { role: 1, id: 1 }, 8)]);
     }
