@@ -29,6 +29,10 @@ pub struct Config {
     /// Where `GET /health` and `GET /metrics` are served, if anywhere.
     pub health: Option<std::net::SocketAddr>,
     pub prometheus: Option<std::net::SocketAddr>,
+    /// Where `GET /ready` is served (CoreDNS's `ready` plugin), if anywhere.
+    pub ready: Option<std::net::SocketAddr>,
+    /// One line per query at info level (CoreDNS's `log` plugin).
+    pub log: bool,
     pub port: u16,
     /// etcd client URLs, tried in this order.
     pub endpoints: Vec<String>,

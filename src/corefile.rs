@@ -350,6 +350,8 @@ fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
         forward,
         health,
         prometheus,
+        ready: None,
+        log: false,
         port,
         endpoints,
         tls,
