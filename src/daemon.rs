@@ -163,7 +163,8 @@ fn wait(events: &Receiver<Event>, commands: &Sender<Command>, mut client: etcd::
             Ok(Event::Fatal(why)) => return Err(Error::Fatal(why)),
             Ok(Event::Released) => return Ok(()),
             Ok(Event::ThreadExited(name)) => {
-                log::error!("thread {name} stopped; releasing the name and stopping");
+                // The error itself is the daemon's last word, printed once by `main`.
+                log::info!("releasing the name and stopping");
                 break Some(Error::ThreadExited(name));
             }
             Err(_) => return Err(Error::ThreadExited("main".into())),

@@ -52,6 +52,18 @@ pub enum Error {
     Auth { endpoint: String, message: String },
     /// Something on this side is wrong: a certificate file, a missing feature.
     Setup(String),
+    /// etcd answered, and the answer says the Corefile does not fit this etcd (credentials it
+    /// does not take, or a URL that is not its client URL): retrying will not help, `directive`
+    /// must change.
+    Misconfigured { endpoint: String, directive: &'static str, message: String },
+}
+
+impl Error {
+    /// Whether the Corefile must change before this can work: a refused password, a TLS setup
+    /// that cannot work, an endpoint that is not etcd's client URL. Everything else may pass.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::Auth { .. } | Error::Setup(_) | Error::Misconfigured { .. })
+    }
 }
 
 impl fmt::Display for Error {
@@ -73,6 +85,9 @@ impl fmt::Display for Error {
             }
             Error::Auth { endpoint, message } => write!(f, "etcd at {endpoint} refused the credentials: {message}"),
             Error::Setup(why) => f.write_str(why),
+            Error::Misconfigured { endpoint, directive, message } => {
+                write!(f, "etcd at {endpoint}: {message} (see `{directive}` in the Corefile)")
+            }
         }
     }
 }
@@ -82,6 +97,8 @@ impl std::error::Error for Error {}
 /// gRPC status codes etcd puts in `code`.
 pub const CODE_INVALID_ARGUMENT: i64 = 3;
 pub const CODE_NOT_FOUND: i64 = 5;
+const CODE_PERMISSION_DENIED: i64 = 7;
+const CODE_FAILED_PRECONDITION: i64 = 9;
 const CODE_UNAVAILABLE: i64 = 14;
 const CODE_UNAUTHENTICATED: i64 = 16;
 
@@ -315,7 +332,7 @@ impl Client {
                 .request(&client.stream_agent, &url)
                 .header("Content-Type", "application/json")
                 .send(&body[..])
-                .map_err(unreachable)?;
+                .map_err(|e| unreachable(endpoint, e))?;
             let status = response.status().as_u16();
             if status != 200 {
                 let answer = response.body_mut().with_config().limit(1 << 16).read_to_vec().unwrap_or_default();
@@ -360,7 +377,7 @@ impl Client {
         if self.credentials.is_some() && self.token.is_none() {
             self.authenticate()?;
         }
-        match self.each_endpoint(path, retry, &attempt) {
+        let answer = match self.each_endpoint(path, retry, &attempt) {
             // Simple tokens expire when idle, and a restarted etcd forgets them.
             Err(Error::Rejected { code, ref message, .. })
                 if self.credentials.is_some()
@@ -371,7 +388,25 @@ impl Client {
                 self.each_endpoint(path, retry, &attempt)
             }
             other => other,
-        }
+        };
+        answer.map_err(|e| self.misconfigured(e))
+    }
+
+    /// Refusals that say the Corefile's credentials do not fit this etcd.
+    fn misconfigured(&self, e: Error) -> Error {
+        let Error::Rejected { endpoint, code, message, .. } = &e else { return e };
+        let message = match (&self.credentials, *code) {
+            (None, _) if message.contains("user name is empty") => {
+                "authentication is enabled in etcd, and the Corefile gives no user: add `credentials USER PASSWORD`"
+                    .to_string()
+            }
+            (Some(c), CODE_PERMISSION_DENIED) => format!(
+                "etcd user {:?} may not read or write these keys; grant its role read-write on the pattern's keys",
+                c.user
+            ),
+            _ => return e,
+        };
+        Error::Misconfigured { endpoint: endpoint.clone(), directive: "credentials", message }
     }
 
     fn each_endpoint<T>(
@@ -412,6 +447,10 @@ impl Client {
             Err(Error::Rejected { endpoint, message, .. }) if message.contains("authentication failed") => {
                 return Err(Error::Auth { endpoint, message });
             }
+            Err(Error::Rejected { endpoint, code: CODE_FAILED_PRECONDITION, .. }) => {
+                let message = "authentication is not enabled in etcd, so it takes no user and password: leave out `credentials`, or enable authentication in etcd".to_string();
+                return Err(Error::Misconfigured { endpoint, directive: "credentials", message });
+            }
             Err(e) => return Err(e),
         };
         let token = serde_json::from_slice::<Value>(&answer).ok().and_then(|v| v["token"].as_str().map(str::to_string));
@@ -435,7 +474,7 @@ impl Client {
 
     fn post_once(&self, endpoint: &str, path: &str, body: &Value) -> Result<Vec<u8>, Attempt> {
         let url = format!("{endpoint}{path}");
-        let mut response = self.request(&self.agent, &url).send_json(body).map_err(unreachable)?;
+        let mut response = self.request(&self.agent, &url).send_json(body).map_err(|e| unreachable(endpoint, e))?;
         let status = response.status().as_u16();
         let answer = response
             .body_mut()
@@ -453,8 +492,7 @@ impl Client {
 /// What an error answer means: another endpoint may do better, or the request was refused.
 fn rejection(endpoint: &str, status: u16, answer: &[u8]) -> Attempt {
     let Ok(error) = serde_json::from_slice::<Value>(answer) else {
-        let detail = format!("HTTP {status} with a body that is not JSON; is this an etcd 3.4+ client URL?");
-        return Attempt::Failed(Error::Malformed { endpoint: endpoint.to_string(), detail });
+        return not_etcd(endpoint, status, answer);
     };
     // The watch stream wraps errors one level deeper.
     let error = if error["error"].is_object() { &error["error"] } else { &error };
@@ -465,6 +503,32 @@ fn rejection(endpoint: &str, status: u16, answer: &[u8]) -> Attempt {
         return Attempt::Unreachable { why: message.to_string(), sent: true };
     }
     Attempt::Failed(Error::Rejected { endpoint: endpoint.to_string(), status, code, message: message.to_string() })
+}
+
+/// An error answer that is not etcd's JSON. From a proxy (5xx) it may pass, and another endpoint may
+/// do better; a 4xx says the URL is wrong: a peer port, a path after the port, or plain HTTP to an
+/// etcd that speaks only TLS.
+fn not_etcd(endpoint: &str, status: u16, answer: &[u8]) -> Attempt {
+    let first_line = String::from_utf8_lossy(answer);
+    let first_line: String =
+        first_line.lines().next().unwrap_or_default().chars().filter(|c| !c.is_control()).take(100).collect();
+    let said = match first_line.trim() {
+        "" => String::new(),
+        text => format!(" ({text:?})"),
+    };
+    if !(400..500).contains(&status) {
+        return Attempt::Unreachable { why: format!("HTTP {status} with a body that is not JSON{said}"), sent: true };
+    }
+    let hint = if first_line.contains("HTTPS") {
+        "it speaks TLS: write the endpoint with https://".to_string()
+    } else {
+        "this is not an etcd 3.4+ client URL (a peer port, or a path after the port?); use the URL that `etcdctl --endpoints` takes".to_string()
+    };
+    Attempt::Failed(Error::Misconfigured {
+        endpoint: endpoint.to_string(),
+        directive: "endpoint",
+        message: format!("HTTP {status}{said}: {hint}"),
+    })
 }
 
 /// TLS as the Corefile asks: its CA instead of the public ones, and a client certificate.
@@ -521,10 +585,79 @@ enum Attempt {
     Failed(Error),
 }
 
-fn unreachable(e: ureq::Error) -> Attempt {
-    Attempt::Unreachable {
-        sent: !matches!(e, ureq::Error::ConnectionFailed | ureq::Error::HostNotFound),
-        why: describe(&e),
+/// A request that got no answer: mostly the network's or etcd's trouble, which passes. But TLS to
+/// a plain HTTP port, plain HTTP to a TLS port and a TLS handshake that fails are the Corefile's to
+/// fix: a probe of the port tells which it is.
+fn unreachable(endpoint: &str, e: ureq::Error) -> Attempt {
+    let network = matches!(e, ureq::Error::ConnectionFailed | ureq::Error::HostNotFound | ureq::Error::Timeout(_));
+    let misconfigured = |directive, message: &str| {
+        Attempt::Failed(Error::Misconfigured {
+            endpoint: endpoint.to_string(),
+            directive,
+            message: message.to_string(),
+        })
+    };
+    if !network {
+        if let Some(authority) = endpoint.strip_prefix("https://") {
+            if speaks(authority, Protocol::PlainHttp) {
+                return misconfigured("endpoint", "it speaks plain HTTP, not TLS: write the endpoint with http://");
+            }
+            // rustls reports a failed handshake as invalid data: a certificate it does not trust,
+            // or an alert from etcd, which wanted a client certificate.
+            let tls_failed = match &e {
+                ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::InvalidData,
+                ureq::Error::Tls(_) => true,
+                _ => false,
+            };
+            if tls_failed {
+                let message = format!("TLS failed ({}): check the CA and certificate files", describe(&e));
+                return misconfigured("tls", &message);
+            }
+        } else if let Some(authority) = endpoint.strip_prefix("http://") {
+            if speaks(authority, Protocol::Tls) {
+                return misconfigured("endpoint", "it speaks TLS: write the endpoint with https://");
+            }
+        }
+    }
+    Attempt::Unreachable { sent: !network, why: describe(&e) }
+}
+
+enum Protocol {
+    PlainHttp,
+    Tls,
+}
+
+/// Whether `authority` (`host:port`, perhaps with a path after it) answers `protocol`: a plain
+/// HTTP request gets `HTTP/`, a TLS hello gets a TLS record (a hello back, or an alert).
+fn speaks(authority: &str, protocol: Protocol) -> bool {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    // A TLS 1.2 ClientHello with one cipher suite and no extensions: enough for any TLS server to
+    // answer with a record of its own, if only an alert.
+    const HELLO: [u8; 52] = [
+        0x16, 0x03, 0x01, 0x00, 0x2f, // record: handshake, 47 bytes
+        0x01, 0x00, 0x00, 0x2b, 0x03, 0x03, // ClientHello, 43 bytes, TLS 1.2
+        7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,    // random
+        0x00, // no session ID
+        0x00, 0x02, 0xc0, 0x2f, // TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        0x01, 0x00, // no compression
+        0x00, 0x00, // no extensions
+    ];
+    let host_port = authority.split('/').next().unwrap_or(authority);
+    let Some(address) = host_port.to_socket_addrs().ok().and_then(|mut a| a.next()) else { return false };
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) else { return false };
+    let _ = stream.set_read_timeout(Some(CONNECT_TIMEOUT));
+    let request: &[u8] = match protocol {
+        Protocol::PlainHttp => b"GET /version HTTP/1.0\r\n\r\n",
+        Protocol::Tls => &HELLO,
+    };
+    let mut answer = [0u8; 5];
+    if stream.write_all(request).is_err() || stream.read_exact(&mut answer).is_err() {
+        return false;
+    }
+    match protocol {
+        Protocol::PlainHttp => &answer == b"HTTP/",
+        Protocol::Tls => matches!(answer, [0x15 | 0x16, 0x03, ..]),
     }
 }
 

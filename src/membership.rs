@@ -81,6 +81,8 @@ struct Membership {
     read_due: bool,
     /// Set when this node cannot go on; the loop ends with it.
     fatal: Option<String>,
+    /// Whether this node has held a name since it started.
+    serving: bool,
     trouble: Trouble,
     next_keepalive: Instant,
     next_poll: Instant,
@@ -114,6 +116,7 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, empty: 
         last: None,
         read_due: true,
         fatal: None,
+        serving: false,
         trouble: Trouble::default(),
         next_keepalive: now,
         next_poll: now,
@@ -124,7 +127,7 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, empty: 
     let mut retry = Backoff::new();
     loop {
         if let Some(why) = m.fatal.take() {
-            log::error!("{why}");
+            // The main thread prints why, once, as the daemon's last word.
             m.release();
             let _ = m.events.send(Event::Fatal(why));
             return;
@@ -234,6 +237,7 @@ impl Membership {
         );
         self.held = Some(claimed.name);
         self.last = Some(claimed.slot);
+        self.serving = true;
         self.metrics.claims.fetch_add(1, Relaxed);
         self.metrics.holds_name.store(true, Relaxed);
         // A lease kept through failed claims may be due for renewal already.
@@ -247,12 +251,14 @@ impl Membership {
         Ok(())
     }
 
-    /// Notes an etcd failure: most pass (they are logged and retried), a refused password or a
-    /// broken TLS setup does not.
+    /// Notes an etcd failure: most pass (they are logged and retried). One that needs the
+    /// Corefile changed (a refused password, a URL that is not etcd's) ends a node that is still
+    /// starting, so that the operator hears of it at once; a node that is serving keeps answering
+    /// from what it has, and warns.
     fn failed(&mut self, what: &str, e: &etcd::Error) {
-        match e {
-            etcd::Error::Auth { .. } | etcd::Error::Setup(_) => self.fatal = Some(e.to_string()),
-            _ => self.trouble.failed(what, e),
+        match e.is_permanent() && !self.serving {
+            true => self.fatal = Some(e.to_string()),
+            false => self.trouble.failed(what, e),
         }
     }
 

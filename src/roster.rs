@@ -180,7 +180,7 @@ fn wait_for_job<'c>(
                 Err(Pending::Waiting(progress)) if wait == Wait::Now => return Err(Error::Job(progress.to_string())),
                 Err(Pending::Waiting(progress)) => Err(progress),
             },
-            Err(e @ (etcd::Error::Auth { .. } | etcd::Error::Setup(_))) => return Err(e.into()),
+            Err(e) if e.is_permanent() => return Err(e.into()),
             Err(e) if wait == Wait::Now => return Err(e.into()),
             Err(e) => Ok(e.to_string()),
         };

@@ -7,6 +7,7 @@ mod faults;
 mod hostile;
 mod launchers;
 mod membership;
+mod misconfigured;
 mod operations;
 mod reliability;
 mod roles;

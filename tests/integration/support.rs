@@ -101,7 +101,7 @@ pub struct Etcd {
     child: Option<Child>,
     pub url: String,
     name: String,
-    peer: String,
+    pub peer: String,
     initial_cluster: String,
     dir: TempDir,
     http: ureq::Agent,

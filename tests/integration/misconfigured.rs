@@ -1,0 +1,86 @@
+//! A Corefile that does not fit its etcd: the node says which directive to change and exits at
+//! start, instead of retrying forever as if etcd were down; once serving, it warns and answers on.
+
+use std::time::Duration;
+
+use domain::base::iana::Rtype;
+
+use crate::support::{eventually, Etcd, Pki, Setup};
+
+/// Starts a node that must give up at once, and returns its log.
+fn refused_at_start(setup: &Setup) -> String {
+    let mut node = setup.start();
+    let status = node.wait_exit(Duration::from_secs(5));
+    let log = node.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(node.identity().is_none());
+    log
+}
+
+/// The error the daemon ended with, checked to be said once.
+fn last_word(log: &str) -> &str {
+    let line = log.lines().find(|l| l.starts_with("idetcd: error: ")).unwrap_or_else(|| panic!("no error in:\n{log}"));
+    let message = line.trim_start_matches("idetcd: error: ");
+    assert_eq!(log.matches(message).count(), 1, "the error is printed once:\n{log}");
+    message
+}
+
+#[test]
+fn credentials_for_an_etcd_without_authentication() {
+    let etcd = Etcd::start();
+    let setup = Setup { extra: "        credentials node nodepw\n".into(), ..Setup::new(&etcd, "noauth.test.") };
+    let log = refused_at_start(&setup);
+    let error = last_word(&log);
+    assert!(error.contains("authentication is not enabled") && error.contains("`credentials`"), "{log}");
+    assert!(!log.contains("nodepw"), "{log}");
+}
+
+#[test]
+fn no_credentials_for_an_etcd_with_authentication() {
+    let mut etcd = Etcd::start();
+    etcd.enable_auth("worker");
+    let log = refused_at_start(&Setup::new(&etcd, "needauth.test."));
+    let error = last_word(&log);
+    assert!(error.contains("add `credentials USER PASSWORD`"), "{log}");
+}
+
+#[test]
+fn urls_that_are_not_etcd_client_urls() {
+    let etcd = Etcd::start();
+    for (endpoint, says) in [
+        (etcd.peer.clone(), "not an etcd 3.4+ client URL"),
+        (format!("{}/v3", etcd.url), "not an etcd 3.4+ client URL"),
+        (etcd.url.replace("http://", "https://"), "it speaks plain HTTP, not TLS"),
+    ] {
+        let setup = Setup { endpoints: endpoint.clone(), ..Setup::new(&etcd, "wrongurl.test.") };
+        let log = refused_at_start(&setup);
+        let error = last_word(&log);
+        assert!(
+            error.contains(says) && error.contains("`endpoint`") && error.contains(&endpoint),
+            "{endpoint}:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn plain_http_to_an_etcd_that_speaks_only_tls() {
+    let etcd = Etcd::start_tls(Pki::new(), false);
+    let setup = Setup { endpoints: etcd.url.replace("https://", "http://"), ..Setup::new(&etcd, "plain.test.") };
+    let error = refused_at_start(&setup);
+    assert!(error.contains("it speaks TLS: write the endpoint with https://"), "{error}");
+}
+
+#[test]
+fn once_serving_the_same_errors_are_warnings_and_answers_go_on() {
+    let mut etcd = Etcd::start();
+    let setup = Setup::new(&etcd, "later.test.");
+    let mut node = setup.start();
+    let name = node.claimed();
+    // Authentication turned on under a running node: every request of it is refused from now on.
+    etcd.enable_auth("worker");
+    eventually("a warning naming credentials", Duration::from_secs(10), || {
+        node.log().contains("add `credentials USER PASSWORD`").then_some(())
+    });
+    assert!(node.exited().is_none(), "{}", node.log());
+    assert_eq!(node.query(&name, Rtype::A).data(), [node.ip.to_string()]);
+}
