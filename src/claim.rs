@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use crate::config::Role;
 use crate::etcd::{self, Compare, KeyValue, Op, OpResponse, Range, RangeRequest, Txn};
@@ -37,13 +38,15 @@ pub struct Claimed {
 pub enum ClaimError {
     /// Every ID this node may take belongs to a live node; the message says which.
     Full(String),
+    /// Another live node publishes this node's very record: the same address, a misconfiguration.
+    Twin(String),
     Etcd(etcd::Error),
 }
 
 impl fmt::Display for ClaimError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClaimError::Full(why) => f.write_str(why),
+            ClaimError::Full(why) | ClaimError::Twin(why) => f.write_str(why),
             ClaimError::Etcd(e) => e.fmt(f),
         }
     }
@@ -150,16 +153,42 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
         other => return Err(unexpected(client, other)),
     };
     let mut window = WINDOW;
+    // Leases of our own record found not renewed by anyone: a look at each is enough.
+    let mut abandoned = Vec::new();
     loop {
         let Some(names_now) = names.as_deref() else { return Err(unexpected(client, &joined.responses)) };
         let mut spaces = spaces(request.roles, names_now);
         let order = request.choice.order(roles);
         // The same node restarted before its old lease ran out: its record is still there. Moving
-        // that key to the new lease keeps the name instead of claiming a second one.
-        let own = order.iter().find_map(|&role| {
-            let (&id, _) = spaces[role].taken.iter().find(|(_, value)| **value == request.value)?;
-            Some(Slot { role, id })
-        });
+        // that key to the new lease keeps the name instead of claiming a second one; but only
+        // once nobody renews that lease, or two live nodes given one address would take the
+        // name from each other forever.
+        let own = match own_record(request, names_now, &order) {
+            Some((slot, lease)) if lease != 0 && lease != request.lease && !abandoned.contains(&lease) => {
+                match renewed_by_someone(client, lease)? {
+                    Renewal::Renewed => {
+                        return Err(ClaimError::Twin(format!(
+                            "another live node publishes this node's record {} as {}: etcd lease {lease:x} that holds it is being renewed. Give each node its own address (`address`), or stop the other node",
+                            String::from_utf8_lossy(request.value),
+                            slot.name(request.roles)
+                        )))
+                    }
+                    Renewal::Abandoned => {
+                        abandoned.push(lease);
+                        Some(slot)
+                    }
+                    Renewal::Unknown => {
+                        log::warn!(
+                            "{} holds this node's record on lease {lease:x}, which may still be renewed; claiming another name",
+                            slot.name(request.roles)
+                        );
+                        None
+                    }
+                }
+            }
+            Some((slot, _)) => Some(slot),
+            None => None,
+        };
         let slots = match own {
             Some(slot) => vec![slot],
             None => slots_to_try(&mut spaces, &order, &ahead, request.choice, request.preferred, window),
@@ -269,6 +298,55 @@ fn claims_ahead(request: &Request, queue: &[KeyValue], queued_at: i64) -> Vec<Ti
     }
     ahead
 }
+
+/// A key of our role(s) that holds this very record, with its lease: what a crashed run of this
+/// node left, or another node given the same address.
+fn own_record(request: &Request, names: &[Range], order: &[usize]) -> Option<(Slot, i64)> {
+    order.iter().find_map(|&role| {
+        let ids = &request.roles.get(role)?.ids;
+        names.get(role)?.kvs.iter().find_map(|kv| {
+            let id = request.roles[role].pattern.id_of(std::str::from_utf8(&kv.key).ok()?)?;
+            (ids.contains(&id) && kv.value == request.value).then_some((Slot { role, id }, kv.lease))
+        })
+    })
+}
+
+enum Renewal {
+    Renewed,
+    Abandoned,
+    /// Not seen renewed within `RENEWAL_WATCH`, but due only later (a very long lease).
+    Unknown,
+}
+
+/// How long to watch another lease for a renewal at most.
+const RENEWAL_WATCH: Duration = Duration::from_secs(15);
+
+/// Whether someone keeps renewing `lease`. Renewing at a third of the TTL, as idetcd and etcd's
+/// own clients do, a live holder brings its time to live back up before it falls below two
+/// thirds (less two seconds of slack for slow requests and whole-second rounding); a crashed
+/// holder's only falls.
+fn renewed_by_someone(client: &mut etcd::Client, lease: i64) -> Result<Renewal, etcd::Error> {
+    let Some(first) = client.lease_ttl(lease)? else { return Ok(Renewal::Abandoned) };
+    let due = first.granted * 2 / 3 - 2;
+    let started = Instant::now();
+    let mut last = first.remaining;
+    loop {
+        if last <= due {
+            return Ok(Renewal::Abandoned);
+        }
+        if started.elapsed() >= RENEWAL_WATCH {
+            return Ok(Renewal::Unknown);
+        }
+        std::thread::sleep(RENEWAL_LOOK_EVERY);
+        match client.lease_ttl(lease)? {
+            None => return Ok(Renewal::Abandoned),
+            Some(now) if now.remaining > last => return Ok(Renewal::Renewed),
+            Some(now) => last = now.remaining,
+        }
+    }
+}
+
+const RENEWAL_LOOK_EVERY: Duration = Duration::from_millis(250);
 
 /// One role as a claim sees it: its IDs, and which of them are taken, with their values.
 struct Space<'v> {

@@ -126,6 +126,14 @@ pub struct Lease {
     pub ttl: i64,
 }
 
+/// A lease's time to live, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeToLive {
+    pub remaining: i64,
+    /// The TTL it was granted with, to which each renewal resets it.
+    pub granted: i64,
+}
+
 /// A transaction: if every comparison holds, `success` runs, else `failure`.
 #[derive(Clone, Debug, Default)]
 pub struct Txn {
@@ -293,13 +301,13 @@ impl Client {
         Ok((ttl > 0).then_some(ttl))
     }
 
-    /// Seconds a lease has left, or `None` when etcd no longer knows it.
-    pub fn lease_ttl(&mut self, id: i64) -> Result<Option<i64>, Error> {
+    /// What a lease has left, or `None` when etcd no longer knows it. Asking does not renew it.
+    pub fn lease_ttl(&mut self, id: i64) -> Result<Option<TimeToLive>, Error> {
         let (_, answer) = self.post::<Value>("/v3/lease/timetolive", &json!({ "ID": id.to_string() }), Retry::Safe)?;
         // The gateway leaves out a TTL of 0: a live lease in its last second. One etcd no longer
         // knows has -1.
-        let ttl = int(&answer["TTL"]);
-        Ok((ttl >= 0).then_some(ttl))
+        let remaining = int(&answer["TTL"]);
+        Ok((remaining >= 0).then_some(TimeToLive { remaining, granted: int(&answer["grantedTTL"]) }))
     }
 
     /// Revokes a lease, deleting every key attached to it. A lease etcd no longer knows is gone

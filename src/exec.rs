@@ -455,7 +455,7 @@ impl Fence {
                 match self.client.lease_ttl(self.held.lease) {
                     Ok(Some(ttl)) => {
                         trouble = None;
-                        let ttl = Duration::from_secs(ttl as u64);
+                        let ttl = Duration::from_secs(ttl.remaining as u64);
                         deadline = before + ttl;
                         // As often as the daemon renews it, and oftener as its end nears.
                         let every = (self.max_ttl / 3).min(ttl / 2).max(Duration::from_millis(250));

@@ -140,7 +140,7 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, empty: 
             }
             match m.claim() {
                 Ok(()) => retry.reset(),
-                Err(ClaimError::Full(why)) => {
+                Err(ClaimError::Full(why) | ClaimError::Twin(why)) => {
                     m.fatal = Some(why);
                     continue;
                 }
@@ -206,7 +206,7 @@ impl Membership {
         };
         let claimed = match claim::claim(&mut self.client, &request) {
             Ok(claimed) => claimed,
-            Err(ClaimError::Full(why)) => return Err(ClaimError::Full(why)),
+            Err(e @ (ClaimError::Full(_) | ClaimError::Twin(_))) => return Err(e),
             Err(ClaimError::Etcd(e)) => {
                 // A transaction that got no answer may still be applied, late, and take a name
                 // with this lease. A new lease for the next attempt keeps that from ever making
@@ -430,8 +430,9 @@ impl Membership {
     }
 
     /// A revoked lease shows first as its keys vanishing; asking etcd tells whether it was that.
+    /// The time-to-live call, unlike a keep-alive, leaves the lease as it is.
     fn lease_state(&mut self, lease: Lease) -> LeaseState {
-        match self.client.lease_keepalive(lease.id) {
+        match self.client.lease_ttl(lease.id) {
             Ok(None) => LeaseState::Gone,
             Ok(Some(_)) | Err(_) => LeaseState::Alive,
         }

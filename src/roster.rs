@@ -82,7 +82,7 @@ pub fn members(config: &Config, json: bool, out: &mut impl Write) -> Result<(), 
     for (slot, record, lease) in view.records() {
         let ttl = match lease {
             0 => None,
-            lease => client.lease_ttl(lease)?,
+            lease => client.lease_ttl(lease)?.map(|ttl| ttl.remaining),
         };
         rows.push(Row {
             role: &config.roles[slot.role].name,

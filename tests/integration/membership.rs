@@ -130,7 +130,8 @@ fn sigkill_frees_the_name_when_the_lease_expires() {
 #[test]
 fn a_restarted_node_takes_its_old_name_back() {
     let etcd = Etcd::start();
-    let setup = Setup { lease: 30, ..Setup::new(&etcd, "restart.test.") };
+    // Long enough that the old lease is still there at the restart.
+    let setup = Setup { lease: 9, ..Setup::new(&etcd, "restart.test.") };
     let mut other = setup.start();
     assert_eq!(other.claimed(), "worker1.restart.test.");
     let mut node = setup.start();
@@ -139,7 +140,7 @@ fn a_restarted_node_takes_its_old_name_back() {
     let ip = node.ip;
     let old_lease = etcd.get("worker2.restart.test.").unwrap().lease;
 
-    // Killed without a chance to release: the old lease has 30 s left.
+    // Killed without a chance to release: the old lease lives on, but nobody renews it.
     node.kill();
     let mut again = Node::start_with(corefile, ip);
     assert_eq!(again.claimed(), "worker2.restart.test.");
@@ -182,21 +183,25 @@ fn thirty_two_nodes_starting_together_get_1_to_32() {
 }
 
 #[test]
-fn two_nodes_publishing_one_record_is_an_error_not_a_tug_of_war() {
+fn a_second_live_node_with_the_same_address_leaves_the_name_to_the_first() {
     let etcd = Etcd::start();
-    let setup = Setup::new(&etcd, "twin.test.");
+    let setup = Setup { lease: 6, ..Setup::new(&etcd, "twin.test.") };
     let mut first = setup.start();
     assert_eq!(first.claimed(), "worker1.twin.test.");
+    let lease = etcd.get("worker1.twin.test.").unwrap().lease;
     // Same published address and port as the first, listening elsewhere: a misconfiguration that
     // would otherwise have the two take worker1 from each other forever.
     let corefile = std::fs::read_to_string(first.corefile_path()).unwrap();
     let ip = crate::support::next_loopback();
     let twin_corefile = corefile.replacen(&format!("bind {}", first.ip), &format!("bind {ip}"), 1);
     let mut twin = Node::start_with(twin_corefile, ip);
-    let status = first.wait_exit(Duration::from_secs(10));
-    assert_eq!(status.code(), Some(1));
-    assert!(first.log().contains("another node publishes the same record"), "{}", first.log());
-    assert_eq!(twin.claimed(), "worker1.twin.test.");
+    assert_eq!(twin.wait_exit(Duration::from_secs(10)).code(), Some(1));
+    let log = twin.log();
+    assert!(log.contains("another live node publishes this node's record"), "{log}");
+    assert!(log.contains("worker1.twin.test.") && log.contains("`address`"), "{log}");
+    assert!(first.exited().is_none(), "{}", first.log());
+    assert_eq!(first.identity().as_deref(), Some("worker1.twin.test."));
+    assert_eq!(etcd.get("worker1.twin.test.").unwrap().lease, lease, "untouched");
     assert_eq!(etcd.names("twin.test."), ["worker1.twin.test."]);
 }
 
