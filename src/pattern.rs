@@ -1,8 +1,9 @@
 //! The name pattern, `worker{{.ID}}.tf.local.`: the name of each ID, the ID of each name, the zone.
 //!
 //! The pattern is the original plugin's Go template cut down to what it is used for: `{{.ID}}` once,
-//! in the first label. Names keep the case the pattern was written in, because they are etcd keys and
-//! must match the keys the original plugin writes; DNS lookups compare them case-insensitively.
+//! in the first label. Names are lowercase whatever the pattern's case: DNS names are
+//! case-insensitive, so `Worker1.TF.local.` and `worker1.tf.local.` are one name and must be one
+//! etcd key, or two nodes could hold it at once (the original plugin looks names up lowercased).
 
 use std::fmt;
 
@@ -106,7 +107,11 @@ impl Pattern {
         if first_label_len + 1 + zone.len() > 253 {
             return Err(PatternError::NameTooLong);
         }
-        Ok(Pattern { prefix: prefix.to_string(), suffix: suffix.to_string(), zone: format!("{zone}.") })
+        Ok(Pattern {
+            prefix: prefix.to_ascii_lowercase(),
+            suffix: suffix.to_ascii_lowercase(),
+            zone: format!("{}.", zone.to_ascii_lowercase()),
+        })
     }
 
     /// The text before `{{.ID}}`: every key this daemon writes starts with it.
@@ -191,7 +196,7 @@ mod tests {
             ("worker{{ .ID }}.tf.local.", "worker", "", "tf.local."),
             ("{{.ID}}.nodes.example.", "", "", "nodes.example."),
             ("node-{{.ID}}-a.x.", "node-", "-a", "x."),
-            ("Worker{{.ID}}.TF.local.", "Worker", "", "TF.local."),
+            ("Worker{{.ID}}.TF.local.", "worker", "", "tf.local."),
         ];
         for (text, prefix, suffix, zone) in cases {
             let p = Pattern::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
@@ -251,6 +256,14 @@ mod tests {
         ] {
             assert_eq!(p.id_of(name), None, "{name}");
         }
+    }
+
+    #[test]
+    fn names_are_lowercase_whatever_the_patterns_case() {
+        let p = Pattern::parse("Worker{{.ID}}-GPU.TF.Local").unwrap();
+        assert_eq!(p.name(7), "worker7-gpu.tf.local.");
+        assert_eq!(p, Pattern::parse("worker{{.ID}}-gpu.tf.local.").unwrap());
+        assert_eq!(p.id_of("worker7-gpu.tf.local."), Some(7));
     }
 
     #[test]

@@ -326,7 +326,7 @@ fn a_lone_pattern_is_a_role_named_after_its_text() {
         ("gpu-node-{{.ID}}.x.", "gpu_node"),
         ("{{.ID}}.nodes.example.", "node"),
         ("9lives{{.ID}}.x.", "node"),
-        ("Ps{{.ID}}.x.", "Ps"),
+        ("Ps{{.ID}}.x.", "ps"),
     ] {
         let c = parse_ok(&format!(". {{\n idetcd {{\n  pattern {pattern}\n }}\n}}"));
         assert_eq!(c.roles.len(), 1);

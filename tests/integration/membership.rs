@@ -219,3 +219,22 @@ fn a_second_key_on_the_nodes_lease_is_deleted() {
     assert_eq!(etcd.names("stray.test."), ["worker1.stray.test."]);
     assert_eq!(node.identity().as_deref(), Some("worker1.stray.test."));
 }
+
+#[test]
+fn names_are_claimed_in_lowercase_whatever_the_patterns_case() {
+    let etcd = Etcd::start();
+    let lower = Setup::new(&etcd, "case.test.");
+    let upper = Setup { prefix: "Worker", zone: "CASE.Test.".into(), ..lower.clone() };
+    let mut first = lower.start();
+    assert_eq!(first.claimed(), "worker1.case.test.");
+    let mut second = upper.start();
+    assert_eq!(second.claimed(), "worker2.case.test.", "worker1 is held, in any case");
+    assert_eq!(etcd.names("case.test."), ["worker1.case.test.", "worker2.case.test."]);
+    for node in [&first, &second] {
+        for (name, owner) in [("Worker1.Case.TEST.", &first), ("worker2.case.test.", &second)] {
+            eventually("every node to answer every name", Duration::from_secs(5), || {
+                (node.query(name, Rtype::A).data() == [owner.ip.to_string()]).then_some(())
+            });
+        }
+    }
+}
