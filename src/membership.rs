@@ -226,7 +226,13 @@ impl Membership {
             1 => String::new(),
             _ => format!("role {}, ", role.name),
         };
-        let again = if claimed.taken_back { " back, its record still there from an earlier run" } else { "" };
+        // `last` is set once a name was held: a claim after that follows a loss.
+        let again = match self.last {
+            _ if claimed.taken_back => " back, its record still there from an earlier run".to_string(),
+            Some(last) if last == claimed.slot => " again".to_string(),
+            Some(last) => format!(" in place of {}, which is no longer free", last.name(&self.settings.roles)),
+            None => String::new(),
+        };
         log::info!(
             "claimed {}{again} ({as_role}ID {}, lease {:x} of {}s, {} etcd requests)",
             claimed.name,
@@ -310,6 +316,10 @@ impl Membership {
             Err(e) => {
                 self.failed("cannot renew the lease", &e);
                 self.next_keepalive = Instant::now() + Duration::from_secs(1).min(renew_interval(lease.ttl));
+                // Counted from before the last renewal was asked for: etcd has let it go by now.
+                if boottime() >= lease.expires {
+                    self.lose(LeaseState::RanOut);
+                }
             }
         }
     }
@@ -317,13 +327,28 @@ impl Membership {
     /// Forgets the name, and the lease if it is gone: the next loop turn claims again, preferring
     /// the same slot.
     fn lose(&mut self, lease_state: LeaseState) {
-        let name = self.held.take().unwrap_or_else(|| "no name".to_string());
         let lease = self.lease.map_or(0, |l| l.id);
+        let Some(name) = self.held.take() else {
+            // A lease kept through failed claims: nothing was held, so nothing is lost.
+            if !matches!(lease_state, LeaseState::Alive) {
+                log::debug!("lease {lease:x} is gone; claiming with a new one");
+                self.set_lease(None);
+            }
+            return;
+        };
         self.metrics.lease_losses.fetch_add(1, Relaxed);
         self.metrics.holds_name.store(false, Relaxed);
         match lease_state {
             LeaseState::Gone => {
-                log::warn!("lease {lease:x} for {name} is gone (expired or revoked); claiming a name again");
+                log::warn!(
+                    "lease {lease:x} for {name} is gone (expired or revoked): {name} is lost; claiming a name again"
+                );
+                self.set_lease(None);
+            }
+            LeaseState::RanOut => {
+                log::warn!(
+                    "lease {lease:x} for {name} ran out while etcd could not be reached: {name} is lost and may go to another node; claiming a name again once etcd answers"
+                );
                 self.set_lease(None);
             }
             LeaseState::Alive => {
@@ -572,7 +597,10 @@ fn return_freed_memory() {
 
 enum LeaseState {
     Alive,
+    /// etcd says it no longer knows the lease.
     Gone,
+    /// Our own clock says it expired, while etcd could not be asked.
+    RanOut,
 }
 
 fn describe(record: &Record) -> String {

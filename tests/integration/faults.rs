@@ -48,6 +48,23 @@ fn answers_go_on_while_etcd_is_down_and_changes_show_when_it_is_back() {
 }
 
 #[test]
+fn a_name_lost_while_etcd_was_down_is_said_and_so_is_the_claim_after() {
+    let mut etcd = Etcd::start();
+    let mut node = Setup { lease: 2, ..Setup::new(&etcd, "lost.test.") }.start();
+    assert_eq!(node.claimed(), "worker1.lost.test.");
+    etcd.stop();
+    eventually("the lost name to be named", Duration::from_secs(10), || {
+        node.log().contains("for worker1.lost.test. ran out while etcd could not be reached").then_some(())
+    });
+    assert_eq!(node.identity(), None, "no longer answers as worker1");
+    etcd.resume();
+    eventually("the claim after", Duration::from_secs(15), || {
+        node.log().contains("claimed worker1.lost.test. again").then_some(())
+    });
+    assert_eq!(node.identity().as_deref(), Some("worker1.lost.test."));
+}
+
+#[test]
 fn a_node_started_before_etcd_claims_once_etcd_is_up() {
     let mut etcd = Etcd::start();
     etcd.stop();
