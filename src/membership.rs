@@ -83,6 +83,8 @@ struct Membership {
     fatal: Option<String>,
     /// Whether this node has held a name since it started.
     serving: bool,
+    /// Whether the members were counted in the log once: after that, each join is told.
+    members_told: bool,
     trouble: Trouble,
     next_keepalive: Instant,
     next_poll: Instant,
@@ -117,6 +119,7 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, empty: 
         read_due: true,
         fatal: None,
         serving: false,
+        members_told: false,
         trouble: Trouble::default(),
         next_keepalive: now,
         next_poll: now,
@@ -394,6 +397,10 @@ impl Membership {
         }
     }
 
+    fn view_zone(&self) -> &str {
+        self.settings.roles.first().map_or(".", |r| r.pattern.zone())
+    }
+
     /// Every role's key range.
     fn ranges(&self) -> Vec<RangeRequest> {
         view::ranges(&self.settings.roles)
@@ -405,16 +412,27 @@ impl Membership {
         for (key, why) in &changes.skipped {
             log::warn!("ignoring etcd key {key:?}: {why}");
         }
-        for (name, record) in &changes.joined {
-            log::info!("member joined: {name} {}", describe(record));
+        for key in &changes.elsewhere {
+            log::debug!("ignoring etcd key {key:?}: not in zone {}", self.view_zone());
+        }
+        let count: usize = self.view.members().iter().map(|m| m.len()).sum();
+        if !std::mem::replace(&mut self.members_told, true) {
+            // The first read: one line, however large the cluster.
+            log::info!("{count} members at etcd revision {}", self.view.revision().unwrap_or(0));
+            for (name, record) in &changes.joined {
+                log::debug!("member {name} {}", describe(record));
+            }
+        } else {
+            for (name, record) in &changes.joined {
+                log::info!("member joined: {name} {}", describe(record));
+            }
         }
         for (name, record) in &changes.changed {
             log::info!("member changed: {name} {}", describe(record));
         }
-        for name in &changes.left {
-            log::info!("member left: {name}");
+        for (name, record) in &changes.left {
+            log::info!("member left: {name} {}", describe(record));
         }
-        let count: usize = self.view.members().iter().map(|m| m.len()).sum();
         self.metrics.members.store(count as u64, Relaxed);
         self.check_own_keys();
         self.rebuild();

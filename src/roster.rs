@@ -78,8 +78,13 @@ impl From<std::io::Error> for Error {
 pub fn members(config: &Config, json: bool, out: &mut impl Write) -> Result<(), Error> {
     let mut client = etcd::Client::new(config)?;
     let view = read(&mut client, config)?;
+    let members = view.records().map(|(slot, record, lease)| (slot, lease, Ok(*record)));
+    // A value that is no record still blocks its ID: listed, so that a skipped ID has a reason.
+    let unreadable = view.unreadable().map(|(slot, lease, why)| (slot, lease, Err(why.to_string())));
+    let mut found: Vec<_> = members.chain(unreadable).collect();
+    found.sort_by_key(|(slot, _, _)| (slot.role, slot.id));
     let mut rows = Vec::new();
-    for (slot, record, lease) in view.records() {
+    for (slot, lease, record) in found {
         let ttl = match lease {
             0 => None,
             lease => client.lease_ttl(lease)?.map(|ttl| ttl.remaining),
@@ -88,7 +93,7 @@ pub fn members(config: &Config, json: bool, out: &mut impl Write) -> Result<(), 
             role: &config.roles[slot.role].name,
             id: slot.id,
             name: slot.name(&config.roles),
-            record: *record,
+            record,
             ttl,
         });
     }
@@ -254,7 +259,8 @@ struct Row<'a> {
     role: &'a str,
     id: u32,
     name: String,
-    record: Record,
+    /// Or why the key's value is none.
+    record: Result<Record, String>,
     /// Seconds its lease has left; `None` without a lease (a record put by hand, say).
     ttl: Option<i64>,
 }
@@ -263,13 +269,21 @@ fn table(rows: &[Row]) -> String {
     let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|m| {
+            let (ipv4, ipv6, port) = match &m.record {
+                Ok(r) => (
+                    r.ipv4.map_or("-".into(), |ip| ip.to_string()),
+                    r.ipv6.map_or("-".into(), |ip| ip.to_string()),
+                    r.port.map_or("-".into(), |p| p.to_string()),
+                ),
+                Err(_) => ("(unreadable)".to_string(), "-".to_string(), "-".to_string()),
+            };
             [
                 m.role.to_string(),
                 m.id.to_string(),
                 m.name.clone(),
-                m.record.ipv4.map_or("-".into(), |ip| ip.to_string()),
-                m.record.ipv6.map_or("-".into(), |ip| ip.to_string()),
-                m.record.port.map_or("-".into(), |p| p.to_string()),
+                ipv4,
+                ipv6,
+                port,
                 m.ttl.map_or("-".into(), |t| format!("{t}s")),
             ]
         })
@@ -283,6 +297,14 @@ fn table(rows: &[Row]) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    for m in rows {
+        if let Err(why) = &m.record {
+            out.push_str(&format!(
+                "{}: its value is no record, and the ID stays taken until the key goes: {why}\n",
+                m.name
+            ));
+        }
+    }
     out
 }
 
@@ -294,10 +316,11 @@ fn to_json(rows: &[Row]) -> String {
                 "role": m.role,
                 "id": m.id,
                 "name": m.name,
-                "ipv4": m.record.ipv4.map(|ip| ip.to_string()),
-                "ipv6": m.record.ipv6.map(|ip| ip.to_string()),
-                "port": m.record.port,
+                "ipv4": m.record.as_ref().ok().and_then(|r| r.ipv4).map(|ip| ip.to_string()),
+                "ipv6": m.record.as_ref().ok().and_then(|r| r.ipv6).map(|ip| ip.to_string()),
+                "port": m.record.as_ref().ok().and_then(|r| r.port),
                 "lease_ttl": m.ttl,
+                "error": m.record.as_ref().err(),
             })
         })
         .collect();
@@ -313,25 +336,29 @@ mod tests {
             role,
             id,
             name: format!("{role}{id}.tf.local."),
-            record: Record { ipv4: Some(ipv4.parse().unwrap()), ipv6: None, port: Some(53) },
+            record: Ok(Record { ipv4: Some(ipv4.parse().unwrap()), ipv6: None, port: Some(53) }),
             ttl,
         }
     }
 
     #[test]
     fn table_and_json() {
-        let rows = [row("ps", 1, "10.0.0.1", Some(17)), row("worker", 12, "10.0.0.12", None)];
+        let garbage = Row { record: Err("not JSON".into()), ..row("worker", 4, "10.0.0.4", None) };
+        let rows = [row("ps", 1, "10.0.0.1", Some(17)), garbage, row("worker", 12, "10.0.0.12", None)];
         assert_eq!(
             table(&rows),
-            "ROLE    ID  NAME                IPV4       IPV6  PORT  LEASE\n\
-             ps      1   ps1.tf.local.       10.0.0.1   -     53    17s\n\
-             worker  12  worker12.tf.local.  10.0.0.12  -     53    -\n"
+            "ROLE    ID  NAME                IPV4          IPV6  PORT  LEASE\n\
+             ps      1   ps1.tf.local.       10.0.0.1      -     53    17s\n\
+             worker  4   worker4.tf.local.   (unreadable)  -     -     -\n\
+             worker  12  worker12.tf.local.  10.0.0.12     -     53    -\n\
+             worker4.tf.local.: its value is no record, and the ID stays taken until the key goes: not JSON\n"
         );
         let json: serde_json::Value = serde_json::from_str(&to_json(&rows)).unwrap();
         assert_eq!(
             json[0],
-            json!({"role": "ps", "id": 1, "name": "ps1.tf.local.", "ipv4": "10.0.0.1", "ipv6": null, "port": 53, "lease_ttl": 17})
+            json!({"role": "ps", "id": 1, "name": "ps1.tf.local.", "ipv4": "10.0.0.1", "ipv6": null, "port": 53, "lease_ttl": 17, "error": null})
         );
+        assert_eq!(json[1]["error"], "not JSON");
         assert_eq!(table(&[]), "ROLE  ID  NAME  IPV4  IPV6  PORT  LEASE\n");
     }
 

@@ -66,9 +66,14 @@ struct Entry {
 pub struct Changes {
     pub joined: Vec<(String, Record)>,
     pub changed: Vec<(String, Record)>,
-    pub left: Vec<String>,
-    /// Keys that are no member, each with why; told once, when the key or its value is new.
+    /// With the record they had.
+    pub left: Vec<(String, Record)>,
+    /// Keys in the zone that are no member, each with why; told once, when the key or its value
+    /// is new.
     pub skipped: Vec<(String, String)>,
+    /// Keys in a role's key range but outside the zone: another cluster's, sharing the prefix and
+    /// the etcd (`worker1.other.zone.`). None of our business.
+    pub elsewhere: Vec<String>,
 }
 
 /// Whether this node still holds the name it claimed, as the view has it.
@@ -123,6 +128,16 @@ impl View {
                 let lease = self.entries.get(slot.name(&self.roles).as_bytes()).map_or(0, |e| e.lease);
                 (slot, record, lease)
             })
+        })
+    }
+
+    /// Keys that follow a role's pattern but whose value is no record: each still blocks its ID,
+    /// since claims take only absent keys. With the lease they are on and why they are unreadable.
+    pub fn unreadable(&self) -> impl Iterator<Item = (Slot, i64, &str)> + '_ {
+        self.entries.iter().filter_map(|(key, entry)| {
+            let why = entry.member.as_ref().err()?;
+            let id = self.roles[entry.role].pattern.id_of(std::str::from_utf8(key).ok()?)?;
+            Some((Slot { role: entry.role, id }, entry.lease, why.as_str()))
         })
     }
 
@@ -212,7 +227,15 @@ impl View {
     fn put(&mut self, role: usize, kv: KeyValue, changes: &mut Changes) {
         let member = self.judge(role, &kv);
         if let Err(why) = &member {
-            changes.skipped.push((String::from_utf8_lossy(&kv.key).into_owned(), why.clone()));
+            let key = String::from_utf8_lossy(&kv.key).into_owned();
+            let zone = self.roles[role].pattern.zone();
+            let in_zone = key.len() > zone.len()
+                && key.is_char_boundary(key.len() - zone.len() - 1)
+                && key[key.len() - zone.len() - 1..].eq_ignore_ascii_case(&format!(".{zone}"));
+            match in_zone {
+                true => changes.skipped.push((key, why.clone())),
+                false => changes.elsewhere.push(key),
+            }
         }
         let new = member.as_ref().ok().copied();
         let entry =
@@ -232,9 +255,9 @@ impl View {
         let name = |slot: Slot| slot.name(&self.roles);
         match (old, new) {
             (None, None) => {}
-            (Some((slot, _)), None) => {
+            (Some((slot, record)), None) => {
                 self.members[slot.role].remove(&slot.id);
-                changes.left.push(name(slot));
+                changes.left.push((name(slot), record));
             }
             (None, Some((slot, record))) => {
                 self.members[slot.role].insert(slot.id, record);
@@ -312,6 +335,33 @@ mod tests {
     }
 
     #[test]
+    fn keys_of_another_zone_are_none_of_our_business() {
+        let mut view = View::new(&roles(), OURS);
+        let changes = view.load(
+            10,
+            vec![
+                vec![],
+                vec![
+                    kv("worker1.jobb.internal.", &ip(1), 3, 0),
+                    kv("worker2.TF.Local.", "nonsense", 4, 0),
+                    kv("worker3.xtf.local.", &ip(2), 5, 0),
+                ],
+            ],
+        );
+        assert_eq!(changes.elsewhere, ["worker1.jobb.internal.", "worker3.xtf.local."]);
+        let skipped: Vec<&str> = changes.skipped.iter().map(|(key, _)| key.as_str()).collect();
+        assert_eq!(skipped, ["worker2.TF.Local."], "in the zone, whatever its case");
+        assert!(changes.joined.is_empty());
+    }
+
+    #[test]
+    fn unreadable_keys_that_hold_an_id() {
+        let view = loaded();
+        let unreadable: Vec<(Slot, i64)> = view.unreadable().map(|(slot, lease, _)| (slot, lease)).collect();
+        assert_eq!(unreadable, [(Slot { role: 0, id: 1 }, 0)], "worker01 holds no ID");
+    }
+
+    #[test]
     fn a_read_fills_every_role_and_says_who_joined() {
         let mut view = View::new(&roles(), OURS);
         assert_eq!(view.revision(), None);
@@ -344,7 +394,7 @@ mod tests {
                 vec![kv("worker1.tf.local.", &ip(5), 15, 8), kv("worker01.tf.local.", &ip(3), 6, 0)],
             ],
         );
-        assert_eq!(changes.left, ["ps0.tf.local."]);
+        assert_eq!(changes.left.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["ps0.tf.local."]);
         assert_eq!(
             changes.changed.iter().map(|(n, r)| (n.as_str(), r.ipv4)).collect::<Vec<_>>(),
             [("worker1.tf.local.", Some([10, 0, 0, 5].into()))]
@@ -365,7 +415,7 @@ mod tests {
         assert_eq!(changes.joined.len(), 2);
         // Roles are not in step: the worker stream may still deliver revision 11.
         let changes = view.apply(vec![delete("worker1.tf.local.", 11)]).unwrap();
-        assert_eq!(changes.left, ["worker1.tf.local."]);
+        assert_eq!(changes.left.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["worker1.tf.local."]);
         assert_eq!(view.apply(vec![delete("worker1.tf.local.", 11)]), None, "a repeat is skipped");
         // Keys of no role are none of the view's business.
         assert_eq!(view.apply(vec![put("ps_claims/x", "", 20)]), None);

@@ -116,6 +116,75 @@ fn bad_values_in_etcd_are_skipped_with_one_warning() {
         let warnings = log.lines().filter(|l| l.contains("WARN") && l.contains(&format!("\"{key}\""))).count();
         assert_eq!(warnings, 1, "one warning for {key}:\n{log}");
     }
+
+    // `idetcd members` says why IDs 2 and 3 were skipped, in ID order.
+    let (status, out, err) = node.run("members", &[]);
+    assert!(status.success(), "{err}");
+    let rows: Vec<(&str, &str)> = out
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("worker "))
+        .map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            (cells[2], cells[3])
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("worker1.bad.test.", node.ip.to_string().as_str()),
+            ("worker2.bad.test.", "(unreadable)"),
+            ("worker3.bad.test.", "(unreadable)"),
+            ("worker4.bad.test.", second.ip.to_string().as_str()),
+            ("worker5.bad.test.", "(unreadable)"),
+        ],
+        "{out}"
+    );
+    assert!(out.contains("worker2.bad.test.: its value is no record"), "{out}");
+}
+
+#[test]
+fn another_clusters_keys_in_the_same_etcd_are_none_of_our_business() {
+    let etcd = Etcd::start();
+    let mut ours = Setup::new(&etcd, "ours.test.").start();
+    let mut theirs = Setup::new(&etcd, "jobb.internal.").start();
+    assert_eq!(ours.claimed(), "worker1.ours.test.");
+    assert_eq!(theirs.claimed(), "worker1.jobb.internal.");
+    etcd.put("worker2.ours.test.", "garbage");
+    etcd.put("worker7.jobb.internal.", "garbage too");
+    eventually("the bad key in our zone to be told", Duration::from_secs(5), || {
+        ours.log().contains("ignoring etcd key \"worker2.ours.test.\"").then_some(())
+    });
+    let mut third = Setup::new(&etcd, "ours.test.").start();
+    assert_eq!(third.claimed(), "worker3.ours.test.");
+    eventually("the newcomer to show", Duration::from_secs(5), || {
+        (ours.query("worker3.ours.test.", Rtype::A).data() == [third.ip.to_string()]).then_some(())
+    });
+    let told = |log: String, zone: &str| log.lines().any(|l| !l.contains("DEBUG") && l.contains(zone));
+    assert!(!told(ours.log(), "jobb.internal"), "{}", ours.log());
+    assert!(!told(theirs.log(), "ours.test"), "{}", theirs.log());
+}
+
+#[test]
+fn the_start_counts_the_members_and_later_joins_and_leaves_are_told_with_addresses() {
+    let etcd = Etcd::start();
+    for id in 1..=40 {
+        etcd.put(&format!("worker{id}.crowd.test."), &format!(r#"{{"ipv4":"10.0.1.{id}"}}"#));
+    }
+    let setup = Setup { limit: 50, ..Setup::new(&etcd, "crowd.test.") };
+    let mut node = setup.start();
+    assert_eq!(node.claimed(), "worker41.crowd.test.");
+    eventually("the count of members", Duration::from_secs(5), || {
+        node.log().contains("41 members at etcd revision").then_some(())
+    });
+    assert_eq!(node.log().matches("member joined").count(), 0, "{}", node.log());
+    let mut newcomer = setup.start();
+    assert_eq!(newcomer.claimed(), "worker42.crowd.test.");
+    let joined = format!("member joined: worker42.crowd.test. {}", newcomer.ip);
+    eventually("the join", Duration::from_secs(5), || node.log().contains(&joined).then_some(()));
+    newcomer.signal(libc::SIGTERM);
+    let left = format!("member left: worker42.crowd.test. {}", newcomer.ip);
+    eventually("the leave", Duration::from_secs(5), || node.log().contains(&left).then_some(()));
 }
 
 #[test]
