@@ -24,17 +24,28 @@ struct Interface {
 
 pub fn detect(endpoints: &[String]) -> Addresses {
     let interfaces = interfaces();
-    let routed = endpoints.iter().find_map(|e| route_source(e));
-    if let Some(ip) = routed.filter(|ip| !ip.is_loopback()) {
+    let routed = endpoints.iter().find_map(|e| Some((e, route_source(e)?)));
+    if let Some((endpoint, ip)) = routed.filter(|(_, ip)| !ip.is_loopback()) {
         if let Some(iface) = interfaces.iter().find(|i| i.address == ip) {
+            log::debug!("address: the route to etcd at {endpoint} leaves from {ip} on {}: its addresses", iface.name);
             return on_interface(&interfaces, &iface.name);
         }
+        log::debug!("address: the route to etcd at {endpoint} leaves from {ip}");
         return from_ip(ip);
     }
     let first = interfaces.iter().find(|i| i.up && !i.loopback && i.address.is_ipv4());
     match (first, routed) {
-        (Some(iface), _) => on_interface(&interfaces, &iface.name),
-        (None, Some(ip)) => from_ip(ip),
+        (Some(iface), _) => {
+            log::debug!(
+                "address: etcd is reached over loopback (or not at all): the first interface up, {}",
+                iface.name
+            );
+            on_interface(&interfaces, &iface.name)
+        }
+        (None, Some((endpoint, ip))) => {
+            log::debug!("address: no interface but loopback is up: the route to etcd at {endpoint}, {ip}");
+            from_ip(ip)
+        }
         (None, None) => Addresses::default(),
     }
 }

@@ -197,6 +197,13 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
             let _ = client.txn(&Txn { success: vec![Op::Delete { key: keys.mine.clone() }], ..Txn::default() });
             return Err(ClaimError::Full(full(request.roles, request.choice)));
         }
+        let trying: Vec<String> = slots.iter().map(|slot| slot.name(request.roles)).collect();
+        log::debug!(
+            "claim: in the queue since revision {queued_at}, {} claims ahead; {} {}",
+            ahead.len(),
+            if own.is_some() { "taking back" } else { "trying, in turn," },
+            trying.join(" ")
+        );
         let txn = match own {
             Some(slot) => takeover(request, &keys, slot, queued_at),
             None => chain(request, &keys, &slots, queued_at),
@@ -219,6 +226,7 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
                 return Ok(Claimed { slot, name: slot.name(request.roles), requests, taken_back });
             }
             Walk::Lost([read @ .., OpResponse::Range(queue)]) if read.len() == roles => {
+                log::debug!("claim: each was taken first; reading the names and the queue again");
                 names = ranges(read);
                 ahead = claims_ahead(request, &queue.kvs, queued_at);
             }

@@ -66,6 +66,8 @@ impl std::error::Error for Error {}
 
 /// Runs the daemon; `role` is the `--role` flag's.
 pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
+    // Secrets are masked by their Debug.
+    log::debug!("configuration from {}: {config:?}", config.source.display());
     for warning in &config.warnings {
         log::warn!("{warning}");
     }
@@ -77,11 +79,21 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
         (_, Choice::Fill) => format!("{} (roles {}, the first with a free ID)", config.zone(), config.role_names()),
         (roles, Choice::Role(i)) => format!("{} (roles {}, as {})", config.zone(), config.role_names(), roles[i].name),
     };
+    let listen = match config.listen.as_slice() {
+        [] => format!("every address, port {}", config.port),
+        ips => {
+            ips.iter().map(|ip| std::net::SocketAddr::new(*ip, config.port).to_string()).collect::<Vec<_>>().join(" ")
+        }
+    };
+    let monitors: String = [("health", config.health), ("metrics", config.prometheus), ("ready", config.ready)]
+        .iter()
+        .filter_map(|(what, address)| Some(format!(", {what} on {}", address.as_ref()?)))
+        .collect();
     log::info!(
-        "idetcd {} serving {serving} on port {}, publishing {}",
+        "idetcd {} serving {serving} on {listen}, publishing {}, etcd at {}{monitors}",
         env!("CARGO_PKG_VERSION"),
-        config.port,
-        record.to_json()
+        record.to_json(),
+        config.endpoints.join(" "),
     );
 
     let (events_tx, events) = crossbeam_channel::unbounded();

@@ -218,6 +218,10 @@ impl Client {
                 .user_agent(concat!("idetcd/", env!("CARGO_PKG_VERSION")))
                 .tls_config(tls.clone())
         };
+        log::debug!(
+            "etcd endpoints {}: requests go to the first, and to the next only when one cannot be reached; each may take {timeout:?}",
+            config.endpoints.join(" ")
+        );
         Ok(Client {
             agent: builder().timeout_global(Some(timeout)).build().into(),
             stream_agent: builder().timeout_per_read(Some(WATCH_SILENCE)).build().into(),
@@ -430,9 +434,12 @@ impl Client {
                 Ok(answer) => return Ok(answer),
                 Err(Attempt::Failed(e)) => return Err(e),
                 Err(Attempt::Unreachable { why, sent }) => {
-                    log::debug!("etcd {endpoint}{path}: {why}");
-                    tries.push((endpoint, why));
                     self.current = (self.current + 1) % self.endpoints.len();
+                    match self.endpoints.len() {
+                        1 => log::debug!("etcd {endpoint}{path}: {why}"),
+                        _ => log::debug!("etcd {endpoint}{path}: {why}; {} is next", self.endpoints[self.current]),
+                    }
+                    tries.push((endpoint, why));
                     if sent && retry == Retry::OnlyIfUnsent {
                         break;
                     }

@@ -103,3 +103,29 @@ fn a_wrong_password_ends_the_daemon() {
     assert!(log.contains("refused the credentials") && log.contains("authentication failed"), "{log}");
     assert!(!log.contains("wrong"), "the password is never logged:\n{log}");
 }
+
+#[test]
+fn debug_logs_say_what_the_node_does_and_never_the_password() {
+    let mut etcd = Etcd::start();
+    etcd.enable_auth("worker");
+    let setup =
+        Setup { lease: 3, extra: "        credentials node nodepw\n".into(), ..Setup::new(&etcd, "debug.test.") };
+    let mut node = setup.start();
+    assert_eq!(node.claimed(), "worker1.debug.test.");
+    eventually("a renewal", Duration::from_secs(5), || node.log().contains("renewed lease").then_some(()));
+    let log = node.log();
+    let start = log.lines().find(|l| l.contains("INFO") && l.contains("serving")).expect("a start line");
+    assert!(start.contains(&node.address().to_string()) && start.contains(&etcd.url), "{start}");
+    for said in [
+        "configuration from",
+        "\"(secret)\"",
+        "etcd endpoints",
+        "authenticated to etcd",
+        "claim: in the queue since revision",
+        "claimed worker1.debug.test.",
+        "renewed lease",
+    ] {
+        assert!(log.contains(said), "{said:?} in:\n{log}");
+    }
+    assert!(!log.contains("nodepw"), "{log}");
+}
