@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use crate::address;
@@ -21,10 +21,11 @@ use crate::dns;
 use crate::etcd;
 use crate::forward::Forwarder;
 use crate::membership::{self, Settings};
-use crate::messages::{Command, Event, Latest};
+use crate::messages::{Command, Event, Latest, Tuning};
 use crate::metrics::Metrics;
 use crate::monitor;
 use crate::record::Record;
+use crate::reload;
 use crate::server::{self, Forwarding, View};
 use crate::zone::Snapshot;
 
@@ -123,15 +124,8 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
     let view = view();
     spawn("tcp", &events_tx, move || server::serve_tcp(listeners.tcp, view))?;
 
-    let settings = Settings {
-        roles: config.roles.clone(),
-        choice,
-        record,
-        lease_ttl: config.lease,
-        poll: config.poll,
-        watch: config.watch,
-        ttl: config.ttl,
-    };
+    let settings =
+        Settings { roles: config.roles.clone(), choice, record, lease_ttl: config.lease, tuning: tuning(config) };
     for (address, endpoints) in monitor_listeners(config) {
         let listener = std::net::TcpListener::bind(address)
             .map_err(|error| Error::Bind(server::BindError::new(address, "HTTP", error)))?;
@@ -144,7 +138,7 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
     let spare = client.clone();
     // Signals are caught before anything is claimed, so that no SIGTERM can end the process
     // without releasing the name.
-    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(Error::Signals)?;
+    let mut signals = Signals::new(STOP.iter().chain(&RELOAD)).map_err(Error::Signals)?;
     let events_for_etcd = events_tx.clone();
     let channels = membership::Channels { commands: commands_rx, events: events_for_etcd, updates, metrics };
     spawn("etcd", &events_tx, move || membership::run(settings, client, channels, empty))?;
@@ -157,19 +151,76 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
         }
     })?;
 
-    wait(&events, &commands, spare)
+    let mut running = Running { config: config.clone(), commands };
+    wait(&events, &mut running, spare)
 }
 
-/// Waits for the reason to stop, then for the etcd thread to release the name. If it cannot (etcd
-/// too slow, or the thread gone), revokes the last lease it reported with a client of its own.
-fn wait(events: &Receiver<Event>, commands: &Sender<Command>, mut client: etcd::Client) -> Result<(), Error> {
+/// Signals that release the name and stop the daemon; a second one stops it without waiting.
+const STOP: [i32; 3] = [SIGTERM, SIGINT, SIGQUIT];
+/// Signals that read the Corefile again (CoreDNS's SIGUSR1, and the daemons' SIGHUP).
+const RELOAD: [i32; 2] = [SIGHUP, SIGUSR1];
+
+/// What the main thread holds of the running daemon, to reload it and to stop it.
+struct Running {
+    config: Config,
+    commands: Sender<Command>,
+}
+
+impl Running {
+    /// Reads the Corefile again and applies what may change while running; anything else, or a
+    /// Corefile that does not parse, leaves the running configuration as it is.
+    fn reload(&mut self, signal: i32) {
+        let source = self.config.source.display().to_string();
+        let config = match crate::corefile::load(&self.config.source) {
+            Ok(config) => config,
+            Err(e) => {
+                return log::warn!("{}: reload failed: {e}; the running configuration stays", signal_name(signal))
+            }
+        };
+        let plan = match reload::plan(&self.config, config) {
+            Ok(plan) => plan,
+            Err(refused) => return log::warn!("{}: reload of {source} refused: {refused}", signal_name(signal)),
+        };
+        for warning in &plan.config.warnings {
+            log::warn!("{warning}");
+        }
+        if plan.changed.is_empty() {
+            return log::info!("{}: reloaded {source}: nothing changed", signal_name(signal));
+        }
+        let _ = self.commands.send(Command::Retune(tuning(&plan.config)));
+        log::info!("{}: reloaded {source}: {} took effect", signal_name(signal), plan.changed.join(", "));
+        self.config = plan.config;
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        SIGTERM => "SIGTERM",
+        SIGINT => "SIGINT",
+        SIGQUIT => "SIGQUIT",
+        SIGHUP => "SIGHUP",
+        SIGUSR1 => "SIGUSR1",
+        _ => "a signal",
+    }
+}
+
+/// What the etcd thread takes from the configuration and may be changed by a reload.
+fn tuning(config: &Config) -> Tuning {
+    Tuning { ttl: config.ttl, poll: config.poll, watch: config.watch }
+}
+
+/// Waits for the reason to stop, reloading meanwhile when asked, then for the etcd thread to
+/// release the name. If it cannot (etcd too slow, or the thread gone), revokes the last lease it
+/// reported with a client of its own.
+fn wait(events: &Receiver<Event>, running: &mut Running, mut client: etcd::Client) -> Result<(), Error> {
     let mut lease = None;
+    let commands = running.commands.clone();
     let failure = loop {
         match events.recv() {
             Ok(Event::Lease(id)) => lease = id,
+            Ok(Event::Signal(signal)) if RELOAD.contains(&signal) => running.reload(signal),
             Ok(Event::Signal(signal)) => {
-                let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
-                log::info!("{name}: releasing the name and stopping");
+                log::info!("{}: releasing the name and stopping", signal_name(signal));
                 break None;
             }
             Ok(Event::Fatal(why)) => return Err(Error::Fatal(why)),
@@ -191,8 +242,9 @@ fn wait(events: &Receiver<Event>, commands: &Sender<Command>, mut client: etcd::
             Ok(Event::Fatal(why)) => return Err(Error::Fatal(why)),
             Ok(Event::ThreadExited(name)) if name == "etcd" => break false,
             Ok(Event::ThreadExited(_)) => {}
-            // A second signal: the operator does not want to wait.
-            Ok(Event::Signal(_)) => return failure.map_or(Ok(()), Err),
+            // A second signal to stop: the operator does not want to wait.
+            Ok(Event::Signal(signal)) if STOP.contains(&signal) => return failure.map_or(Ok(()), Err),
+            Ok(Event::Signal(_)) => {}
             Err(_) => break false,
         }
     };

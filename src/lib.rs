@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod pattern;
 pub mod record;
+pub mod reload;
 pub mod roster;
 pub mod server;
 pub mod view;

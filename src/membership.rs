@@ -19,7 +19,7 @@ use crate::claim::{self, Choice, ClaimError};
 use crate::clock::boottime;
 use crate::config::Role;
 use crate::etcd::{self, Compare, Op, RangeRequest, Txn, WatchMessage, WatchRange};
-use crate::messages::{Command, Event, Latest, Update, Watched};
+use crate::messages::{Command, Event, Latest, Tuning, Update, Watched};
 use crate::metrics::Metrics;
 use crate::record::Record;
 use crate::view::{self, Changes, Own, Slot, View};
@@ -42,11 +42,8 @@ pub struct Settings {
     pub record: Record,
     /// Requested lease TTL in seconds; etcd may grant more.
     pub lease_ttl: u32,
-    pub poll: Duration,
-    /// Follow etcd's watch stream besides polling.
-    pub watch: bool,
-    /// TTL of DNS answers.
-    pub ttl: u32,
+    /// What a reload may change.
+    pub tuning: Tuning,
 }
 
 /// The lease this node holds, and what is known of its life.
@@ -125,8 +122,7 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, empty: 
         next_poll: now,
         next_full_read: now + FULL_READ_EVERY,
     };
-    let mut watched = crossbeam_channel::never();
-    let mut watch_started = false;
+    let mut watch = Following { changes: crossbeam_channel::never(), started: false };
     let mut retry = Backoff::new();
     loop {
         if let Some(why) = m.fatal.take() {
@@ -152,7 +148,7 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, empty: 
                     if m.fatal.is_some() {
                         continue;
                     }
-                    if stop_requested(&commands, retry.next()) {
+                    if m.stop_requested(&commands, retry.next(), &mut watch) {
                         return m.stop();
                     }
                     continue;
@@ -162,14 +158,17 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, empty: 
         if now >= m.next_poll || m.read_due {
             m.poll();
         }
-        if m.settings.watch && !watch_started && !m.read_due {
-            watch_started = true;
-            watched = m.start_watch().unwrap_or_else(crossbeam_channel::never);
+        if m.settings.tuning.watch && !watch.started && !m.read_due {
+            watch.started = true;
+            watch.changes = m.start_watch().unwrap_or_else(crossbeam_channel::never);
         }
         let timeout = m.next_keepalive.min(m.next_poll).saturating_duration_since(Instant::now());
         select! {
-            recv(commands) -> _ => return m.stop(),
-            recv(watched) -> change => match change {
+            recv(commands) -> command => match command {
+                Ok(Command::Retune(tuning)) => m.retune(tuning, &mut watch),
+                Ok(Command::Shutdown) | Err(_) => return m.stop(),
+            },
+            recv(watch.changes) -> change => match change {
                 Ok(Watched::Changes(events)) => {
                     if let Some(changes) = m.view.apply(events) {
                         m.publish(changes);
@@ -177,8 +176,8 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, empty: 
                 }
                 Ok(Watched::Resync) => m.read_due = true,
                 Err(_) => {
-                    log::warn!("the etcd watch stopped; polling every {:?} instead", m.settings.poll);
-                    watched = crossbeam_channel::never();
+                    log::warn!("the etcd watch stopped; polling every {:?} instead", m.settings.tuning.poll);
+                    watch.changes = crossbeam_channel::never();
                 }
             },
             default(timeout) => {}
@@ -189,12 +188,40 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, empty: 
     }
 }
 
-/// Sleeps up to `timeout`; true when told to shut down (or when the main thread is gone).
-fn stop_requested(commands: &Receiver<Command>, timeout: Duration) -> bool {
-    !matches!(commands.recv_timeout(timeout), Err(crossbeam_channel::RecvTimeoutError::Timeout))
+/// The watch stream, once started.
+struct Following {
+    changes: Receiver<Watched>,
+    started: bool,
 }
 
 impl Membership {
+    /// Sleeps up to `timeout`, taking reloads meanwhile; true when told to shut down (or when the
+    /// main thread is gone).
+    fn stop_requested(&mut self, commands: &Receiver<Command>, timeout: Duration, watch: &mut Following) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match commands.recv_deadline(deadline) {
+                Ok(Command::Retune(tuning)) => self.retune(tuning, watch),
+                Ok(Command::Shutdown) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return true,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => return false,
+            }
+        }
+    }
+
+    /// Takes a reload's settings: answers carry the new TTL at once, the next poll comes at the
+    /// new interval, and the watch starts or stops.
+    fn retune(&mut self, tuning: Tuning, watch: &mut Following) {
+        let before = std::mem::replace(&mut self.settings.tuning, tuning);
+        self.next_poll = Instant::now() + tuning.poll;
+        if before.watch && !tuning.watch {
+            // The watch thread ends when it next finds nobody listening.
+            *watch = Following { changes: crossbeam_channel::never(), started: false };
+        }
+        if before.ttl != tuning.ttl {
+            self.rebuild();
+        }
+    }
+
     fn claim(&mut self) -> Result<(), ClaimError> {
         let lease = match self.lease {
             Some(lease) => lease,
@@ -366,7 +393,7 @@ impl Membership {
     /// Reads the members if anything changed since the last read, and publishes a new snapshot.
     fn poll(&mut self) {
         let now = Instant::now();
-        self.next_poll = now + self.settings.poll;
+        self.next_poll = now + self.settings.tuning.poll;
         if now >= self.next_full_read {
             self.next_full_read = now + FULL_READ_EVERY;
             self.read_due = true;
@@ -490,7 +517,7 @@ impl Membership {
         let started = Instant::now();
         let snapshot = Snapshot::build(&Inputs {
             roles: &self.settings.roles,
-            ttl: self.settings.ttl,
+            ttl: self.settings.tuning.ttl,
             revision,
             own_name: self.held.as_deref(),
             members: self.view.members(),

@@ -46,12 +46,24 @@ impl<T> Latest<T> {
 pub enum Command {
     /// Release the name and stop.
     Shutdown,
+    /// A reload changed how members are followed or answered.
+    Retune(Tuning),
+}
+
+/// The etcd thread's settings that a reload may change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// TTL of DNS answers.
+    pub ttl: u32,
+    pub poll: Duration,
+    /// Follow etcd's watch stream besides polling.
+    pub watch: bool,
 }
 
 /// From any thread to the main thread.
 #[derive(Debug)]
 pub enum Event {
-    /// SIGTERM or SIGINT arrived.
+    /// A signal arrived: SIGTERM, SIGINT or SIGQUIT to stop, SIGHUP or SIGUSR1 to reload.
     Signal(i32),
     /// The etcd thread cannot go on (every ID is taken, say); it has cleaned up after itself.
     Fatal(String),

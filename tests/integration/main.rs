@@ -10,6 +10,7 @@ mod membership;
 mod misconfigured;
 mod operations;
 mod reliability;
+mod reload;
 mod roles;
 mod security;
 mod support;
