@@ -121,8 +121,9 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
         ttl: config.ttl,
     };
     for (address, endpoints) in monitor_listeners(config) {
-        let listener = std::net::TcpListener::bind(address)
-            .map_err(|error| Error::Bind(server::BindError::new(address, "HTTP", error)))?;
+        let listener = std::net::TcpListener::bind(address).map_err(|error| {
+            Error::Bind(server::BindError::monitor(address, monitor_directives(config, address), error))
+        })?;
         let metrics = Arc::clone(&metrics);
         let name = if endpoints.metrics { "prometheus" } else { "health" };
         spawn(name, &events_tx, move || monitor::serve(listener, endpoints, metrics))?;
@@ -234,6 +235,12 @@ fn monitor_listeners(config: &Config) -> Vec<(std::net::SocketAddr, monitor::End
         }
     }
     listeners
+}
+
+/// The directives that ask for an HTTP listener on `address`, for the error when it is taken.
+fn monitor_directives(config: &Config, address: std::net::SocketAddr) -> Vec<&'static str> {
+    let asked = [("health", config.health), ("prometheus", config.prometheus), ("ready", config.ready)];
+    asked.into_iter().filter(|(_, a)| *a == Some(address)).map(|(name, _)| name).collect()
 }
 
 /// The role this node claims in: `--role`, else `IDETCD_ROLE`, else the first with a free ID.

@@ -2,7 +2,7 @@
 
 use std::fs;
 
-use crate::support::{run_binary, Etcd, Node, Setup, TempDir};
+use crate::support::{free_port, next_loopback, run_binary, Etcd, Node, Setup, TempDir};
 
 #[test]
 fn help_and_version() {
@@ -24,6 +24,37 @@ fn a_bad_flag_is_a_usage_error() {
     let (status, _, err) = run_binary(&["-conf"]);
     assert_eq!(status.code(), Some(2));
     assert!(err.contains("-conf needs a path"), "{err}");
+}
+
+#[test]
+fn a_monitoring_port_in_use_names_its_directive() {
+    // No etcd: the listeners are bound before anything talks to it.
+    let ip = next_loopback();
+    let holder = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let taken = holder.local_addr().unwrap();
+    for (directives, names, hint) in [
+        (format!("    health {taken}\n"), "health", "`health ADDR`"),
+        (
+            format!("    health {taken}\n    prometheus {taken}\n"),
+            "health and prometheus",
+            "`health ADDR` or `prometheus ADDR`",
+        ),
+    ] {
+        let port = free_port(ip);
+        let corefile = format!(
+            ".:{port} {{\n    bind {ip}\n{directives}    idetcd {{\n        endpoint http://127.0.0.1:9\n        pattern worker{{{{.ID}}}}.busy.test.\n        address {ip}\n    }}\n}}\n"
+        );
+        let mut node = Node::start_with(corefile, ip);
+        assert_eq!(node.wait_exit(std::time::Duration::from_secs(5)).code(), Some(1));
+        let log = node.log();
+        let want = format!("{names}: cannot listen on {taken} (HTTP): ");
+        assert!(log.contains(&want), "{log}");
+        assert!(
+            log.contains(&format!("another program holds it: pick another address with {hint} in the Corefile")),
+            "{log}"
+        );
+        assert!(!log.contains("systemd-resolved"), "not the DNS port's advice: {log}");
+    }
 }
 
 #[test]
