@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     let command = match cli::parse(std::env::args_os().skip(1)) {
         Ok(command) => command,
         Err(e) => {
-            eprintln!("idetcd: {e}\n\n{}", e.hint());
+            eprintln!("idetcd: {e}\n{}", e.hint());
             return ExitCode::from(2);
         }
     };

@@ -6,24 +6,41 @@ use crate::support::{free_port, next_loopback, run_binary, Etcd, Node, Setup, Te
 
 #[test]
 fn help_and_version() {
-    for flag in ["--help", "-h"] {
-        let (status, out, _) = run_binary(&[flag]);
-        assert!(status.success());
-        assert!(out.contains("usage: idetcd [-conf PATH]"), "{out}");
+    for args in [&["--help"][..], &["-h"], &["help"]] {
+        let (status, out, _) = run_binary(args);
+        assert!(status.success(), "{args:?}");
+        assert!(out.contains("usage: idetcd [-conf PATH]"), "{args:?}: {out}");
+        assert!(out.contains("see `man idetcd`"), "{args:?}: {out}");
     }
-    let (status, out, _) = run_binary(&["--version"]);
+    let (status, out, _) = run_binary(&["help", "members"]);
     assert!(status.success());
-    assert_eq!(out.trim(), format!("idetcd {}", env!("CARGO_PKG_VERSION")));
+    assert!(out.starts_with("usage: idetcd members"), "{out}");
+    for args in [&["--version"][..], &["version"]] {
+        let (status, out, _) = run_binary(args);
+        assert!(status.success(), "{args:?}");
+        assert_eq!(out.trim(), format!("idetcd {}", env!("CARGO_PKG_VERSION")));
+    }
 }
 
 #[test]
-fn a_bad_flag_is_a_usage_error() {
+fn a_bad_flag_is_a_short_usage_error() {
     let (status, _, err) = run_binary(&["--frobnicate"]);
     assert_eq!(status.code(), Some(2));
-    assert!(err.contains("unknown option --frobnicate") && err.contains("usage:"), "{err}");
+    assert_eq!(err, "idetcd: unknown option --frobnicate\nsee `idetcd --help`\n");
     let (status, _, err) = run_binary(&["-conf"]);
     assert_eq!(status.code(), Some(2));
     assert!(err.contains("-conf needs a path"), "{err}");
+    let (status, _, err) = run_binary(&["hostfile", "--slots", "none"]);
+    assert_eq!(status.code(), Some(2));
+    assert_eq!(err, "idetcd: --slots: \"none\" is not a number of slots\nsee `idetcd hostfile --help`\n");
+}
+
+#[test]
+fn a_mistyped_command_gets_the_likely_one() {
+    let (status, out, err) = run_binary(&["membres", "--json"]);
+    assert_eq!(status.code(), Some(2));
+    assert_eq!(out, "");
+    assert_eq!(err, "idetcd: unknown command \"membres\"; did you mean `members`?\nsee `idetcd --help`\n");
 }
 
 #[test]
