@@ -48,11 +48,17 @@ const IDETCD_DIRECTIVES: &str =
 const MAX_ROLES: usize = 32;
 
 pub fn load(path: &Path) -> Result<Config, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error {
+    let text = std::fs::read_to_string(path).map_err(|e| {
         // Where it was looked for, also when the path was relative.
-        source: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
-        line: 0,
-        message: format!("cannot read the Corefile: {e}"),
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let message = match e.kind() {
+            std::io::ErrorKind::NotFound => format!(
+                "no such file: looked for the Corefile in {}; name yours with `-conf PATH` (see `idetcd --help`)",
+                absolute.parent().unwrap_or(Path::new("/")).display()
+            ),
+            _ => format!("cannot read the Corefile: {e}"),
+        };
+        Error { source: absolute, line: 0, message }
     })?;
     let mut config = parse(&text, path, &|name| std::env::var(name).ok())?;
     if config.credentials.is_some() {

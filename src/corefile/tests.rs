@@ -187,8 +187,17 @@ fn errors_name_the_line_and_the_problem() {
 
 #[test]
 fn a_missing_file_is_a_clear_error() {
+    // Where it looked, and how to look elsewhere.
     let err = load(Path::new("/nonexistent/Corefile")).unwrap_err();
-    assert!(err.to_string().starts_with("/nonexistent/Corefile: cannot read the Corefile: "), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "/nonexistent/Corefile: no such file: looked for the Corefile in /nonexistent; name yours with `-conf PATH` (see `idetcd --help`)"
+    );
+    let err = load(Path::new("Corefile.idetcd-test-none")).unwrap_err();
+    let cwd = std::env::current_dir().unwrap();
+    assert!(err.to_string().contains(&format!("looked for the Corefile in {}; ", cwd.display())), "{err}");
+    let err = load(Path::new("/")).unwrap_err();
+    assert!(err.to_string().starts_with("/: cannot read the Corefile: "), "{err}");
 }
 
 #[test]

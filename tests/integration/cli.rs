@@ -44,6 +44,20 @@ fn a_mistyped_command_gets_the_likely_one() {
 }
 
 #[test]
+fn without_a_corefile_the_error_says_where_it_looked() {
+    let dir = TempDir::new("empty");
+    for args in [&[][..], &["members"], &["hostfile"]] {
+        let output =
+            std::process::Command::new(crate::support::BINARY).args(args).current_dir(dir.path()).output().unwrap();
+        let err = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {err}");
+        let looked = format!("looked for the Corefile in {}; ", dir.path().display());
+        assert!(err.contains(&looked), "{args:?}: {err}");
+        assert!(err.contains("`-conf PATH`") && err.contains("`idetcd --help`"), "{args:?}: {err}");
+    }
+}
+
+#[test]
 fn a_monitoring_port_in_use_names_its_directive() {
     // No etcd: the listeners are bound before anything talks to it.
     let ip = next_loopback();
@@ -104,7 +118,7 @@ fn bad_corefiles_name_the_file_and_line() {
     }
     let (status, _, err) = run_binary(&["--conf", "/nonexistent/Corefile"]);
     assert_eq!(status.code(), Some(1));
-    assert!(err.contains("/nonexistent/Corefile: cannot read the Corefile"), "{err}");
+    assert!(err.contains("/nonexistent/Corefile: no such file: looked for the Corefile in /nonexistent"), "{err}");
 }
 
 #[test]
