@@ -336,7 +336,14 @@ fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
     let endpoints = match &settings.endpoints {
         None => vec![format!("{scheme}://localhost:2379")],
         Some(args) => {
-            args.iter().map(|a| endpoint_url(&a.text, scheme).map_err(|m| (a.line, m))).collect::<Result<_, _>>()?
+            // `endpoint a:2379,b:2379`, as etcdctl takes them, also mixed with spaces.
+            let words = args.iter().flat_map(|a| a.text.split(',').filter(|w| !w.is_empty()).map(move |w| (a, w)));
+            let endpoints: Vec<String> =
+                words.map(|(a, w)| endpoint_url(w, scheme).map_err(|m| (a.line, m))).collect::<Result<_, _>>()?;
+            if endpoints.is_empty() {
+                return Err((args[0].line, "endpoint needs at least one URL".into()));
+            }
+            endpoints
         }
     };
     if let (Some((line, _)), Some(plain)) = (&settings.tls, endpoints.iter().find(|e| e.starts_with("http://"))) {

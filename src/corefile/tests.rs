@@ -375,3 +375,30 @@ fn role_errors_name_the_line() {
     // Zones compare as DNS names do.
     assert_eq!(parse_ok(&roles("  role ps ps{{.ID}}.Z.")).roles.len(), 2);
 }
+
+#[test]
+fn endpoints_may_be_comma_separated_as_etcdctl_takes_them() {
+    let with =
+        |endpoints: &str| format!(". {{\n idetcd {{\n  pattern w{{{{.ID}}}}.z.\n  endpoint {endpoints}\n }}\n}}");
+    for (endpoints, want) in [
+        ("a:2379,b:2379", &["http://a:2379", "http://b:2379"][..]),
+        (
+            "http://a:2379, b c:1,https://[fd00::5]:2379",
+            &["http://a:2379", "http://b:2379", "http://c:1", "https://[fd00::5]:2379"],
+        ),
+        ("a,", &["http://a:2379"]),
+    ] {
+        assert_eq!(parse_ok(&with(endpoints)).endpoints, want, "{endpoints}");
+    }
+    for (endpoints, want) in [
+        ("a:2379,ftp://b", "Corefile:4: endpoint \"ftp://b\": scheme ftp:// is not supported, use http:// or https://"),
+        (
+            "a:2379,::1:2379",
+            "Corefile:4: endpoint \"::1:2379\": write IPv6 addresses in brackets, as http://[::1]:2379",
+        ),
+        ("a:2379,b:0", "Corefile:4: endpoint \"b:0\": \"0\" is not a valid port"),
+        (",", "Corefile:4: endpoint needs at least one URL"),
+    ] {
+        assert_eq!(parse_err(&with(endpoints)), want, "{endpoints}");
+    }
+}
