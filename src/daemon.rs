@@ -34,6 +34,8 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub enum Error {
     Bind(server::BindError),
+    /// `bind` names an interface this machine does not have.
+    Interface(address::UnknownInterface),
     Etcd(etcd::Error),
     NoAddress,
     /// `--role` or `IDETCD_ROLE` names no role of the Corefile.
@@ -49,6 +51,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Bind(e) => e.fmt(f),
+            Error::Interface(e) => e.fmt(f),
             Error::Etcd(e) => e.fmt(f),
             Error::NoAddress => {
                 write!(f, "found no address to publish for this node; name one with `address` in the Corefile")
@@ -69,8 +72,13 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
     for warning in &config.warnings {
         log::warn!("{warning}");
     }
+    for note in &config.notes {
+        log::info!("{note}");
+    }
     let choice = choice(config, role)?;
-    let listeners = server::bind(&config.listen, config.port, config.threads as usize).map_err(Error::Bind)?;
+    // Interfaces are looked up now, not when the Corefile was read.
+    let listen = address::listen_addresses(&config.listen).map_err(Error::Interface)?;
+    let listeners = server::bind(&listen, config.port, config.threads as usize).map_err(Error::Bind)?;
     let record = own_record(config)?;
     let serving = match (config.roles.as_slice(), choice) {
         ([only], _) => only.pattern.to_string(),
@@ -91,7 +99,7 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
     let forwarding = match &config.forward {
         None => None,
         Some(f) => {
-            let upstreams = upstreams_but_us(config, &record, &f.upstreams)?;
+            let upstreams = upstreams_but_us(config, &listen, &record, &f.upstreams)?;
             let (forwarder, forwarding) = Forwarder::new(upstreams, Arc::clone(&metrics)).map_err(Error::Spawn)?;
             spawn("forward", &events_tx, move || forwarding.run())?;
             let from = dns::wire_name(&f.from).map_err(|e| Error::Fatal(format!("forward: {e}")))?;
@@ -197,17 +205,18 @@ fn wait(events: &Receiver<Event>, commands: &Sender<Command>, mut client: etcd::
 /// round forever (a resolv.conf that lists this host, say).
 fn upstreams_but_us(
     config: &Config,
+    listen: &[std::net::IpAddr],
     record: &Record,
     upstreams: &[std::net::SocketAddr],
 ) -> Result<Vec<std::net::SocketAddr>, Error> {
-    let wildcard = config.listen.is_empty() || config.listen.iter().any(|ip| ip.is_unspecified());
+    let wildcard = listen.is_empty() || listen.iter().any(|ip| ip.is_unspecified());
     let local = address::local_addresses();
     let ours = |a: &&std::net::SocketAddr| {
         let ip = a.ip();
         let published =
             [record.ipv4.map(std::net::IpAddr::V4), record.ipv6.map(std::net::IpAddr::V6)].contains(&Some(ip));
         a.port() == config.port
-            && (config.listen.contains(&ip)
+            && (listen.contains(&ip)
                 || (wildcard && (ip.is_loopback() || ip.is_unspecified() || published || local.contains(&ip))))
     };
     let (us, others): (Vec<_>, Vec<_>) = upstreams.iter().partition(|a| ours(a));
