@@ -6,7 +6,10 @@
 //! loopback, with an IPv4 address. Either way the IPv6 address is a global one on the same interface.
 
 use std::ffi::CStr;
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+
+use crate::config::Listen;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Addresses {
@@ -55,6 +58,67 @@ pub fn local_addresses() -> Vec<IpAddr> {
     interfaces().into_iter().map(|i| i.address).collect()
 }
 
+/// `bind ADDR|INTERFACE…` names an interface this machine has no IP address on.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnknownInterface {
+    pub name: String,
+    /// The interfaces there are with an address to listen on.
+    pub known: Vec<String>,
+}
+
+impl fmt::Display for UnknownInterface {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "bind {}: this machine has no interface of that name with an address to listen on", self.name)?;
+        match self.known.is_empty() {
+            true => Ok(()),
+            false => write!(f, " (those with one: {})", self.known.join(", ")),
+        }
+    }
+}
+
+impl std::error::Error for UnknownInterface {}
+
+/// The addresses to listen on for `bind`'s words, each once; empty (every address) when `bind`
+/// was not given. An interface stands for every address it has now, IPv4 and IPv6.
+pub fn listen_addresses(listen: &[Listen]) -> Result<Vec<IpAddr>, UnknownInterface> {
+    match listen.iter().any(|l| matches!(l, Listen::Interface(_))) {
+        true => resolve(listen, &interfaces()),
+        false => resolve(listen, &[]),
+    }
+}
+
+/// IPv6 link-local addresses are left out: they cannot be bound without the interface's scope,
+/// and no peer asks there.
+fn resolve(listen: &[Listen], interfaces: &[Interface]) -> Result<Vec<IpAddr>, UnknownInterface> {
+    let usable = |i: &&Interface| !matches!(i.address, IpAddr::V6(v6) if is_link_local_v6(v6));
+    let mut addresses: Vec<IpAddr> = Vec::new();
+    for word in listen {
+        let found: Vec<IpAddr> = match word {
+            Listen::Address(ip) => vec![*ip],
+            Listen::Interface(name) => {
+                let found: Vec<IpAddr> =
+                    interfaces.iter().filter(usable).filter(|i| i.name == *name).map(|i| i.address).collect();
+                if found.is_empty() {
+                    let mut known: Vec<String> = Vec::new();
+                    for i in interfaces.iter().filter(usable) {
+                        if !known.contains(&i.name) {
+                            known.push(i.name.clone());
+                        }
+                    }
+                    return Err(UnknownInterface { name: name.clone(), known });
+                }
+                found
+            }
+        };
+        for ip in found {
+            if !addresses.contains(&ip) {
+                addresses.push(ip);
+            }
+        }
+    }
+    Ok(addresses)
+}
+
 fn from_ip(ip: IpAddr) -> Addresses {
     match ip {
         IpAddr::V4(v4) => Addresses { ipv4: Some(v4), ipv6: None },
@@ -77,8 +141,11 @@ fn on_interface(interfaces: &[Interface], name: &str) -> Addresses {
 
 /// Not loopback, not link-local, not multicast; unique-local addresses count, clusters use them.
 fn is_global_v6(ip: Ipv6Addr) -> bool {
-    let link_local = ip.segments()[0] & 0xffc0 == 0xfe80;
-    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || link_local)
+    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || is_link_local_v6(ip))
+}
+
+fn is_link_local_v6(ip: Ipv6Addr) -> bool {
+    ip.segments()[0] & 0xffc0 == 0xfe80
 }
 
 /// The local address the kernel would send from to reach the endpoint. Connecting a UDP socket
@@ -156,6 +223,40 @@ mod tests {
         ];
         let got = on_interface(&list, "eth0");
         assert_eq!(got, Addresses { ipv4: Some("10.0.0.3".parse().unwrap()), ipv6: Some("fd00::3".parse().unwrap()) });
+    }
+
+    #[test]
+    fn bind_words_become_addresses() {
+        let list = [
+            iface("lo", true, true, "127.0.0.1"),
+            iface("lo", true, true, "::1"),
+            iface("eth0", true, false, "10.0.0.3"),
+            iface("eth0", true, false, "fe80::3"),
+            iface("eth0", true, false, "fd00::3"),
+            iface("eth0", true, false, "10.0.0.4"),
+        ];
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let word = |text: &str| match text.parse::<IpAddr>() {
+            Ok(ip) => Listen::Address(ip),
+            Err(_) => Listen::Interface(text.to_string()),
+        };
+        let words = |texts: &[&str]| texts.iter().map(|t| word(t)).collect::<Vec<_>>();
+        for (given, want) in [
+            (&[][..], &[][..]),
+            (&["lo"], &["127.0.0.1", "::1"]),
+            (&["eth0"], &["10.0.0.3", "fd00::3", "10.0.0.4"]),
+            (&["10.0.0.9", "lo"], &["10.0.0.9", "127.0.0.1", "::1"]),
+            (&["127.0.0.1", "lo", "lo"], &["127.0.0.1", "::1"]),
+        ] {
+            let want: Vec<IpAddr> = want.iter().map(|t| ip(t)).collect();
+            assert_eq!(resolve(&words(given), &list), Ok(want), "{given:?}");
+        }
+        let err = resolve(&words(&["lo", "eth9"]), &list).unwrap_err();
+        assert_eq!(err.to_string(), "bind eth9: this machine has no interface of that name with an address to listen on (those with one: lo, eth0)");
+        // Only a link-local address: nothing to bind.
+        let err = resolve(&words(&["wg0"]), &[iface("wg0", true, false, "fe80::1")]).unwrap_err();
+        assert_eq!(err, UnknownInterface { name: "wg0".into(), known: vec![] });
+        assert_eq!(listen_addresses(&words(&["lo"])).map(|a| a.contains(&ip("127.0.0.1"))), Ok(true));
     }
 
     #[test]

@@ -14,16 +14,20 @@ usage: idetcd [-conf PATH] [--role NAME]
        idetcd torch-env [--port PORT] [--wait N|all] [--timeout S] [-conf PATH]
        idetcd hostfile [--slots N] [--format openmpi|mpich|horovod] [--wait N|all] [--timeout S] [-conf PATH]
        idetcd exec [--wait N|all] [--timeout S] [--port P] [--master-port P] [-conf PATH] -- CMD [ARG...]
+       idetcd help [COMMAND]
+       idetcd version
 
 Claims a unique name for this node in etcd and answers DNS for every member of the cluster.
-The subcommands read the same Corefile; `idetcd COMMAND --help` tells more.
+The subcommands read the same Corefile; `idetcd COMMAND --help` tells more. The Corefile's
+syntax, every directive and how idetcd uses etcd: see `man idetcd`.
 
 options:
   -conf, --conf PATH   the Corefile to read (default: ./Corefile)
   -role, --role NAME   claim in this role of the Corefile (default: $IDETCD_ROLE, else the
                        first role, in Corefile order, with a free ID)
-  -h, --help           print this help
-  -version, --version  print the version
+  -h, --help, help     print this help
+  -version, --version, version
+                       print the version
 
 environment:
   IDETCD_ROLE          the role to claim in, when --role is not given
@@ -224,20 +228,93 @@ struct Flags {
 }
 
 impl UsageError {
-    /// The usage text's synopsis, and where to read more: what goes after the message.
+    /// Where to read more, the line that goes after the message: the help of the command it
+    /// concerns, not the whole of it, which would push the message off the screen.
     pub fn hint(&self) -> String {
-        let synopsis: Vec<&str> = self.usage.lines().take_while(|line| !line.is_empty()).collect();
-        let command = synopsis
-            .first()
+        let command = self
+            .usage
+            .lines()
+            .next()
             .and_then(|line| line.split_whitespace().nth(2))
             .filter(|w| w.starts_with(char::is_alphabetic));
         let help = command.map_or("idetcd --help".to_string(), |c| format!("idetcd {c} --help"));
-        format!("{}\n\n`{help}` tells more.", synopsis.join("\n"))
+        format!("see `{help}`")
     }
 }
 
 /// Subcommands; everything else is the daemon's.
-const COMMANDS: [&str; 5] = ["members", "tf-config", "torch-env", "hostfile", "exec"];
+const COMMANDS: [&str; 7] = ["members", "tf-config", "torch-env", "hostfile", "exec", "help", "version"];
+
+/// The usage text of a command.
+fn usage_of(command: &str) -> Option<&'static str> {
+    match command {
+        "members" => Some(MEMBERS_USAGE),
+        "tf-config" => Some(TF_CONFIG_USAGE),
+        "torch-env" => Some(TORCH_ENV_USAGE),
+        "hostfile" => Some(HOSTFILE_USAGE),
+        "exec" => Some(EXEC_USAGE),
+        "help" | "version" => Some(USAGE),
+        _ => None,
+    }
+}
+
+/// A first word that is no command: the command it was likely meant to be, when one is a typo
+/// away; a hint at `-conf` when it looks like a file.
+fn unknown_command(word: &str) -> UsageError {
+    let lower = word.to_ascii_lowercase();
+    let closest = COMMANDS.iter().map(|c| (edit_distance(&lower, c), *c)).min();
+    let message = match closest {
+        Some((distance, command)) if distance <= 2 && distance * 3 <= lower.len().max(command.len()) => {
+            format!("unknown command {word:?}; did you mean `{command}`?")
+        }
+        _ if word.contains(['/', '.']) || lower.contains("corefile") => {
+            format!("unexpected argument {word:?}; name the Corefile with `-conf {word}`")
+        }
+        _ => format!("unknown command {word:?} (the commands: {})", COMMANDS.join(", ")),
+    };
+    UsageError { message, usage: USAGE }
+}
+
+/// Edits (insert, delete, replace, swap two neighbours) that turn `a` into `b`: `membres` is one
+/// from `members`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    // rows[i][j]: the distance between a[..i] and b[..j].
+    let mut rows = vec![vec![0; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let replace = rows[i - 1][j - 1] + usize::from(a[i - 1] != b[j - 1]);
+            let mut best = replace.min(rows[i - 1][j] + 1).min(rows[i][j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = best;
+        }
+    }
+    rows[a.len()][b.len()]
+}
+
+/// `idetcd help [COMMAND]`, as git and cargo take it.
+fn help(mut args: impl Iterator<Item = OsString>) -> Result<Command, UsageError> {
+    let topic = args.next().map(|a| a.to_string_lossy().into_owned());
+    if let Some(extra) = args.next() {
+        let message = format!("help takes one command: unexpected {:?}", extra.to_string_lossy());
+        return Err(UsageError { message, usage: USAGE });
+    }
+    match topic.as_deref() {
+        None | Some("-h" | "-help" | "--help") => Ok(Command::Help(USAGE)),
+        Some(flag) if flag.starts_with('-') => {
+            Err(UsageError { message: format!("help takes a command, not {flag}"), usage: USAGE })
+        }
+        Some(word) => usage_of(word).map(Command::Help).ok_or_else(|| unknown_command(word)),
+    }
+}
 
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
     let mut args: Vec<OsString> = args.into_iter().collect();
@@ -259,14 +336,20 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     if !command.is_empty() {
         args.next();
     }
-    let usage = match command.as_str() {
-        "members" => MEMBERS_USAGE,
-        "tf-config" => TF_CONFIG_USAGE,
-        "torch-env" => TORCH_ENV_USAGE,
-        "hostfile" => HOSTFILE_USAGE,
-        "exec" => EXEC_USAGE,
-        _ => USAGE,
-    };
+    match command.as_str() {
+        "help" => return help(args),
+        "version" => {
+            return match args.next() {
+                None => Ok(Command::Version),
+                Some(extra) => Err(UsageError {
+                    message: format!("version takes no arguments: unexpected {:?}", extra.to_string_lossy()),
+                    usage: USAGE,
+                }),
+            }
+        }
+        _ => {}
+    }
+    let usage = usage_of(&command).unwrap_or(USAGE);
     let fail = |message: String| UsageError { message, usage };
     let launcher = matches!(command.as_str(), "tf-config" | "torch-env" | "hostfile" | "exec");
     let mut f = Flags::default();
@@ -345,6 +428,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
                 set(&mut f.timeout, timeout, &flag, usage)?;
             }
             (_, f) if f.starts_with('-') => return Err(fail(format!("unknown option {flag}"))),
+            ("", _) => return Err(unknown_command(&arg)),
             _ => return Err(fail(format!("unexpected argument {arg:?}"))),
         }
     }
@@ -434,19 +518,77 @@ mod tests {
     }
 
     #[test]
-    fn usage_errors_end_with_the_synopsis_and_where_to_read_more() {
+    fn usage_errors_say_where_to_read_more() {
         let err = parse_strs(&["tf-config", "--wait", "0"]).unwrap_err();
-        assert_eq!(
-            err.hint(),
-            "usage: idetcd tf-config [--job NAME] [--port PORT] [--wait N|all] [--timeout S] [-conf PATH]\n\n`idetcd tf-config --help` tells more."
-        );
+        assert_eq!(err.hint(), "see `idetcd tf-config --help`");
         let err = parse_strs(&["--bogus"]).unwrap_err();
-        assert!(
-            err.hint().starts_with("usage: idetcd [-conf PATH] [--role NAME]\n       idetcd members"),
-            "{}",
-            err.hint()
-        );
-        assert!(err.hint().ends_with("`idetcd --help` tells more."), "{}", err.hint());
+        assert_eq!(err.hint(), "see `idetcd --help`");
+    }
+
+    #[test]
+    fn help_and_version_are_commands_too() {
+        for (args, want) in [
+            (&["help"][..], Command::Help(USAGE)),
+            (&["help", "--help"], Command::Help(USAGE)),
+            (&["help", "help"], Command::Help(USAGE)),
+            (&["help", "members"], Command::Help(MEMBERS_USAGE)),
+            (&["help", "exec"], Command::Help(EXEC_USAGE)),
+            (&["version"], Command::Version),
+        ] {
+            assert_eq!(parse_strs(args), Ok(want), "{args:?}");
+        }
+        assert!(USAGE.contains("see `man idetcd`"), "the help names the man page");
+        for (args, want) in [
+            (&["help", "members", "x"][..], "help takes one command: unexpected \"x\""),
+            (&["help", "--json"], "help takes a command, not --json"),
+            (&["help", "membres"], "unknown command \"membres\"; did you mean `members`?"),
+            (&["version", "--json"], "version takes no arguments: unexpected \"--json\""),
+        ] {
+            assert_eq!(parse_strs(args), Err(UsageError { message: want.into(), usage: USAGE }), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn a_mistyped_command_gets_the_likely_one() {
+        for (word, want) in [
+            ("membres", "unknown command \"membres\"; did you mean `members`?"),
+            ("member", "unknown command \"member\"; did you mean `members`?"),
+            ("Members", "unknown command \"Members\"; did you mean `members`?"),
+            ("tfconfig", "unknown command \"tfconfig\"; did you mean `tf-config`?"),
+            ("tf_config", "unknown command \"tf_config\"; did you mean `tf-config`?"),
+            ("torch_env", "unknown command \"torch_env\"; did you mean `torch-env`?"),
+            ("hostfiles", "unknown command \"hostfiles\"; did you mean `hostfile`?"),
+            ("exce", "unknown command \"exce\"; did you mean `exec`?"),
+            ("hlep", "unknown command \"hlep\"; did you mean `help`?"),
+            ("versoin", "unknown command \"versoin\"; did you mean `version`?"),
+            (
+                "ex",
+                "unknown command \"ex\" (the commands: members, tf-config, torch-env, hostfile, exec, help, version)",
+            ),
+            (
+                "start",
+                "unknown command \"start\" (the commands: members, tf-config, torch-env, hostfile, exec, help, version)",
+            ),
+            ("Corefile", "unexpected argument \"Corefile\"; name the Corefile with `-conf Corefile`"),
+            ("/etc/idetcd/conf", "unexpected argument \"/etc/idetcd/conf\"; name the Corefile with `-conf /etc/idetcd/conf`"),
+        ] {
+            assert_eq!(parse_strs(&[word]), Err(UsageError { message: want.into(), usage: USAGE }), "{word}");
+            assert_eq!(
+                parse_strs(&["--role", "ps", word]),
+                Err(UsageError { message: want.into(), usage: USAGE }),
+                "after a flag: {word}"
+            );
+        }
+        for (a, b, want) in [
+            ("", "", 0),
+            ("members", "members", 0),
+            ("membres", "members", 1),
+            ("ab", "ba", 1),
+            ("", "abc", 3),
+            ("kitten", "sitting", 3),
+        ] {
+            assert_eq!(edit_distance(a, b), want, "{a} {b}");
+        }
     }
 
     #[test]
@@ -507,7 +649,7 @@ mod tests {
             (&["--conf="], "--conf needs a path", USAGE),
             (&["-conf", "a", "-conf", "b"], "-conf is given twice", USAGE),
             (&["--role"], "--role needs a role name", USAGE),
-            (&["Corefile"], "unexpected argument \"Corefile\"", USAGE),
+            (&["members", "Corefile"], "unexpected argument \"Corefile\"", MEMBERS_USAGE),
             (&["--json"], "unknown option --json", USAGE),
             (&["--wait", "3"], "unknown option --wait", USAGE),
             (&["members", "--job", "x"], "unknown option --job", MEMBERS_USAGE),

@@ -22,8 +22,10 @@ pub struct Config {
     pub source: PathBuf,
     /// Things worth a warning at start (a world-readable password, say).
     pub warnings: Vec<String>,
-    /// Addresses to answer DNS on; empty means every address.
-    pub listen: Vec<IpAddr>,
+    /// Things worth an info line at start: CoreDNS directives that mean nothing here, and why.
+    pub notes: Vec<String>,
+    /// Where to answer DNS (`bind`); empty means every address.
+    pub listen: Vec<Listen>,
     /// Where questions outside the zone go; refused when `None`.
     pub forward: Option<Forward>,
     /// Where `GET /health` and `GET /metrics` are served, if anywhere.
@@ -98,6 +100,24 @@ pub fn is_role_name(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_alphabetic())
         && name.len() <= 63
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// One word of `bind`: an address, or an interface whose addresses the daemon finds when it
+/// binds (the Corefile is read without looking at the machine).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Address(IpAddr),
+    /// `bind eth0`: every address the interface has then, IPv4 and IPv6.
+    Interface(String),
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Address(ip) => ip.fmt(f),
+            Listen::Interface(name) => f.write_str(name),
+        }
+    }
 }
 
 /// `forward FROM TO…`: names under `from` that are not ours are asked of `upstreams`, in turn.

@@ -1,19 +1,23 @@
 //! Reading a Corefile: the subset of CoreDNS's syntax idetcd needs, turned into a `Config`.
 //!
 //! ```text
-//! .:53 {                              # server block: ZONE[:PORT] ...
+//! tf.local:53 {                       # server block: ZONE[:PORT] ...
 //!     bind 10.0.0.3                   # directives, one per line
 //!     idetcd {                        # nested block
 //!         endpoint http://10.0.0.5:2379
 //!         pattern worker{{.ID}}.tf.local.
 //!     }
 //! }
+//! .:53 {                              # more blocks, for other zones (see `servers`)
+//!     forward . 10.0.0.2
+//! }
 //! ```
 //!
 //! Tokens are separated by white space; `#` at the start of a token comments out the rest of the
 //! line; `"..."` quotes a token; `{` and `}` are braces only as tokens of their own, so
 //! `worker{{.ID}}` is one word. `{$NAME}` and `{$NAME:default}` are replaced by environment
-//! variables, as in CoreDNS. Every error names the file and line.
+//! variables, as in CoreDNS; an unset one is an error where its directive is used (`Reader`).
+//! Every error names the file and line.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -41,20 +45,39 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-const SERVER_DIRECTIVES: &str = "bind, forward, health, prometheus, idetcd";
+const SERVER_DIRECTIVES: &str = "bind, forward, log, errors, cache, reload, health, prometheus, ready, idetcd";
 const IDETCD_DIRECTIVES: &str =
     "endpoint, tls, credentials, limit, start, pattern, role, address, ttl, lease, poll, watch, threads";
 /// Each role adds a range to the claim and read transactions, and etcd caps their operations.
 const MAX_ROLES: usize = 32;
 
-pub fn load(path: &Path) -> Result<Config, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error {
+/// Who reads the Corefile, and so how much of it must hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reader {
+    /// The daemon: every directive of every server block is built and checked, and an unset
+    /// `{$NAME}` anywhere is an error.
+    Daemon,
+    /// `members` and the launchers: only the idetcd block (etcd, roles, addresses) is built. The
+    /// server blocks' own directives (`bind`, `forward`, `health`, ...) and keys are not, so that a
+    /// variable only they use may be unset where these commands run; the `Config`'s server
+    /// settings (listen, forward, monitors, port, log) keep their defaults.
+    Client,
+}
+
+pub fn load(path: &Path, reader: Reader) -> Result<Config, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
         // Where it was looked for, also when the path was relative.
-        source: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
-        line: 0,
-        message: format!("cannot read the Corefile: {e}"),
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let message = match e.kind() {
+            std::io::ErrorKind::NotFound => format!(
+                "no such file: looked for the Corefile in {}; name yours with `-conf PATH` (see `idetcd --help`)",
+                absolute.parent().unwrap_or(Path::new("/")).display()
+            ),
+            _ => format!("cannot read the Corefile: {e}"),
+        };
+        Error { source: absolute, line: 0, message }
     })?;
-    let mut config = parse(&text, path, &|name| std::env::var(name).ok())?;
+    let mut config = parse_as(&text, path, &|name| std::env::var(name).ok(), reader)?;
     if config.credentials.is_some() {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(path).map(|m| m.permissions().mode()).unwrap_or(0);
@@ -68,17 +91,30 @@ pub fn load(path: &Path) -> Result<Config, Error> {
     Ok(config)
 }
 
-/// Parses Corefile text; `env` looks up `{$NAME}` placeholders.
+/// Parses Corefile text as the daemon reads it; `env` looks up `{$NAME}` placeholders.
 pub fn parse(text: &str, source: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Error> {
-    let fail = |line: usize, message: String| Error { source: source.to_path_buf(), line, message };
-    let tokens = lex(text, env).map_err(|(line, message)| fail(line, message))?;
-    let mut parser = Parser { tokens, pos: 0 };
-    let blocks = parser.blocks().map_err(|(line, message)| fail(line, message))?;
-    match blocks.as_slice() {
-        [] => Err(fail(0, "no server block; expected something like `. { idetcd { ... } }`".into())),
-        [block] => build(block, source).map_err(|(line, message)| fail(line, message)),
-        [_, second, ..] => Err(fail(second.line, "only one server block is supported".into())),
+    parse_as(text, source, env, Reader::Daemon)
+}
+
+/// Parses Corefile text for `reader`; `env` looks up `{$NAME}` placeholders.
+pub fn parse_as(
+    text: &str,
+    source: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    reader: Reader,
+) -> Result<Config, Error> {
+    let fail = |(line, message): Failure| Error { source: source.to_path_buf(), line, message };
+    let tokens = lex(text, env).map_err(fail)?;
+    if reader == Reader::Daemon {
+        // The daemon uses every directive, so every variable must be set.
+        tokens.iter().try_for_each(Token::check_set).map_err(fail)?;
     }
+    let mut parser = Parser { tokens, pos: 0 };
+    let blocks = parser.blocks().map_err(fail)?;
+    if blocks.is_empty() {
+        return Err(fail((0, "no server block; expected something like `. { idetcd { ... } }`".into())));
+    }
+    build(&blocks, source, reader).map_err(fail)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -90,11 +126,23 @@ struct Token {
     line: usize,
     /// Quoted tokens are never braces.
     quoted: bool,
+    /// The first `{$NAME}` in it that is not set (and has no default); its text keeps the
+    /// placeholder. It is an error once the token is used, not before: see `Reader`.
+    unset: Option<String>,
 }
 
 impl Token {
     fn is(&self, brace: &str) -> bool {
         !self.quoted && self.text == brace
+    }
+
+    /// An unset variable is an error, not an empty string, which would only surface later as a
+    /// puzzling message.
+    fn check_set(&self) -> Result<(), Failure> {
+        match &self.unset {
+            None => Ok(()),
+            Some(name) => Err((self.line, format!("environment variable {name} is not set"))),
+        }
     }
 }
 
@@ -104,6 +152,10 @@ fn lex(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Token>, F
     let mut tokens = Vec::new();
     let mut chars = text.chars().peekable();
     let mut line = 1;
+    let token = |word: &str, line: usize, quoted: bool| {
+        let (text, unset) = substitute(word, env);
+        Token { text, line, quoted, unset }
+    };
     while let Some(&c) = chars.peek() {
         if c == '\n' {
             line += 1;
@@ -133,7 +185,7 @@ fn lex(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Token>, F
                     }
                 }
             }
-            tokens.push(Token { text: substitute(&word, env, start)?, line: start, quoted: true });
+            tokens.push(token(&word, start, true));
         } else {
             let mut word = String::new();
             while let Some(&c) = chars.peek() {
@@ -143,16 +195,17 @@ fn lex(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Token>, F
                 word.push(c);
                 chars.next();
             }
-            tokens.push(Token { text: substitute(&word, env, line)?, line, quoted: false });
+            tokens.push(token(&word, line, false));
         }
     }
     Ok(tokens)
 }
 
-/// Replaces `{$NAME}` and `{$NAME:default}`. An unset variable without a default is an error,
-/// not an empty string, which would only surface later as a puzzling message.
-fn substitute(word: &str, env: &dyn Fn(&str) -> Option<String>, line: usize) -> Result<String, Failure> {
+/// Replaces `{$NAME}` and `{$NAME:default}`; also says the first variable that is unset and has no
+/// default, whose placeholder stays in the text.
+fn substitute(word: &str, env: &dyn Fn(&str) -> Option<String>) -> (String, Option<String>) {
     let mut out = String::new();
+    let mut unset = None;
     let mut rest = word;
     while let Some(start) = rest.find("{$") {
         let Some(len) = rest[start..].find('}') else { break };
@@ -161,15 +214,18 @@ fn substitute(word: &str, env: &dyn Fn(&str) -> Option<String>, line: usize) -> 
             Some((name, default)) => (name, Some(default)),
             None => (inner, None),
         };
-        let value = env(name)
-            .or_else(|| default.map(str::to_string))
-            .ok_or_else(|| (line, format!("environment variable {name} is not set")))?;
         out.push_str(&rest[..start]);
-        out.push_str(&value);
+        match env(name).or_else(|| default.map(str::to_string)) {
+            Some(value) => out.push_str(&value),
+            None => {
+                unset.get_or_insert_with(|| name.to_string());
+                out.push_str(&rest[start..=start + len]);
+            }
+        }
         rest = &rest[start + len + 1..];
     }
     out.push_str(rest);
-    Ok(out)
+    (out, unset)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -265,61 +321,11 @@ impl Parser {
 // ---------------------------------------------------------------------------------------------
 // Directives into settings
 
-fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
-    let port = server_port(&block.keys)?;
-    let mut listen = Vec::new();
-    let mut warnings = Vec::new();
-    let mut forward = None;
-    let (mut health, mut prometheus) = (None, None);
-    let mut idetcd = None;
-    for d in &block.directives {
-        match d.name.text.as_str() {
-            "bind" => {
-                no_block(d)?;
-                if d.args.is_empty() {
-                    return Err((d.name.line, "bind needs at least one address".into()));
-                }
-                for a in &d.args {
-                    let ip: IpAddr =
-                        a.text.parse().map_err(|_| (a.line, format!("bind: {:?} is not an IP address", a.text)))?;
-                    listen.push(ip);
-                }
-            }
-            "forward" => {
-                if forward.is_some() {
-                    return Err((d.name.line, "forward is given twice".into()));
-                }
-                if d.block.is_some() {
-                    return Err((
-                        d.name.line,
-                        "forward options are not supported; give FROM and the upstream servers".into(),
-                    ));
-                }
-                forward = Some(forward_directive(d, source.parent().unwrap_or(Path::new(".")), &mut warnings)?);
-            }
-            // CoreDNS's plugin names and default addresses.
-            "health" => monitor_address(d, &mut health, ":8080")?,
-            "prometheus" => monitor_address(d, &mut prometheus, "localhost:9153")?,
-            "idetcd" => {
-                if idetcd.is_some() {
-                    return Err((d.name.line, "idetcd is configured twice in this server block".into()));
-                }
-                if let Some(a) = d.args.first() {
-                    return Err((a.line, format!("idetcd takes no arguments, only a block: unexpected {:?}", a.text)));
-                }
-                idetcd = Some(d);
-            }
-            other => {
-                return Err((
-                    d.name.line,
-                    format!("unknown directive {other:?} in server block (known: {SERVER_DIRECTIVES})"),
-                ));
-            }
-        }
+fn build(blocks: &[Block], source: &Path, reader: Reader) -> Result<Config, Failure> {
+    let (home, idetcd) = idetcd_block(blocks)?;
+    if reader == Reader::Client {
+        check_set(idetcd)?;
     }
-    let Some(idetcd) = idetcd else {
-        return Err((block.line, "server block has no idetcd { ... } block".into()));
-    };
     let mut settings = Settings::default();
     for d in idetcd.block.as_deref().unwrap_or_default() {
         settings.apply(d)?;
@@ -330,7 +336,14 @@ fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
     let endpoints = match &settings.endpoints {
         None => vec![format!("{scheme}://localhost:2379")],
         Some(args) => {
-            args.iter().map(|a| endpoint_url(&a.text, scheme).map_err(|m| (a.line, m))).collect::<Result<_, _>>()?
+            // `endpoint a:2379,b:2379`, as etcdctl takes them, also mixed with spaces.
+            let words = args.iter().flat_map(|a| a.text.split(',').filter(|w| !w.is_empty()).map(move |w| (a, w)));
+            let endpoints: Vec<String> =
+                words.map(|(a, w)| endpoint_url(w, scheme).map_err(|m| (a.line, m))).collect::<Result<_, _>>()?;
+            if endpoints.is_empty() {
+                return Err((args[0].line, "endpoint needs at least one URL".into()));
+            }
+            endpoints
         }
     };
     if let (Some((line, _)), Some(plain)) = (&settings.tls, endpoints.iter().find(|e| e.starts_with("http://"))) {
@@ -343,16 +356,21 @@ fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
         key: files.key.map(|p| base.join(p)),
         ca: files.ca.map(|p| base.join(p)),
     });
+    let server = match reader {
+        Reader::Daemon => servers(blocks, home, roles[0].pattern.zone(), base)?,
+        Reader::Client => Server::default(),
+    };
     Ok(Config {
         source: source.to_path_buf(),
-        warnings,
-        listen,
-        forward,
-        health,
-        prometheus,
-        ready: None,
-        log: false,
-        port,
+        warnings: server.warnings,
+        notes: server.notes,
+        listen: server.listen.map(|(_, listen)| listen).unwrap_or_default(),
+        forward: server.forward.map(|(_, forward)| forward),
+        health: server.health,
+        prometheus: server.prometheus,
+        ready: server.ready,
+        log: server.log,
+        port: server.port.map_or(config::DEFAULT_PORT, |(port, _)| port),
         endpoints,
         tls,
         credentials: settings.credentials,
@@ -367,29 +385,334 @@ fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
     })
 }
 
-/// The port of the server block keys (`.`, `.:1053`, `dns://tf.local:53`); all keys must agree.
-fn server_port(keys: &[Token]) -> Result<u16, Failure> {
-    let mut port = None;
-    for key in keys {
-        let text = key.text.trim_end_matches(',');
+/// The one `idetcd` directive of the file, and the index of its server block.
+fn idetcd_block(blocks: &[Block]) -> Result<(usize, &Directive), Failure> {
+    let mut found: Option<(usize, &Directive)> = None;
+    for (i, block) in blocks.iter().enumerate() {
+        for d in block.directives.iter().filter(|d| d.name.text == "idetcd") {
+            if let Some((first_block, first)) = found {
+                let message = match first_block == i {
+                    true => "idetcd is configured twice in this server block".to_string(),
+                    false => format!(
+                        "idetcd is configured in a second server block (the first on line {}): exactly one block serves the cluster",
+                        first.name.line
+                    ),
+                };
+                return Err((d.name.line, message));
+            }
+            if let Some(a) = d.args.first() {
+                return Err((a.line, format!("idetcd takes no arguments, only a block: unexpected {:?}", a.text)));
+            }
+            found = Some((i, d));
+        }
+    }
+    match (found, blocks) {
+        (Some(found), _) => Ok(found),
+        (None, [block]) => Err((block.line, "server block has no idetcd { ... } block".into())),
+        (None, _) => Err((0, "no server block has an idetcd { ... } block".into())),
+    }
+}
+
+/// Every variable a directive (and its block) uses is set.
+fn check_set(d: &Directive) -> Result<(), Failure> {
+    d.name.check_set()?;
+    d.args.iter().try_for_each(Token::check_set)?;
+    d.block.iter().flatten().try_for_each(check_set)
+}
+
+/// What the server blocks say, all of them together: idetcd listens once, on one port and one set
+/// of addresses, for every block. Each with the line it was given on, for errors.
+#[derive(Default)]
+struct Server {
+    port: Option<(u16, usize)>,
+    listen: Option<(usize, Vec<config::Listen>)>,
+    forward: Option<(usize, config::Forward)>,
+    health: Option<std::net::SocketAddr>,
+    prometheus: Option<std::net::SocketAddr>,
+    ready: Option<std::net::SocketAddr>,
+    log: bool,
+    warnings: Vec<String>,
+    notes: Vec<String>,
+}
+
+/// A server block key, `dns://tf.local:53`: its zone and port.
+struct Key {
+    /// As written, without scheme and port; `.` when empty.
+    zone: String,
+    wire: Vec<u8>,
+    port: u16,
+    line: usize,
+}
+
+/// The server blocks' directives, `home` being the one with `idetcd`, whose pattern is in `zone`.
+///
+/// Several blocks are read as CoreDNS users split zones, `tf.local { idetcd {...} }` and
+/// `. { forward . 10.0.0.2 }`, with what one process on one port can do: the idetcd block answers
+/// the cluster's zone (its keys are `.`, that zone or a zone above it); a `forward` in another
+/// block forwards the names its keys and its FROM both cover. No key may name a zone twice or one
+/// inside the cluster's, or sit between the cluster's zone and the idetcd block's key (CoreDNS would
+/// send the cluster's names to it).
+fn servers(blocks: &[Block], home: usize, zone: &str, base: &Path) -> Result<Server, Failure> {
+    let zone_wire = crate::dns::wire_name(zone).map_err(|e| (blocks[home].line, e))?;
+    let home_keys = keys(&blocks[home])?;
+    for key in &home_keys {
+        if !crate::dns::is_within(&zone_wire, &key.wire) {
+            return Err((
+                key.line,
+                format!(
+                    "server block key {}: this block's idetcd serves {zone}, its pattern's zone; the block's keys may be `.`, {zone} or a zone above it",
+                    key.zone
+                ),
+            ));
+        }
+    }
+    // The closest of the idetcd block's keys to the cluster's zone.
+    let closest = home_keys.iter().map(|k| k.wire.len()).max().unwrap_or(1);
+    let mut server = Server::default();
+    let mut seen: Vec<(Vec<u8>, usize)> = Vec::new();
+    for (i, block) in blocks.iter().enumerate() {
+        let keys = keys(block)?;
+        let port = keys.first().map_or(config::DEFAULT_PORT, |k| k.port);
+        match server.port {
+            None => server.port = Some((port, block.line)),
+            Some((first, line)) if first != port => {
+                return Err((
+                    block.line,
+                    format!(
+                        "this server block is on port {port}, the one on line {line} on port {first}: idetcd answers on one port, give every block the same"
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+        for key in &keys {
+            if let Some((_, line)) = seen.iter().find(|(wire, _)| *wire == key.wire) {
+                return Err((
+                    key.line,
+                    format!("zone {} has a server block already, on line {line}: give each zone one block", key.zone),
+                ));
+            }
+            seen.push((key.wire.clone(), key.line));
+            if i == home {
+                continue;
+            }
+            if crate::dns::is_within(&key.wire, &zone_wire) {
+                return Err((
+                    key.line,
+                    format!(
+                        "server block key {} is within {zone}, the cluster's zone, which the idetcd block on line {} answers",
+                        key.zone, blocks[home].line
+                    ),
+                ));
+            }
+            if crate::dns::is_within(&zone_wire, &key.wire) && key.wire.len() > closest {
+                return Err((
+                    key.line,
+                    format!(
+                        "server block key {} is closer to {zone} than the idetcd block's keys: CoreDNS would send the cluster's names to this block; key the idetcd block {zone}",
+                        key.zone
+                    ),
+                ));
+            }
+        }
+        // In the idetcd block, forward's FROM alone says what is forwarded, as with one block.
+        let forward_within: &[Key] = if i == home { &[] } else { &keys };
+        server.block(block, forward_within, base)?;
+    }
+    Ok(server)
+}
+
+/// The keys of a block, all on one port.
+fn keys(block: &Block) -> Result<Vec<Key>, Failure> {
+    let mut keys: Vec<Key> = Vec::new();
+    for token in &block.keys {
+        let text = token.text.trim_end_matches(',');
         let text = text.strip_prefix("dns://").unwrap_or(text);
         if let Some((scheme, _)) = text.split_once("://") {
-            return Err((key.line, format!("{scheme}:// servers are not supported, only plain DNS")));
+            return Err((token.line, format!("{scheme}:// servers are not supported, only plain DNS")));
         }
-        let this = match text.rsplit_once(':') {
-            Some((_, p)) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| (key.line, format!("{:?} is not a valid port", p)))?,
-            None => config::DEFAULT_PORT,
+        let (zone, port) = match text.rsplit_once(':') {
+            Some((zone, p)) => {
+                let port = p
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| (token.line, format!("{:?} is not a valid port", p)))?;
+                (zone, port)
+            }
+            None => (text, config::DEFAULT_PORT),
         };
-        if port.is_some_and(|p| p != this) {
-            return Err((key.line, "all keys of a server block must use the same port".into()));
+        let zone = if zone.is_empty() { "." } else { zone };
+        let wire = crate::dns::wire_name(zone).map_err(|e| (token.line, format!("server block key: {e}")))?;
+        if keys.first().is_some_and(|k| k.port != port) {
+            return Err((token.line, "all keys of a server block must use the same port".into()));
         }
-        port = Some(this);
+        keys.push(Key { zone: zone.to_string(), wire, port, line: token.line });
     }
-    Ok(port.unwrap_or(config::DEFAULT_PORT))
+    Ok(keys)
+}
+
+impl Server {
+    /// One server block's directives; a `forward` there forwards names within `forward_within`
+    /// only (the block's keys), when there are any.
+    fn block(&mut self, block: &Block, forward_within: &[Key], base: &Path) -> Result<(), Failure> {
+        let mut listen: Option<(usize, Vec<config::Listen>)> = None;
+        for d in &block.directives {
+            let line = d.name.line;
+            let name = d.name.text.as_str();
+            match name {
+                "idetcd" => {}
+                "bind" => {
+                    no_block(d)?;
+                    if d.args.is_empty() {
+                        return Err((line, "bind needs at least one address or interface".into()));
+                    }
+                    let (_, list) = listen.get_or_insert_with(|| (line, Vec::new()));
+                    for a in &d.args {
+                        list.push(listen_word(a)?);
+                    }
+                }
+                "forward" => {
+                    if let Some((first, _)) = self.forward {
+                        return Err((
+                            line,
+                            format!("forward is given twice, first on line {first}: idetcd forwards one zone"),
+                        ));
+                    }
+                    if d.block.is_some() {
+                        return Err((
+                            line,
+                            "forward options are not supported; give FROM and the upstream servers".into(),
+                        ));
+                    }
+                    let mut forward = forward_directive(d, base, &mut self.warnings)?;
+                    forward.from = forwarded_zone(d, &forward.from, forward_within)?;
+                    self.forward = Some((line, forward));
+                }
+                // CoreDNS's plugin names and default addresses.
+                "health" => monitor_address(d, &mut self.health, ":8080")?,
+                "prometheus" => monitor_address(d, &mut self.prometheus, "localhost:9153")?,
+                "ready" => monitor_address(d, &mut self.ready, ":8181")?,
+                "log" => {
+                    no_options(d, "idetcd logs every question at info, as CoreDNS's `log` does without arguments")?;
+                    self.log = true;
+                }
+                // Errors are logged anyway.
+                "errors" => no_options(d, "errors are always logged")?,
+                "cache" => {
+                    no_block(d)?;
+                    // `cache [TTL] [ZONES...]`
+                    if let Some(ttl) = d.args.first().filter(|a| a.text.starts_with(|c: char| c.is_ascii_digit())) {
+                        if ttl.text.parse::<u32>().is_err() {
+                            return Err((ttl.line, format!("cache: {:?} is not a TTL in seconds", ttl.text)));
+                        }
+                    }
+                    self.note("cache: answers already come from memory; nothing to cache, the directive is ignored");
+                }
+                "reload" => {
+                    no_block(d)?;
+                    if d.args.len() > 2 {
+                        return Err((
+                            line,
+                            "reload takes at most an interval and a jitter, such as `reload 30s 15s`".into(),
+                        ));
+                    }
+                    for a in &d.args {
+                        config::parse_duration(&a.text).map_err(|m| (a.line, format!("reload: {m}")))?;
+                    }
+                    self.note("reload: idetcd does not poll the Corefile for changes; it reads it again on SIGHUP");
+                }
+                other => {
+                    return Err((
+                        line,
+                        format!("unknown directive {other:?} in server block (known: {SERVER_DIRECTIVES})"),
+                    ));
+                }
+            }
+        }
+        let Some((line, list)) = listen else { return Ok(()) };
+        match &self.listen {
+            None => self.listen = Some((line, list)),
+            Some((_, first)) if first.iter().all(|l| list.contains(l)) && list.iter().all(|l| first.contains(l)) => {}
+            Some((first_line, first)) => {
+                let words = |list: &[config::Listen]| list.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(" ");
+                return Err((
+                    line,
+                    format!(
+                        "bind {} differs from bind {} on line {first_line}: idetcd listens on one set of addresses for every server block; give each the same, or bind in one block only",
+                        words(&list),
+                        words(first)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn note(&mut self, note: &str) {
+        if !self.notes.iter().any(|n| n == note) {
+            self.notes.push(note.to_string());
+        }
+    }
+}
+
+/// A directive without arguments and options: `log`, `errors`.
+fn no_options(d: &Directive, why: &str) -> Result<(), Failure> {
+    let name = &d.name.text;
+    if d.block.is_some() {
+        return Err((d.name.line, format!("{name} options are not supported; {why}")));
+    }
+    match d.args.first() {
+        None => Ok(()),
+        Some(a) => Err((a.line, format!("{name} takes no arguments here: unexpected {:?}; {why}", a.text))),
+    }
+}
+
+/// One word of `bind`: an address or an interface name, as Linux allows them, less words of
+/// digits and dots only, which are mistyped addresses.
+fn listen_word(a: &Token) -> Result<config::Listen, Failure> {
+    if let Ok(ip) = a.text.parse::<IpAddr>() {
+        return Ok(config::Listen::Address(ip));
+    }
+    let text = a.text.as_str();
+    let interface = (1..16).contains(&text.len())
+        && !text.contains(|c: char| c == '/' || c == ':' || c.is_whitespace())
+        && !text.chars().all(|c| c.is_ascii_digit() || c == '.');
+    match interface {
+        true => Ok(config::Listen::Interface(text.to_string())),
+        false => Err((a.line, format!("bind: {text:?} is neither an IP address nor an interface name"))),
+    }
+}
+
+/// What a `forward FROM` forwards: the names both its FROM and the keys cover (FROM alone without
+/// keys), which must be one zone.
+fn forwarded_zone(d: &Directive, from: &str, keys: &[Key]) -> Result<String, Failure> {
+    let line = d.name.line;
+    let from_wire = crate::dns::wire_name(from).map_err(|e| (line, format!("forward: {e}")))?;
+    let mut zones: Vec<(&str, &[u8])> = Vec::new();
+    for key in keys {
+        let zone = match (crate::dns::is_within(&from_wire, &key.wire), crate::dns::is_within(&key.wire, &from_wire)) {
+            (true, _) => (from, from_wire.as_slice()),
+            (_, true) => (key.zone.as_str(), key.wire.as_slice()),
+            _ => {
+                return Err((
+                    line,
+                    format!("forward {from}: this server block only gets names under {}, none under {from}", key.zone),
+                ))
+            }
+        };
+        if !zones.iter().any(|(_, wire)| *wire == zone.1) {
+            zones.push(zone);
+        }
+    }
+    match zones.as_slice() {
+        [] => Ok(from.to_string()),
+        [(zone, _)] => Ok(zone.to_string()),
+        [(a, _), (b, _), ..] => Err((
+            line,
+            format!("forward here would forward both {a} and {b}; idetcd forwards one zone: give this block one key"),
+        )),
+    }
 }
 
 #[derive(Default)]

@@ -35,6 +35,8 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub enum Error {
     Bind(server::BindError),
+    /// `bind` names an interface this machine does not have.
+    Interface(address::UnknownInterface),
     Etcd(etcd::Error),
     NoAddress,
     /// `--role` or `IDETCD_ROLE` names no role of the Corefile.
@@ -50,6 +52,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Bind(e) => e.fmt(f),
+            Error::Interface(e) => e.fmt(f),
             Error::Etcd(e) => e.fmt(f),
             Error::NoAddress => {
                 write!(f, "found no address to publish for this node; name one with `address` in the Corefile")
@@ -72,8 +75,13 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
     for warning in &config.warnings {
         log::warn!("{warning}");
     }
+    for note in &config.notes {
+        log::info!("{note}");
+    }
     let choice = choice(config, role)?;
-    let listeners = server::bind(&config.listen, config.port, config.threads as usize).map_err(Error::Bind)?;
+    // Interfaces are looked up now, not when the Corefile was read.
+    let listen = address::listen_addresses(&config.listen).map_err(Error::Interface)?;
+    let listeners = server::bind(&listen, config.port, config.threads as usize).map_err(Error::Bind)?;
     let record = own_record(config)?;
     let serving = match (config.roles.as_slice(), choice) {
         ([only], _) => only.pattern.to_string(),
@@ -104,7 +112,7 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
     let forwarding = match &config.forward {
         None => None,
         Some(f) => {
-            let upstreams = upstreams_but_us(config, &record, &f.upstreams)?;
+            let upstreams = upstreams_but_us(config, &listen, &record, &f.upstreams)?;
             let (forwarder, forwarding) = Forwarder::new(upstreams, Arc::clone(&metrics)).map_err(Error::Spawn)?;
             spawn("forward", &events_tx, move || forwarding.run())?;
             let from = dns::wire_name(&f.from).map_err(|e| Error::Fatal(format!("forward: {e}")))?;
@@ -127,8 +135,9 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
     let settings =
         Settings { roles: config.roles.clone(), choice, record, lease_ttl: config.lease, tuning: tuning(config) };
     for (address, endpoints) in monitor_listeners(config) {
-        let listener = std::net::TcpListener::bind(address)
-            .map_err(|error| Error::Bind(server::BindError::new(address, "HTTP", error)))?;
+        let listener = std::net::TcpListener::bind(address).map_err(|error| {
+            Error::Bind(server::BindError::monitor(address, monitor_directives(config, address), error))
+        })?;
         let metrics = Arc::clone(&metrics);
         let name = if endpoints.metrics { "prometheus" } else { "health" };
         spawn(name, &events_tx, move || monitor::serve(listener, endpoints, metrics))?;
@@ -261,17 +270,18 @@ fn wait(events: &Receiver<Event>, running: &mut Running, mut client: etcd::Clien
 /// round forever (a resolv.conf that lists this host, say).
 fn upstreams_but_us(
     config: &Config,
+    listen: &[std::net::IpAddr],
     record: &Record,
     upstreams: &[std::net::SocketAddr],
 ) -> Result<Vec<std::net::SocketAddr>, Error> {
-    let wildcard = config.listen.is_empty() || config.listen.iter().any(|ip| ip.is_unspecified());
+    let wildcard = listen.is_empty() || listen.iter().any(|ip| ip.is_unspecified());
     let local = address::local_addresses();
     let ours = |a: &&std::net::SocketAddr| {
         let ip = a.ip();
         let published =
             [record.ipv4.map(std::net::IpAddr::V4), record.ipv6.map(std::net::IpAddr::V6)].contains(&Some(ip));
         a.port() == config.port
-            && (config.listen.contains(&ip)
+            && (listen.contains(&ip)
                 || (wildcard && (ip.is_loopback() || ip.is_unspecified() || published || local.contains(&ip))))
     };
     let (us, others): (Vec<_>, Vec<_>) = upstreams.iter().partition(|a| ours(a));
@@ -299,6 +309,12 @@ fn monitor_listeners(config: &Config) -> Vec<(std::net::SocketAddr, monitor::End
         }
     }
     listeners
+}
+
+/// The directives that ask for an HTTP listener on `address`, for the error when it is taken.
+fn monitor_directives(config: &Config, address: std::net::SocketAddr) -> Vec<&'static str> {
+    let asked = [("health", config.health), ("prometheus", config.prometheus), ("ready", config.ready)];
+    asked.into_iter().filter(|(_, a)| *a == Some(address)).map(|(name, _)| name).collect()
 }
 
 /// The role this node claims in: `--role`, else `IDETCD_ROLE`, else the first with a free ID.

@@ -3,13 +3,14 @@
 
 use std::process::ExitCode;
 
-use idetcd::{cli, corefile, daemon, roster};
+use idetcd::corefile::{self, Reader};
+use idetcd::{cli, daemon, roster};
 
 fn main() -> ExitCode {
     let command = match cli::parse(std::env::args_os().skip(1)) {
         Ok(command) => command,
         Err(e) => {
-            eprintln!("idetcd: {e}\n\n{}", e.hint());
+            eprintln!("idetcd: {e}\n{}", e.hint());
             return ExitCode::from(2);
         }
     };
@@ -24,15 +25,15 @@ fn main() -> ExitCode {
         }
         cli::Command::Run { conf, role } => {
             init_logging();
-            corefile::load(&conf)
+            corefile::load(&conf, Reader::Daemon)
                 .map_err(|e| e.to_string())
                 .and_then(|c| daemon::run(&c, role.as_deref()).map_err(|e| e.to_string()))
         }
-        cli::Command::Members { conf, json } => corefile::load(&conf)
+        cli::Command::Members { conf, json } => corefile::load(&conf, Reader::Client)
             .map_err(|e| e.to_string())
             .and_then(|c| roster::members(&c, json, &mut std::io::stdout()).map_err(|e| e.to_string())),
         cli::Command::Launch { conf, wait, timeout, launcher } => {
-            let config = match corefile::load(&conf) {
+            let config = match corefile::load(&conf, Reader::Client) {
                 Ok(config) => config,
                 Err(e) => return fail(e.to_string(), 1),
             };

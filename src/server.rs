@@ -53,19 +53,29 @@ pub struct BindError {
     address: SocketAddr,
     protocol: &'static str,
     error: io::Error,
+    /// The Corefile directives that asked for an HTTP listener there (`health`, `prometheus`,
+    /// `ready`); none for DNS, which `bind` and the server block's port ask for.
+    directives: Vec<&'static str>,
 }
 
 impl fmt::Display for BindError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.directives.is_empty() {
+            write!(f, "{}: ", self.directives.join(" and "))?;
+        }
         write!(f, "cannot listen on {} ({}): {}", self.address, self.protocol, self.error)?;
         match self.error.raw_os_error() {
             Some(libc::EACCES) if self.address.port() < 1024 => {
                 write!(f, "; ports below 1024 need root or the CAP_NET_BIND_SERVICE capability")
             }
-            Some(libc::EADDRINUSE) => write!(
+            Some(libc::EADDRINUSE) if self.directives.is_empty() => write!(
                 f,
                 "; another DNS server (systemd-resolved, dnsmasq, another idetcd) may hold it: stop it, or use `bind` or another port in the Corefile"
             ),
+            Some(libc::EADDRINUSE) => {
+                let directives: Vec<String> = self.directives.iter().map(|d| format!("`{d} ADDR`")).collect();
+                write!(f, "; another program holds it: pick another address with {} in the Corefile", directives.join(" or "))
+            }
             Some(libc::EADDRNOTAVAIL) => write!(f, "; no interface of this machine has that address"),
             _ => Ok(()),
         }
@@ -75,8 +85,9 @@ impl fmt::Display for BindError {
 impl std::error::Error for BindError {}
 
 impl BindError {
-    pub fn new(address: SocketAddr, protocol: &'static str, error: io::Error) -> BindError {
-        BindError { address, protocol, error }
+    /// An HTTP listener of `directives` (`health`, `prometheus`, `ready`) could not be bound.
+    pub fn monitor(address: SocketAddr, directives: Vec<&'static str>, error: io::Error) -> BindError {
+        BindError { address, protocol: "HTTP", error, directives }
     }
 }
 
@@ -114,6 +125,7 @@ fn bind_address(address: SocketAddr, udp_per_address: usize, listeners: &mut Lis
             address,
             protocol: "UDP",
             error,
+            directives: Vec::new(),
         })?;
         listeners.udp.push(UdpListener { socket: Arc::new(UdpSocket::from(fd)), wildcard });
     }
@@ -121,6 +133,7 @@ fn bind_address(address: SocketAddr, udp_per_address: usize, listeners: &mut Lis
         address,
         protocol: "TCP",
         error,
+        directives: Vec::new(),
     })?;
     listeners.tcp.push(TcpListener::from(fd));
     Ok(())

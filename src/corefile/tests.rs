@@ -63,7 +63,8 @@ fn every_setting() {
         "#,
     );
     assert_eq!(c.port, 1053);
-    assert_eq!(c.listen, ["127.0.0.2".parse::<IpAddr>().unwrap(), "::1".parse().unwrap()]);
+    let addresses = ["127.0.0.2", "::1"].map(|ip| config::Listen::Address(ip.parse().unwrap()));
+    assert_eq!(c.listen, addresses);
     assert_eq!(c.endpoints, ["http://10.0.0.5:2379", "https://[fd00::5]:2379", "http://10.0.0.6:2379"]);
     assert_eq!(c.roles[0].ids, 1..=32);
     assert_eq!(c.roles[0].pattern.to_string(), "worker{{.ID}}.tf.local.");
@@ -80,13 +81,9 @@ fn pattern_with_spaces_inside_the_braces() {
 
 #[test]
 fn server_block_keys() {
-    for (key, port) in [
-        (".", 53),
-        (".:1053", 1053),
-        ("dns://.:5300", 5300),
-        ("tf.local.:53", 53),
-        ("tf.local:8053 example.org:8053", 8053),
-    ] {
+    for (key, port) in
+        [(".", 53), (".:1053", 1053), ("dns://.:5300", 5300), ("tf.local.:53", 53), ("local:8053 tf.local:8053", 8053)]
+    {
         let c = parse_ok(&format!("{key} {{\n idetcd {{\n  pattern w{{{{.ID}}}}.tf.local.\n }}\n}}"));
         assert_eq!(c.port, port, "{key}");
     }
@@ -105,6 +102,8 @@ fn environment_placeholders() {
 
 #[test]
 fn errors_name_the_line_and_the_problem() {
+    // Server block directives, before an idetcd block that is fine.
+    let server = |lines: &str| format!(". {{\n{lines}\n idetcd {{\n  pattern w{{{{.ID}}}}.z.\n }}\n}}\n");
     let idetcd =
         |body: &str| format!(". {{\n    idetcd {{\n        pattern w{{{{.ID}}}}.tf.local.\n{body}\n    }}\n}}\n");
     let cases = [
@@ -154,15 +153,19 @@ fn errors_name_the_line_and_the_problem() {
         ),
         (". {\n idetcd {\n  pattern\n }\n}".into(), "Corefile:3: pattern needs a name pattern, such as worker{{.ID}}.tf.local."),
         (". {\n idetcd {\n  limit 3\n }\n}".into(), "Corefile:2: idetcd needs a pattern, such as `pattern worker{{.ID}}.tf.local.`, or roles, such as `role worker worker{{.ID}}.tf.local. 16`"),
-        (". {\n log\n}".into(), "Corefile:2: unknown directive \"log\" in server block (known: bind, forward, health, prometheus, idetcd)"),
-        (". {\n bind\n idetcd {\n }\n}".into(), "Corefile:2: bind needs at least one address"),
-        (". {\n forward .\n}".into(), "Corefile:2: forward needs at least one upstream server after FROM"),
-        (". {\n forward . 8.8.8.8:99999\n}".into(), "Corefile:2: forward: \"8.8.8.8:99999\" is not an IP address or IP:port"),
-        (". {\n forward . tls://1.1.1.1\n}".into(), "Corefile:2: forward: tls:// upstreams are not supported, only plain DNS"),
-        (". {\n forward . 1.1.1.1 {\n  max_fails 3\n }\n}".into(), "Corefile:2: forward options are not supported; give FROM and the upstream servers"),
-        (". {\n forward . /nonexistent/resolv.conf\n}".into(), "Corefile:2: forward: cannot read /nonexistent/resolv.conf: No such file or directory (os error 2)"),
-        (". {\n forward . 10.0.0.1:0\n}".into(), "Corefile:2: forward: \"10.0.0.1:0\" is not an IP address or IP:port"),
-        (". {\n bind eth0\n}".into(), "Corefile:2: bind: \"eth0\" is not an IP address"),
+        (server(" whoami"), "Corefile:2: unknown directive \"whoami\" in server block (known: bind, forward, log, errors, cache, reload, health, prometheus, ready, idetcd)"),
+        (server(" bind"), "Corefile:2: bind needs at least one address or interface"),
+        (server(" forward ."), "Corefile:2: forward needs at least one upstream server after FROM"),
+        (server(" forward . 8.8.8.8:99999"), "Corefile:2: forward: \"8.8.8.8:99999\" is not an IP address or IP:port"),
+        (server(" forward . tls://1.1.1.1"), "Corefile:2: forward: tls:// upstreams are not supported, only plain DNS"),
+        (server(" forward . 1.1.1.1 {\n  max_fails 3\n }"), "Corefile:2: forward options are not supported; give FROM and the upstream servers"),
+        (server(" forward . /nonexistent/resolv.conf"), "Corefile:2: forward: cannot read /nonexistent/resolv.conf: No such file or directory (os error 2)"),
+        (server(" forward . 10.0.0.1:0"), "Corefile:2: forward: \"10.0.0.1:0\" is not an IP address or IP:port"),
+        (server(" forward . 10.0.0.1\n forward . 10.0.0.2"), "Corefile:3: forward is given twice, first on line 2: idetcd forwards one zone"),
+        (server(" bind 10.0.0.300"), "Corefile:2: bind: \"10.0.0.300\" is neither an IP address nor an interface name"),
+        (server(" bind fe80::1%eth0"), "Corefile:2: bind: \"fe80::1%eth0\" is neither an IP address nor an interface name"),
+        (server(" bind averyveryverylongname"), "Corefile:2: bind: \"averyveryverylongname\" is neither an IP address nor an interface name"),
+        (server(" bind lo {\n  except 127.0.0.1\n }"), "Corefile:2: bind does not take a block"),
         (". {\n}".into(), "Corefile:1: server block has no idetcd { ... } block"),
         (". {\n idetcd {\n  pattern w{{.ID}}.z.\n }\n idetcd {\n }\n}".into(), "Corefile:5: idetcd is configured twice in this server block"),
         (". {\n idetcd extra {\n }\n}".into(), "Corefile:2: idetcd takes no arguments, only a block: unexpected \"extra\""),
@@ -170,14 +173,14 @@ fn errors_name_the_line_and_the_problem() {
         ("\n\n. {\n idetcd {\n  pattern w{{.ID}}.z.\n".into(), "Corefile:4: block opened here is never closed with '}'"),
         (". {\n idetcd {\n  pattern w{{.ID}}.z.\n }\n}\n}".into(), "Corefile:6: unexpected '}': expected a server block key such as `.:53`"),
         (".\n{\n}".into(), "Corefile:1: expected '{' after the server block key(s) on the same line"),
-        (".:0 {\n}".into(), "Corefile:1: \"0\" is not a valid port"),
-        (".:53 x:54 {\n}".into(), "Corefile:1: all keys of a server block must use the same port"),
-        ("tls://. {\n}".into(), "Corefile:1: tls:// servers are not supported, only plain DNS"),
+        (".:0 {\n idetcd {\n  pattern w{{.ID}}.z.\n }\n}".into(), "Corefile:1: \"0\" is not a valid port"),
+        (".:53 z:54 {\n idetcd {\n  pattern w{{.ID}}.z.\n }\n}".into(), "Corefile:1: all keys of a server block must use the same port"),
+        ("tls://. {\n idetcd {\n  pattern w{{.ID}}.z.\n }\n}".into(), "Corefile:1: tls:// servers are not supported, only plain DNS"),
         (". {\n idetcd {\n  pattern \"w{{.ID}}.z.\n }\n}".into(), "Corefile:3: unterminated quoted string"),
         ("# only a comment\n".into(), "Corefile: no server block; expected something like `. { idetcd { ... } }`"),
         (
-            ". {\n idetcd {\n  pattern w{{.ID}}.z.\n }\n}\n.:1053 {\n idetcd {\n  pattern w{{.ID}}.z.\n }\n}".into(),
-            "Corefile:6: only one server block is supported",
+            ". {\n idetcd {\n  pattern w{{.ID}}.z.\n }\n}\nz {\n idetcd {\n  pattern w{{.ID}}.z.\n }\n}".into(),
+            "Corefile:7: idetcd is configured in a second server block (the first on line 2): exactly one block serves the cluster",
         ),
     ];
     for (text, want) in cases {
@@ -187,8 +190,17 @@ fn errors_name_the_line_and_the_problem() {
 
 #[test]
 fn a_missing_file_is_a_clear_error() {
-    let err = load(Path::new("/nonexistent/Corefile")).unwrap_err();
-    assert!(err.to_string().starts_with("/nonexistent/Corefile: cannot read the Corefile: "), "{err}");
+    // Where it looked, and how to look elsewhere.
+    let err = load(Path::new("/nonexistent/Corefile"), Reader::Daemon).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/nonexistent/Corefile: no such file: looked for the Corefile in /nonexistent; name yours with `-conf PATH` (see `idetcd --help`)"
+    );
+    let err = load(Path::new("Corefile.idetcd-test-none"), Reader::Client).unwrap_err();
+    let cwd = std::env::current_dir().unwrap();
+    assert!(err.to_string().contains(&format!("looked for the Corefile in {}; ", cwd.display())), "{err}");
+    let err = load(Path::new("/"), Reader::Daemon).unwrap_err();
+    assert!(err.to_string().starts_with("/: cannot read the Corefile: "), "{err}");
 }
 
 #[test]
@@ -272,11 +284,11 @@ fn a_world_readable_password_is_warned_about() {
     let path = dir.join("Corefile");
     std::fs::write(&path, ". {\n idetcd {\n  pattern w{{.ID}}.z.\n  credentials u p\n }\n}\n").unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let warnings = load(&path).unwrap().warnings;
+    let warnings = load(&path, Reader::Daemon).unwrap().warnings;
     assert_eq!(warnings.len(), 1);
     assert!(warnings[0].contains("chmod 600"), "{warnings:?}");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    assert!(load(&path).unwrap().warnings.is_empty());
+    assert!(load(&path, Reader::Client).unwrap().warnings.is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -365,4 +377,172 @@ fn role_errors_name_the_line() {
     assert_eq!(parse_err(&format!(". {{\n idetcd {{\n{many} }}\n}}")), "Corefile:35: at most 32 roles are supported");
     // Zones compare as DNS names do.
     assert_eq!(parse_ok(&roles("  role ps ps{{.ID}}.Z.")).roles.len(), 2);
+}
+
+#[test]
+fn endpoints_may_be_comma_separated_as_etcdctl_takes_them() {
+    let with =
+        |endpoints: &str| format!(". {{\n idetcd {{\n  pattern w{{{{.ID}}}}.z.\n  endpoint {endpoints}\n }}\n}}");
+    for (endpoints, want) in [
+        ("a:2379,b:2379", &["http://a:2379", "http://b:2379"][..]),
+        (
+            "http://a:2379, b c:1,https://[fd00::5]:2379",
+            &["http://a:2379", "http://b:2379", "http://c:1", "https://[fd00::5]:2379"],
+        ),
+        ("a,", &["http://a:2379"]),
+    ] {
+        assert_eq!(parse_ok(&with(endpoints)).endpoints, want, "{endpoints}");
+    }
+    for (endpoints, want) in [
+        ("a:2379,ftp://b", "Corefile:4: endpoint \"ftp://b\": scheme ftp:// is not supported, use http:// or https://"),
+        (
+            "a:2379,::1:2379",
+            "Corefile:4: endpoint \"::1:2379\": write IPv6 addresses in brackets, as http://[::1]:2379",
+        ),
+        ("a:2379,b:0", "Corefile:4: endpoint \"b:0\": \"0\" is not a valid port"),
+        (",", "Corefile:4: endpoint needs at least one URL"),
+    ] {
+        assert_eq!(parse_err(&with(endpoints)), want, "{endpoints}");
+    }
+}
+
+#[test]
+fn clients_need_only_the_variables_of_the_idetcd_block() {
+    let env = |name: &str| (name == "ETCD").then(|| "10.1.1.1:2379".to_string());
+    let text = "{$ZONE:.}:53 {\n bind {$NODE_IP}\n forward . {$UPSTREAM}\n health {$HEALTH}\n idetcd {\n  endpoint {$ETCD}\n  pattern w{{.ID}}.z.\n  lease {$LEASE:30}\n }\n}\n{$OTHER}:53 {\n forward . {$CORP}\n}\n";
+    let c = parse_as(text, Path::new("Corefile"), &env, Reader::Client).unwrap();
+    assert_eq!(c.endpoints, ["http://10.1.1.1:2379"]);
+    assert_eq!((c.roles[0].pattern.to_string().as_str(), c.lease), ("w{{.ID}}.z.", 30));
+    assert!(c.listen.is_empty() && c.forward.is_none() && c.health.is_none());
+    // The daemon uses every directive.
+    let err = parse(text, Path::new("Corefile"), &env).unwrap_err();
+    assert_eq!(err.to_string(), "Corefile:2: environment variable NODE_IP is not set");
+    // What the idetcd block says, clients need too: the etcd endpoints, the roles, the addresses.
+    for (line, want) in [
+        ("  endpoint {$NOPE}", "Corefile:3: environment variable NOPE is not set"),
+        ("  address {$NODE_IP}", "Corefile:3: environment variable NODE_IP is not set"),
+        ("  role {$ROLE} r{{.ID}}.z.", "Corefile:3: environment variable ROLE is not set"),
+    ] {
+        let text = format!(". {{\n idetcd {{\n{line}\n  pattern w{{{{.ID}}}}.z.\n }}\n}}");
+        let err = parse_as(&text, Path::new("Corefile"), &env, Reader::Client).unwrap_err();
+        assert_eq!(err.to_string(), want, "{line}");
+    }
+    // Nor does a client read the server blocks' other errors.
+    let text = ". {\n bind 10.0.0.300\n idetcd {\n  pattern w{{.ID}}.z.\n }\n}";
+    assert!(parse_as(text, Path::new("Corefile"), &env, Reader::Client).is_ok());
+}
+
+#[test]
+fn what_coredns_users_type_first_is_understood() {
+    let with = |lines: &str| parse_ok(&format!(". {{\n{lines}\n idetcd {{\n  pattern w{{{{.ID}}}}.z.\n }}\n}}"));
+    let c = with("");
+    assert_eq!((c.log, c.ready, c.notes.len()), (false, None, 0));
+    let c = with(" log\n errors\n cache 30\n reload\n ready");
+    assert!(c.log);
+    assert_eq!(c.ready, Some("0.0.0.0:8181".parse().unwrap()));
+    assert_eq!(
+        c.notes,
+        [
+            "cache: answers already come from memory; nothing to cache, the directive is ignored",
+            "reload: idetcd does not poll the Corefile for changes; it reads it again on SIGHUP",
+        ]
+    );
+    assert!(c.warnings.is_empty());
+    let c = with(" cache\n cache 3600 example.org\n reload 10s 5s\n ready 127.0.0.2:8282");
+    assert_eq!(c.notes.len(), 2, "one note per directive: {:?}", c.notes);
+    assert_eq!(c.ready, Some("127.0.0.2:8282".parse().unwrap()));
+    for (lines, want) in [
+        (" log stdout", "Corefile:2: log takes no arguments here: unexpected \"stdout\"; idetcd logs every question at info, as CoreDNS's `log` does without arguments"),
+        (" log {\n  class denial\n }", "Corefile:2: log options are not supported; idetcd logs every question at info, as CoreDNS's `log` does without arguments"),
+        (" errors {\n  consolidate 5m \".*\"\n }", "Corefile:2: errors options are not supported; errors are always logged"),
+        (" errors stderr", "Corefile:2: errors takes no arguments here: unexpected \"stderr\"; errors are always logged"),
+        (" cache 3x", "Corefile:2: cache: \"3x\" is not a TTL in seconds"),
+        (" cache {\n  success 100\n }", "Corefile:2: cache does not take a block"),
+        (" reload soon", "Corefile:2: reload: \"soon\" is not a duration (examples: 500ms, 2s, 1m)"),
+        (" reload 1s 2s 3s", "Corefile:2: reload takes at most an interval and a jitter, such as `reload 30s 15s`"),
+        (" ready 8181", "Corefile:2: ready: \"8181\" needs a port, as in :8181"),
+        (" ready\n ready :8282", "Corefile:3: ready is given twice"),
+    ] {
+        assert_eq!(parse_err(&format!(". {{\n{lines}\n idetcd {{\n  pattern w{{{{.ID}}}}.z.\n }}\n}}")), want, "{lines}");
+    }
+}
+
+#[test]
+fn bind_takes_addresses_and_interface_names() {
+    let c = parse_ok(". {\n bind lo 10.0.0.1\n bind eth0.100 br-1a2b ::1\n idetcd {\n  pattern w{{.ID}}.z.\n }\n}");
+    let interface = |name: &str| config::Listen::Interface(name.into());
+    let address = |ip: &str| config::Listen::Address(ip.parse().unwrap());
+    assert_eq!(
+        c.listen,
+        [interface("lo"), address("10.0.0.1"), interface("eth0.100"), interface("br-1a2b"), address("::1")]
+    );
+}
+
+/// `idetcd` in one block, what CoreDNS users put in another.
+fn two_blocks(idetcd_key: &str, other: &str) -> String {
+    format!("{idetcd_key} {{\n idetcd {{\n  pattern w{{{{.ID}}}}.tf.local.\n }}\n}}\n{other}\n")
+}
+
+#[test]
+fn several_server_blocks_split_zones_as_in_coredns() {
+    let c = parse_ok(&two_blocks("tf.local:53", ".:53 {\n forward . 10.0.0.2\n log\n health :8081\n}"));
+    let forward = c.forward.unwrap();
+    assert_eq!((forward.from.as_str(), forward.upstreams.as_slice()), (".", &["10.0.0.2:53".parse().unwrap()][..]));
+    assert_eq!((c.port, c.log, c.health), (53, true, Some("0.0.0.0:8081".parse().unwrap())));
+    // What a block forwards: what both its keys and forward's FROM cover.
+    for (other, from) in [
+        ("corp.example {\n forward . 10.0.0.2\n}", "corp.example"),
+        (". {\n forward corp.example 10.0.0.2\n}", "corp.example"),
+        ("corp.example {\n forward sub.corp.example 10.0.0.2\n}", "sub.corp.example"),
+        ("dns://corp.example.:53 {\n forward . 10.0.0.2\n}", "corp.example."),
+        ("corp.example {\n forward corp.example. 10.0.0.2\n}", "corp.example."),
+    ] {
+        let c = parse_ok(&two_blocks("tf.local", other));
+        assert_eq!(c.forward.unwrap().from, from, "{other}");
+    }
+    // In the idetcd block, forward's FROM alone says it, as with one block.
+    let c = parse_ok("tf.local {\n forward . 10.0.0.2\n idetcd {\n  pattern w{{.ID}}.tf.local.\n }\n}");
+    assert_eq!(c.forward.unwrap().from, ".");
+    // The idetcd block's keys: `.`, the pattern's zone, or a zone above it.
+    for key in [".", "tf.local", "TF.local.", "local", "dns://tf.local:53", ". local"] {
+        parse_ok(&two_blocks(key, "corp.example {\n}"));
+    }
+    // bind, given in one block or the same in several, is where every block listens.
+    let listen = |c: Config| c.listen.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+    let c = parse_ok(&two_blocks("tf.local", ". {\n bind 127.0.0.2 lo\n}"));
+    assert_eq!(listen(c), ["127.0.0.2", "lo"]);
+    let c = parse_ok(
+        "tf.local {\n bind lo\n bind 127.0.0.2\n idetcd {\n  pattern w{{.ID}}.tf.local.\n }\n}\n. {\n bind 127.0.0.2 lo\n}\n",
+    );
+    assert_eq!(listen(c), ["lo", "127.0.0.2"]);
+}
+
+#[test]
+fn several_server_blocks_errors() {
+    let cases = [
+        (two_blocks("other.zone", ". {\n}"), "Corefile:1: server block key other.zone: this block's idetcd serves tf.local., its pattern's zone; the block's keys may be `.`, tf.local. or a zone above it"),
+        (two_blocks(". sub.tf.local", "corp {\n}"), "Corefile:1: server block key sub.tf.local: this block's idetcd serves tf.local., its pattern's zone; the block's keys may be `.`, tf.local. or a zone above it"),
+        (two_blocks("tf.local:53", ".:1053 {\n forward . 10.0.0.2\n}"), "Corefile:6: this server block is on port 1053, the one on line 1 on port 53: idetcd answers on one port, give every block the same"),
+        (two_blocks("tf.local", "tf.local. {\n forward . 10.0.0.2\n}"), "Corefile:6: zone tf.local. has a server block already, on line 1: give each zone one block"),
+        (two_blocks(".", ". {\n}"), "Corefile:6: zone . has a server block already, on line 1: give each zone one block"),
+        (two_blocks(".", "worker1.tf.local {\n forward . 10.0.0.2\n}"), "Corefile:6: server block key worker1.tf.local is within tf.local., the cluster's zone, which the idetcd block on line 1 answers"),
+        (two_blocks(".", "local {\n forward . 10.0.0.2\n}"), "Corefile:6: server block key local is closer to tf.local. than the idetcd block's keys: CoreDNS would send the cluster's names to this block; key the idetcd block tf.local."),
+        (
+            "tf.local {\n forward . 10.0.0.1\n idetcd {\n  pattern w{{.ID}}.tf.local.\n }\n}\n. {\n forward . 10.0.0.2\n}\n".into(),
+            "Corefile:8: forward is given twice, first on line 2: idetcd forwards one zone",
+        ),
+        (two_blocks("tf.local", "corp.example {\n forward other.example 10.0.0.2\n}"), "Corefile:7: forward other.example: this server block only gets names under corp.example, none under other.example"),
+        (two_blocks("tf.local", "a.example b.example {\n forward . 10.0.0.2\n}"), "Corefile:7: forward here would forward both a.example and b.example; idetcd forwards one zone: give this block one key"),
+        (two_blocks("tf.local", ". {\n pattern w{{.ID}}.tf.local.\n}"), "Corefile:7: unknown directive \"pattern\" in server block (known: bind, forward, log, errors, cache, reload, health, prometheus, ready, idetcd)"),
+        (two_blocks("tf.local", ". {\n health\n}\ncorp {\n health :8082\n}"), "Corefile:10: health is given twice"),
+        (
+            "tf.local {\n bind 127.0.0.2\n idetcd {\n  pattern w{{.ID}}.tf.local.\n }\n}\n. {\n bind 127.0.0.3 127.0.0.2\n}\n".into(),
+            "Corefile:8: bind 127.0.0.3 127.0.0.2 differs from bind 127.0.0.2 on line 2: idetcd listens on one set of addresses for every server block; give each the same, or bind in one block only",
+        ),
+        (". {\n}\ncorp {\n forward . 10.0.0.2\n}\n".into(), "Corefile: no server block has an idetcd { ... } block"),
+        (two_blocks("tf.local", ". {\n idetcd {\n }\n}"), "Corefile:7: idetcd is configured in a second server block (the first on line 2): exactly one block serves the cluster"),
+    ];
+    for (text, want) in cases {
+        assert_eq!(parse_err(&text), want, "\n{text}");
+    }
 }

@@ -2,6 +2,7 @@
 //! Run them with `scripts/test`, which installs etcd and dig when they are missing.
 
 mod cli;
+mod corefile;
 mod dns;
 mod faults;
 mod hostile;
