@@ -88,7 +88,7 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
         (_, Choice::Fill) => format!("{} (roles {}, the first with a free ID)", config.zone(), config.role_names()),
         (roles, Choice::Role(i)) => format!("{} (roles {}, as {})", config.zone(), config.role_names(), roles[i].name),
     };
-    let listen = match config.listen.as_slice() {
+    let listening = match listen.as_slice() {
         [] => format!("every address, port {}", config.port),
         ips => {
             ips.iter().map(|ip| std::net::SocketAddr::new(*ip, config.port).to_string()).collect::<Vec<_>>().join(" ")
@@ -99,7 +99,7 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
         .filter_map(|(what, address)| Some(format!(", {what} on {}", address.as_ref()?)))
         .collect();
     log::info!(
-        "idetcd {} serving {serving} on {listen}, publishing {}, etcd at {}{monitors}",
+        "idetcd {} serving {serving} on {listening}, publishing {}, etcd at {}{monitors}",
         env!("CARGO_PKG_VERSION"),
         record.to_json(),
         config.endpoints.join(" "),
@@ -180,7 +180,7 @@ impl Running {
     /// Corefile that does not parse, leaves the running configuration as it is.
     fn reload(&mut self, signal: i32) {
         let source = self.config.source.display().to_string();
-        let config = match crate::corefile::load(&self.config.source) {
+        let config = match crate::corefile::load(&self.config.source, crate::corefile::Reader::Daemon) {
             Ok(config) => config,
             Err(e) => {
                 return log::warn!("{}: reload failed: {e}; the running configuration stays", signal_name(signal))
