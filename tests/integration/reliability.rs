@@ -138,7 +138,7 @@ fn a_paused_node_stops_naming_itself_and_claims_again() {
     }
     assert_eq!(paused.claimed(), "worker3.pause.test.");
     assert!(names.iter().all(|n| n == "worker3.pause.test."), "{names:?}");
-    assert!(paused.log().contains("is gone (expired or revoked); claiming a name again"), "{}", paused.log());
+    assert!(paused.log().contains("is gone (expired or revoked): worker1.pause.test. is lost"), "{}", paused.log());
     let kv = etcd.get("worker1.pause.test.").unwrap();
     assert_ne!(kv.lease, etcd.get("worker3.pause.test.").unwrap().lease);
     sees(&other, "worker1.pause.test.", &newcomer.ip.to_string());
