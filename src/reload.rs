@@ -33,48 +33,44 @@ impl std::fmt::Display for Refused {
 }
 
 pub fn plan(running: &Config, new: Config) -> Result<Plan, Refused> {
-    let mut refused = Vec::new();
-    let mut fixed = |differs: bool, directive: &'static str| {
-        if differs {
-            refused.push(directive);
-        }
-    };
-    fixed(running.endpoints != new.endpoints, "endpoint");
-    fixed(running.credentials != new.credentials, "credentials");
-    fixed(running.tls != new.tls, "tls");
-    fixed(running.ipv4 != new.ipv4 || running.ipv6 != new.ipv6, "address");
-    fixed(running.listen != new.listen, "bind");
-    fixed(running.port != new.port, "port");
-    fixed(running.lease != new.lease, "lease");
-    fixed(running.threads != new.threads, "threads");
     // Which of the naming directives changed, as the Corefile says it.
-    let (old_roles, new_roles) = (&running.roles, &new.roles);
-    let single = old_roles.len() == 1 && new_roles.len() == 1;
+    let single = running.roles.len() == 1 && new.roles.len() == 1;
     let names = |c: &Config| c.roles.iter().map(|r| (r.name.clone(), r.pattern.clone())).collect::<Vec<_>>();
     let starts = |c: &Config| c.roles.first().map(|r| *r.ids.start());
     let limits = |c: &Config| c.roles.iter().map(|r| r.limit()).collect::<Vec<_>>();
-    fixed(names(running) != names(&new), if single { "pattern" } else { "role" });
-    fixed(starts(running) != starts(&new), "start");
-    fixed(limits(running) != limits(&new), if single { "limit" } else { "role" });
+    let mut refused = differing(&[
+        (running.endpoints != new.endpoints, "endpoint"),
+        (running.credentials != new.credentials, "credentials"),
+        (running.tls != new.tls, "tls"),
+        (running.ipv4 != new.ipv4 || running.ipv6 != new.ipv6, "address"),
+        (running.listen != new.listen, "bind"),
+        (running.port != new.port, "port"),
+        (running.lease != new.lease, "lease"),
+        (running.threads != new.threads, "threads"),
+        (names(running) != names(&new), if single { "pattern" } else { "role" }),
+        (starts(running) != starts(&new), "start"),
+        (limits(running) != limits(&new), if single { "limit" } else { "role" }),
+    ]);
     refused.dedup();
     if !refused.is_empty() {
         return Err(Refused(refused));
     }
-    let mut changed = Vec::new();
-    let mut may = |differs: bool, directive: &'static str| {
-        if differs {
-            changed.push(directive);
-        }
-    };
-    may(running.ttl != new.ttl, "ttl");
-    may(running.poll != new.poll, "poll");
-    may(running.watch != new.watch, "watch");
-    may(running.forward != new.forward, "forward");
-    may(running.log != new.log, "log");
-    may(running.health != new.health, "health");
-    may(running.prometheus != new.prometheus, "prometheus");
-    may(running.ready != new.ready, "ready");
+    let changed = differing(&[
+        (running.ttl != new.ttl, "ttl"),
+        (running.poll != new.poll, "poll"),
+        (running.watch != new.watch, "watch"),
+        (running.forward != new.forward, "forward"),
+        (running.log != new.log, "log"),
+        (running.health != new.health, "health"),
+        (running.prometheus != new.prometheus, "prometheus"),
+        (running.ready != new.ready, "ready"),
+    ]);
     Ok(Plan { config: new, changed })
+}
+
+/// The directives whose setting differs.
+fn differing(settings: &[(bool, &'static str)]) -> Vec<&'static str> {
+    settings.iter().filter(|(differs, _)| *differs).map(|(_, directive)| *directive).collect()
 }
 
 #[cfg(test)]

@@ -163,7 +163,11 @@ fn a_revoked_lease_is_noticed_and_the_same_name_claimed_again() {
     });
     assert_ne!(kv.lease, 0);
     let log = node.log();
-    assert!(log.contains("WARN") && log.contains("is gone (expired or revoked): worker1.revoke.test. is lost; claiming a name again"), "{log}");
+    assert!(
+        log.contains("WARN")
+            && log.contains("is gone (expired or revoked): worker1.revoke.test. is lost; claiming a name again"),
+        "{log}"
+    );
     assert_eq!(node.claimed(), "worker1.revoke.test.");
 }
 
