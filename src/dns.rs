@@ -134,6 +134,14 @@ pub fn set_id(packet: &mut [u8], id: u16) {
     }
 }
 
+/// Sets RA in a response: an upstream's answer passed on by a server that recursed for the
+/// client, whatever the upstream (an authoritative server, say) said of itself.
+pub fn set_recursion_available(packet: &mut [u8]) {
+    if let Some(flags) = packet.get_mut(3) {
+        *flags |= FLAG_RA.to_be_bytes()[1];
+    }
+}
+
 /// Lowers the EDNS payload size a query advertises to `max`: a question passed upstream must not
 /// invite answers that fragment (and fragments can be forged).
 pub fn limit_payload(packet: &mut [u8], max: u16) {

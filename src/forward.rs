@@ -308,9 +308,11 @@ impl Forwarding {
     }
 }
 
-/// Hands an upstream answer to the client, under the client's own ID.
+/// Hands an upstream answer to the client, under the client's own ID, with RA: to the client,
+/// this server is the one that recursed.
 fn deliver(job: Job, mut answer: Vec<u8>) {
     dns::set_id(&mut answer, dns::id(&job.query));
+    dns::set_recursion_available(&mut answer);
     (job.deliver)(&answer);
 }
 
