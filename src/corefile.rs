@@ -270,7 +270,8 @@ fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
     let mut listen = Vec::new();
     let mut warnings = Vec::new();
     let mut forward = None;
-    let (mut health, mut prometheus) = (None, None);
+    let (mut health, mut prometheus, mut ready) = (None, None, None);
+    let mut log = false;
     let mut idetcd = None;
     for d in &block.directives {
         match d.name.text.as_str() {
@@ -300,6 +301,11 @@ fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
             // CoreDNS's plugin names and default addresses.
             "health" => monitor_address(d, &mut health, ":8080")?,
             "prometheus" => monitor_address(d, &mut prometheus, "localhost:9153")?,
+            "ready" => monitor_address(d, &mut ready, ":8181")?,
+            "log" => {
+                no_block(d)?;
+                log = true;
+            }
             "idetcd" => {
                 if idetcd.is_some() {
                     return Err((d.name.line, "idetcd is configured twice in this server block".into()));
@@ -350,8 +356,8 @@ fn build(block: &Block, source: &Path) -> Result<Config, Failure> {
         forward,
         health,
         prometheus,
-        ready: None,
-        log: false,
+        ready,
+        log,
         port,
         endpoints,
         tls,

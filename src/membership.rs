@@ -96,7 +96,8 @@ pub struct Channels {
     pub metrics: Arc<Metrics>,
 }
 
-pub fn run(settings: Settings, client: etcd::Client, channels: Channels, empty: Arc<Snapshot>) {
+/// Runs the etcd thread; `first` is what the answering threads started with.
+pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: Update) {
     let Channels { commands, events, updates, metrics } = channels;
     let now = Instant::now();
     let value = settings.record.to_json();
@@ -108,7 +109,7 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, empty: 
         events,
         updates,
         metrics,
-        state: Update { snapshot: empty, held_until: None },
+        state: first,
         lease: None,
         held: None,
         last: None,
@@ -451,11 +452,13 @@ impl Membership {
             started.elapsed().as_secs_f64() * 1e3
         );
         self.state.snapshot = Arc::new(snapshot);
+        self.metrics.snapshot_loaded.store(true, Relaxed);
         self.broadcast();
         return_freed_memory();
     }
 
     fn broadcast(&self) {
+        self.metrics.set_held_until(self.state.held_until);
         for latest in &self.updates {
             latest.send(self.state.clone());
         }
