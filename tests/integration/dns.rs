@@ -159,7 +159,7 @@ fn forward_sends_other_names_upstream() {
     let forward = format!("forward . {}:{}", upstream.ip, upstream.port);
     let ip = crate::support::next_loopback();
     let corefile = Setup::new(&etcd, "down.test.").corefile(ip, crate::support::free_port(ip));
-    let corefile = corefile.replacen("    idetcd {", &format!("    {forward}\n    idetcd {{"), 1);
+    let corefile = corefile.replacen("    idetcd {", &format!("    {forward}\n    log\n    idetcd {{"), 1);
     let mut node = Node::start_with(corefile, ip);
     assert_eq!(node.claimed(), "worker1.down.test.");
 
@@ -190,6 +190,13 @@ fn forward_sends_other_names_upstream() {
     assert_eq!((failed.rcode, failed.ra), (OptRcode::SERVFAIL, true));
     let own = node.ask(Transport::Udp, &Query::new("worker1.down.test.", Rtype::A));
     assert_eq!(own.data(), [node.ip.to_string()]);
+    // `log` has a line for each forwarded answer too, sent by the forwarding thread.
+    let log = node.log();
+    for (proto, flags) in [("udp", "NOERROR qr,aa,rd,ra"), ("tcp", "NOERROR qr,aa,rd,ra"), ("udp", "SERVFAIL qr,rd,ra")]
+    {
+        let wanted = format!("\"A IN worker1.up.test. {proto} ");
+        assert!(log.lines().any(|l| l.contains(&wanted) && l.contains(flags)), "no {wanted}…{flags} in\n{log}");
+    }
 }
 
 #[test]
