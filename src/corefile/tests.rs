@@ -154,7 +154,7 @@ fn errors_name_the_line_and_the_problem() {
         ),
         (". {\n idetcd {\n  pattern\n }\n}".into(), "Corefile:3: pattern needs a name pattern, such as worker{{.ID}}.tf.local."),
         (". {\n idetcd {\n  limit 3\n }\n}".into(), "Corefile:2: idetcd needs a pattern, such as `pattern worker{{.ID}}.tf.local.`, or roles, such as `role worker worker{{.ID}}.tf.local. 16`"),
-        (". {\n log\n}".into(), "Corefile:2: unknown directive \"log\" in server block (known: bind, forward, health, prometheus, idetcd)"),
+        (". {\n cache\n}".into(), "Corefile:2: unknown directive \"cache\" in server block (known: bind, forward, health, prometheus, idetcd)"),
         (". {\n bind\n idetcd {\n }\n}".into(), "Corefile:2: bind needs at least one address"),
         (". {\n forward .\n}".into(), "Corefile:2: forward needs at least one upstream server after FROM"),
         (". {\n forward . 8.8.8.8:99999\n}".into(), "Corefile:2: forward: \"8.8.8.8:99999\" is not an IP address or IP:port"),
