@@ -21,7 +21,7 @@ use crate::dns;
 use crate::etcd;
 use crate::forward::Forwarder;
 use crate::membership::{self, Settings};
-use crate::messages::{Command, Event, Latest, Tuning};
+use crate::messages::{Command, Event, Latest, Tuning, Update};
 use crate::metrics::Metrics;
 use crate::monitor;
 use crate::record::Record;
@@ -107,7 +107,8 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
 
     let (events_tx, events) = crossbeam_channel::unbounded();
     let (commands, commands_rx) = crossbeam_channel::unbounded();
-    let empty = Arc::new(Snapshot::empty(config.zone()));
+    // SERVFAIL in the zone until the members are read.
+    let first = Update { snapshot: Arc::new(Snapshot::empty(config.zone())), held_until: None, log: config.log };
     let metrics = Arc::new(Metrics::default());
     let forwarding = match &config.forward {
         None => None,
@@ -123,7 +124,7 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
     let mut view = || {
         let (latest, rx) = Latest::channel();
         updates.push(latest);
-        View::new(Arc::clone(&empty), rx, forwarding.clone(), metrics.register())
+        View::new(first.clone(), rx, forwarding.clone(), metrics.register())
     };
     for (i, udp) in listeners.udp.into_iter().enumerate() {
         let view = view();
@@ -139,7 +140,11 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
             Error::Bind(server::BindError::monitor(address, monitor_directives(config, address), error))
         })?;
         let metrics = Arc::clone(&metrics);
-        let name = if endpoints.metrics { "prometheus" } else { "health" };
+        let name = match endpoints {
+            monitor::Endpoints { metrics: true, .. } => "prometheus",
+            monitor::Endpoints { health: true, .. } => "health",
+            _ => "ready",
+        };
         spawn(name, &events_tx, move || monitor::serve(listener, endpoints, metrics))?;
     }
 
@@ -150,7 +155,7 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
     let mut signals = Signals::new(STOP.iter().chain(&RELOAD)).map_err(Error::Signals)?;
     let events_for_etcd = events_tx.clone();
     let channels = membership::Channels { commands: commands_rx, events: events_for_etcd, updates, metrics };
-    spawn("etcd", &events_tx, move || membership::run(settings, client, channels, empty))?;
+    spawn("etcd", &events_tx, move || membership::run(settings, client, channels, first))?;
     let events_for_signals = events_tx.clone();
     spawn("signals", &events_tx, move || {
         for signal in signals.forever() {
@@ -215,7 +220,7 @@ fn signal_name(signal: i32) -> &'static str {
 
 /// What the etcd thread takes from the configuration and may be changed by a reload.
 fn tuning(config: &Config) -> Tuning {
-    Tuning { ttl: config.ttl, poll: config.poll, watch: config.watch }
+    Tuning { ttl: config.ttl, poll: config.poll, watch: config.watch, log: config.log }
 }
 
 /// Waits for the reason to stop, reloading meanwhile when asked, then for the etcd thread to
@@ -294,18 +299,24 @@ fn upstreams_but_us(
     Ok(others)
 }
 
-/// The monitoring listeners: one per address, serving what was asked of it (`health` and
-/// `prometheus` may share one).
+/// The monitoring listeners: one per address, serving what was asked of it (`health`, `ready`
+/// and `prometheus` may share one).
 fn monitor_listeners(config: &Config) -> Vec<(std::net::SocketAddr, monitor::Endpoints)> {
     let mut listeners: Vec<(std::net::SocketAddr, monitor::Endpoints)> = Vec::new();
-    for (address, health) in [(config.health, true), (config.prometheus, false)] {
+    let asked = [
+        (config.health, monitor::Endpoints { health: true, ..Default::default() }),
+        (config.ready, monitor::Endpoints { ready: true, ..Default::default() }),
+        (config.prometheus, monitor::Endpoints { metrics: true, ..Default::default() }),
+    ];
+    for (address, wanted) in asked {
         let Some(address) = address else { continue };
         match listeners.iter_mut().find(|(a, _)| *a == address) {
             Some((_, endpoints)) => {
-                endpoints.health |= health;
-                endpoints.metrics |= !health;
+                endpoints.health |= wanted.health;
+                endpoints.ready |= wanted.ready;
+                endpoints.metrics |= wanted.metrics;
             }
-            None => listeners.push((address, monitor::Endpoints { health, metrics: !health })),
+            None => listeners.push((address, wanted)),
         }
     }
     listeners

@@ -134,6 +134,14 @@ pub fn set_id(packet: &mut [u8], id: u16) {
     }
 }
 
+/// Sets RA in a response: an upstream's answer passed on by a server that recursed for the
+/// client, whatever the upstream (an authoritative server, say) said of itself.
+pub fn set_recursion_available(packet: &mut [u8]) {
+    if let Some(flags) = packet.get_mut(3) {
+        *flags |= FLAG_RA.to_be_bytes()[1];
+    }
+}
+
 /// Lowers the EDNS payload size a query advertises to `max`: a question passed upstream must not
 /// invite answers that fragment (and fragments can be forged).
 pub fn limit_payload(packet: &mut [u8], max: u16) {
@@ -178,6 +186,78 @@ pub fn answers(query: &[u8], response: &[u8]) -> bool {
     let (mut qr, mut rr) = (Reader { packet: query, pos: HEADER_LEN }, Reader { packet: response, pos: HEADER_LEN });
     let (Some(qn), Some(rn)) = (qr.question_name(&mut asked), rr.question_name(&mut got)) else { return false };
     asked[..qn] == got[..rn] && query.get(qr.pos..qr.pos + 4) == response.get(rr.pos..rr.pos + 4)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Describing an exchange, for the `log` directive
+
+/// What a log line says of a query and its answer, in the terms of CoreDNS's log plugin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    pub id: u16,
+    /// Type, class and the length of the name the caller's buffer holds, in lowercase wire form;
+    /// `None` for a question that could not be read.
+    pub question: Option<(Rtype, Class, usize)>,
+    pub dnssec_ok: bool,
+    /// The EDNS payload size the query advertised, if it had an OPT record.
+    pub payload: Option<u16>,
+    /// The answer's response code, extended by its OPT record, and its header flags.
+    pub rcode: OptRcode,
+    pub flags: u16,
+}
+
+/// Reads what a log line says of `query` and its `answer`; `None` unless both have a header.
+pub fn exchange(query: &[u8], answer: &[u8], lower: &mut [u8; 255]) -> Option<Exchange> {
+    let (header, reply) = (Header::read(query)?, Header::read(answer)?);
+    let (question, edns) = match parse(query, &header, lower) {
+        Ok(q) => (Some((Rtype::from_int(q.qtype), Class::from_int(q.qclass), q.name_len)), q.edns),
+        Err(malformed) => (None, malformed.edns),
+    };
+    // The upper eight bits of an extended code are in the OPT record's TTL (RFC 6891 §6.1.3).
+    let mut r = Reader { packet: answer, pos: HEADER_LEN };
+    let ext = (0..reply.qdcount)
+        .try_for_each(|_| r.skip_question())
+        .and_then(|()| find_opt_ttl(&mut r, &reply))
+        .map_or(0, |ttl| (ttl >> 24) as u16);
+    Some(Exchange {
+        id: header.id,
+        question,
+        dnssec_ok: edns.is_some_and(|e| e.dnssec_ok),
+        payload: edns.map(|e| e.payload),
+        rcode: OptRcode::masked_from_int(ext << 4 | (reply.flags & 0x000F)),
+        flags: reply.flags,
+    })
+}
+
+/// The names of the header flags set in `flags`, in the order CoreDNS logs them.
+pub fn flag_names(flags: u16) -> impl Iterator<Item = &'static str> {
+    const NAMES: [(u16, &str); 8] = [
+        (FLAG_QR, "qr"),
+        (FLAG_AA, "aa"),
+        (FLAG_TC, "tc"),
+        (FLAG_RD, "rd"),
+        (FLAG_RA, "ra"),
+        (0x0040, "z"),
+        (0x0020, "ad"),
+        (FLAG_CD, "cd"),
+    ];
+    NAMES.into_iter().filter(move |(bit, _)| flags & bit != 0).map(|(_, name)| name)
+}
+
+/// The TTL field of the first OPT record, read after the question section.
+fn find_opt_ttl(r: &mut Reader, header: &Header) -> Option<u32> {
+    for _ in 0..u32::from(header.ancount) + u32::from(header.nscount) {
+        r.skip_record()?;
+    }
+    for _ in 0..header.arcount {
+        r.skip_name()?;
+        let (rtype, _class, ttl, rdlen) = (r.u16()?, r.u16()?, r.u32()?, r.u16()?);
+        if rtype == TYPE_OPT {
+            return Some(ttl);
+        }
+        r.skip(usize::from(rdlen))?;
+    }
+    None
 }
 
 #[derive(PartialEq, Eq)]

@@ -26,6 +26,7 @@ use domain::base::iana::OptRcode;
 use crate::dns::{self, Action, Context, Transport, MAX_UDP_PAYLOAD};
 use crate::messages::Wake;
 use crate::metrics::Metrics;
+use crate::querylog;
 
 /// Questions waiting to be sent; more get SERVFAIL rather than pile up.
 const QUEUE: usize = 1024;
@@ -48,6 +49,11 @@ pub struct Job {
     /// How the client asked, which decides what to do with a truncated upstream answer.
     pub transport: Transport,
     pub deliver: Delivery,
+    /// When the answering thread read the query: the answer time counts from there.
+    pub received: Instant,
+    /// Who asked, and whether to log the answer (`log`), as the answering thread saw it.
+    pub client: Option<SocketAddr>,
+    pub log: bool,
 }
 
 /// The answering threads' end: queues questions for the forwarding thread.
@@ -194,7 +200,7 @@ impl Forwarding {
     fn start(&mut self, job: Job) {
         if self.in_flight.len() >= MAX_IN_FLIGHT {
             self.metrics.forward_dropped.fetch_add(1, Relaxed);
-            return fail(job);
+            return fail(job, &self.metrics);
         }
         let mut query = job.query.clone();
         dns::limit_payload(&mut query, MAX_UDP_PAYLOAD);
@@ -264,11 +270,11 @@ impl Forwarding {
                 let spawned =
                     std::thread::Builder::new().name("forward-tcp".into()).spawn(move || {
                         match exchange_tcp(upstream, &q.query) {
-                            Ok(answer) => deliver(q.job, answer),
+                            Ok(answer) => deliver(q.job, answer, &metrics),
                             Err(e) => {
                                 log::debug!("forwarding over TCP to {upstream}: {e}");
                                 metrics.forward_failures.fetch_add(1, Relaxed);
-                                fail(q.job);
+                                fail(q.job, &metrics);
                             }
                         }
                     });
@@ -277,7 +283,7 @@ impl Forwarding {
                 }
                 continue;
             }
-            deliver(q.job, answer.to_vec());
+            deliver(q.job, answer.to_vec(), &self.metrics);
         }
     }
 
@@ -304,21 +310,34 @@ impl Forwarding {
             self.last_warning = Some(now);
             log::warn!("no upstream server answered ({} asked); answering SERVFAIL", self.upstreams.len());
         }
-        fail(q.job);
+        fail(q.job, &self.metrics);
     }
 }
 
-/// Hands an upstream answer to the client, under the client's own ID.
-fn deliver(job: Job, mut answer: Vec<u8>) {
+/// Hands an upstream answer to the client, under the client's own ID, with RA: to the client,
+/// this server is the one that recursed.
+fn deliver(job: Job, mut answer: Vec<u8>, metrics: &Metrics) {
     dns::set_id(&mut answer, dns::id(&job.query));
-    (job.deliver)(&answer);
+    dns::set_recursion_available(&mut answer);
+    finish(job, &answer, metrics);
 }
 
-fn fail(job: Job) {
+fn fail(job: Job, metrics: &Metrics) {
     // Header, the longest question and an OPT record.
     let mut out = [0u8; 512];
     if let Action::Reply { len, .. } = servfail(&job.query, job.transport, &mut out) {
-        (job.deliver)(&out[..len]);
+        finish(job, &out[..len], metrics);
+    }
+}
+
+/// Sends the answer, then counts and logs it as the answering threads do theirs.
+fn finish(job: Job, answer: &[u8], metrics: &Metrics) {
+    let Job { query, transport, deliver, received, client, log } = job;
+    deliver(answer);
+    let took = received.elapsed();
+    metrics.forwarded_durations.observe(took);
+    if log {
+        querylog::log(client, transport, &query, answer, took);
     }
 }
 

@@ -20,6 +20,7 @@ pub mod messages;
 pub mod metrics;
 pub mod monitor;
 pub mod pattern;
+pub mod querylog;
 pub mod record;
 pub mod reload;
 pub mod roster;

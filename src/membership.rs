@@ -97,7 +97,8 @@ pub struct Channels {
     pub metrics: Arc<Metrics>,
 }
 
-pub fn run(settings: Settings, client: etcd::Client, channels: Channels, empty: Arc<Snapshot>) {
+/// Runs the etcd thread; `first` is what the answering threads started with.
+pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: Update) {
     let Channels { commands, events, updates, metrics } = channels;
     let now = Instant::now();
     let value = settings.record.to_json();
@@ -109,7 +110,7 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, empty: 
         events,
         updates,
         metrics,
-        state: Update { snapshot: empty, held_until: None },
+        state: first,
         lease: None,
         held: None,
         last: None,
@@ -217,8 +218,10 @@ impl Membership {
             // The watch thread ends when it next finds nobody listening.
             *watch = Following { changes: crossbeam_channel::never(), started: false };
         }
-        if before.ttl != tuning.ttl {
-            self.rebuild();
+        self.state.log = tuning.log;
+        match before.ttl != tuning.ttl {
+            true => self.rebuild(),
+            false => self.broadcast(),
         }
     }
 
@@ -528,11 +531,13 @@ impl Membership {
             started.elapsed().as_secs_f64() * 1e3
         );
         self.state.snapshot = Arc::new(snapshot);
+        self.metrics.snapshot_loaded.store(true, Relaxed);
         self.broadcast();
         return_freed_memory();
     }
 
     fn broadcast(&self) {
+        self.metrics.set_held_until(self.state.held_until);
         for latest in &self.updates {
             latest.send(self.state.clone());
         }

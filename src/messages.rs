@@ -19,6 +19,10 @@ pub struct Update {
     /// when it holds none. Answering threads stop naming themselves in `id.server.` once it passes,
     /// even if the etcd thread is late to notice (a process paused past its lease, say).
     pub held_until: Option<Duration>,
+    /// Whether to log a line per answered query (the `log` directive). It travels with the
+    /// snapshot so that each answering thread reads only what it owns; to change it at run time,
+    /// the etcd thread sets it in its state and sends the state again.
+    pub log: bool,
 }
 
 /// The sending end of a channel that holds at most one message, the newest: sending replaces
@@ -58,6 +62,8 @@ pub struct Tuning {
     pub poll: Duration,
     /// Follow etcd's watch stream besides polling.
     pub watch: bool,
+    /// A line per answered query (`log`), which travels to the answering threads in `Update`.
+    pub log: bool,
 }
 
 /// From any thread to the main thread.

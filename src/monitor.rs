@@ -1,4 +1,4 @@
-//! The monitoring endpoints, `GET /health` and `GET /metrics`, on a deliberately small HTTP/1.1
+//! The monitoring endpoints, `GET /health`, `GET /ready` and `GET /metrics`, on a deliberately small HTTP/1.1
 //! server: one request per connection, each connection on a short-lived thread of its own with one
 //! second for the whole exchange, at most a few at a time. These are scraped every few seconds
 //! from a handful of places; a server crate would add more code than it saves, and a slow or
@@ -18,10 +18,12 @@ const MAX_REQUEST: usize = 8 * 1024;
 /// Connections served at once; more are closed at once.
 const MAX_CLIENTS: usize = 16;
 
-/// Which endpoints a listener serves (both when `health` and `prometheus` share an address).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which endpoints a listener serves (several when `health`, `ready` and `prometheus` share an
+/// address).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Endpoints {
     pub health: bool,
+    pub ready: bool,
     pub metrics: bool,
 }
 
@@ -78,6 +80,10 @@ fn answer(mut stream: TcpStream, endpoints: Endpoints, metrics: &Metrics) -> std
     let path = path.split('?').next().unwrap_or("");
     let (status, body) = match (method, path) {
         ("GET" | "HEAD", "/health") if endpoints.health => match metrics.health() {
+            Ok(body) => ("200 OK", body),
+            Err(body) => ("503 Service Unavailable", body),
+        },
+        ("GET" | "HEAD", "/ready") if endpoints.ready => match metrics.ready(crate::clock::boottime()) {
             Ok(body) => ("200 OK", body),
             Err(body) => ("503 Service Unavailable", body),
         },

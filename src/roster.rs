@@ -6,6 +6,7 @@ use std::fmt;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde_json::json;
 
 use crate::address::{self, Addresses};
@@ -17,10 +18,10 @@ use crate::job::{self, Job, Me, Pending, Progress};
 use crate::record::Record;
 use crate::view::{self, View};
 
-/// Progress lines while waiting come no more often than this...
+/// While waiting, a progress line comes as soon as etcd first answers (or this long after the
+/// start if it does not), then one this often: whoever reads the log of a job that hangs sees what
+/// it waits for, terminal or not.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-/// ...and, while nothing changes, only this often.
-const REMIND_EVERY: Duration = Duration::from_secs(30);
 /// How often etcd is read while waiting.
 const READ_EVERY: Duration = Duration::from_secs(1);
 
@@ -32,10 +33,12 @@ pub enum Error {
     /// `--timeout` passed first.
     TimedOut {
         after: Duration,
-        progress: Progress,
+        waiting: Waiting,
     },
     Exec(exec::Error),
     Output(std::io::Error),
+    /// The thread that reads etcd while waiting could not start, or stopped.
+    Reader(String),
 }
 
 impl Error {
@@ -53,11 +56,10 @@ impl fmt::Display for Error {
         match self {
             Error::Etcd(e) => e.fmt(f),
             Error::Job(why) => f.write_str(why),
-            Error::TimedOut { after, progress } => {
-                write!(f, "gave up waiting after {}: {progress}", humane(*after))
-            }
+            Error::TimedOut { after, waiting } => write!(f, "gave up after {} waiting{waiting}", humane(*after)),
             Error::Exec(e) => e.fmt(f),
             Error::Output(e) => write!(f, "cannot write the output: {e}"),
+            Error::Reader(why) => write!(f, "reading etcd while waiting: {why}"),
         }
     }
 }
@@ -165,8 +167,8 @@ pub fn launch(
     Ok(0)
 }
 
-/// Reads the members until they make the job, printing progress now and then; gives up after
-/// `timeout`. Without waiting, one read, and etcd trouble is an error at once.
+/// Reads the members until they make the job, with a progress line on stderr now and then; gives
+/// up after `timeout`. Without waiting, one read, and etcd trouble is an error at once.
 fn wait_for_job<'c>(
     client: &mut etcd::Client,
     config: &'c Config,
@@ -175,47 +177,107 @@ fn wait_for_job<'c>(
     timeout: Option<Duration>,
     me: Me,
 ) -> Result<Job<'c>, Error> {
+    let settle = |view: &View| job::settle(&config.roles, view.members(), own, wait, me);
+    if wait == Wait::Now {
+        return match settle(&read(client, config)?) {
+            Ok(job) => Ok(job),
+            Err(Pending::Failed(why)) => Err(Error::Job(why)),
+            Err(Pending::Waiting(progress)) => Err(Error::Job(progress.to_string())),
+        };
+    }
     let started = Instant::now();
-    let mut said: Option<(String, Instant)> = None;
+    let deadline = timeout.map(|t| started + t);
+    // What the job needs while nothing was read (whether this host is a member is not known yet):
+    // a wait that can never end fails at once.
+    let needed = match job::settle(&config.roles, &[], own, wait, Me::NotNeeded) {
+        Ok(job) => return Ok(job),
+        Err(Pending::Failed(why)) => return Err(Error::Job(why)),
+        Err(Pending::Waiting(progress)) => progress,
+    };
+    let mut waiting = Waiting { progress: needed, read: false, etcd: EtcdState::Asking(config.endpoints.join(", ")) };
+    let reads = reader(client.clone(), config)?;
+    let mut next_line = started + PROGRESS_EVERY;
+    let mut said = false;
     loop {
-        let status = match read(client, config) {
-            Ok(view) => match job::settle(&config.roles, view.members(), own, wait, me) {
+        let wake = deadline.map_or(next_line, |d| d.min(next_line));
+        match reads.recv_deadline(wake) {
+            Ok(Ok(view)) => match settle(&view) {
                 Ok(job) => return Ok(job),
                 Err(Pending::Failed(why)) => return Err(Error::Job(why)),
-                Err(Pending::Waiting(progress)) if wait == Wait::Now => return Err(Error::Job(progress.to_string())),
-                Err(Pending::Waiting(progress)) => Err(progress),
+                Err(Pending::Waiting(progress)) => {
+                    waiting = Waiting { progress, read: true, etcd: EtcdState::Answers };
+                }
             },
-            Err(e) if e.is_permanent() => return Err(e.into()),
-            Err(e) if wait == Wait::Now => return Err(e.into()),
-            Err(e) => Ok(e.to_string()),
-        };
-        let line = match &status {
-            Err(progress) => format!("waiting: {progress}"),
-            Ok(trouble) => format!("waiting for etcd: {trouble}"),
-        };
-        let due = match &said {
-            None => true,
-            Some((last, at)) => at.elapsed() >= if *last == line { REMIND_EVERY } else { PROGRESS_EVERY },
-        };
-        if due {
-            eprintln!("idetcd: {line}");
-            said = Some((line, Instant::now()));
+            Ok(Err(e)) if e.is_permanent() => return Err(e.into()),
+            Ok(Err(e)) => waiting.etcd = EtcdState::Fails(e.to_string()),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Err(Error::Reader("the reading thread stopped".into())),
         }
-        let mut pause = READ_EVERY;
-        if let Some(timeout) = timeout {
-            let left = timeout.saturating_sub(started.elapsed());
-            if left.is_zero() {
-                let progress = match status {
-                    Err(progress) => progress,
-                    Ok(trouble) => {
-                        Progress { seen: 0, wanted: 0, detail: format!(" (etcd did not answer: {trouble})") }
-                    }
-                };
-                return Err(Error::TimedOut { after: timeout, progress });
-            }
-            pause = pause.min(left);
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Err(Error::TimedOut { after: timeout.unwrap_or_default(), waiting });
         }
-        std::thread::sleep(pause);
+        // The first line as soon as etcd said something (or failed to), then one every few seconds.
+        let first = !said && !matches!(waiting.etcd, EtcdState::Asking(_));
+        if first || now >= next_line {
+            eprintln!("idetcd: waiting{waiting}");
+            said = true;
+            next_line = now + PROGRESS_EVERY;
+        }
+    }
+}
+
+/// What a wait is at: how much of the job etcd showed, and whether etcd answers.
+#[derive(Debug)]
+pub struct Waiting {
+    /// The last read's, or what the job needs while nothing was read.
+    progress: Progress,
+    /// Whether etcd ever answered.
+    read: bool,
+    etcd: EtcdState,
+}
+
+#[derive(Debug)]
+enum EtcdState {
+    /// Not a word from etcd yet: the first request is still under way (at these endpoints).
+    Asking(String),
+    Answers,
+    Fails(String),
+}
+
+/// Follows `waiting` in a sentence: `waiting: saw 1 of 3 members …`, `waiting for 3 members …`.
+impl fmt::Display for Waiting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.progress;
+        match self.read {
+            true => write!(f, ": {p}")?,
+            false => write!(f, " for {} member{}{}", p.wanted, if p.wanted == 1 { "" } else { "s" }, p.detail)?,
+        }
+        match &self.etcd {
+            EtcdState::Answers => Ok(()),
+            EtcdState::Asking(endpoints) => write!(f, "; etcd ({endpoints}) has not answered yet"),
+            EtcdState::Fails(trouble) if self.read => write!(f, "; etcd does not answer now: {trouble}"),
+            EtcdState::Fails(trouble) => write!(f, "; etcd does not answer: {trouble}"),
+        }
+    }
+}
+
+/// Reads the members every `READ_EVERY` on a thread of its own, so that an etcd that does not
+/// answer (a request may take seconds, for each endpoint, and a login first) holds up neither the
+/// progress lines nor the timeout. The thread ends at its next read once the receiver is gone.
+fn reader(mut client: etcd::Client, config: &Config) -> Result<Receiver<Result<View, etcd::Error>>, Error> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let config = config.clone();
+    let spawned = std::thread::Builder::new().name("read".into()).spawn(move || loop {
+        let started = Instant::now();
+        if tx.send(read(&mut client, &config)).is_err() {
+            return;
+        }
+        std::thread::sleep(READ_EVERY.saturating_sub(started.elapsed()));
+    });
+    match spawned {
+        Ok(_) => Ok(rx),
+        Err(e) => Err(Error::Reader(format!("cannot start a thread: {e}"))),
     }
 }
 

@@ -23,6 +23,7 @@ use crate::dns::{self, Action, Context, Transport, MAX_UDP_PAYLOAD};
 use crate::forward::{self, Delivery, Forwarder, Job};
 use crate::messages::{Update, Wake};
 use crate::metrics::QueryCounters;
+use crate::querylog;
 use crate::zone::Snapshot;
 
 /// Datagrams read or written per system call.
@@ -232,6 +233,8 @@ fn sockaddr(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 pub struct View {
     snapshot: Arc<Snapshot>,
     held_until: Option<Duration>,
+    /// Whether to log each answered query (`log`).
+    log: bool,
     updates: Receiver<Update>,
     forward: Option<Forwarding>,
     /// This thread's own counters.
@@ -246,13 +249,15 @@ pub struct Forwarding {
 }
 
 impl View {
+    /// A view that starts from `first`, and takes each newer update at its next batch.
     pub fn new(
-        snapshot: Arc<Snapshot>,
+        first: Update,
         updates: Receiver<Update>,
         forward: Option<Forwarding>,
         counters: Arc<QueryCounters>,
     ) -> View {
-        View { snapshot, held_until: None, updates, forward, counters }
+        let Update { snapshot, held_until, log } = first;
+        View { snapshot, held_until, log, updates, forward, counters }
     }
 
     /// Counts what was done with a query.
@@ -268,6 +273,7 @@ impl View {
         if let Ok(update) = self.updates.try_recv() {
             self.snapshot = update.snapshot;
             self.held_until = update.held_until;
+            self.log = update.log;
         }
     }
 
@@ -279,21 +285,15 @@ impl View {
     /// Hands a question to the forwarding thread. Returns the length of an answer written into
     /// `out` instead: REFUSED for a client that may not use this server as its resolver, SERVFAIL
     /// when the forwarding thread has too much to do.
-    fn forward(
-        &self,
-        query: &[u8],
-        qtype: u16,
-        client: Option<IpAddr>,
-        transport: Transport,
-        deliver: Delivery,
-        out: &mut [u8],
-    ) -> Option<usize> {
+    fn forward(&self, query: &[u8], qtype: u16, origin: Origin, deliver: Delivery, out: &mut [u8]) -> Option<usize> {
+        let Origin { client, transport, received } = origin;
         let forwarding = self.forward.as_ref()?;
-        if !client.is_some_and(forward::may_use) {
+        if !client.is_some_and(|c| forward::may_use(c.ip())) {
             let context = Context { transport, identity_held: false, forward: None };
             return self.answered(dns::error_answer(query, OptRcode::REFUSED, context, out));
         }
-        match forwarding.forwarder.submit(Job { query: query.to_vec(), transport, deliver }) {
+        let job = Job { query: query.to_vec(), transport, deliver, received, client, log: self.log };
+        match forwarding.forwarder.submit(job) {
             Ok(()) => {
                 self.counters.forwarded(qtype);
                 None
@@ -313,18 +313,33 @@ impl View {
     }
 }
 
+/// Who asked a question, how, and when this thread read it.
+#[derive(Clone, Copy)]
+struct Origin {
+    client: Option<SocketAddr>,
+    transport: Transport,
+    received: Instant,
+}
+
 /// The client's address, from the socket address the kernel filled in.
-fn peer_ip(storage: &libc::sockaddr_storage) -> Option<IpAddr> {
+fn peer_address(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     // SAFETY: the family says which of the two the storage holds.
     unsafe {
         match i32::from(storage.ss_family) {
             libc::AF_INET => {
                 let sin = &*(storage as *const _ as *const libc::sockaddr_in);
-                Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
+                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
             }
             libc::AF_INET6 => {
                 let sin6 = &*(storage as *const _ as *const libc::sockaddr_in6);
-                Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+                let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                    ip,
+                    u16::from_be(sin6.sin6_port),
+                    sin6.sin6_flowinfo,
+                    sin6.sin6_scope_id,
+                )))
             }
             _ => None,
         }
@@ -351,6 +366,8 @@ struct Batch {
     send_iov: Vec<libc::iovec>,
     recv: Vec<libc::mmsghdr>,
     send: Vec<libc::mmsghdr>,
+    /// For each answer, the query it answers (for the `log` lines).
+    answering: [usize; BATCH],
 }
 
 impl Batch {
@@ -368,6 +385,7 @@ impl Batch {
             send_iov: vec![iov; BATCH],
             recv: vec![msg; BATCH],
             send: vec![msg; BATCH],
+            answering: [0; BATCH],
         });
         for i in 0..BATCH {
             b.recv_iov[i] = libc::iovec { iov_base: b.queries[i].as_mut_ptr().cast(), iov_len: MAX_QUERY };
@@ -412,6 +430,8 @@ pub fn serve_udp(listener: UdpListener, mut view: View) {
             continue;
         }
         view.refresh();
+        // The batch's queries were all read by that one call, and their answers all leave by one.
+        let received = Instant::now();
         let context = view.context(Transport::Udp);
         let mut count = 0;
         for i in 0..n as usize {
@@ -426,10 +446,11 @@ pub fn serve_udp(listener: UdpListener, mut view: View) {
                 Action::Drop => continue,
                 Action::Forward { qtype } => {
                     let peer = Peer { address: b.peers[i], len: msg.msg_hdr.msg_namelen, destination };
-                    let client = peer_ip(&peer.address);
+                    let client = peer_address(&peer.address);
                     let socket = Arc::clone(&listener.socket);
                     let deliver: Delivery = Box::new(move |answer| peer.send(&socket, answer));
-                    match view.forward(query, qtype, client, Transport::Udp, deliver, &mut b.answers[count]) {
+                    let origin = Origin { client, transport: Transport::Udp, received };
+                    match view.forward(query, qtype, origin, deliver, &mut b.answers[count]) {
                         Some(len) => len,
                         None => continue,
                     }
@@ -445,9 +466,24 @@ pub fn serve_udp(listener: UdpListener, mut view: View) {
             hdr.msg_control = b.send_control[count].0.as_mut_ptr().cast();
             // SAFETY: the control buffer is ours and large enough for one packet-info message.
             unsafe { set_source(hdr, destination) };
+            b.answering[count] = i;
             count += 1;
         }
         send_all(fd, &mut b.send[..count]);
+        let took = received.elapsed();
+        view.counters.sent(took, count as u64);
+        if view.log {
+            log_batch(&b, count, took);
+        }
+    }
+}
+
+/// The `log` lines for the first `count` answers of a batch, once they are sent.
+fn log_batch(b: &Batch, count: usize, took: Duration) {
+    for (k, &i) in b.answering[..count].iter().enumerate() {
+        let query = &b.queries[i][..b.recv[i].msg_len as usize];
+        let answer = &b.answers[k][..b.send_iov[k].iov_len];
+        querylog::log(peer_address(&b.peers[i]), Transport::Udp, query, answer, took);
     }
 }
 
@@ -569,7 +605,7 @@ unsafe fn set_source(hdr: &mut libc::msghdr, destination: Option<Destination>) {
 struct Connection {
     /// Names the connection to the forwarding thread, whose answers come back by it.
     id: u64,
-    client: Option<IpAddr>,
+    client: Option<SocketAddr>,
     /// Questions forwarded and not answered yet: the connection waits for them.
     forwarding: usize,
     stream: TcpStream,
@@ -589,7 +625,7 @@ const TCP_READ_PER_TURN: usize = 4 * (2 + u16::MAX as usize);
 impl Connection {
     fn new(id: u64, stream: TcpStream) -> Connection {
         let deadline = Instant::now() + TCP_IDLE_TIMEOUT;
-        let client = stream.peer_addr().ok().map(|a| a.ip());
+        let client = stream.peer_addr().ok();
         Connection {
             id,
             client,
@@ -631,6 +667,8 @@ impl Connection {
 
     fn read(&mut self, view: &View, answer: &mut [u8], forwarded: &Returns) {
         let mut read = 0;
+        // When the first query answered this turn was read, and how many were answered.
+        let mut answered: Option<(Instant, u64)> = None;
         while read < TCP_READ_PER_TURN && !self.done && !self.pending() {
             let start = self.input.len();
             self.input.resize(start + 4096, 0);
@@ -642,7 +680,11 @@ impl Connection {
                 Ok(n) => {
                     self.input.truncate(start + n);
                     read += n;
-                    self.answer(view, answer, forwarded);
+                    let received = Instant::now();
+                    let count = self.answer(view, answer, forwarded, received);
+                    if count > 0 {
+                        answered.get_or_insert((received, 0)).1 += count;
+                    }
                 }
                 Err(e) => {
                     self.input.truncate(start);
@@ -655,13 +697,18 @@ impl Connection {
             }
         }
         self.flush();
+        if let Some((first, count)) = answered {
+            view.counters.sent(first.elapsed(), count);
+        }
     }
 
-    /// Answers every complete query in the input (RFC 7766 allows several in flight). A frame that
-    /// gets no answer (too short for a header, or not a query) ends the connection: nothing good
-    /// comes from a client that sends them.
-    fn answer(&mut self, view: &View, answer: &mut [u8], forwarded: &Returns) {
+    /// Answers every complete query in the input (RFC 7766 allows several in flight), read at
+    /// `received`; returns how many got an answer here and now. A frame that gets no answer (too
+    /// short for a header, or not a query) ends the connection: nothing good comes from a client
+    /// that sends them.
+    fn answer(&mut self, view: &View, answer: &mut [u8], forwarded: &Returns, received: Instant) -> u64 {
         let mut used = 0;
+        let mut answered = 0;
         let context = view.context(Transport::Tcp);
         while let Some(prefix) = self.input.get(used..used + 2) {
             let len = usize::from(u16::from_be_bytes([prefix[0], prefix[1]]));
@@ -681,7 +728,8 @@ impl Connection {
                 }
                 Action::Forward { qtype } => {
                     let deliver = forwarded.delivery(self.id);
-                    match view.forward(query, qtype, self.client, Transport::Tcp, deliver, answer) {
+                    let origin = Origin { client: self.client, transport: Transport::Tcp, received };
+                    match view.forward(query, qtype, origin, deliver, answer) {
                         Some(len) => len,
                         None => {
                             self.forwarding += 1;
@@ -690,9 +738,14 @@ impl Connection {
                     }
                 }
             };
+            if view.log {
+                querylog::log(self.client, Transport::Tcp, query, &answer[..n], received.elapsed());
+            }
             self.push_answer(&answer[..n]);
+            answered += 1;
         }
         self.input.drain(..used);
+        answered
     }
 
     fn flush(&mut self) {

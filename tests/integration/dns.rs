@@ -159,13 +159,15 @@ fn forward_sends_other_names_upstream() {
     let forward = format!("forward . {}:{}", upstream.ip, upstream.port);
     let ip = crate::support::next_loopback();
     let corefile = Setup::new(&etcd, "down.test.").corefile(ip, crate::support::free_port(ip));
-    let corefile = corefile.replacen("    idetcd {", &format!("    {forward}\n    idetcd {{"), 1);
+    let corefile = corefile.replacen("    idetcd {", &format!("    {forward}\n    log\n    idetcd {{"), 1);
     let mut node = Node::start_with(corefile, ip);
     assert_eq!(node.claimed(), "worker1.down.test.");
 
     for transport in [Transport::Udp, Transport::Tcp] {
         let a = node.ask(transport, &Query::new("worker1.up.test.", Rtype::A));
         assert_eq!(a.data(), [upstream.ip.to_string()], "{transport:?}");
+        // We recursed for the client, whatever the upstream (authoritative, here) said of itself.
+        assert!(a.ra && !upstream.ask(transport, &Query::new("worker1.up.test.", Rtype::A)).ra, "{transport:?}");
         // Our own names are still ours.
         let own = node.ask(transport, &Query::new("worker1.down.test.", Rtype::A));
         assert_eq!((own.data(), own.aa), (vec![node.ip.to_string()], true));
@@ -177,16 +179,24 @@ fn forward_sends_other_names_upstream() {
     // Too big for UDP upstream: a TCP client gets it all (fetched again over TCP), a UDP client
     // gets it truncated and would ask again over TCP.
     let srv = Query::new("_idetcd._udp.up.test.", Rtype::SRV);
-    assert_eq!(node.ask(Transport::Tcp, &srv).answers.len(), 40);
+    let tcp = node.ask(Transport::Tcp, &srv);
+    assert_eq!((tcp.answers.len(), tcp.ra), (40, true));
     let udp = node.ask(Transport::Udp, &srv);
-    assert!(udp.tc && udp.size <= 512, "{udp:?}");
+    assert!(udp.tc && udp.ra && udp.size <= 512, "{udp:?}");
 
     // When no upstream answers: SERVFAIL, not silence.
     upstream.kill();
     let failed = node.ask(Transport::Udp, &Query::new("worker1.up.test.", Rtype::A));
-    assert_eq!(failed.rcode, OptRcode::SERVFAIL);
+    assert_eq!((failed.rcode, failed.ra), (OptRcode::SERVFAIL, true));
     let own = node.ask(Transport::Udp, &Query::new("worker1.down.test.", Rtype::A));
     assert_eq!(own.data(), [node.ip.to_string()]);
+    // `log` has a line for each forwarded answer too, sent by the forwarding thread.
+    let log = node.log();
+    for (proto, flags) in [("udp", "NOERROR qr,aa,rd,ra"), ("tcp", "NOERROR qr,aa,rd,ra"), ("udp", "SERVFAIL qr,rd,ra")]
+    {
+        let wanted = format!("\"A IN worker1.up.test. {proto} ");
+        assert!(log.lines().any(|l| l.contains(&wanted) && l.contains(flags)), "no {wanted}…{flags} in\n{log}");
+    }
 }
 
 #[test]

@@ -445,3 +445,55 @@ fn progress_lines_go_to_stderr_when_it_is_no_terminal() {
     assert!(progress <= 3, "{progress} progress lines in 7 s: {err}");
     assert!(err.contains("saw 1 of 3"), "{err}");
 }
+
+#[test]
+fn waiting_says_what_it_waits_for_every_5_s_and_ends_at_the_timeout() {
+    let etcd = Etcd::start();
+    let mut node = Setup::new(&etcd, "lonely.test.").start();
+    node.claimed();
+    let dir = TempDir::new("waiting");
+    let ip = crate::support::next_loopback();
+    // Nothing listens there: etcd refuses at once.
+    let refused = format!("http://{ip}:{}", crate::support::free_port(ip));
+    // Takes connections and never answers: every request runs into the client's timeout (3 s),
+    // once for each of the three endpoints.
+    let silent = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let silent = format!("http://{}", silent.local_addr().unwrap());
+    let launch = |name: &str, endpoints: &str, address: &str, timeout: &str| {
+        let conf = dir.path().join(name);
+        let corefile = format!(
+            ".:53 {{\n    idetcd {{\n        endpoint {endpoints}\n        limit 4\n        \
+             pattern worker{{{{.ID}}}}.lonely.test.\n        address {address}\n    }}\n}}\n"
+        );
+        fs::write(&conf, corefile).unwrap();
+        let mut command = std::process::Command::new(crate::support::BINARY);
+        command.args(["tf-config", "-conf", conf.to_str().unwrap(), "--wait", "2", "--timeout", timeout]);
+        // stderr is a file, not a terminal.
+        Background::start(command)
+    };
+    let mut down = launch("down", &refused, "10.255.0.1", "8");
+    let mut hung = launch("hung", &[silent.as_str(); 3].join(" "), "10.255.0.1", "2");
+    let mut stranger = launch("stranger", &etcd.url, "10.255.0.1", "8");
+    let progress = |err: &str| err.lines().filter(|l| l.starts_with("idetcd: waiting")).count();
+
+    // An etcd that never answers holds up neither the timeout nor the last word.
+    assert_eq!(hung.wait_exit(Duration::from_secs(6)).code(), Some(1), "{}", hung.stderr());
+    let err = hung.stderr();
+    assert!(err.contains("gave up after 2s waiting for 2 members of role worker"), "{err}");
+    assert!(err.contains(&format!("etcd ({silent}, {silent}, {silent}) has not answered yet")), "{err}");
+
+    // Said at once, then every 5 s: two lines in 8 s, whether etcd answers or not.
+    assert_eq!(down.wait_exit(Duration::from_secs(15)).code(), Some(1), "{}", down.stderr());
+    let err = down.stderr();
+    assert_eq!(progress(&err), 2, "{err}");
+    assert!(err.contains("waiting for 2 members of role worker; missing worker1.lonely.test"), "{err}");
+    assert!(err.contains("etcd does not answer: no etcd endpoint reachable"), "{err}");
+    assert!(err.contains("gave up after 8s waiting"), "{err}");
+
+    assert_eq!(stranger.wait_exit(Duration::from_secs(15)).code(), Some(1), "{}", stranger.stderr());
+    let err = stranger.stderr();
+    assert_eq!(progress(&err), 2, "{err}");
+    assert!(err.contains("saw 1 of 2 members of role worker; missing worker2.lonely.test"), "{err}");
+    assert!(err.contains("this host (10.255.0.1) is no member of worker{{.ID}}.lonely.test. yet"), "{err}");
+    assert!(down.stdout().is_empty() && stranger.stdout().is_empty() && hung.stdout().is_empty());
+}

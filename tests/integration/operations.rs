@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use domain::base::iana::Rtype;
 
-use crate::support::{eventually, free_port, next_loopback, Etcd, Node, Setup};
+use crate::support::{eventually, free_port, next_loopback, Etcd, Node, Query, Setup, Transport};
 
 fn get(url: &str) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -24,7 +24,7 @@ fn health_and_metrics() {
     let corefile = Setup::new(&etcd, "ops.test.").corefile(ip, free_port(ip));
     let corefile = corefile.replacen(
         "    idetcd {",
-        &format!("    health {ip}:{health}\n    prometheus {ip}:{metrics}\n    idetcd {{"),
+        &format!("    health {ip}:{health}\n    ready {ip}:{health}\n    prometheus {ip}:{metrics}\n    idetcd {{"),
         1,
     );
     let mut node = Node::start_with(corefile, ip);
@@ -32,6 +32,8 @@ fn health_and_metrics() {
     let health_url = format!("http://{ip}:{health}/health");
     let metrics_url = format!("http://{ip}:{metrics}/metrics");
     assert_eq!(get(&health_url), (200, "OK\n".to_string()));
+    // `ready` shares the address `health` has.
+    assert_eq!(get(&format!("http://{ip}:{health}/ready")), (200, "OK\n".to_string()));
 
     for _ in 0..3 {
         node.query("worker1.ops.test.", Rtype::A);
@@ -51,6 +53,26 @@ fn health_and_metrics() {
     let a = text.lines().find(|l| l.starts_with("idetcd_dns_queries_total{type=\"A\",rcode=\"NOERROR\"}")).unwrap();
     assert_eq!(a.rsplit(' ').next(), Some("3"), "{text}");
     assert!(text.contains("idetcd_etcd_request_duration_seconds_bucket{le=\"+Inf\"}"));
+    // Every answer's time, the claim's id.server polls included: all well under a second.
+    let value = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '));
+        line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    let answered = value("idetcd_dns_request_duration_seconds_count");
+    assert!(answered >= 4.0, "{text}");
+    assert_eq!(value("idetcd_dns_request_duration_seconds_bucket{le=\"1\"}"), answered, "{text}");
+    assert!(value("idetcd_dns_request_duration_seconds_sum") < answered, "{text}");
+    assert_eq!(value(&format!("idetcd_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))), 1.0);
+    // What every Prometheus client library exports, read from /proc for the daemon's process.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let started = value("process_start_time_seconds");
+    assert!(started <= now && started > now - 120.0, "started {started}, now {now}");
+    assert!(value("process_cpu_seconds_total") >= 0.0);
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_virtual_memory_bytes") >= value("process_resident_memory_bytes"));
+    // Sockets, the eventfds and the etcd connection at least.
+    assert!(value("process_open_fds") >= 5.0 && value("process_max_fds") >= value("process_open_fds"), "{text}");
+    assert!(text.contains("# TYPE process_cpu_seconds_total counter\n"), "{text}");
     assert_eq!(get(&format!("http://{ip}:{metrics}/health")).0, 404, "each endpoint on its own address");
     // Clients that trickle their request, or send nothing, do not hold up the others.
     let mut slow: Vec<std::net::TcpStream> =
@@ -68,6 +90,77 @@ fn health_and_metrics() {
     });
     assert_eq!((status, body.as_str()), (503, "etcd is not answering\n"));
     assert!(get(&metrics_url).1.lines().any(|l| l.starts_with("idetcd_etcd_errors_total ") && !l.ends_with(" 0")));
+}
+
+#[test]
+fn ready_once_the_members_are_read_and_while_the_name_is_held() {
+    let mut etcd = Etcd::start();
+    etcd.stop();
+    let ip = next_loopback();
+    let ready = free_port(ip);
+    let setup = Setup { lease: 3, ..Setup::new(&etcd, "ready.test.") };
+    let corefile = setup.corefile(ip, free_port(ip));
+    let corefile = corefile.replacen("    idetcd {", &format!("    ready {ip}:{ready}\n    idetcd {{"), 1);
+    let mut node = Node::start_with(corefile, ip);
+    let url = format!("http://{ip}:{ready}/ready");
+    let (status, body) = eventually("/ready to answer", Duration::from_secs(10), || {
+        std::net::TcpStream::connect((ip, ready)).ok().map(|_| get(&url))
+    });
+    assert_eq!((status, body.as_str()), (503, "the members were not read yet\n"), "{}", node.log());
+
+    etcd.resume();
+    node.claimed();
+    eventually("/ready to say 200", Duration::from_secs(10), || (get(&url).0 == 200).then_some(()));
+    // etcd gone: once the lease may have run out unrenewed, this node no longer holds its name.
+    etcd.stop();
+    let (_, body) = eventually("/ready to say 503", Duration::from_secs(10), || {
+        Some(get(&url)).filter(|(status, _)| *status == 503)
+    });
+    assert_eq!(body, "this node holds no name\n");
+    etcd.resume();
+    eventually("/ready to say 200 again", Duration::from_secs(20), || (get(&url).0 == 200).then_some(()));
+}
+
+#[test]
+fn log_writes_a_line_per_answered_query_in_coredns_format() {
+    let etcd = Etcd::start();
+    let ip = next_loopback();
+    let corefile = Setup::new(&etcd, "log.test.").corefile(ip, free_port(ip));
+    let mut node = Node::start_with(corefile.replacen("    idetcd {", "    log\n    idetcd {", 1), ip);
+    node.claimed();
+    let mut quiet = Setup::new(&etcd, "log.test.").start();
+    quiet.claimed();
+    let mut asked = Vec::new();
+    for (name, rtype, transport) in [
+        ("worker1.log.test.", Rtype::A, Transport::Udp),
+        ("Worker1.LOG.test.", Rtype::A, Transport::Tcp),
+        ("nobody.log.test.", Rtype::AAAA, Transport::Udp),
+    ] {
+        let query = Query::new(name, rtype);
+        asked.push((query.clone(), transport, node.ask(transport, &query)));
+        quiet.ask(transport, &query);
+    }
+    let log = node.log();
+    for (query, transport, answer) in asked {
+        let proto = if transport == Transport::Udp { "udp" } else { "tcp" };
+        let bufsize = if transport == Transport::Udp { 512 } else { 65535 };
+        let head = format!(
+            "\"{} IN {} {proto} {} false {bufsize}\" {} qr,aa,rd {} ",
+            query.rtype,
+            query.name.to_lowercase(),
+            query.packet().len(),
+            answer.rcode,
+            answer.size
+        );
+        let line = log.lines().find(|l| l.contains(&head)).unwrap_or_else(|| panic!("no {head:?} in\n{log}"));
+        // INFO client:port - ID "…" … seconds
+        let (before, after) = line.split_once(&head).unwrap();
+        let client: Option<std::net::SocketAddr> = before.rsplit(' ').nth(3).and_then(|c| c.parse().ok());
+        assert!(client.is_some_and(|c| c.ip().is_loopback()) && before.contains(" INFO"), "{line}");
+        let took = after.strip_suffix('s').and_then(|t| t.parse::<f64>().ok());
+        assert!(took.is_some_and(|t| t < 1.0), "{line}");
+    }
+    assert!(!quiet.log().contains("\" NOERROR qr,"), "without `log`, no lines:\n{}", quiet.log());
 }
 
 fn idetcd(args: &[&str]) -> (Option<i32>, String, String) {

@@ -841,6 +841,8 @@ pub struct Answer {
     pub rcode: OptRcode,
     pub aa: bool,
     pub tc: bool,
+    /// Recursion available.
+    pub ra: bool,
     pub question: Option<String>,
     pub answers: Vec<String>,
     pub authority: Vec<String>,
@@ -864,6 +866,7 @@ impl Answer {
             rcode: m.opt_rcode(),
             aa: m.header().aa(),
             tc: m.header().tc(),
+            ra: m.header().ra(),
             question: m.first_question().map(|q| q.qname().to_string()),
             answers: records(m.answer()),
             authority: records(m.authority()),
