@@ -38,6 +38,8 @@ pub struct Client {
     token: Option<String>,
     /// Where request durations and failures are counted.
     metrics: Option<Arc<Metrics>>,
+    /// Requests in a row that a TLS endpoint cut off right after the handshake.
+    cut_off: u32,
 }
 
 #[derive(Debug)]
@@ -230,6 +232,7 @@ impl Client {
             credentials: config.credentials.clone(),
             token: None,
             metrics: None,
+            cut_off: 0,
         })
     }
 
@@ -430,20 +433,34 @@ impl Client {
         let mut tries = Vec::new();
         for _ in 0..self.endpoints.len() {
             let endpoint = self.endpoints[self.current].clone();
-            match attempt(self, &endpoint) {
-                Ok(answer) => return Ok(answer),
-                Err(Attempt::Failed(e)) => return Err(e),
-                Err(Attempt::Unreachable { why, sent }) => {
-                    self.current = (self.current + 1) % self.endpoints.len();
-                    match self.endpoints.len() {
-                        1 => log::debug!("etcd {endpoint}{path}: {why}"),
-                        _ => log::debug!("etcd {endpoint}{path}: {why}; {} is next", self.endpoints[self.current]),
-                    }
-                    tries.push((endpoint, why));
-                    if sent && retry == Retry::OnlyIfUnsent {
-                        break;
-                    }
+            let (why, sent) = match attempt(self, &endpoint) {
+                Ok(answer) => {
+                    self.cut_off = 0;
+                    return Ok(answer);
                 }
+                Err(Attempt::Failed(e)) => return Err(e),
+                Err(Attempt::Unreachable { why, sent }) => (why, sent),
+                Err(Attempt::CutOff { why }) => {
+                    // Once could be a restart; again and again, etcd turns this client away.
+                    self.cut_off += 1;
+                    if self.cut_off >= CUT_OFFS_TO_GIVE_UP {
+                        self.cut_off = 0;
+                        let message = format!(
+                            "it speaks TLS, but closed the connection right after the handshake {CUT_OFFS_TO_GIVE_UP} times in a row ({why}): it wants a client certificate it trusts (`tls CERT KEY CACERT`)"
+                        );
+                        return Err(Error::Misconfigured { endpoint, directive: "tls", message });
+                    }
+                    (why, true)
+                }
+            };
+            self.current = (self.current + 1) % self.endpoints.len();
+            match self.endpoints.len() {
+                1 => log::debug!("etcd {endpoint}{path}: {why}"),
+                _ => log::debug!("etcd {endpoint}{path}: {why}; {} is next", self.endpoints[self.current]),
+            }
+            tries.push((endpoint, why));
+            if sent && retry == Retry::OnlyIfUnsent {
+                break;
             }
         }
         Err(Error::Unreachable(tries))
@@ -596,9 +613,20 @@ fn tls_config(config: &Config) -> Result<ureq::tls::TlsConfig, Error> {
 }
 
 enum Attempt {
-    Unreachable { why: String, sent: bool },
+    Unreachable {
+        why: String,
+        sent: bool,
+    },
+    /// A TLS endpoint closed the connection during or right after the handshake: with TLS 1.3, an
+    /// etcd that wants a client certificate may do so before its alert can be read.
+    CutOff {
+        why: String,
+    },
     Failed(Error),
 }
+
+/// How many cut-offs in a row make a TLS setup etcd turns away, not a passing restart.
+const CUT_OFFS_TO_GIVE_UP: u32 = 3;
 
 /// A request that got no answer: mostly the network's or etcd's trouble, which passes. But TLS to
 /// a plain HTTP port, plain HTTP to a TLS port and a TLS handshake that fails are the Corefile's to
@@ -627,6 +655,9 @@ fn unreachable(endpoint: &str, e: ureq::Error) -> Attempt {
             if tls_failed {
                 let message = format!("TLS failed ({}): check the CA and certificate files", describe(&e));
                 return misconfigured("tls", &message);
+            }
+            if speaks(authority, Protocol::Tls) {
+                return Attempt::CutOff { why: describe(&e) };
             }
         } else if let Some(authority) = endpoint.strip_prefix("http://") {
             if speaks(authority, Protocol::Tls) {

@@ -32,7 +32,9 @@ fn tls_with_a_client_certificate() {
         Setup { extra: format!("        tls {}\n", pki.path("ca.crt").display()), ..Setup::new(&etcd, "tls.test.") };
     let mut refused = ca_only.start();
     assert_eq!(refused.wait_exit(Duration::from_secs(5)).code(), Some(1));
-    assert!(refused.log().contains("TLS failed") && refused.log().contains("`tls`"), "{}", refused.log());
+    // TLS 1.3 lets etcd's alert arrive after the request went out, or not be read at all.
+    let log = refused.log();
+    assert!(log.contains("`tls`") && (log.contains("TLS failed") || log.contains("a client certificate")), "{log}");
 }
 
 #[test]
