@@ -6,6 +6,8 @@
 //! thread release the name, or for a thread that stopped, which ends the daemon with an error.
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -110,21 +112,31 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
     // SERVFAIL in the zone until the members are read.
     let first = Update { snapshot: Arc::new(Snapshot::empty(config.zone())), held_until: None, log: config.log };
     let metrics = Arc::new(Metrics::default());
-    let forwarding = match &config.forward {
+    let mut running = Running {
+        config: config.clone(),
+        commands,
+        events: events_tx.clone(),
+        metrics: Arc::clone(&metrics),
+        listen,
+        record,
+        routes: Vec::new(),
+        forwarding: None,
+        forward_thread: String::new(),
+        monitors: Vec::new(),
+        retiring: Vec::new(),
+        generation: 0,
+    };
+    running.forwarding = match &config.forward {
         None => None,
-        Some(f) => {
-            let upstreams = upstreams_but_us(config, &listen, &record, &f.upstreams)?;
-            let (forwarder, forwarding) = Forwarder::new(upstreams, Arc::clone(&metrics)).map_err(Error::Spawn)?;
-            spawn("forward", &events_tx, move || forwarding.run())?;
-            let from = dns::wire_name(&f.from).map_err(|e| Error::Fatal(format!("forward: {e}")))?;
-            Some(Forwarding { from, forwarder })
-        }
+        Some(forward) => Some(running.start_forwarding(forward)?),
     };
     let mut updates = Vec::new();
     let mut view = || {
         let (latest, rx) = Latest::channel();
         updates.push(latest);
-        View::new(first.clone(), rx, forwarding.clone(), metrics.register())
+        let (route, routes) = Latest::channel();
+        running.routes.push(route);
+        View::new(first.clone(), rx, (running.forwarding.clone(), routes), metrics.register())
     };
     for (i, udp) in listeners.udp.into_iter().enumerate() {
         let view = view();
@@ -133,19 +145,15 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
     let view = view();
     spawn("tcp", &events_tx, move || server::serve_tcp(listeners.tcp, view))?;
 
-    let settings =
-        Settings { roles: config.roles.clone(), choice, record, lease_ttl: config.lease, tuning: tuning(config) };
+    let settings = Settings {
+        roles: config.roles.clone(),
+        choice,
+        record: running.record,
+        lease_ttl: config.lease,
+        tuning: tuning(config),
+    };
     for (address, endpoints) in monitor_listeners(config) {
-        let listener = std::net::TcpListener::bind(address).map_err(|error| {
-            Error::Bind(server::BindError::monitor(address, monitor_directives(config, address), error))
-        })?;
-        let metrics = Arc::clone(&metrics);
-        let name = match endpoints {
-            monitor::Endpoints { metrics: true, .. } => "prometheus",
-            monitor::Endpoints { health: true, .. } => "health",
-            _ => "ready",
-        };
-        spawn(name, &events_tx, move || monitor::serve(listener, endpoints, metrics))?;
+        running.start_monitor(address, endpoints)?;
     }
 
     let client = etcd::Client::new(config).map_err(Error::Etcd)?.with_metrics(Arc::clone(&metrics));
@@ -165,7 +173,6 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
         }
     })?;
 
-    let mut running = Running { config: config.clone(), commands };
     wait(&events, &mut running, spare)
 }
 
@@ -178,6 +185,29 @@ const RELOAD: [i32; 2] = [SIGHUP, SIGUSR1];
 struct Running {
     config: Config,
     commands: Sender<Command>,
+    events: Sender<Event>,
+    metrics: Arc<Metrics>,
+    /// The DNS addresses listened on, and the record published: `forward` never asks ourselves.
+    listen: Vec<IpAddr>,
+    record: Record,
+    /// To each answering thread, where questions that are not ours go after a reload.
+    routes: Vec<Latest<Option<Forwarding>>>,
+    forwarding: Option<Forwarding>,
+    /// The thread `forwarding` hands questions to.
+    forward_thread: String,
+    monitors: Vec<Monitor>,
+    /// Threads a reload replaced: their end is expected, not a failure.
+    retiring: Vec<String>,
+    /// Reloads that started threads, to give each thread a name of its own.
+    generation: u32,
+}
+
+/// A monitoring listener and how to stop it.
+struct Monitor {
+    address: SocketAddr,
+    endpoints: monitor::Endpoints,
+    stop: Arc<AtomicBool>,
+    thread: String,
 }
 
 impl Running {
@@ -201,9 +231,109 @@ impl Running {
         if plan.changed.is_empty() {
             return log::info!("{}: reloaded {source}: nothing changed", signal_name(signal));
         }
-        let _ = self.commands.send(Command::Retune(tuning(&plan.config)));
-        log::info!("{}: reloaded {source}: {} took effect", signal_name(signal), plan.changed.join(", "));
-        self.config = plan.config;
+        let name = signal_name(signal);
+        let config = plan.config;
+        if plan.changed.contains(&"forward") {
+            let retired_thread = self.forward_thread.clone();
+            let forwarding = match &config.forward {
+                None => None,
+                Some(forward) => match self.start_forwarding(forward) {
+                    Ok(forwarding) => Some(forwarding),
+                    Err(e) => {
+                        return log::warn!("{name}: reload of {source} failed: {e}; the running configuration stays")
+                    }
+                },
+            };
+            for route in &self.routes {
+                route.send(forwarding.clone());
+            }
+            if let Some(old) = std::mem::replace(&mut self.forwarding, forwarding) {
+                old.forwarder.retire();
+                self.retiring.push(retired_thread);
+            }
+        }
+        let _ = self.commands.send(Command::Retune(tuning(&config)));
+        let wanted = monitor_listeners(&config);
+        let (kept, gone): (Vec<Monitor>, Vec<Monitor>) =
+            std::mem::take(&mut self.monitors).into_iter().partition(|m| wanted.contains(&(m.address, m.endpoints)));
+        self.monitors = kept;
+        for monitor in gone {
+            self.retire_monitor(monitor);
+        }
+        self.config = config;
+        for (address, endpoints) in wanted {
+            if self.monitors.iter().any(|m| m.address == address) {
+                continue;
+            }
+            if let Err(e) = self.start_monitor(address, endpoints) {
+                log::warn!("{name}: {e}");
+            }
+        }
+        log::info!("{name}: reloaded {source}: {} took effect", plan.changed.join(", "));
+    }
+
+    /// Starts a forwarding thread for `forward` (named anew after a reload) and returns the
+    /// answering threads' end of it. The thread becomes `forward_thread`.
+    fn start_forwarding(&mut self, forward: &crate::config::Forward) -> Result<Forwarding, Error> {
+        let upstreams = upstreams_but_us(&self.config, &self.listen, &self.record, &forward.upstreams)?;
+        let from = dns::wire_name(&forward.from).map_err(|e| Error::Fatal(format!("forward: {e}")))?;
+        let (forwarder, forwarding) = Forwarder::new(upstreams, Arc::clone(&self.metrics)).map_err(Error::Spawn)?;
+        let thread = self.thread_name("forward");
+        spawn(&thread, &self.events, move || forwarding.run())?;
+        self.forward_thread = thread;
+        Ok(Forwarding { from, forwarder })
+    }
+
+    /// Binds a monitoring listener and starts its thread. After a reload, the listener it replaces
+    /// at the same address may take a moment to close.
+    fn start_monitor(&mut self, address: SocketAddr, endpoints: monitor::Endpoints) -> Result<(), Error> {
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(address) {
+                Ok(listener) => break listener,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && self.generation > 0 && tries < 20 => {
+                    tries += 1;
+                    thread::sleep(Duration::from_millis(50));
+                }
+                Err(error) => {
+                    let directives = monitor_directives(&self.config, address);
+                    return Err(Error::Bind(server::BindError::monitor(address, directives, error)));
+                }
+            }
+        };
+        let kind = match endpoints {
+            monitor::Endpoints { metrics: true, .. } => "prometheus",
+            monitor::Endpoints { health: true, .. } => "health",
+            _ => "ready",
+        };
+        let thread = self.thread_name(kind);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (metrics, stopped) = (Arc::clone(&self.metrics), Arc::clone(&stop));
+        spawn(&thread, &self.events, move || monitor::serve(listener, endpoints, metrics, stopped))?;
+        self.monitors.push(Monitor { address, endpoints, stop, thread });
+        Ok(())
+    }
+
+    /// Stops a monitoring listener: its thread sees the flag when a connection wakes its accept.
+    fn retire_monitor(&mut self, monitor: Monitor) {
+        monitor.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.retiring.push(monitor.thread);
+        let mut wake = monitor.address;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake {
+                SocketAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            });
+        }
+        let _ = std::net::TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+    }
+
+    /// `kind` for the threads started at start-up, `kind-N` for those the Nth reload started.
+    fn thread_name(&self, kind: &str) -> String {
+        match self.generation {
+            0 => kind.to_string(),
+            n => format!("{kind}-{n}"),
+        }
     }
 }
 
@@ -232,7 +362,14 @@ fn wait(events: &Receiver<Event>, running: &mut Running, mut client: etcd::Clien
     let failure = loop {
         match events.recv() {
             Ok(Event::Lease(id)) => lease = id,
-            Ok(Event::Signal(signal)) if RELOAD.contains(&signal) => running.reload(signal),
+            Ok(Event::Signal(signal)) if RELOAD.contains(&signal) => {
+                running.generation += 1;
+                running.reload(signal);
+            }
+            Ok(Event::ThreadExited(name)) if running.retiring.contains(&name) => {
+                running.retiring.retain(|retired| *retired != name);
+                log::debug!("thread {name}, replaced by a reload, stopped");
+            }
             Ok(Event::Signal(signal)) => {
                 log::info!("{}: releasing the name and stopping", signal_name(signal));
                 break None;

@@ -16,6 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +40,10 @@ const SOCKETS: usize = 8;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 /// While upstream servers keep failing, say so this often, not for every question.
 const WARN_EVERY: Duration = Duration::from_secs(30);
+/// A retired forwarding thread (a reload replaced it) serves this long more, and until its last
+/// question is answered: answering threads take the new one at their next batch, and anything
+/// queued before is answered, not dropped.
+const RETIRE_GRACE: Duration = Duration::from_secs(1);
 
 /// Hands the answer to the client: a UDP datagram from the right address, or a TCP connection's
 /// output.
@@ -61,6 +66,7 @@ pub struct Job {
 pub struct Forwarder {
     jobs: Sender<Job>,
     wake: Arc<Wake>,
+    retired: Arc<AtomicBool>,
 }
 
 impl Forwarder {
@@ -95,8 +101,16 @@ impl Forwarder {
             preferred: 0,
             random: Random::new(),
             last_warning: None,
+            retired: Arc::new(AtomicBool::new(false)),
         };
-        Ok((Forwarder { jobs, wake }, forwarding))
+        let retired = Arc::clone(&forwarding.retired);
+        Ok((Forwarder { jobs, wake, retired }, forwarding))
+    }
+
+    /// Ends the forwarding thread once what it was given is answered: a reload replaced it.
+    pub fn retire(&self) {
+        self.retired.store(true, Relaxed);
+        self.wake.notify();
     }
 
     /// Queues a question; gives it back when the queue is full.
@@ -157,13 +171,21 @@ pub struct Forwarding {
     preferred: usize,
     random: Random,
     last_warning: Option<Instant>,
+    retired: Arc<AtomicBool>,
 }
 
 impl Forwarding {
+    /// Forwards until retired.
     pub fn run(mut self) {
         let mut fds: Vec<libc::pollfd> = Vec::new();
         let mut buf = vec![0u8; u16::MAX as usize];
+        let mut retired_at: Option<Instant> = None;
         loop {
+            if let Some(at) = retired_at {
+                if at.elapsed() >= RETIRE_GRACE && self.in_flight.is_empty() && self.queue.is_empty() {
+                    return;
+                }
+            }
             fds.clear();
             fds.push(libc::pollfd { fd: self.wake.fd(), events: libc::POLLIN, revents: 0 });
             fds.extend(self.sockets.iter().map(|s| libc::pollfd {
@@ -171,11 +193,12 @@ impl Forwarding {
                 events: libc::POLLIN,
                 revents: 0,
             }));
-            let timeout = match self.timeouts.front() {
-                Some((deadline, _)) => {
+            let timeout = match (self.timeouts.front(), retired_at) {
+                (Some((deadline, _)), _) => {
                     deadline.saturating_duration_since(Instant::now()).as_millis() as libc::c_int + 1
                 }
-                None => -1,
+                (None, Some(at)) => RETIRE_GRACE.saturating_sub(at.elapsed()).as_millis() as libc::c_int + 1,
+                (None, None) => -1,
             };
             // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
             if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) } < 0 {
@@ -186,6 +209,9 @@ impl Forwarding {
                 self.wake.clear();
                 while let Ok(job) = self.queue.try_recv() {
                     self.start(job);
+                }
+                if retired_at.is_none() && self.retired.load(Relaxed) {
+                    retired_at = Some(Instant::now());
                 }
             }
             for i in 0..self.sockets.len() {

@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,9 +27,14 @@ pub struct Endpoints {
     pub metrics: bool,
 }
 
-pub fn serve(listener: TcpListener, endpoints: Endpoints, metrics: Arc<Metrics>) {
+/// Serves until `stop` is set (a reload moved or dropped this listener); whoever sets it then
+/// connects once, so that the waiting accept returns.
+pub fn serve(listener: TcpListener, endpoints: Endpoints, metrics: Arc<Metrics>, stop: Arc<AtomicBool>) {
     let busy = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
         let stream = match stream {
             Ok(stream) => stream,
             Err(e) => {

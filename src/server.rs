@@ -237,6 +237,8 @@ pub struct View {
     log: bool,
     updates: Receiver<Update>,
     forward: Option<Forwarding>,
+    /// Where questions that are not ours go from now on, after a reload.
+    routes: Receiver<Option<Forwarding>>,
     /// This thread's own counters.
     counters: Arc<QueryCounters>,
 }
@@ -253,11 +255,12 @@ impl View {
     pub fn new(
         first: Update,
         updates: Receiver<Update>,
-        forward: Option<Forwarding>,
+        forward: (Option<Forwarding>, Receiver<Option<Forwarding>>),
         counters: Arc<QueryCounters>,
     ) -> View {
         let Update { snapshot, held_until, log } = first;
-        View { snapshot, held_until, log, updates, forward, counters }
+        let (forward, routes) = forward;
+        View { snapshot, held_until, log, updates, forward, routes, counters }
     }
 
     /// Counts what was done with a query.
@@ -274,6 +277,9 @@ impl View {
             self.snapshot = update.snapshot;
             self.held_until = update.held_until;
             self.log = update.log;
+        }
+        if let Ok(forward) = self.routes.try_recv() {
+            self.forward = forward;
         }
     }
 

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use domain::base::iana::Rtype;
+use domain::base::iana::{OptRcode, Rtype};
 
-use crate::support::{eventually, Etcd, Node, Setup};
+use crate::support::{eventually, free_port, Etcd, Node, Setup};
 
 /// The TTL of the node's A answer for `name`.
 fn answer_ttl(node: &Node, name: &str) -> u32 {
@@ -61,4 +61,69 @@ fn sigquit_releases_the_name_and_exits_0() {
     assert_eq!(node.wait_exit(Duration::from_secs(5)).code(), Some(0));
     assert!(etcd.get(&name).is_none(), "released at once");
     assert!(node.log().contains("SIGQUIT: releasing the name"), "{}", node.log());
+}
+
+fn get(url: &str) -> Option<u16> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    agent.get(url).call().ok().map(|r| r.status().as_u16())
+}
+
+#[test]
+fn a_reload_turns_forwarding_logging_and_monitoring_on_moves_and_off() {
+    let etcd = Etcd::start();
+    let mut upstream = Setup::new(&etcd, "up.test.").start();
+    assert_eq!(upstream.claimed(), "worker1.up.test.");
+    let mut node = Setup::new(&etcd, "rl.test.").start();
+    assert_eq!(node.claimed(), "worker1.rl.test.");
+    assert_eq!(node.query("worker1.up.test.", Rtype::A).rcode, OptRcode::REFUSED);
+
+    let (first, second) = (free_port(node.ip), free_port(node.ip));
+    let health = |port: u16| format!("http://{}:{port}/health", node.ip);
+    rewrite(
+        &node,
+        "    idetcd {",
+        &format!(
+            "    forward . {}:{}\n    log\n    health {}:{first}\n    idetcd {{",
+            upstream.ip, upstream.port, node.ip
+        ),
+    );
+    node.signal(libc::SIGHUP);
+    eventually("/health", Duration::from_secs(5), || (get(&health(first)) == Some(200)).then_some(()));
+    eventually("forwarding", Duration::from_secs(5), || {
+        (node.query("worker1.up.test.", Rtype::A).data() == [upstream.ip.to_string()]).then_some(())
+    });
+    eventually("a query line", Duration::from_secs(5), || {
+        node.log().contains("\"A IN worker1.up.test. udp").then_some(())
+    });
+    assert!(node.log().contains("forward, log, health took effect"), "{}", node.log());
+
+    // The health endpoint moves; forwarding and logging go.
+    let before = std::fs::read_to_string(node.corefile_path()).unwrap();
+    let moved = before
+        .replace(&format!("health {}:{first}", node.ip), &format!("health {}:{second}", node.ip))
+        .replace(&format!("    forward . {}:{}\n    log\n", upstream.ip, upstream.port), "");
+    std::fs::write(node.corefile_path(), moved).unwrap();
+    node.signal(libc::SIGUSR1);
+    eventually("/health at the new address", Duration::from_secs(5), || {
+        (get(&health(second)) == Some(200)).then_some(())
+    });
+    eventually("the old address closed", Duration::from_secs(5), || get(&health(first)).is_none().then_some(()));
+    eventually("no more forwarding", Duration::from_secs(5), || {
+        (node.query("worker1.up.test.", Rtype::A).rcode == OptRcode::REFUSED).then_some(())
+    });
+    let lines = node.log().matches("\"A IN ").count();
+    node.query("worker1.rl.test.", Rtype::A);
+    assert_eq!(node.log().matches("\"A IN ").count(), lines, "logging is off");
+    // Retired threads end quietly (the forwarding one after a second's grace); the daemon goes on.
+    eventually("the retired threads to end", Duration::from_secs(5), || {
+        (node.log().matches("replaced by a reload, stopped").count() == 2).then_some(())
+    });
+    assert!(node.exited().is_none(), "{}", node.log());
+    assert_eq!(node.identity().as_deref(), Some("worker1.rl.test."));
+    node.signal(libc::SIGTERM);
+    assert_eq!(node.wait_exit(Duration::from_secs(5)).code(), Some(0), "{}", node.log());
 }
