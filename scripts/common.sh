@@ -56,11 +56,13 @@ etcd_put_members() {
     done
 }
 
-# free_port: a TCP port nothing listens on right now.
+# free_port: a TCP port nothing listens on right now, below the kernel's ephemeral range, so that
+# no outgoing connection holds it either by the time it is bound.
 free_port() {
-    local port
+    local port low
+    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
     while :; do
-        port=$((20000 + RANDOM % 40000))
+        port=$((10000 + RANDOM % (low - 10000)))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port"
             return
