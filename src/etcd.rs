@@ -5,7 +5,7 @@
 //! in the order the Corefile lists them, and the one that answered is used from then on.
 
 use std::fmt;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, ErrorKind, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,8 +38,8 @@ pub struct Client {
     token: Option<String>,
     /// Where request durations and failures are counted.
     metrics: Option<Arc<Metrics>>,
-    /// Requests in a row that a TLS endpoint cut off right after the handshake.
-    cut_off: u32,
+    /// Per endpoint, requests in a row that it cut off right after the TLS handshake.
+    cut_off: Vec<u32>,
 }
 
 #[derive(Debug)]
@@ -232,7 +232,7 @@ impl Client {
             credentials: config.credentials.clone(),
             token: None,
             metrics: None,
-            cut_off: 0,
+            cut_off: vec![0; config.endpoints.len()],
         })
     }
 
@@ -431,27 +431,31 @@ impl Client {
         attempt: &impl Fn(&Client, &str) -> Result<T, Attempt>,
     ) -> Result<T, Error> {
         let mut tries = Vec::new();
+        let mut misfits = Vec::new();
         for _ in 0..self.endpoints.len() {
-            let endpoint = self.endpoints[self.current].clone();
-            let (why, sent) = match attempt(self, &endpoint) {
-                Ok(answer) => {
-                    self.cut_off = 0;
-                    return Ok(answer);
-                }
+            let (index, endpoint) = (self.current, self.endpoints[self.current].clone());
+            let outcome = attempt(self, &endpoint);
+            let cut_offs = match &outcome {
+                Err(Attempt::CutOff { .. }) => self.cut_off[index] + 1,
+                _ => 0,
+            };
+            self.cut_off[index] = cut_offs;
+            let (why, sent) = match outcome {
+                Ok(answer) => return Ok(answer),
                 Err(Attempt::Failed(e)) => return Err(e),
                 Err(Attempt::Unreachable { why, sent }) => (why, sent),
-                Err(Attempt::CutOff { why }) => {
-                    // Once could be a restart; again and again, etcd turns this client away.
-                    self.cut_off += 1;
-                    if self.cut_off >= CUT_OFFS_TO_GIVE_UP {
-                        self.cut_off = 0;
-                        let message = format!(
-                            "it speaks TLS, but closed the connection right after the handshake {CUT_OFFS_TO_GIVE_UP} times in a row ({why}): it wants a client certificate it trusts (`tls CERT KEY CACERT`)"
-                        );
-                        return Err(Error::Misconfigured { endpoint, directive: "tls", message });
-                    }
-                    (why, true)
+                // Once could be a restart; again and again, etcd turns this client away.
+                Err(Attempt::CutOff { why }) if cut_offs >= CUT_OFFS_TO_GIVE_UP => {
+                    self.cut_off[index] = 0;
+                    let message = format!(
+                        "it speaks TLS, but closed the connection right after the handshake {CUT_OFFS_TO_GIVE_UP} times in a row ({why}): it wants a client certificate it trusts (`tls CERT KEY CACERT`)"
+                    );
+                    let misfit = Error::Misconfigured { endpoint: endpoint.clone(), directive: "tls", message };
+                    (self.misfit(misfit, &mut misfits), false)
                 }
+                Err(Attempt::CutOff { why }) => (why, true),
+                // This endpoint will not do, whatever happens; the others may.
+                Err(Attempt::Misfit(e)) => (self.misfit(e, &mut misfits), false),
             };
             self.current = (self.current + 1) % self.endpoints.len();
             match self.endpoints.len() {
@@ -463,7 +467,21 @@ impl Client {
                 break;
             }
         }
-        Err(Error::Unreachable(tries))
+        // When no endpoint fits the Corefile, the Corefile is what must change.
+        match misfits.len() == tries.len() {
+            true => Err(misfits.swap_remove(0)),
+            false => Err(Error::Unreachable(tries)),
+        }
+    }
+
+    /// Notes an endpoint that does not fit the Corefile; says so when there are others to use.
+    fn misfit(&self, e: Error, misfits: &mut Vec<Error>) -> String {
+        let why = e.to_string();
+        if self.endpoints.len() > 1 {
+            log::warn!("{why}; trying the other endpoints");
+        }
+        misfits.push(e);
+        why
     }
 
     /// Trades the credentials for a token. A refused password is an `Error::Auth`.
@@ -548,7 +566,8 @@ fn not_etcd(endpoint: &str, status: u16, answer: &[u8]) -> Attempt {
         "" => String::new(),
         text => format!(" ({text:?})"),
     };
-    if !(400..500).contains(&status) {
+    // 408, 429 and the like from a proxy pass; a wrong URL is 404 (or 400, 405).
+    if ![400, 404, 405].contains(&status) {
         return Attempt::Unreachable { why: format!("HTTP {status} with a body that is not JSON{said}"), sent: true };
     }
     let hint = if first_line.contains("HTTPS") {
@@ -556,7 +575,7 @@ fn not_etcd(endpoint: &str, status: u16, answer: &[u8]) -> Attempt {
     } else {
         "this is not an etcd 3.4+ client URL (a peer port, or a path after the port?); use the URL that `etcdctl --endpoints` takes".to_string()
     };
-    Attempt::Failed(Error::Misconfigured {
+    Attempt::Misfit(Error::Misconfigured {
         endpoint: endpoint.to_string(),
         directive: "endpoint",
         message: format!("HTTP {status}{said}: {hint}"),
@@ -622,6 +641,8 @@ enum Attempt {
     CutOff {
         why: String,
     },
+    /// This endpoint does not fit the Corefile (`Error::Misconfigured`); another may.
+    Misfit(Error),
     Failed(Error),
 }
 
@@ -632,9 +653,21 @@ const CUT_OFFS_TO_GIVE_UP: u32 = 3;
 /// a plain HTTP port, plain HTTP to a TLS port and a TLS handshake that fails are the Corefile's to
 /// fix: a probe of the port tells which it is.
 fn unreachable(endpoint: &str, e: ureq::Error) -> Attempt {
-    let network = matches!(e, ureq::Error::ConnectionFailed | ureq::Error::HostNotFound | ureq::Error::Timeout(_));
+    // ureq reports a refused connection as the I/O error it is.
+    let network = match &e {
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound | ureq::Error::Timeout(_) => true,
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::ConnectionRefused
+                | ErrorKind::HostUnreachable
+                | ErrorKind::NetworkUnreachable
+                | ErrorKind::AddrNotAvailable
+                | ErrorKind::TimedOut
+        ),
+        _ => false,
+    };
     let misconfigured = |directive, message: &str| {
-        Attempt::Failed(Error::Misconfigured {
+        Attempt::Misfit(Error::Misconfigured {
             endpoint: endpoint.to_string(),
             directive,
             message: message.to_string(),
@@ -642,13 +675,14 @@ fn unreachable(endpoint: &str, e: ureq::Error) -> Attempt {
     };
     if !network {
         if let Some(authority) = endpoint.strip_prefix("https://") {
-            if speaks(authority, Protocol::PlainHttp) {
+            // A TLS proxy may answer plain HTTP too: only a port that does not speak TLS is wrong.
+            if speaks(authority, Protocol::PlainHttp) && !speaks(authority, Protocol::Tls) {
                 return misconfigured("endpoint", "it speaks plain HTTP, not TLS: write the endpoint with http://");
             }
             // rustls reports a failed handshake as invalid data: a certificate it does not trust,
             // or an alert from etcd, which wanted a client certificate.
             let tls_failed = match &e {
-                ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::InvalidData,
+                ureq::Error::Io(io) => io.kind() == ErrorKind::InvalidData,
                 ureq::Error::Tls(_) => true,
                 _ => false,
             };
