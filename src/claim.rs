@@ -88,6 +88,9 @@ pub struct Request<'a> {
     /// This node's record, exactly as it is stored.
     pub value: &'a [u8],
     pub lease: i64,
+    /// How often `lease` must be renewed, should the claim have to wait a while (to see whether
+    /// another lease is still renewed).
+    pub renew_every: Duration,
     /// The slot to try first, if free: the one this node held before it lost its lease.
     pub preferred: Option<Slot>,
 }
@@ -153,8 +156,8 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
         other => return Err(unexpected(client, other)),
     };
     let mut window = WINDOW;
-    // Leases of our own record found not renewed by anyone: a look at each is enough.
-    let mut abandoned = Vec::new();
+    // Leases of our own record already looked at: one look at each is enough.
+    let mut looked: Vec<(i64, Renewal)> = Vec::new();
     loop {
         let Some(names_now) = names.as_deref() else { return Err(unexpected(client, &joined.responses)) };
         let mut spaces = spaces(request.roles, names_now);
@@ -164,8 +167,16 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
         // once nobody renews that lease, or two live nodes given one address would take the
         // name from each other forever.
         let own = match own_record(request, names_now, &order) {
-            Some((slot, lease)) if lease != 0 && lease != request.lease && !abandoned.contains(&lease) => {
-                match renewed_by_someone(client, lease)? {
+            Some((slot, lease)) if lease != 0 && lease != request.lease => {
+                let renewal = match looked.iter().find(|(l, _)| *l == lease) {
+                    Some((_, renewal)) => *renewal,
+                    None => {
+                        let renewal = renewed_by_someone(client, lease, request)?;
+                        looked.push((lease, renewal));
+                        renewal
+                    }
+                };
+                match renewal {
                     Renewal::Renewed => {
                         return Err(ClaimError::Twin(format!(
                             "another live node publishes this node's record {} as {}: etcd lease {lease:x} that holds it is being renewed. Give each node its own address (`address`), or stop the other node",
@@ -173,10 +184,7 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
                             slot.name(request.roles)
                         )))
                     }
-                    Renewal::Abandoned => {
-                        abandoned.push(lease);
-                        Some(slot)
-                    }
+                    Renewal::Abandoned => Some(slot),
                     Renewal::Unknown => {
                         log::warn!(
                             "{} holds this node's record on lease {lease:x}, which may still be renewed; claiming another name",
@@ -319,25 +327,31 @@ fn own_record(request: &Request, names: &[Range], order: &[usize]) -> Option<(Sl
     })
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Renewal {
     Renewed,
     Abandoned,
-    /// Not seen renewed within `RENEWAL_WATCH`, but due only later (a very long lease).
+    /// Neither within `RENEWAL_WATCH`: a lease so long that its renewals are minutes apart.
     Unknown,
 }
 
-/// How long to watch another lease for a renewal at most.
-const RENEWAL_WATCH: Duration = Duration::from_secs(15);
+/// How long to watch another lease for renewals at most.
+const RENEWAL_WATCH: Duration = Duration::from_secs(60);
+const RENEWAL_LOOK_EVERY: Duration = Duration::from_millis(250);
 
-/// Whether someone keeps renewing `lease`. Renewing at a third of the TTL, as idetcd and etcd's
-/// own clients do, a live holder brings its time to live back up before it falls below two
-/// thirds (less two seconds of slack for slow requests and whole-second rounding); a crashed
-/// holder's only falls.
-fn renewed_by_someone(client: &mut etcd::Client, lease: i64) -> Result<Renewal, etcd::Error> {
+/// Whether someone keeps renewing `lease`. A live holder renews at a third of the TTL, as idetcd
+/// and etcd's own clients do, and a renewal that fails is retried within seconds: its time to
+/// live climbs back before it falls `slack` below two thirds. A crashed holder's only falls.
+/// Renewed takes two climbs, since a new etcd leader extends every lease once. Meanwhile this
+/// node's own lease is kept alive.
+fn renewed_by_someone(client: &mut etcd::Client, lease: i64, request: &Request) -> Result<Renewal, etcd::Error> {
     let Some(first) = client.lease_ttl(lease)? else { return Ok(Renewal::Abandoned) };
-    let due = first.granted * 2 / 3 - 2;
+    let slack = (first.granted / 4).clamp(2, 8);
+    let due = first.granted * 2 / 3 - slack;
     let started = Instant::now();
-    let mut last = first.remaining;
+    let mut renewed_own = started;
+    let (mut last, mut climbs) = (first.remaining, 0);
+    log::debug!("claim: this node's record is on lease {lease:x}; watching whether anyone renews it");
     loop {
         if last <= due {
             return Ok(Renewal::Abandoned);
@@ -346,15 +360,23 @@ fn renewed_by_someone(client: &mut etcd::Client, lease: i64) -> Result<Renewal, 
             return Ok(Renewal::Unknown);
         }
         std::thread::sleep(RENEWAL_LOOK_EVERY);
+        if renewed_own.elapsed() >= request.renew_every {
+            renewed_own = Instant::now();
+            client.lease_keepalive(request.lease)?;
+        }
         match client.lease_ttl(lease)? {
             None => return Ok(Renewal::Abandoned),
-            Some(now) if now.remaining > last => return Ok(Renewal::Renewed),
+            Some(now) if now.remaining > last => {
+                climbs += 1;
+                if climbs == 2 {
+                    return Ok(Renewal::Renewed);
+                }
+                last = now.remaining;
+            }
             Some(now) => last = now.remaining,
         }
     }
 }
-
-const RENEWAL_LOOK_EVERY: Duration = Duration::from_millis(250);
 
 /// One role as a claim sees it: its IDs, and which of them are taken, with their values.
 struct Space<'v> {
@@ -724,6 +746,7 @@ mod tests {
             choice: Choice::Role(1),
             value: b"{\"ipv4\":\"10.0.0.1\"}",
             lease: 1,
+            renew_every: Duration::from_secs(1),
             preferred: Some(Slot { role: 1, id: 1 }),
         };
         assert_eq!(Ticket::of(&request), b"ps\nps1.tf.local.\n{\"ipv4\":\"10.0.0.1\"}");
@@ -760,7 +783,14 @@ mod tests {
         };
         let node = |value: &'static [u8]| Request {
             value,
-            ..Request { roles: &roles, choice: Choice::Fill, value: b"", lease: 1, preferred: None }
+            ..Request {
+                roles: &roles,
+                choice: Choice::Fill,
+                value: b"",
+                lease: 1,
+                renew_every: Duration::from_secs(1),
+                preferred: None,
+            }
         };
         assert_eq!(records(&node(b"M"), 50), [b"A".to_vec(), b"N".to_vec(), b"X".to_vec()]);
         assert_eq!(records(&node(b"N"), 40), [b"A".to_vec()]);
@@ -841,7 +871,14 @@ mod tests {
     fn chain_nests_one_level_per_slot_and_leaves_the_queue() {
         let roles =
             [Role { name: "w".into(), pattern: Pattern::parse("w{{.ID}}.z.").unwrap(), ids: 1..=5 }, role("ps", 0..=1)];
-        let request = Request { roles: &roles, choice: Choice::Fill, value: b"{}", lease: 0x2a, preferred: None };
+        let request = Request {
+            roles: &roles,
+            choice: Choice::Fill,
+            value: b"{}",
+            lease: 0x2a,
+            renew_every: Duration::from_secs(1),
+            preferred: None,
+        };
         let keys = Keys::new(&request);
         assert_eq!(keys.mine, b"w_claims/w{{.ID}}.z./000000000000002a");
         assert_eq!(

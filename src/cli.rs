@@ -264,6 +264,10 @@ fn unknown_command(word: &str) -> UsageError {
     let lower = word.to_ascii_lowercase();
     let closest = COMMANDS.iter().map(|c| (edit_distance(&lower, c), *c)).min();
     let message = match closest {
+        // The command itself, after the daemon's own flags (`--role ps tf-config`).
+        Some((0, command)) if word == command => {
+            format!("{command:?} must come first: write `idetcd {command} [OPTIONS]` (a command takes its own options after its name)")
+        }
         Some((distance, command)) if distance <= 2 && distance * 3 <= lower.len().max(command.len()) => {
             format!("unknown command {word:?}; did you mean `{command}`?")
         }
@@ -546,6 +550,12 @@ mod tests {
         ] {
             assert_eq!(parse_strs(args), Err(UsageError { message: want.into(), usage: USAGE }), "{args:?}");
         }
+    }
+
+    #[test]
+    fn a_command_after_the_daemons_flags_is_told_to_come_first() {
+        let error = parse_strs(&["--role", "ps", "tf-config"]).unwrap_err();
+        assert!(error.message.starts_with("\"tf-config\" must come first"), "{}", error.message);
     }
 
     #[test]

@@ -257,19 +257,31 @@ impl Running {
         let (kept, gone): (Vec<Monitor>, Vec<Monitor>) =
             std::mem::take(&mut self.monitors).into_iter().partition(|m| wanted.contains(&(m.address, m.endpoints)));
         self.monitors = kept;
-        for monitor in gone {
+        // A listener whose address is wanted again (for other endpoints) must close first; one
+        // that moves closes once its successor listens.
+        let (reused, moved): (Vec<Monitor>, Vec<Monitor>) =
+            gone.into_iter().partition(|m| wanted.iter().any(|(address, _)| *address == m.address));
+        for monitor in reused {
             self.retire_monitor(monitor);
         }
         self.config = config;
+        let mut failed = Vec::new();
         for (address, endpoints) in wanted {
             if self.monitors.iter().any(|m| m.address == address) {
                 continue;
             }
             if let Err(e) = self.start_monitor(address, endpoints) {
-                log::warn!("{name}: {e}");
+                log::warn!("{name}: {e}; it stays off until a reload that works");
+                failed.extend(monitor_directives(&self.config, address));
             }
         }
-        log::info!("{name}: reloaded {source}: {} took effect", plan.changed.join(", "));
+        for monitor in moved {
+            self.retire_monitor(monitor);
+        }
+        let applied: Vec<&str> = plan.changed.iter().copied().filter(|d| !failed.contains(d)).collect();
+        if !applied.is_empty() {
+            log::info!("{name}: reloaded {source}: {} took effect", applied.join(", "));
+        }
     }
 
     /// Starts a forwarding thread for `forward` (named anew after a reload) and returns the

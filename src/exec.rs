@@ -404,7 +404,9 @@ impl Fence {
         let range =
             WatchRange { start: self.key.clone(), end: [self.key.as_slice(), &[0]].concat(), from: revision + 1 };
         let client = self.client.clone();
-        let follow = move || membership::follow(client, vec![range], changes_tx);
+        // Ends with the fence, which drops `changes`.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let follow = move || membership::follow(client, vec![range], changes_tx, stop);
         if std::thread::Builder::new().name("exec-watch".into()).spawn(follow).is_err() {
             let _ = lost.send(Lost::now("cannot follow the key in etcd"));
             return;

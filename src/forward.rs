@@ -113,8 +113,12 @@ impl Forwarder {
         self.wake.notify();
     }
 
-    /// Queues a question; gives it back when the queue is full.
+    /// Queues a question; gives it back when the queue is full, or when a reload retired this
+    /// forwarding thread (the answering thread has not taken the new one yet).
     pub fn submit(&self, job: Job) -> Result<(), Job> {
+        if self.retired.load(Relaxed) {
+            return Err(job);
+        }
         self.jobs.try_send(job).map_err(|e| e.into_inner())?;
         self.wake.notify();
         Ok(())

@@ -55,11 +55,13 @@ fn fail(message: String, code: u8) -> ExitCode {
 }
 
 fn init_logging() {
-    // The HTTP client's debug lines would drown ours; `RUST_LOG=ureq=debug` still shows them.
+    // The HTTP and TLS clients' debug lines would drown ours; `RUST_LOG=ureq=debug` (or
+    // `rustls=debug`) still shows them.
     env_logger::Builder::new()
         .filter_level(log::LevelFilter::Info)
         .filter_module("ureq", log::LevelFilter::Warn)
         .filter_module("ureq_proto", log::LevelFilter::Warn)
+        .filter_module("rustls", log::LevelFilter::Warn)
         .parse_env("RUST_LOG")
         .format_timestamp_millis()
         .format_target(false)

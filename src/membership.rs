@@ -9,6 +9,7 @@
 //! Everything is retried with backoff when etcd cannot be reached; meanwhile answering threads go
 //! on with the last snapshot they received.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,7 +124,8 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
         next_poll: now,
         next_full_read: now + FULL_READ_EVERY,
     };
-    let mut watch = Following { changes: crossbeam_channel::never(), started: false };
+    let mut watch =
+        Following { changes: crossbeam_channel::never(), started: false, stop: Arc::new(AtomicBool::new(false)) };
     let mut retry = Backoff::new();
     loop {
         if let Some(why) = m.fatal.take() {
@@ -161,7 +163,8 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
         }
         if m.settings.tuning.watch && !watch.started && !m.read_due {
             watch.started = true;
-            watch.changes = m.start_watch().unwrap_or_else(crossbeam_channel::never);
+            watch.stop = Arc::new(AtomicBool::new(false));
+            watch.changes = m.start_watch(Arc::clone(&watch.stop)).unwrap_or_else(crossbeam_channel::never);
         }
         let timeout = m.next_keepalive.min(m.next_poll).saturating_duration_since(Instant::now());
         select! {
@@ -193,6 +196,8 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
 struct Following {
     changes: Receiver<Watched>,
     started: bool,
+    /// Ends the watch thread.
+    stop: Arc<AtomicBool>,
 }
 
 impl Membership {
@@ -215,8 +220,10 @@ impl Membership {
         let before = std::mem::replace(&mut self.settings.tuning, tuning);
         self.next_poll = Instant::now() + tuning.poll;
         if before.watch && !tuning.watch {
-            // The watch thread ends when it next finds nobody listening.
-            *watch = Following { changes: crossbeam_channel::never(), started: false };
+            // The watch thread ends at its next message or reconnection.
+            watch.stop.store(true, Relaxed);
+            watch.changes = crossbeam_channel::never();
+            watch.started = false;
         }
         self.state.log = tuning.log;
         match before.ttl != tuning.ttl {
@@ -235,6 +242,7 @@ impl Membership {
             choice: self.settings.choice,
             value: self.value.as_bytes(),
             lease: lease.id,
+            renew_every: renew_interval(lease.ttl),
             preferred: self.last,
         };
         let claimed = match claim::claim(&mut self.client, &request) {
@@ -544,14 +552,15 @@ impl Membership {
     }
 
     /// Starts the thread that follows every role's key range on one watch stream, from the last
-    /// read on.
-    fn start_watch(&self) -> Option<Receiver<Watched>> {
+    /// read on; it ends once `stop` is set.
+    fn start_watch(&self, stop: Arc<AtomicBool>) -> Option<Receiver<Watched>> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let from = self.view.revision()? + 1;
         let ranges: Vec<WatchRange> =
             self.ranges().into_iter().map(|r| WatchRange { start: r.start, end: r.end, from }).collect();
         let client = self.client.clone();
-        let spawned = std::thread::Builder::new().name("etcd-watch".into()).spawn(move || follow(client, ranges, tx));
+        let spawned =
+            std::thread::Builder::new().name("etcd-watch".into()).spawn(move || follow(client, ranges, tx, stop));
         match spawned {
             Ok(_) => Some(rx),
             Err(e) => {
@@ -587,48 +596,56 @@ impl Membership {
 }
 
 /// The watch thread: forwards every change in the ranges, each from its revision on, reopening
-/// the stream where each left off whenever it breaks. Ends when the etcd thread is gone.
-pub(crate) fn follow(mut client: etcd::Client, mut ranges: Vec<WatchRange>, tx: Sender<Watched>) {
+/// the stream where each left off whenever it breaks. Ends when the etcd thread is gone, or at
+/// the next message or reconnection once `stop` is set (a reload turned `watch` off).
+pub(crate) fn follow(
+    mut client: etcd::Client,
+    mut ranges: Vec<WatchRange>,
+    tx: Sender<Watched>,
+    stop: Arc<AtomicBool>,
+) {
     let mut retry = Backoff::new();
-    loop {
+    while !stop.load(Relaxed) {
         match client.watch(&ranges) {
-            Ok(mut watch) => loop {
-                match watch.receive() {
-                    Ok(WatchMessage::Changes(events)) => {
-                        retry.reset();
-                        // Each range's stream is in revision order, but the ranges are not in
-                        // step: each resumes from its own.
-                        for event in &events {
-                            let key = event.kv.key.as_slice();
-                            if let Some(range) =
-                                ranges.iter_mut().find(|r| r.start.as_slice() <= key && key < r.end.as_slice())
-                            {
-                                range.from = range.from.max(event.kv.mod_revision + 1);
+            Ok(mut watch) => {
+                while !stop.load(Relaxed) {
+                    match watch.receive() {
+                        Ok(WatchMessage::Changes(events)) => {
+                            retry.reset();
+                            // Each range's stream is in revision order, but the ranges are not in
+                            // step: each resumes from its own.
+                            for event in &events {
+                                let key = event.kv.key.as_slice();
+                                if let Some(range) =
+                                    ranges.iter_mut().find(|r| r.start.as_slice() <= key && key < r.end.as_slice())
+                                {
+                                    range.from = range.from.max(event.kv.mod_revision + 1);
+                                }
+                            }
+                            if tx.send(Watched::Changes(events)).is_err() {
+                                return;
                             }
                         }
-                        if tx.send(Watched::Changes(events)).is_err() {
-                            return;
+                        Ok(WatchMessage::Progress) => retry.reset(),
+                        Ok(WatchMessage::Compacted { revision }) => {
+                            // What happened before `revision` is gone from etcd's history: have
+                            // everything read again, and watch on from the oldest revision left, so
+                            // that nothing after the read is missed either.
+                            for range in &mut ranges {
+                                range.from = range.from.max(revision);
+                            }
+                            if tx.send(Watched::Resync).is_err() {
+                                return;
+                            }
+                            break;
                         }
-                    }
-                    Ok(WatchMessage::Progress) => retry.reset(),
-                    Ok(WatchMessage::Compacted { revision }) => {
-                        // What happened before `revision` is gone from etcd's history: have
-                        // everything read again, and watch on from the oldest revision left, so
-                        // that nothing after the read is missed either.
-                        for range in &mut ranges {
-                            range.from = range.from.max(revision);
+                        Err(e) => {
+                            log::debug!("etcd watch: {e}");
+                            break;
                         }
-                        if tx.send(Watched::Resync).is_err() {
-                            return;
-                        }
-                        break;
-                    }
-                    Err(e) => {
-                        log::debug!("etcd watch: {e}");
-                        break;
                     }
                 }
-            },
+            }
             Err(e) => log::debug!("cannot open the etcd watch: {e}"),
         }
         std::thread::sleep(retry.next());

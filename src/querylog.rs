@@ -10,7 +10,8 @@
 //! response's flags, its size, and the time from reading the query to sending the answer.
 //!
 //! Without `log` nothing here runs. With it, each thread formats its lines in a buffer of its own
-//! that it keeps, and logs them after the answers left.
+//! that it keeps: a UDP batch's lines after its answers left, a TCP answer's as it is queued on
+//! its connection (TCP clients are few; a UDP batch is where the time goes).
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
