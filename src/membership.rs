@@ -480,6 +480,11 @@ impl Membership {
     /// on our lease is a claim that arrived late and must go.
     fn check_own_keys(&mut self) {
         let Some(lease) = self.lease else { return };
+        // Until a read after the claim, the view may show our key as it was before it (on the
+        // lease of an earlier run, say): nothing to judge by yet.
+        if self.read_due {
+            return;
+        }
         let check = self.view.check(self.held.as_deref().map(str::as_bytes), lease.id);
         for key in check.strays {
             log::warn!("deleting {:?}, which this node's lease holds besides its name", String::from_utf8_lossy(&key));
