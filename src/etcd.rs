@@ -676,7 +676,8 @@ fn unreachable(endpoint: &str, e: ureq::Error) -> Attempt {
     if !network {
         if let Some(authority) = endpoint.strip_prefix("https://") {
             // A TLS proxy may answer plain HTTP too: only a port that does not speak TLS is wrong.
-            if speaks(authority, Protocol::PlainHttp) && !speaks(authority, Protocol::Tls) {
+            let speaks_tls = speaks(authority, Protocol::Tls);
+            if !speaks_tls && speaks(authority, Protocol::PlainHttp) {
                 return misconfigured("endpoint", "it speaks plain HTTP, not TLS: write the endpoint with http://");
             }
             // rustls reports a failed handshake as invalid data: a certificate it does not trust,
@@ -690,7 +691,7 @@ fn unreachable(endpoint: &str, e: ureq::Error) -> Attempt {
                 let message = format!("TLS failed ({}): check the CA and certificate files", describe(&e));
                 return misconfigured("tls", &message);
             }
-            if speaks(authority, Protocol::Tls) {
+            if speaks_tls {
                 return Attempt::CutOff { why: describe(&e) };
             }
         } else if let Some(authority) = endpoint.strip_prefix("http://") {
