@@ -78,7 +78,7 @@ impl Role {
 impl Config {
     /// The zone every role's names live in, with its trailing dot.
     pub fn zone(&self) -> &str {
-        self.roles.first().map_or(".", |r| r.pattern.zone())
+        zone_of(&self.roles)
     }
 
     /// The role of that name, or an error that lists the roles there are.
@@ -92,6 +92,11 @@ impl Config {
     pub fn role_names(&self) -> String {
         self.roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
     }
+}
+
+/// The zone every role's names live in, with its trailing dot.
+pub fn zone_of(roles: &[Role]) -> &str {
+    roles.first().map_or(".", |r| r.pattern.zone())
 }
 
 /// Whether `name` can name a role: a letter, then letters, digits and `_` (TensorFlow's job names,

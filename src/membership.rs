@@ -18,7 +18,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::claim::{self, Choice, ClaimError};
 use crate::clock::boottime;
-use crate::config::Role;
+use crate::config::{self, Role};
 use crate::etcd::{self, Compare, Op, RangeRequest, Txn, WatchMessage, WatchRange};
 use crate::messages::{Command, Event, Latest, Tuning, Update, Watched};
 use crate::metrics::Metrics;
@@ -79,8 +79,6 @@ struct Membership {
     read_due: bool,
     /// Set when this node cannot go on; the loop ends with it.
     fatal: Option<String>,
-    /// Whether this node has held a name since it started.
-    serving: bool,
     /// Whether the members were counted in the log once: after that, each join is told.
     members_told: bool,
     trouble: Trouble,
@@ -117,15 +115,13 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
         last: None,
         read_due: true,
         fatal: None,
-        serving: false,
         members_told: false,
         trouble: Trouble::default(),
         next_keepalive: now,
         next_poll: now,
         next_full_read: now + FULL_READ_EVERY,
     };
-    let mut watch =
-        Following { changes: crossbeam_channel::never(), started: false, stop: Arc::new(AtomicBool::new(false)) };
+    let mut watch = Following { changes: crossbeam_channel::never(), stop: None };
     let mut retry = Backoff::new();
     loop {
         if let Some(why) = m.fatal.take() {
@@ -161,10 +157,10 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
         if now >= m.next_poll || m.read_due {
             m.poll();
         }
-        if m.settings.tuning.watch && !watch.started && !m.read_due {
-            watch.started = true;
-            watch.stop = Arc::new(AtomicBool::new(false));
-            watch.changes = m.start_watch(Arc::clone(&watch.stop)).unwrap_or_else(crossbeam_channel::never);
+        if m.settings.tuning.watch && watch.stop.is_none() && !m.read_due {
+            let stop = Arc::new(AtomicBool::new(false));
+            watch.changes = m.start_watch(Arc::clone(&stop)).unwrap_or_else(crossbeam_channel::never);
+            watch.stop = Some(stop);
         }
         let timeout = m.next_keepalive.min(m.next_poll).saturating_duration_since(Instant::now());
         select! {
@@ -195,9 +191,8 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
 /// The watch stream, once started.
 struct Following {
     changes: Receiver<Watched>,
-    started: bool,
-    /// Ends the watch thread.
-    stop: Arc<AtomicBool>,
+    /// Ends the watch thread; `None` until one was started.
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl Membership {
@@ -221,9 +216,10 @@ impl Membership {
         self.next_poll = Instant::now() + tuning.poll;
         if before.watch && !tuning.watch {
             // The watch thread ends at its next message or reconnection.
-            watch.stop.store(true, Relaxed);
+            if let Some(stop) = watch.stop.take() {
+                stop.store(true, Relaxed);
+            }
             watch.changes = crossbeam_channel::never();
-            watch.started = false;
         }
         self.state.log = tuning.log;
         match before.ttl != tuning.ttl {
@@ -284,7 +280,6 @@ impl Membership {
         );
         self.held = Some(claimed.name);
         self.last = Some(claimed.slot);
-        self.serving = true;
         self.metrics.claims.fetch_add(1, Relaxed);
         self.metrics.holds_name.store(true, Relaxed);
         // A lease kept through failed claims may be due for renewal already.
@@ -303,7 +298,8 @@ impl Membership {
     /// starting, so that the operator hears of it at once; a node that is serving keeps answering
     /// from what it has, and warns.
     fn failed(&mut self, what: &str, e: &etcd::Error) {
-        match e.is_permanent() && !self.serving {
+        // `last` is set once a name was held.
+        match e.is_permanent() && self.last.is_none() {
             true => self.fatal = Some(e.to_string()),
             false => self.trouble.failed(what, e),
         }
@@ -435,10 +431,6 @@ impl Membership {
         }
     }
 
-    fn view_zone(&self) -> &str {
-        self.settings.roles.first().map_or(".", |r| r.pattern.zone())
-    }
-
     /// Every role's key range.
     fn ranges(&self) -> Vec<RangeRequest> {
         view::ranges(&self.settings.roles)
@@ -451,7 +443,7 @@ impl Membership {
             log::warn!("ignoring etcd key {key:?}: {why}");
         }
         for key in &changes.elsewhere {
-            log::debug!("ignoring etcd key {key:?}: not in zone {}", self.view_zone());
+            log::debug!("ignoring etcd key {key:?}: not in zone {}", config::zone_of(&self.settings.roles));
         }
         let count: usize = self.view.members().iter().map(|m| m.len()).sum();
         if !std::mem::replace(&mut self.members_told, true) {
