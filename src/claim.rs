@@ -319,10 +319,10 @@ fn claims_ahead(request: &Request, queue: &[KeyValue], queued_at: i64) -> Vec<Ti
 /// node left, or another node given the same address.
 fn own_record(request: &Request, names: &[Range], order: &[usize]) -> Option<(Slot, i64)> {
     order.iter().find_map(|&role| {
-        let ids = &request.roles.get(role)?.ids;
+        let kind = request.roles.get(role)?;
         names.get(role)?.kvs.iter().find_map(|kv| {
-            let id = request.roles[role].pattern.id_of(std::str::from_utf8(&kv.key).ok()?)?;
-            (ids.contains(&id) && kv.value == request.value).then_some((Slot { role, id }, kv.lease))
+            let id = kind.pattern.id_of(std::str::from_utf8(&kv.key).ok()?)?;
+            (kind.ids.contains(&id) && kv.value == request.value).then_some((Slot { role, id }, kv.lease))
         })
     })
 }

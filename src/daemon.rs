@@ -214,24 +214,21 @@ impl Running {
     /// Reads the Corefile again and applies what may change while running; anything else, or a
     /// Corefile that does not parse, leaves the running configuration as it is.
     fn reload(&mut self, signal: i32) {
-        let source = self.config.source.display().to_string();
+        let (name, source) = (signal_name(signal), self.config.source.display().to_string());
         let config = match crate::corefile::load(&self.config.source, crate::corefile::Reader::Daemon) {
             Ok(config) => config,
-            Err(e) => {
-                return log::warn!("{}: reload failed: {e}; the running configuration stays", signal_name(signal))
-            }
+            Err(e) => return log::warn!("{name}: reload failed: {e}; the running configuration stays"),
         };
         let plan = match reload::plan(&self.config, config) {
             Ok(plan) => plan,
-            Err(refused) => return log::warn!("{}: reload of {source} refused: {refused}", signal_name(signal)),
+            Err(refused) => return log::warn!("{name}: reload of {source} refused: {refused}"),
         };
         for warning in &plan.config.warnings {
             log::warn!("{warning}");
         }
         if plan.changed.is_empty() {
-            return log::info!("{}: reloaded {source}: nothing changed", signal_name(signal));
+            return log::info!("{name}: reloaded {source}: nothing changed");
         }
-        let name = signal_name(signal);
         let config = plan.config;
         if plan.changed.contains(&"forward") {
             let retired_thread = self.forward_thread.clone();
