@@ -265,31 +265,23 @@ impl Metrics {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
-        let histogram = "idetcd_etcd_request_duration_seconds";
-        header(&mut out, histogram, "histogram", "Time etcd requests took, failed ones included.");
-        let mut cumulative = 0;
-        for (i, bound) in BUCKETS.iter().map(|b| b.to_string()).chain(["+Inf".to_string()]).enumerate() {
-            cumulative += self.etcd_requests[i].load(Relaxed);
-            let _ = writeln!(out, "{histogram}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let seconds = self.etcd_seconds_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{histogram}_sum {seconds}\n{histogram}_count {cumulative}");
-
-        let histogram = "idetcd_dns_request_duration_seconds";
-        header(
+        histogram(
             &mut out,
-            histogram,
-            "histogram",
-            "Time from reading a DNS query to sending its answer, forwarded ones included.",
+            "idetcd_etcd_request_duration_seconds",
+            "Time etcd requests took, failed ones included.",
+            BUCKETS.iter().copied(),
+            |i| self.etcd_requests[i].load(Relaxed),
+            self.etcd_seconds_micros.load(Relaxed) as f64 / 1e6,
         );
         let blocks: Vec<&Durations> = all.iter().map(|c| &c.durations).chain([&self.forwarded_durations]).collect();
-        let mut cumulative = 0;
-        for (i, bound) in DNS_BUCKETS.iter().map(|&b| (b as f64 / 1e9).to_string()).chain(["+Inf".into()]).enumerate() {
-            cumulative += blocks.iter().map(|d| d.buckets[i].load(Relaxed)).sum::<u64>();
-            let _ = writeln!(out, "{histogram}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let seconds = blocks.iter().map(|d| d.nanos.load(Relaxed)).sum::<u64>() as f64 / 1e9;
-        let _ = writeln!(out, "{histogram}_sum {seconds}\n{histogram}_count {cumulative}");
+        histogram(
+            &mut out,
+            "idetcd_dns_request_duration_seconds",
+            "Time from reading a DNS query to sending its answer, forwarded ones included.",
+            DNS_BUCKETS.iter().map(|&b| b as f64 / 1e9),
+            |i| blocks.iter().map(|d| d.buckets[i].load(Relaxed)).sum(),
+            blocks.iter().map(|d| d.nanos.load(Relaxed)).sum::<u64>() as f64 / 1e9,
+        );
 
         header(&mut out, "idetcd_build_info", "gauge", "A metric with a constant '1' value labeled by version.");
         let _ = writeln!(out, "idetcd_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
@@ -380,6 +372,25 @@ mod process {
         let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
         line["Max open files".len()..].split_whitespace().next()?.parse().ok()
     }
+}
+
+/// A histogram in Prometheus' text format: `count(i)` observations in bucket `i` of `bounds`
+/// (upper bounds in seconds, then +Inf), written cumulative, with their `sum` in seconds.
+fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    bounds: impl Iterator<Item = f64>,
+    count: impl Fn(usize) -> u64,
+    sum: f64,
+) {
+    header(out, name, "histogram", help);
+    let mut cumulative = 0;
+    for (i, bound) in bounds.map(|b| b.to_string()).chain(["+Inf".to_string()]).enumerate() {
+        cumulative += count(i);
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
