@@ -165,6 +165,11 @@ impl Pattern {
         key.strip_prefix(self.prefix.as_bytes()).is_some_and(|rest| rest.first().is_some_and(u8::is_ascii_digit))
     }
 
+    /// Whether `name` lies below this pattern's zone, whatever its case.
+    pub fn in_zone(&self, name: &str) -> bool {
+        name.to_ascii_lowercase().strip_suffix(self.zone.as_str()).is_some_and(|rest| rest.ends_with('.'))
+    }
+
     /// The etcd key range `[start, end)` that holds every name of this pattern (and possibly keys that
     /// are not, which `id_of` filters out). IDs start with a digit, and ':' follows '9' in ASCII.
     pub fn key_range(&self) -> (String, String) {
@@ -255,6 +260,20 @@ mod tests {
             "worker-3.tf.local.",
         ] {
             assert_eq!(p.id_of(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn names_in_the_zone() {
+        let p = Pattern::parse("worker{{.ID}}.tf.local.").unwrap();
+        for (name, within) in [
+            ("worker1.tf.local.", true),
+            ("worker2.TF.Local.", true),
+            ("tf.local.", false),
+            ("worker1.xtf.local.", false),
+            ("worker1.jobb.internal.", false),
+        ] {
+            assert_eq!(p.in_zone(name), within, "{name}");
         }
     }
 

@@ -228,11 +228,7 @@ impl View {
         let member = self.judge(role, &kv);
         if let Err(why) = &member {
             let key = String::from_utf8_lossy(&kv.key).into_owned();
-            let zone = self.roles[role].pattern.zone();
-            let in_zone = key.len() > zone.len()
-                && key.is_char_boundary(key.len() - zone.len() - 1)
-                && key[key.len() - zone.len() - 1..].eq_ignore_ascii_case(&format!(".{zone}"));
-            match in_zone {
+            match self.roles[role].pattern.in_zone(&key) {
                 true => changes.skipped.push((key, why.clone())),
                 false => changes.elsewhere.push(key),
             }
