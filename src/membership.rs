@@ -282,11 +282,13 @@ impl Membership {
         self.last = Some(claimed.slot);
         self.metrics.claims.fetch_add(1, Relaxed);
         self.metrics.holds_name.store(true, Relaxed);
-        // A lease kept through failed claims may be due for renewal already.
-        if lease.renewed.elapsed() >= renew_interval(lease.ttl) {
-            self.next_keepalive = Instant::now();
-        }
         self.state.held_until = Some(lease.expires);
+        // A lease kept through failed claims, or through a claim that watched another lease, may
+        // be due for renewal already, its deadline as known here even past: renewed now, so that
+        // the answers name this node with a deadline still ahead.
+        if lease.renewed.elapsed() >= renew_interval(lease.ttl) {
+            self.keepalive();
+        }
         // Name ourselves in the answers at once, then read the members afresh.
         self.rebuild();
         self.read_due = true;
