@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvError, Sender};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
@@ -33,6 +33,8 @@ use crate::zone::Snapshot;
 
 /// How long the release may take before the daemon exits anyway; the lease then frees the name.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The thread that holds the name: when it ends, releasing is the main thread's to do.
+const ETCD_THREAD: &str = "etcd";
 
 #[derive(Debug)]
 pub enum Error {
@@ -163,7 +165,7 @@ pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
     let mut signals = Signals::new(STOP.iter().chain(&RELOAD)).map_err(Error::Signals)?;
     let events_for_etcd = events_tx.clone();
     let channels = membership::Channels { commands: commands_rx, events: events_for_etcd, updates, metrics };
-    spawn("etcd", &events_tx, move || membership::run(settings, client, channels, first))?;
+    spawn(ETCD_THREAD, &events_tx, move || membership::run(settings, client, channels, first))?;
     let events_for_signals = events_tx.clone();
     spawn("signals", &events_tx, move || {
         for signal in signals.forever() {
@@ -366,11 +368,9 @@ fn tuning(config: &Config) -> Tuning {
 /// release the name. If it cannot (etcd too slow, or the thread gone), revokes the last lease it
 /// reported with a client of its own.
 fn wait(events: &Receiver<Event>, running: &mut Running, mut client: etcd::Client) -> Result<(), Error> {
-    let mut lease = None;
-    let commands = running.commands.clone();
-    let failure = loop {
+    let mut stopping = Stopping::default();
+    let stop = loop {
         match events.recv() {
-            Ok(Event::Lease(id)) => lease = id,
             Ok(Event::Signal(signal)) if RELOAD.contains(&signal) => {
                 running.generation += 1;
                 running.reload(signal);
@@ -379,42 +379,103 @@ fn wait(events: &Receiver<Event>, running: &mut Running, mut client: etcd::Clien
                 running.retiring.retain(|retired| *retired != name);
                 log::debug!("thread {name}, replaced by a reload, stopped");
             }
-            Ok(Event::Signal(signal)) => {
-                log::info!("{}: releasing the name and stopping", signal_name(signal));
-                break None;
+            event => {
+                if let Some(stop) = stopping.until_stop(event) {
+                    break stop;
+                }
             }
-            Ok(Event::Fatal(why)) => return Err(Error::Fatal(why)),
-            Ok(Event::Released) => return Ok(()),
-            Ok(Event::ThreadExited(name)) => {
-                // The error itself is the daemon's last word, printed once by `main`.
-                log::info!("releasing the name and stopping");
-                break Some(Error::ThreadExited(name));
-            }
-            Err(_) => return Err(Error::ThreadExited("main".into())),
         }
     };
-    let _ = commands.send(Command::Shutdown);
-    let deadline = Instant::now() + RELEASE_TIMEOUT;
-    let released = loop {
-        match events.recv_deadline(deadline) {
-            Ok(Event::Released) => break true,
-            Ok(Event::Lease(id)) => lease = id,
-            Ok(Event::Fatal(why)) => return Err(Error::Fatal(why)),
-            Ok(Event::ThreadExited(name)) if name == "etcd" => break false,
-            Ok(Event::ThreadExited(_)) => {}
-            // A second signal to stop: the operator does not want to wait.
-            Ok(Event::Signal(signal)) if STOP.contains(&signal) => return failure.map_or(Ok(()), Err),
-            Ok(Event::Signal(_)) => {}
-            Err(_) => break false,
-        }
+    let failure = match stop {
+        Stop::Failed(e) => return Err(e),
+        Stop::Released => return Ok(()),
+        Stop::Requested(failure) => failure,
     };
-    if let (false, Some(id)) = (released, lease) {
-        match client.lease_revoke(id) {
-            Ok(()) => log::info!("released lease {id:x}"),
-            Err(e) => log::warn!("could not revoke lease {id:x}: {e}; its name frees itself when it expires"),
+    let _ = running.commands.send(Command::Shutdown);
+    match stopping.release(events, Instant::now() + RELEASE_TIMEOUT) {
+        Release::Released => {}
+        Release::Fatal(why) => return Err(Error::Fatal(why)),
+        Release::Hurried => return failure.map_or(Ok(()), Err),
+        Release::EtcdGone | Release::TimedOut => {
+            if let Some(id) = stopping.lease {
+                match client.lease_revoke(id) {
+                    Ok(()) => log::info!("released lease {id:x}"),
+                    Err(e) => log::warn!("could not revoke lease {id:x}: {e}; its name frees itself when it expires"),
+                }
+            }
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// What the main thread knows of the etcd thread while the daemon runs and stops.
+#[derive(Default)]
+struct Stopping {
+    /// The lease that holds the name, to revoke it here if the etcd thread cannot.
+    lease: Option<i64>,
+    /// The etcd thread has ended: nothing will release the name but us, so do not wait for it.
+    etcd_gone: bool,
+}
+
+/// Why the daemon stops.
+enum Stop {
+    /// A signal, or a thread's end (the error): release the name, then stop.
+    Requested(Option<Error>),
+    /// The etcd thread gave up and cleaned up after itself.
+    Failed(Error),
+    Released,
+}
+
+/// How the release of the name ended.
+#[derive(Debug, PartialEq)]
+enum Release {
+    Released,
+    Fatal(String),
+    /// The etcd thread is gone: the lease is ours to revoke.
+    EtcdGone,
+    TimedOut,
+    /// A second signal to stop: the operator does not want to wait.
+    Hurried,
+}
+
+impl Stopping {
+    /// Follows one event of the running daemon (other than a reload's): whether it stops.
+    fn until_stop(&mut self, event: Result<Event, RecvError>) -> Option<Stop> {
+        match event {
+            Ok(Event::Lease(id)) => self.lease = id,
+            Ok(Event::Signal(signal)) if RELOAD.contains(&signal) => {}
+            Ok(Event::Signal(signal)) => {
+                log::info!("{}: releasing the name and stopping", signal_name(signal));
+                return Some(Stop::Requested(None));
+            }
+            Ok(Event::Fatal(why)) => return Some(Stop::Failed(Error::Fatal(why))),
+            Ok(Event::Released) => return Some(Stop::Released),
+            Ok(Event::ThreadExited(name)) => {
+                self.etcd_gone |= name == ETCD_THREAD;
+                // The error itself is the daemon's last word, printed once by `main`.
+                log::info!("releasing the name and stopping");
+                return Some(Stop::Requested(Some(Error::ThreadExited(name))));
+            }
+            Err(_) => return Some(Stop::Failed(Error::ThreadExited("main".into()))),
+        }
+        None
+    }
+
+    /// Waits until `deadline` for the etcd thread to release the name.
+    fn release(&mut self, events: &Receiver<Event>, deadline: Instant) -> Release {
+        while !self.etcd_gone {
+            match events.recv_deadline(deadline) {
+                Ok(Event::Released) => return Release::Released,
+                Ok(Event::Lease(id)) => self.lease = id,
+                Ok(Event::Fatal(why)) => return Release::Fatal(why),
+                Ok(Event::ThreadExited(name)) => self.etcd_gone |= name == ETCD_THREAD,
+                Ok(Event::Signal(signal)) if STOP.contains(&signal) => return Release::Hurried,
+                Ok(Event::Signal(_)) => {}
+                Err(_) => return Release::TimedOut,
+            }
+        }
+        Release::EtcdGone
+    }
 }
 
 /// The upstream servers, less this daemon itself: forwarding to ourselves would send a question
@@ -521,5 +582,49 @@ struct ExitGuard {
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         let _ = self.events.send(Event::ThreadExited(std::mem::take(&mut self.name)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stops on the events sent, then releases with a deadline already past: what the release
+    /// does then tells whether it waited for a thread that could no longer answer.
+    fn stop_then_release(sent: Vec<Event>) -> (Option<String>, Release, Option<i64>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for event in sent {
+            tx.send(event).unwrap();
+        }
+        let mut stopping = Stopping::default();
+        let stop = loop {
+            if let Some(stop) = stopping.until_stop(rx.try_recv().map_err(|_| RecvError)) {
+                break stop;
+            }
+        };
+        let why = match stop {
+            Stop::Requested(failure) => failure.map(|e| e.to_string()),
+            Stop::Failed(e) => panic!("unexpected failure: {e}"),
+            Stop::Released => panic!("unexpected release"),
+        };
+        (why, stopping.release(&rx, Instant::now()), stopping.lease)
+    }
+
+    #[test]
+    fn the_end_of_the_etcd_thread_makes_the_lease_ours_to_revoke_at_once() {
+        let (why, release, lease) =
+            stop_then_release(vec![Event::Lease(Some(7)), Event::ThreadExited(ETCD_THREAD.into())]);
+        assert!(why.unwrap().contains("etcd"));
+        assert_eq!((release, lease), (Release::EtcdGone, Some(7)));
+    }
+
+    #[test]
+    fn the_end_of_another_thread_waits_for_the_etcd_thread_to_release() {
+        let (_, release, _) = stop_then_release(vec![Event::ThreadExited("tcp".into()), Event::Released]);
+        assert_eq!(release, Release::Released);
+        let (_, release, _) = stop_then_release(vec![Event::Signal(SIGTERM)]);
+        assert_eq!(release, Release::TimedOut);
+        let (_, release, _) = stop_then_release(vec![Event::Signal(SIGTERM), Event::Signal(SIGINT)]);
+        assert_eq!(release, Release::Hurried);
     }
 }
