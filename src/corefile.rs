@@ -453,10 +453,10 @@ struct Key {
 /// inside the cluster's, or sit between the cluster's zone and the idetcd block's key (CoreDNS would
 /// send the cluster's names to it).
 fn servers(blocks: &[Block], home: usize, zone: &str, base: &Path) -> Result<Server, Failure> {
-    let zone_wire = crate::dns::wire_name(zone).map_err(|e| (blocks[home].line, e))?;
+    let zone_wire = crate::wire::wire_name(zone).map_err(|e| (blocks[home].line, e))?;
     let home_keys = keys(&blocks[home])?;
     for key in &home_keys {
-        if !crate::dns::is_within(&zone_wire, &key.wire) {
+        if !crate::wire::is_within(&zone_wire, &key.wire) {
             return Err((
                 key.line,
                 format!(
@@ -496,7 +496,7 @@ fn servers(blocks: &[Block], home: usize, zone: &str, base: &Path) -> Result<Ser
             if i == home {
                 continue;
             }
-            if crate::dns::is_within(&key.wire, &zone_wire) {
+            if crate::wire::is_within(&key.wire, &zone_wire) {
                 return Err((
                     key.line,
                     format!(
@@ -505,7 +505,7 @@ fn servers(blocks: &[Block], home: usize, zone: &str, base: &Path) -> Result<Ser
                     ),
                 ));
             }
-            if crate::dns::is_within(&zone_wire, &key.wire) && key.wire.len() > closest {
+            if crate::wire::is_within(&zone_wire, &key.wire) && key.wire.len() > closest {
                 return Err((
                     key.line,
                     format!(
@@ -543,7 +543,7 @@ fn keys(block: &Block) -> Result<Vec<Key>, Failure> {
             None => (text, config::DEFAULT_PORT),
         };
         let zone = if zone.is_empty() { "." } else { zone };
-        let wire = crate::dns::wire_name(zone).map_err(|e| (token.line, format!("server block key: {e}")))?;
+        let wire = crate::wire::wire_name(zone).map_err(|e| (token.line, format!("server block key: {e}")))?;
         if keys.first().is_some_and(|k| k.port != port) {
             return Err((token.line, "all keys of a server block must use the same port".into()));
         }
@@ -688,10 +688,11 @@ fn listen_word(a: &Token) -> Result<config::Listen, Failure> {
 /// keys), which must be one zone.
 fn forwarded_zone(d: &Directive, from: &str, keys: &[Key]) -> Result<String, Failure> {
     let line = d.name.line;
-    let from_wire = crate::dns::wire_name(from).map_err(|e| (line, format!("forward: {e}")))?;
+    let from_wire = crate::wire::wire_name(from).map_err(|e| (line, format!("forward: {e}")))?;
     let mut zones: Vec<(&str, &[u8])> = Vec::new();
     for key in keys {
-        let zone = match (crate::dns::is_within(&from_wire, &key.wire), crate::dns::is_within(&key.wire, &from_wire)) {
+        let zone = match (crate::wire::is_within(&from_wire, &key.wire), crate::wire::is_within(&key.wire, &from_wire))
+        {
             (true, _) => (from, from_wire.as_slice()),
             (_, true) => (key.zone.as_str(), key.wire.as_slice()),
             _ => {
@@ -1009,7 +1010,7 @@ fn forward_directive(d: &Directive, base: &Path, warnings: &mut Vec<String>) -> 
         return Err((line, "forward needs at least one upstream server after FROM".into()));
     }
     let zone = from.text.strip_prefix("dns://").unwrap_or(&from.text);
-    crate::dns::wire_name(zone).map_err(|e| (from.line, format!("forward: {e}")))?;
+    crate::wire::wire_name(zone).map_err(|e| (from.line, format!("forward: {e}")))?;
     let mut upstreams = Vec::new();
     for a in to {
         let address = upstream(&a.text);

@@ -19,7 +19,6 @@ use signal_hook::iterator::Signals;
 use crate::address;
 use crate::claim::Choice;
 use crate::config::Config;
-use crate::dns;
 use crate::etcd;
 use crate::forward::Forwarder;
 use crate::membership::{self, Settings};
@@ -29,6 +28,7 @@ use crate::monitor;
 use crate::record::Record;
 use crate::reload;
 use crate::server::{self, Forwarding, View};
+use crate::wire;
 use crate::zone::Snapshot;
 
 /// How long the release may take before the daemon exits anyway; the lease then frees the name.
@@ -287,7 +287,7 @@ impl Running {
     /// answering threads' end of it. The thread becomes `forward_thread`.
     fn start_forwarding(&mut self, forward: &crate::config::Forward) -> Result<Forwarding, Error> {
         let upstreams = upstreams_but_us(&self.config, &self.listen, &self.record, &forward.upstreams)?;
-        let from = dns::wire_name(&forward.from).map_err(|e| Error::Fatal(format!("forward: {e}")))?;
+        let from = wire::wire_name(&forward.from).map_err(|e| Error::Fatal(format!("forward: {e}")))?;
         let (forwarder, forwarding) = Forwarder::new(upstreams, Arc::clone(&self.metrics)).map_err(Error::Spawn)?;
         let thread = self.thread_name("forward");
         spawn(&thread, &self.events, move || forwarding.run())?;

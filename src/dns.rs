@@ -1,5 +1,5 @@
-//! DNS wire format: reading queries, writing answers, and encoding the records a zone snapshot
-//! precomputes. Only this module knows the wire format.
+//! Answering DNS queries from a zone snapshot, and the packet edits forwarding needs. The field
+//! and name encoding below both this module and the zone is `wire`'s.
 //!
 //! Answering is a pure function from a query packet and a snapshot to a response packet, written
 //! into a caller's buffer. It never allocates and never panics, whatever the packet holds: the
@@ -8,11 +8,10 @@
 //! flags patched and an OPT record when the client sent one.
 
 use domain::base::iana::{Class, Opcode, OptRcode, Rtype};
-use domain::base::name::Name;
 
+use crate::wire::{is_within, Reader, Section, Writer, HEADER_LEN};
 use crate::zone::{Found, Snapshot};
 
-const HEADER_LEN: usize = 12;
 /// The EDNS payload size we advertise and the most we send over UDP: DNS Flag Day 2020's value,
 /// which avoids IP fragmentation on any common path.
 pub const MAX_UDP_PAYLOAD: u16 = 1232;
@@ -20,8 +19,6 @@ pub const MAX_UDP_PAYLOAD: u16 = 1232;
 const MIN_UDP_PAYLOAD: u16 = 512;
 /// Our OPT record: root owner, type, class (payload), TTL (extended rcode, version, flags), rdlength.
 const OPT_LEN: usize = 11;
-/// A pointer to the question name, which always starts right after the header.
-const QUESTION_POINTER: [u8; 2] = [0xC0, HEADER_LEN as u8];
 
 const FLAG_QR: u16 = 0x8000;
 const FLAG_AA: u16 = 0x0400;
@@ -432,23 +429,6 @@ impl<'a> Reply<'a> {
     }
 }
 
-/// Writes into a buffer already known to be large enough (`respond` checks it first).
-struct Writer<'a> {
-    out: &'a mut [u8],
-    len: usize,
-}
-
-impl Writer<'_> {
-    fn bytes(&mut self, b: &[u8]) {
-        self.out[self.len..self.len + b.len()].copy_from_slice(b);
-        self.len += b.len();
-    }
-
-    fn u16(&mut self, v: u16) {
-        self.bytes(&v.to_be_bytes());
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Reading queries
 
@@ -540,260 +520,6 @@ fn find_edns(r: &mut Reader, header: &Header) -> Option<Option<Edns>> {
         }
     }
     Some(edns)
-}
-
-struct Reader<'a> {
-    packet: &'a [u8],
-    pos: usize,
-}
-
-impl Reader<'_> {
-    fn skip(&mut self, n: usize) -> Option<()> {
-        let end = self.pos.checked_add(n).filter(|&end| end <= self.packet.len())?;
-        self.pos = end;
-        Some(())
-    }
-
-    fn u16(&mut self) -> Option<u16> {
-        let b = self.packet.get(self.pos..self.pos + 2)?;
-        self.pos += 2;
-        Some(u16::from_be_bytes([b[0], b[1]]))
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from(self.u16()?) << 16 | u32::from(self.u16()?))
-    }
-
-    /// The question name: plain labels only (nothing precedes it that a pointer could point to),
-    /// at most 255 bytes, copied in lowercase.
-    fn question_name(&mut self, lower: &mut [u8; 255]) -> Option<usize> {
-        let mut len = 0;
-        loop {
-            let label = usize::from(*self.packet.get(self.pos)?);
-            if label > 63 || len + 1 + label > lower.len() {
-                return None;
-            }
-            let bytes = self.packet.get(self.pos..self.pos + 1 + label)?;
-            for (dst, src) in lower[len..len + 1 + label].iter_mut().zip(bytes) {
-                *dst = src.to_ascii_lowercase();
-            }
-            // The length byte must not be lowercased: 0x41..0x5A are valid label lengths too.
-            lower[len] = bytes[0];
-            len += 1 + label;
-            self.pos += 1 + label;
-            if label == 0 {
-                return Some(len);
-            }
-        }
-    }
-
-    /// Any name in a record: labels ending in the root or in a compression pointer.
-    fn skip_name(&mut self) -> Option<()> {
-        loop {
-            let label = *self.packet.get(self.pos)?;
-            match label {
-                0 => return self.skip(1),
-                1..=63 => self.skip(1 + usize::from(label))?,
-                0xC0..=0xFF => return self.skip(2),
-                _ => return None,
-            }
-        }
-    }
-
-    fn skip_question(&mut self) -> Option<()> {
-        self.skip_name()?;
-        self.skip(4)
-    }
-
-    fn skip_record(&mut self) -> Option<()> {
-        self.skip_name()?;
-        self.skip(8)?;
-        let rdlen = self.u16()?;
-        self.skip(usize::from(rdlen))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Encoding records for snapshots
-
-/// A run of ready-made records in a snapshot's byte arena, and how many go in each section.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Section {
-    pub start: u32,
-    pub len: u32,
-    /// How many of the bytes are answer and authority records: the part that must fit.
-    pub required: u32,
-    /// Answer, authority and additional counts.
-    pub counts: [u16; 3],
-}
-
-/// Whose name a record carries.
-#[derive(Clone, Copy)]
-pub enum Owner<'a> {
-    /// The question's name, as a pointer, so it carries the client's letter case.
-    Question,
-    /// A name in wire form, written out.
-    Name(&'a [u8]),
-}
-
-#[derive(Clone, Copy)]
-pub enum Part {
-    Answer = 0,
-    Authority = 1,
-    Additional = 2,
-}
-
-/// Appends records to an arena, answers before authority before additional.
-pub struct SectionWriter<'a> {
-    arena: &'a mut Vec<u8>,
-    start: usize,
-    /// Where the additional records begin, once there are any.
-    additional: Option<usize>,
-    counts: [u16; 3],
-}
-
-impl<'a> SectionWriter<'a> {
-    pub fn new(arena: &'a mut Vec<u8>) -> Self {
-        let start = arena.len();
-        SectionWriter { arena, start, additional: None, counts: [0; 3] }
-    }
-
-    pub fn record(&mut self, part: Part, owner: Owner, rtype: Rtype, class: Class, ttl: u32, rdata: &[u8]) {
-        if matches!(part, Part::Additional) && self.additional.is_none() {
-            self.additional = Some(self.arena.len());
-        }
-        match owner {
-            Owner::Question => self.arena.extend_from_slice(&QUESTION_POINTER),
-            Owner::Name(name) => self.arena.extend_from_slice(name),
-        }
-        self.arena.extend_from_slice(&rtype.to_int().to_be_bytes());
-        self.arena.extend_from_slice(&class.to_int().to_be_bytes());
-        self.arena.extend_from_slice(&ttl.to_be_bytes());
-        // Every rdata we write is far below 64 KiB (names, addresses, one TXT string).
-        self.arena.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-        self.arena.extend_from_slice(rdata);
-        self.counts[part as usize] += 1;
-    }
-
-    pub fn finish(self) -> Section {
-        let end = self.arena.len();
-        let required = self.additional.unwrap_or(end) - self.start;
-        Section {
-            start: self.start as u32,
-            len: (end - self.start) as u32,
-            required: required as u32,
-            counts: self.counts,
-        }
-    }
-}
-
-/// A name in lowercase wire form, from text such as `worker3.tf.local.` (a missing final dot is
-/// implied).
-pub fn wire_name(text: &str) -> Result<Vec<u8>, String> {
-    let absolute = if text.ends_with('.') { text.to_string() } else { format!("{text}.") };
-    let name = Name::vec_from_str(&absolute).map_err(|e| format!("{text:?} is not a domain name: {e}"))?;
-    let mut wire = name.as_slice().to_vec();
-    lowercase_labels(&mut wire);
-    Ok(wire)
-}
-
-fn lowercase_labels(wire: &mut [u8]) {
-    let mut i = 0;
-    while i < wire.len() && wire[i] != 0 {
-        let len = usize::from(wire[i]);
-        wire[i + 1..=i + len].make_ascii_lowercase();
-        i += 1 + len;
-    }
-}
-
-/// `label` (which fits in a label: the pattern checked its length) in front of a wire-form name.
-pub fn prepend_label(label: &str, name: &[u8]) -> Vec<u8> {
-    let mut wire = Vec::with_capacity(1 + label.len() + name.len());
-    wire.push(label.len() as u8);
-    wire.extend_from_slice(label.as_bytes());
-    wire.extend_from_slice(name);
-    wire
-}
-
-/// Whether `name` is `zone` or below it; both in lowercase wire form.
-pub fn is_within(name: &[u8], zone: &[u8]) -> bool {
-    let mut i = 0;
-    while i < name.len() {
-        if name.len() - i == zone.len() && &name[i..] == zone {
-            return true;
-        }
-        i += 1 + usize::from(name[i]);
-    }
-    false
-}
-
-pub fn soa_rdata(mname: &[u8], rname: &[u8], serial: u32, ttl: u32) -> Vec<u8> {
-    // Refresh, retry and expire matter only to secondaries, which this zone does not have; the
-    // minimum is the negative-caching TTL (RFC 2308) and follows the answers' TTL.
-    let mut rdata = [mname, rname].concat();
-    for v in [serial, 3600, 600, 86400, ttl] {
-        rdata.extend_from_slice(&v.to_be_bytes());
-    }
-    rdata
-}
-
-/// SRV rdata (RFC 2782): priority and weight 0, every member alike; the target is never
-/// compressed, as the RFC asks.
-pub fn srv_rdata(port: u16, target: &[u8]) -> Vec<u8> {
-    let mut rdata = Vec::with_capacity(6 + target.len());
-    rdata.extend_from_slice(&[0, 0, 0, 0]);
-    rdata.extend_from_slice(&port.to_be_bytes());
-    rdata.extend_from_slice(target);
-    rdata
-}
-
-/// `name`'s first label followed by a pointer to `offset` in the message, where the rest of the
-/// name already stands (in the question).
-pub fn below_question(name: &[u8], offset: u16) -> Vec<u8> {
-    let first = name.first().map_or(0, |&len| 1 + usize::from(len)).min(name.len());
-    [&name[..first], &(0xC000 | offset).to_be_bytes()].concat()
-}
-
-/// The reverse-lookup name of an address, in wire form: `3.0.0.10.in-addr.arpa.` or the 32
-/// nibbles of an IPv6 address under `ip6.arpa.`.
-pub fn reverse_name(ip: std::net::IpAddr) -> Vec<u8> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut wire = Vec::with_capacity(72);
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            for octet in v4.octets().iter().rev() {
-                let digits: &[u8] = match octet {
-                    0..=9 => &[b'0' + octet],
-                    10..=99 => &[b'0' + octet / 10, b'0' + octet % 10],
-                    _ => &[b'0' + octet / 100, b'0' + octet / 10 % 10, b'0' + octet % 10],
-                };
-                wire.push(digits.len() as u8);
-                wire.extend_from_slice(digits);
-            }
-            wire.extend_from_slice(b"\x07in-addr");
-        }
-        std::net::IpAddr::V6(v6) => {
-            for byte in v6.octets().iter().rev() {
-                wire.extend_from_slice(&[1, HEX[usize::from(byte & 0xf)], 1, HEX[usize::from(byte >> 4)]]);
-            }
-            wire.extend_from_slice(b"\x03ip6");
-        }
-    }
-    wire.extend_from_slice(b"\x04arpa\x00");
-    wire
-}
-
-/// TXT rdata holding `text` as character-strings of at most 255 bytes each.
-pub fn txt_rdata(text: &str) -> Vec<u8> {
-    let mut rdata = Vec::with_capacity(text.len() + 1);
-    for chunk in text.as_bytes().chunks(255) {
-        rdata.push(chunk.len() as u8);
-        rdata.extend_from_slice(chunk);
-    }
-    if rdata.is_empty() {
-        rdata.push(0);
-    }
-    rdata
 }
 
 #[cfg(test)]

@@ -26,4 +26,5 @@ pub mod reload;
 pub mod roster;
 pub mod server;
 pub mod view;
+pub mod wire;
 pub mod zone;

@@ -11,8 +11,8 @@ use std::ops::Range;
 use domain::base::iana::{Class, Rtype};
 
 use crate::config::Role;
-use crate::dns::{self, Owner, Part, Section, SectionWriter};
 use crate::record::Record;
+use crate::wire::{self, Owner, Part, Section, SectionWriter};
 
 /// One name's records of one type, ready to send.
 #[derive(Clone, Copy, Debug)]
@@ -80,7 +80,7 @@ impl Snapshot {
         };
         let ttl = inputs.ttl;
         let apex = zone_apex(inputs.roles.first().map_or(".", |r| r.pattern.zone()));
-        let own_wire = inputs.own_name.and_then(|n| dns::wire_name(n).ok());
+        let own_wire = inputs.own_name.and_then(|n| wire::wire_name(n).ok());
         let own_record = inputs.own_name.and_then(|name| {
             inputs.roles.iter().zip(inputs.members).find_map(|(role, members)| members.get(&role.pattern.id_of(name)?))
         });
@@ -89,7 +89,7 @@ impl Snapshot {
         // is the server that answered. Serial arithmetic (RFC 1982) copes with the wrap.
         let mname = own_wire.clone().unwrap_or_else(|| apex.clone());
         let rname = [b"\x0ahostmaster".as_slice(), &apex].concat();
-        let soa = dns::soa_rdata(&mname, &rname, inputs.revision as u32, ttl);
+        let soa = wire::soa_rdata(&mname, &rname, inputs.revision as u32, ttl);
 
         let negative = b.section(|w| w.record(Part::Authority, Owner::Name(&apex), Rtype::SOA, Class::IN, ttl, &soa));
         let mut apex_rrsets = vec![(
@@ -114,7 +114,7 @@ impl Snapshot {
             let (prefix, suffix) =
                 (role.pattern.prefix().to_ascii_lowercase(), role.pattern.suffix().to_ascii_lowercase());
             for (&id, record) in members {
-                names.push((dns::prepend_label(&format!("{prefix}{id}{suffix}"), &apex), record));
+                names.push((wire::prepend_label(&format!("{prefix}{id}{suffix}"), &apex), record));
             }
         }
         for (name, record) in &names {
@@ -134,7 +134,7 @@ impl Snapshot {
         b.pointers(&names, ttl);
 
         let identity = inputs.own_name.map(|own| {
-            let txt = dns::txt_rdata(own);
+            let txt = wire::txt_rdata(own);
             b.section(|w| w.record(Part::Answer, Owner::Question, Rtype::TXT, Class::CH, 0, &txt))
         });
         b.arena.shrink_to_fit();
@@ -158,7 +158,7 @@ impl Snapshot {
 
     /// Whether a lowercase wire-form name is the zone or below it (reverse names are neither).
     pub fn in_zone(&self, name: &[u8]) -> bool {
-        dns::is_within(name, &self.apex)
+        wire::is_within(name, &self.apex)
     }
 
     pub fn negative(&self) -> Section {
@@ -246,12 +246,12 @@ impl Builder {
                             Rtype::SRV,
                             Class::IN,
                             ttl,
-                            &dns::srv_rdata(*port, name),
+                            &wire::srv_rdata(*port, name),
                         );
                     }
                     for (name, record, _) in &listed {
                         // The target's zone is the question's: a pointer into it saves the bytes.
-                        let owner = dns::below_question(name, SERVICE_ZONE_OFFSET);
+                        let owner = wire::below_question(name, SERVICE_ZONE_OFFSET);
                         address_records(w, Part::Additional, Owner::Name(&owner), record, ttl);
                     }
                 });
@@ -271,7 +271,7 @@ impl Builder {
         for (name, record) in members {
             let ips = [record.ipv4.map(std::net::IpAddr::V4), record.ipv6.map(std::net::IpAddr::V6)];
             for ip in ips.into_iter().flatten() {
-                reverse.entry(dns::reverse_name(ip)).or_default().push(name);
+                reverse.entry(wire::reverse_name(ip)).or_default().push(name);
             }
         }
         for (owner, targets) in reverse {
@@ -302,5 +302,5 @@ fn address_records(w: &mut SectionWriter, part: Part, owner: Owner, record: &Rec
 
 fn zone_apex(zone: &str) -> Vec<u8> {
     // The patterns' zone was validated as a name when the Corefile was read.
-    dns::wire_name(zone).unwrap_or_else(|_| vec![0])
+    wire::wire_name(zone).unwrap_or_else(|_| vec![0])
 }

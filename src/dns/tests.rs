@@ -464,24 +464,6 @@ fn random_packets_never_panic_nor_overflow() {
     }
 }
 
-#[test]
-fn wire_names() {
-    assert_eq!(wire_name("Worker1.TF.local.").unwrap(), b"\x07worker1\x02tf\x05local\x00");
-    assert_eq!(wire_name("tf.local").unwrap(), b"\x02tf\x05local\x00");
-    assert!(is_within(b"\x07worker1\x02tf\x05local\x00", b"\x02tf\x05local\x00"));
-    assert!(is_within(b"\x02tf\x05local\x00", b"\x02tf\x05local\x00"));
-    assert!(!is_within(b"\x03xtf\x05local\x00", b"\x02tf\x05local\x00"));
-    assert!(!is_within(b"\x05local\x00", b"\x02tf\x05local\x00"));
-}
-
-#[test]
-fn long_txt_is_split_into_strings() {
-    let text = "a".repeat(300);
-    let rdata = txt_rdata(&text);
-    assert_eq!(rdata.len(), 302);
-    assert_eq!((rdata[0], rdata[256]), (255, 45));
-}
-
 /// Every input in a fuzz corpus or regression folder, `fuzz/corpus/TARGET` and
 /// `fuzz/regressions/TARGET`; none when the folders are not there.
 pub(crate) fn fuzz_inputs(target: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
@@ -569,13 +551,6 @@ fn pointer_records_for_member_addresses() {
     assert_eq!((rcode(&m), m.header_counts().ancount(), m.header_counts().nscount()), (OptRcode::NOERROR, 0, 0));
     // Addresses of nobody are not ours to answer for.
     assert_eq!(rcode(&answer(q("9.0.0.10.in-addr.arpa.", Rtype::PTR))), OptRcode::REFUSED);
-}
-
-#[test]
-fn reverse_names() {
-    assert_eq!(reverse_name("10.0.0.3".parse().unwrap()), wire_name("3.0.0.10.in-addr.arpa.").unwrap());
-    let v6 = reverse_name("2001:db8::1".parse().unwrap());
-    assert_eq!(v6, wire_name("1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.").unwrap());
 }
 
 #[test]
