@@ -28,13 +28,7 @@ const FLAG_RA: u16 = 0x0080;
 const FLAG_CD: u16 = 0x0010;
 const OPCODE_MASK: u16 = 0x7800;
 
-const TYPE_TXT: u16 = Rtype::TXT.to_int();
 const TYPE_OPT: u16 = Rtype::OPT.to_int();
-const TYPE_AXFR: u16 = Rtype::AXFR.to_int();
-const TYPE_IXFR: u16 = Rtype::IXFR.to_int();
-const TYPE_ANY: u16 = Rtype::ANY.to_int();
-const CLASS_IN: u16 = Class::IN.to_int();
-const CLASS_CH: u16 = Class::CH.to_int();
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
@@ -57,9 +51,9 @@ pub struct Context<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Send the first `len` bytes of the output buffer; `qtype` and `rcode` are for the metrics.
-    Reply { len: usize, qtype: u16, rcode: u16 },
+    Reply { len: usize, qtype: Rtype, rcode: OptRcode },
     /// Not ours to answer: ask the upstream servers.
-    Forward { qtype: u16 },
+    Forward { qtype: Rtype },
     /// Say nothing (not a query, or too short to answer).
     Drop,
 }
@@ -76,7 +70,7 @@ pub fn respond(query: &[u8], snapshot: &Snapshot, context: Context, out: &mut [u
     let qtype = reply.echo(&parsed);
     match parsed {
         // Anything we cannot read: FORMERR, unless the opcode is one we do not do at all.
-        Err(_) if header.opcode() != Opcode::QUERY.to_int() => reply.rcode = OptRcode::NOTIMP,
+        Err(_) if header.opcode() != Opcode::QUERY => reply.rcode = OptRcode::NOTIMP,
         Err(_) => reply.rcode = OptRcode::FORMERR,
         Ok(q) => {
             let name = &lower[..q.name_len];
@@ -89,7 +83,7 @@ pub fn respond(query: &[u8], snapshot: &Snapshot, context: Context, out: &mut [u
     }
     let body = reply.section.map_or(&[][..], |s| snapshot.section_bytes(s));
     let len = reply.write(body, context.transport, out);
-    Action::Reply { len, qtype, rcode: reply.rcode.to_int() }
+    Action::Reply { len, qtype, rcode: reply.rcode }
 }
 
 /// An answer carrying only `rcode` (SERVFAIL when upstream servers fail, say), or `Drop` for a
@@ -101,7 +95,7 @@ pub fn error_answer(query: &[u8], rcode: OptRcode, context: Context, out: &mut [
     let qtype = reply.echo(&parsed);
     reply.rcode = rcode;
     let len = reply.write(&[], context.transport, out);
-    Action::Reply { len, qtype, rcode: rcode.to_int() }
+    Action::Reply { len, qtype, rcode }
 }
 
 /// The header and question of a packet to answer, or `None` when it gets no answer at all: too
@@ -207,7 +201,7 @@ pub struct Exchange {
 pub fn exchange(query: &[u8], answer: &[u8], lower: &mut [u8; 255]) -> Option<Exchange> {
     let (header, reply) = (Header::read(query)?, Header::read(answer)?);
     let (question, edns) = match parse(query, &header, lower) {
-        Ok(q) => (Some((Rtype::from_int(q.qtype), Class::from_int(q.qclass), q.name_len)), q.edns),
+        Ok(q) => (Some((q.qtype, q.qclass, q.name_len)), q.edns),
         Err(malformed) => (None, malformed.edns),
     };
     // The upper eight bits of an extended code are in the OPT record's TTL (RFC 6891 §6.1.3).
@@ -264,7 +258,7 @@ enum Verdict {
 }
 
 fn answer<'a>(q: &Query<'a>, lower: &[u8], snapshot: &'a Snapshot, context: Context, reply: &mut Reply<'a>) -> Verdict {
-    if q.opcode != Opcode::QUERY.to_int() {
+    if q.opcode != Opcode::QUERY {
         reply.rcode = OptRcode::NOTIMP;
         return Verdict::Answered;
     }
@@ -275,15 +269,15 @@ fn answer<'a>(q: &Query<'a>, lower: &[u8], snapshot: &'a Snapshot, context: Cont
         }
     }
     match q.qclass {
-        CLASS_IN => return answer_in(q.qtype, lower, snapshot, context, reply),
-        CLASS_CH if lower == b"\x02id\x06server\x00" || lower == b"\x08hostname\x04bind\x00" => {
+        Class::IN => return answer_in(q.qtype, lower, snapshot, context, reply),
+        Class::CH if lower == b"\x02id\x06server\x00" || lower == b"\x08hostname\x04bind\x00" => {
             let identity = snapshot.identity().filter(|_| context.identity_held);
             let Some(identity) = identity else {
                 reply.rcode = OptRcode::SERVFAIL;
                 return Verdict::Answered;
             };
             reply.aa = true;
-            if q.qtype == TYPE_TXT || q.qtype == TYPE_ANY {
+            if q.qtype == Rtype::TXT || q.qtype == Rtype::ANY {
                 reply.section = Some(identity);
             }
         }
@@ -292,9 +286,15 @@ fn answer<'a>(q: &Query<'a>, lower: &[u8], snapshot: &'a Snapshot, context: Cont
     Verdict::Answered
 }
 
-fn answer_in<'a>(qtype: u16, lower: &[u8], snapshot: &'a Snapshot, context: Context, reply: &mut Reply<'a>) -> Verdict {
+fn answer_in<'a>(
+    qtype: Rtype,
+    lower: &[u8],
+    snapshot: &'a Snapshot,
+    context: Context,
+    reply: &mut Reply<'a>,
+) -> Verdict {
     // Zone transfers are neither given nor passed on.
-    if qtype == TYPE_AXFR || qtype == TYPE_IXFR {
+    if qtype == Rtype::AXFR || qtype == Rtype::IXFR {
         reply.rcode = OptRcode::REFUSED;
         return Verdict::Answered;
     }
@@ -316,7 +316,7 @@ fn answer_in<'a>(qtype: u16, lower: &[u8], snapshot: &'a Snapshot, context: Cont
         Found::Name(rrsets) => {
             // ANY gets one RRset, not everything (RFC 8482).
             let rrset = match qtype {
-                TYPE_ANY => rrsets.first(),
+                Rtype::ANY => rrsets.first(),
                 _ => rrsets.iter().find(|r| r.rtype == qtype),
             };
             reply.section = match rrset {
@@ -355,8 +355,8 @@ impl<'a> Reply<'a> {
     }
 
     /// Takes over what the answer echoes of the query (its question and OPT record, as far as
-    /// they could be read); returns the query type, 0 when unknown.
-    fn echo(&mut self, parsed: &Result<Query<'a>, Malformed<'a>>) -> u16 {
+    /// they could be read); returns the query type, type 0 (reserved) when unknown.
+    fn echo(&mut self, parsed: &Result<Query<'a>, Malformed<'a>>) -> Rtype {
         match parsed {
             Ok(q) => {
                 self.question = Some(q.question);
@@ -366,7 +366,7 @@ impl<'a> Reply<'a> {
             Err(malformed) => {
                 self.question = malformed.question;
                 self.edns = malformed.edns;
-                0
+                Rtype::from_int(0)
             }
         }
     }
@@ -448,8 +448,8 @@ impl Header {
         Some(Header { id: at(0), flags: at(2), qdcount: at(4), ancount: at(6), nscount: at(8), arcount: at(10) })
     }
 
-    fn opcode(&self) -> u8 {
-        ((self.flags & OPCODE_MASK) >> 11) as u8
+    fn opcode(&self) -> Opcode {
+        Opcode::from_int(((self.flags & OPCODE_MASK) >> 11) as u8)
     }
 }
 
@@ -461,12 +461,12 @@ struct Edns {
 }
 
 struct Query<'a> {
-    opcode: u8,
+    opcode: Opcode,
     question: &'a [u8],
     /// Length of the question name in wire form; its lowercase copy is in the caller's buffer.
     name_len: usize,
-    qtype: u16,
-    qclass: u16,
+    qtype: Rtype,
+    qclass: Class,
     edns: Option<Edns>,
 }
 
@@ -490,6 +490,7 @@ fn parse<'a>(packet: &'a [u8], header: &Header, lower: &mut [u8; 255]) -> Result
     let Some(name_len) = r.question_name(lower) else { return Err(unreadable) };
     let (Some(qtype), Some(qclass)) = (r.u16(), r.u16()) else { return Err(unreadable) };
     let question = &packet[HEADER_LEN..r.pos];
+    let (qtype, qclass) = (Rtype::from_int(qtype), Class::from_int(qclass));
     let query = Query { opcode: header.opcode(), question, name_len, qtype, qclass, edns: None };
     match find_edns(&mut r, header) {
         Some(edns) => Ok(Query { edns, ..query }),

@@ -11,19 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Query types counted by name; the rest count as "other".
-const TYPES: [(u16, &str); 9] =
-    [(1, "A"), (28, "AAAA"), (33, "SRV"), (12, "PTR"), (6, "SOA"), (2, "NS"), (16, "TXT"), (255, "ANY"), (0, "other")];
-/// Response codes counted by name; the rest (BADVERS, ...) count as "other".
-const RCODES: [(u16, &str); 7] = [
-    (0, "NOERROR"),
-    (1, "FORMERR"),
-    (2, "SERVFAIL"),
-    (3, "NXDOMAIN"),
-    (4, "NOTIMP"),
-    (5, "REFUSED"),
-    (u16::MAX, "other"),
-];
+use domain::base::iana::{OptRcode, Rtype};
+
+/// Query types counted by name; the rest count as "other", in the last place.
+const TYPES: [Rtype; 8] =
+    [Rtype::A, Rtype::AAAA, Rtype::SRV, Rtype::PTR, Rtype::SOA, Rtype::NS, Rtype::TXT, Rtype::ANY];
+/// Response codes counted by name; the rest (BADVERS, ...) count as "other", in the last place.
+const RCODES: [OptRcode; 6] =
+    [OptRcode::NOERROR, OptRcode::FORMERR, OptRcode::SERVFAIL, OptRcode::NXDOMAIN, OptRcode::NOTIMP, OptRcode::REFUSED];
 /// Upper bounds of the etcd request duration histogram, in seconds.
 const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 /// Upper bounds of the DNS answer time histogram, in nanoseconds: an answer from the snapshot
@@ -49,8 +44,8 @@ const DNS_BUCKETS: [u64; 16] = [
 
 /// One answering thread's counts: written by that thread only.
 pub struct QueryCounters {
-    answered: [[AtomicU64; RCODES.len()]; TYPES.len()],
-    forwarded: [AtomicU64; TYPES.len()],
+    answered: [[AtomicU64; RCODES.len() + 1]; TYPES.len() + 1],
+    forwarded: [AtomicU64; TYPES.len() + 1],
     durations: Durations,
 }
 
@@ -63,11 +58,11 @@ impl QueryCounters {
         }
     }
 
-    pub fn answered(&self, qtype: u16, rcode: u16) {
+    pub fn answered(&self, qtype: Rtype, rcode: OptRcode) {
         bump(&self.answered[type_index(qtype)][rcode_index(rcode)]);
     }
 
-    pub fn forwarded(&self, qtype: u16) {
+    pub fn forwarded(&self, qtype: Rtype) {
         bump(&self.forwarded[type_index(qtype)]);
     }
 
@@ -112,12 +107,17 @@ fn add(counter: &AtomicU64, n: u64) {
     counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
 }
 
-fn type_index(qtype: u16) -> usize {
-    TYPES.iter().position(|(t, _)| *t == qtype).unwrap_or(TYPES.len() - 1)
+fn type_index(qtype: Rtype) -> usize {
+    TYPES.iter().position(|t| *t == qtype).unwrap_or(TYPES.len())
 }
 
-fn rcode_index(rcode: u16) -> usize {
-    RCODES.iter().position(|(r, _)| *r == rcode).unwrap_or(RCODES.len() - 1)
+fn rcode_index(rcode: OptRcode) -> usize {
+    RCODES.iter().position(|r| *r == rcode).unwrap_or(RCODES.len())
+}
+
+/// The names `/metrics` gives the counted types or codes, then "other".
+fn labels<T: Copy>(known: &[T], name: fn(T) -> Option<&'static str>) -> impl Iterator<Item = &'static str> + '_ {
+    known.iter().map(move |&k| name(k).unwrap_or("other")).chain(["other"])
 }
 
 #[derive(Default)]
@@ -206,8 +206,8 @@ impl Metrics {
             "counter",
             "DNS queries answered, by query type and response code.",
         );
-        for (t, (_, type_name)) in TYPES.iter().enumerate() {
-            for (r, (_, rcode_name)) in RCODES.iter().enumerate() {
+        for (t, type_name) in labels(&TYPES, Rtype::to_mnemonic_str).enumerate() {
+            for (r, rcode_name) in labels(&RCODES, OptRcode::to_mnemonic_str).enumerate() {
                 let n = total(&|c| &c.answered[t][r]);
                 if n > 0 {
                     let _ =
@@ -221,7 +221,7 @@ impl Metrics {
             "counter",
             "DNS queries handed to the upstream servers, by query type.",
         );
-        for (t, (_, type_name)) in TYPES.iter().enumerate() {
+        for (t, type_name) in labels(&TYPES, Rtype::to_mnemonic_str).enumerate() {
             let n = total(&|c| &c.forwarded[t]);
             if n > 0 {
                 let _ = writeln!(out, "idetcd_dns_forwarded_total{{type=\"{type_name}\"}} {n}");
@@ -405,12 +405,12 @@ mod tests {
     fn counts_render_in_prometheus_format() {
         let metrics = Metrics::default();
         let (a, b) = (metrics.register(), metrics.register());
-        a.answered(1, 0);
-        a.answered(1, 0);
-        b.answered(1, 0);
-        b.answered(28, 3);
-        b.answered(99, 16);
-        a.forwarded(1);
+        a.answered(Rtype::A, OptRcode::NOERROR);
+        a.answered(Rtype::A, OptRcode::NOERROR);
+        b.answered(Rtype::A, OptRcode::NOERROR);
+        b.answered(Rtype::AAAA, OptRcode::NXDOMAIN);
+        b.answered(Rtype::from_int(99), OptRcode::BADVERS);
+        a.forwarded(Rtype::A);
         metrics.members.store(5, Relaxed);
         metrics.etcd_request(Duration::from_micros(1500), true);
         metrics.etcd_request(Duration::from_secs(3), false);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use domain::base::iana::OptRcode;
+use domain::base::iana::{OptRcode, Rtype};
 
 use crate::dns::{self, Action, Context, Transport, MAX_UDP_PAYLOAD};
 use crate::forward::{self, Delivery, Forwarder, Job};
@@ -291,7 +291,7 @@ impl View {
     /// Hands a question to the forwarding thread. Returns the length of an answer written into
     /// `out` instead: REFUSED for a client that may not use this server as its resolver, SERVFAIL
     /// when the forwarding thread has too much to do.
-    fn forward(&self, query: &[u8], qtype: u16, origin: Origin, deliver: Delivery, out: &mut [u8]) -> Option<usize> {
+    fn forward(&self, query: &[u8], qtype: Rtype, origin: Origin, deliver: Delivery, out: &mut [u8]) -> Option<usize> {
         let Origin { client, transport, received } = origin;
         let forwarding = self.forward.as_ref()?;
         if !client.is_some_and(|c| forward::may_use(c.ip())) {

@@ -17,7 +17,7 @@ use crate::wire::{self, Owner, Part, Section, SectionWriter};
 /// One name's records of one type, ready to send.
 #[derive(Clone, Copy, Debug)]
 pub struct Rrset {
-    pub rtype: u16,
+    pub rtype: Rtype,
     pub section: Section,
 }
 
@@ -286,7 +286,7 @@ impl Builder {
 
     fn name(&mut self, name: Vec<u8>, rrsets: Vec<(Rtype, Section)>) {
         let start = self.rrsets.len() as u32;
-        self.rrsets.extend(rrsets.into_iter().map(|(rtype, section)| Rrset { rtype: rtype.to_int(), section }));
+        self.rrsets.extend(rrsets.into_iter().map(|(rtype, section)| Rrset { rtype, section }));
         self.names.insert(name.into_boxed_slice(), start..self.rrsets.len() as u32);
     }
 }

@@ -558,10 +558,13 @@ fn with_forward_names_outside_the_zone_go_upstream() {
     let forward = Context { transport: Transport::Udp, identity_held: true, forward: Some(b"\0") };
     let s = snapshot(Some("worker2.tf.local."));
     let mut out = vec![0u8; 1232];
-    assert_eq!(respond(&q("example.com.", Rtype::AAAA).packet(), &s, forward, &mut out), Action::Forward { qtype: 28 });
+    assert_eq!(
+        respond(&q("example.com.", Rtype::AAAA).packet(), &s, forward, &mut out),
+        Action::Forward { qtype: Rtype::AAAA }
+    );
     assert_eq!(
         respond(&q("9.0.0.10.in-addr.arpa.", Rtype::PTR).packet(), &s, forward, &mut out),
-        Action::Forward { qtype: 12 }
+        Action::Forward { qtype: Rtype::PTR }
     );
     // Ours stay ours, now with recursion available.
     let Action::Reply { len, rcode: code, .. } =
@@ -570,12 +573,15 @@ fn with_forward_names_outside_the_zone_go_upstream() {
         panic!()
     };
     let m = Message::from_octets(out[..len].to_vec()).unwrap();
-    assert!(m.header().ra() && m.header().aa() && code == 0);
+    assert!(m.header().ra() && m.header().aa() && code == OptRcode::NOERROR);
     let nx = ask(&q("nobody.tf.local.", Rtype::A).packet(), &s, forward).unwrap();
     assert_eq!(rcode(&nx), OptRcode::NXDOMAIN, "a name in our zone is never forwarded");
     // Only names under FROM.
     let only_corp = Context { forward: Some(b"\x04corp\x00"), ..forward };
-    assert_eq!(respond(&q("db.corp.", Rtype::A).packet(), &s, only_corp, &mut out), Action::Forward { qtype: 1 });
+    assert_eq!(
+        respond(&q("db.corp.", Rtype::A).packet(), &s, only_corp, &mut out),
+        Action::Forward { qtype: Rtype::A }
+    );
     let m =
         ask(&q("example.com.", Rtype::A).packet(), &s, Context { forward: Some(b"\x04corp\x00"), ..forward }).unwrap();
     assert_eq!(rcode(&m), OptRcode::REFUSED);
