@@ -17,6 +17,18 @@ pub struct Addresses {
     pub ipv6: Option<Ipv6Addr>,
 }
 
+/// For messages: `10.0.0.3, fd00::3`.
+impl fmt::Display for Addresses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.ipv4, self.ipv6) {
+            (None, None) => f.write_str("no address"),
+            (Some(v4), None) => write!(f, "{v4}"),
+            (None, Some(v6)) => write!(f, "{v6}"),
+            (Some(v4), Some(v6)) => write!(f, "{v4}, {v6}"),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Interface {
     name: String,
@@ -206,6 +218,16 @@ unsafe fn sockaddr_ip(addr: *const libc::sockaddr) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_read_as_a_list() {
+        let (v4, v6) = (Some("10.0.0.3".parse().unwrap()), Some("fd00::3".parse().unwrap()));
+        for (ipv4, ipv6, text) in
+            [(None, None, "no address"), (v4, None, "10.0.0.3"), (None, v6, "fd00::3"), (v4, v6, "10.0.0.3, fd00::3")]
+        {
+            assert_eq!(Addresses { ipv4, ipv6 }.to_string(), text);
+        }
+    }
 
     fn iface(name: &str, up: bool, loopback: bool, address: &str) -> Interface {
         Interface { name: name.into(), up, loopback, address: address.parse().unwrap() }

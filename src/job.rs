@@ -95,7 +95,7 @@ pub fn settle<'a>(
             format!("roles {} in {}", names.join(", "), roles.first().map_or(".", |r| r.pattern.zone()))
         }
     };
-    let stranger = || format!("this host ({}) is no member of {cluster}", describe(own));
+    let stranger = || format!("this host ({}) is no member of {cluster}", own);
     // This host must be found, and is not (yet).
     let missing_me = mine.is_none() && me_needed == Me::Needed;
     let lists: Vec<Vec<Member>> = match wait {
@@ -279,16 +279,6 @@ fn missing_names(roles: &[Role], missing: impl Iterator<Item = Slot>, count: u64
         (true, _) => String::new(),
         (false, 0) => format!("; missing {}", names.join(", ")),
         (false, more) => format!("; missing {} and {more} more", names.join(", ")),
-    }
-}
-
-/// This host's addresses, for messages.
-pub fn describe(own: &Addresses) -> String {
-    let list: Vec<String> =
-        [own.ipv4.map(|ip| ip.to_string()), own.ipv6.map(|ip| ip.to_string())].into_iter().flatten().collect();
-    match list.is_empty() {
-        true => "no address found".to_string(),
-        false => list.join(", "),
     }
 }
 

@@ -452,18 +452,18 @@ impl Membership {
             // The first read: one line, however large the cluster.
             log::info!("{count} members at etcd revision {}", self.view.revision().unwrap_or(0));
             for (name, record) in &changes.joined {
-                log::debug!("member {name} {}", describe(record));
+                log::debug!("member {name} {}", record.addresses());
             }
         } else {
             for (name, record) in &changes.joined {
-                log::info!("member joined: {name} {}", describe(record));
+                log::info!("member joined: {name} {}", record.addresses());
             }
         }
         for (name, record) in &changes.changed {
-            log::info!("member changed: {name} {}", describe(record));
+            log::info!("member changed: {name} {}", record.addresses());
         }
         for (name, record) in &changes.left {
-            log::info!("member left: {name} {}", describe(record));
+            log::info!("member left: {name} {}", record.addresses());
         }
         self.metrics.members.store(count as u64, Relaxed);
         self.check_own_keys();
@@ -667,15 +667,6 @@ enum LeaseState {
     Gone,
     /// Our own clock says it expired, while etcd could not be asked.
     RanOut,
-}
-
-fn describe(record: &Record) -> String {
-    let addresses: Vec<String> =
-        [record.ipv4.map(|ip| ip.to_string()), record.ipv6.map(|ip| ip.to_string())].into_iter().flatten().collect();
-    match addresses.as_slice() {
-        [] => "(no address)".to_string(),
-        list => list.join(" "),
-    }
 }
 
 /// Renew at a third of the TTL: two renewals can fail before the lease is at risk.

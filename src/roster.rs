@@ -141,7 +141,7 @@ pub fn launch(
             short.join(", ")
         );
     }
-    let not_a_member = || Error::Job(format!("this host ({}) is no member", job::describe(&own)));
+    let not_a_member = || Error::Job(format!("this host ({}) is no member", own));
     match launcher {
         Launcher::TfConfig { job: name, port } => {
             writeln!(out, "{}", job.tf_config(name.as_deref(), *port).ok_or_else(not_a_member)?)?;
