@@ -15,6 +15,7 @@ pub mod etcd;
 pub mod exec;
 pub mod forward;
 pub mod job;
+pub mod lease;
 pub mod membership;
 pub mod messages;
 pub mod metrics;

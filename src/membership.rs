@@ -20,10 +20,11 @@ use crate::claim::{self, Choice, ClaimError};
 use crate::clock::boottime;
 use crate::config::{self, Role};
 use crate::etcd::{self, Compare, Op, RangeRequest, Txn, WatchMessage, WatchRange};
+use crate::lease::{renew_interval, Holding, Lease, LeaseState, Loss};
 use crate::messages::{Command, Event, Latest, Tuning, Update, Watched};
 use crate::metrics::Metrics;
 use crate::record::Record;
-use crate::view::{self, Changes, Own, Slot, View};
+use crate::view::{self, Changes, Own, View};
 use crate::zone::{Inputs, Snapshot};
 
 /// While etcd cannot be reached, repeat the warning this often, not at every retry.
@@ -33,8 +34,6 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// However quiet the change detector, read everything this often: a backstop against any way the
 /// copy in memory could drift from etcd unnoticed.
 const FULL_READ_EVERY: Duration = Duration::from_secs(600);
-/// Lease TTLs beyond this are not believed (they would overflow deadlines).
-const MAX_LEASE_TTL: i64 = 7 * 24 * 3600;
 
 pub struct Settings {
     pub roles: Vec<Role>,
@@ -47,18 +46,6 @@ pub struct Settings {
     pub tuning: Tuning,
 }
 
-/// The lease this node holds, and what is known of its life.
-#[derive(Clone, Copy)]
-struct Lease {
-    id: i64,
-    ttl: Duration,
-    /// When etcd will let it expire at the latest (`boottime`), counted from before the request
-    /// that last granted or renewed it.
-    expires: Duration,
-    /// When it was last granted or renewed.
-    renewed: Instant,
-}
-
 struct Membership {
     settings: Settings,
     value: String,
@@ -68,11 +55,8 @@ struct Membership {
     metrics: Arc<Metrics>,
     /// What the answering threads were last sent.
     state: Update,
-    lease: Option<Lease>,
-    /// The name held, if any.
-    held: Option<String>,
-    /// The slot held last, to ask for again after losing the lease.
-    last: Option<Slot>,
+    /// The lease and the name on it.
+    holding: Holding,
     view: View,
     /// Set when everything must be read again: at start, after a claim, when the watch missed
     /// changes, and now and then as a backstop.
@@ -110,9 +94,7 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
         updates,
         metrics,
         state: first,
-        lease: None,
-        held: None,
-        last: None,
+        holding: Holding::default(),
         read_due: true,
         fatal: None,
         members_told: false,
@@ -131,9 +113,9 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
             return;
         }
         let now = Instant::now();
-        if m.held.is_none() {
+        if m.holding.held.is_none() {
             // A lease kept from an earlier attempt stays alive while the claims fail.
-            if m.lease.is_some() && now >= m.next_keepalive {
+            if m.holding.lease.is_some() && now >= m.next_keepalive {
                 m.keepalive();
             }
             match m.claim() {
@@ -229,7 +211,7 @@ impl Membership {
     }
 
     fn claim(&mut self) -> Result<(), ClaimError> {
-        let lease = match self.lease {
+        let lease = match self.holding.lease {
             Some(lease) => lease,
             None => self.grant()?,
         };
@@ -239,7 +221,7 @@ impl Membership {
             value: self.value.as_bytes(),
             lease: lease.id,
             renew_every: renew_interval(lease.ttl),
-            preferred: self.last,
+            preferred: self.holding.last,
         };
         let claimed = match claim::claim(&mut self.client, &request) {
             Ok(claimed) => claimed,
@@ -264,7 +246,7 @@ impl Membership {
             _ => format!("role {}, ", role.name),
         };
         // `last` is set once a name was held: a claim after that follows a loss.
-        let again = match self.last {
+        let again = match self.holding.last {
             _ if claimed.taken_back => " back, its record still there from an earlier run".to_string(),
             Some(last) if last == claimed.slot => " again".to_string(),
             Some(last) => format!(" in place of {}, which is no longer free", last.name(&self.settings.roles)),
@@ -278,15 +260,14 @@ impl Membership {
             lease.ttl.as_secs(),
             claimed.requests
         );
-        self.held = Some(claimed.name);
-        self.last = Some(claimed.slot);
+        self.holding.claimed(claimed.name, claimed.slot);
         self.metrics.claims.fetch_add(1, Relaxed);
         self.metrics.holds_name.store(true, Relaxed);
-        self.state.held_until = Some(lease.expires);
+        self.state.held_until = self.holding.held_until();
         // A lease kept through failed claims, or through a claim that watched another lease, may
         // be due for renewal already, its deadline as known here even past: renewed now, so that
         // the answers name this node with a deadline still ahead.
-        if lease.renewed.elapsed() >= renew_interval(lease.ttl) {
+        if lease.renewal_due(Instant::now()) {
             self.keepalive();
         }
         // Name ourselves in the answers at once, then read the members afresh.
@@ -301,7 +282,7 @@ impl Membership {
     /// from what it has, and warns.
     fn failed(&mut self, what: &str, e: &etcd::Error) {
         // `last` is set once a name was held.
-        match e.is_permanent() && self.last.is_none() {
+        match e.is_permanent() && self.holding.last.is_none() {
             true => self.fatal = Some(e.to_string()),
             false => self.trouble.failed(what, e),
         }
@@ -310,20 +291,19 @@ impl Membership {
     fn grant(&mut self) -> Result<Lease, etcd::Error> {
         let (before, asked) = (boottime(), Instant::now());
         let granted = self.client.lease_grant(self.settings.lease_ttl)?;
-        let ttl = Duration::from_secs(granted.ttl.clamp(1, MAX_LEASE_TTL) as u64);
-        let lease = Lease { id: granted.id, ttl, expires: before + ttl, renewed: asked };
-        self.next_keepalive = asked + renew_interval(ttl);
+        let lease = Lease::answered(granted.id, granted.ttl, before, asked);
+        self.next_keepalive = lease.renew_at();
         self.set_lease(Some(lease));
         Ok(lease)
     }
 
     fn set_lease(&mut self, lease: Option<Lease>) {
-        self.lease = lease;
+        self.holding.lease = lease;
         let _ = self.events.send(Event::Lease(lease.map(|l| l.id)));
     }
 
     fn abandon_lease(&mut self) {
-        if let Some(lease) = self.lease {
+        if let Some(lease) = self.holding.lease {
             log::debug!("abandoning lease {:x}", lease.id);
             let _ = self.client.lease_revoke(lease.id);
             self.set_lease(None);
@@ -331,20 +311,18 @@ impl Membership {
     }
 
     fn keepalive(&mut self) {
-        let Some(mut lease) = self.lease else { return };
+        let Some(lease) = self.holding.lease else { return };
         let (before, asked) = (boottime(), Instant::now());
         match self.client.lease_keepalive(lease.id) {
             Ok(Some(ttl)) => {
                 self.trouble.recovered(self.client.endpoint());
                 log::debug!("renewed lease {:x} for {ttl}s", lease.id);
                 self.metrics.renewals.fetch_add(1, Relaxed);
-                lease.ttl = Duration::from_secs(ttl.clamp(1, MAX_LEASE_TTL) as u64);
-                lease.expires = before + lease.ttl;
-                lease.renewed = asked;
-                self.lease = Some(lease);
-                self.next_keepalive = asked + renew_interval(lease.ttl);
-                if self.held.is_some() {
-                    self.state.held_until = Some(lease.expires);
+                let lease = Lease::answered(lease.id, ttl, before, asked);
+                self.holding.renewed(lease);
+                self.next_keepalive = lease.renew_at();
+                if self.holding.held.is_some() {
+                    self.state.held_until = self.holding.held_until();
                     self.broadcast();
                 }
             }
@@ -355,8 +333,7 @@ impl Membership {
             Err(e) => {
                 self.failed("cannot renew the lease", &e);
                 self.next_keepalive = Instant::now() + Duration::from_secs(1).min(renew_interval(lease.ttl));
-                // Counted from before the last renewal was asked for: etcd has let it go by now.
-                if boottime() >= lease.expires {
+                if self.holding.ran_out(boottime()) {
                     self.lose(LeaseState::RanOut);
                 }
             }
@@ -365,35 +342,21 @@ impl Membership {
 
     /// Forgets the name, and the lease if it is gone: the next loop turn claims again, preferring
     /// the same slot.
-    fn lose(&mut self, lease_state: LeaseState) {
-        let lease = self.lease.map_or(0, |l| l.id);
-        let Some(name) = self.held.take() else {
-            // A lease kept through failed claims: nothing was held, so nothing is lost.
-            if !matches!(lease_state, LeaseState::Alive) {
-                log::debug!("lease {lease:x} is gone; claiming with a new one");
-                self.set_lease(None);
+    fn lose(&mut self, state: LeaseState) {
+        let lease = self.holding.lease;
+        let loss = self.holding.lose(state);
+        if self.holding.lease != lease {
+            self.set_lease(None);
+        }
+        if let Loss::Nothing { lease_dropped, .. } = loss {
+            if lease_dropped {
+                log::debug!("{loss}");
             }
             return;
-        };
+        }
         self.metrics.lease_losses.fetch_add(1, Relaxed);
         self.metrics.holds_name.store(false, Relaxed);
-        match lease_state {
-            LeaseState::Gone => {
-                log::warn!(
-                    "lease {lease:x} for {name} is gone (expired or revoked): {name} is lost; claiming a name again"
-                );
-                self.set_lease(None);
-            }
-            LeaseState::RanOut => {
-                log::warn!(
-                    "lease {lease:x} for {name} ran out while etcd could not be reached: {name} is lost and may go to another node; claiming a name again once etcd answers"
-                );
-                self.set_lease(None);
-            }
-            LeaseState::Alive => {
-                log::warn!("{name} was deleted from etcd or moved off lease {lease:x}; claiming a name again");
-            }
-        }
+        log::warn!("{loss}");
         self.state.held_until = None;
         // No answer may name this node by its old name any more.
         self.rebuild();
@@ -473,13 +436,13 @@ impl Membership {
     /// Our key deleted or moved to another lease means the name is no longer ours; any other key
     /// on our lease is a claim that arrived late and must go.
     fn check_own_keys(&mut self) {
-        let Some(lease) = self.lease else { return };
+        let Some(lease) = self.holding.lease else { return };
         // Until a read after the claim, the view may show our key as it was before it (on the
         // lease of an earlier run, say): nothing to judge by yet.
         if self.read_due {
             return;
         }
-        let check = self.view.check(self.held.as_deref().map(str::as_bytes), lease.id);
+        let check = self.view.check(self.holding.held.as_deref().map(str::as_bytes), lease.id);
         for key in check.strays {
             log::warn!("deleting {:?}, which this node's lease holds besides its name", String::from_utf8_lossy(&key));
             let txn = Txn {
@@ -496,7 +459,7 @@ impl Membership {
             Some(Own::Twin) => {
                 // Only a node publishing this very record takes a name over by value: two nodes
                 // with one address, which would take the name from each other forever.
-                let held = self.held.as_deref().unwrap_or_default();
+                let held = self.holding.held.as_deref().unwrap_or_default();
                 self.fatal = Some(format!(
                     "another node publishes the same record {} and took over {held}; give each node its own address",
                     self.value
@@ -529,7 +492,7 @@ impl Membership {
             roles: &self.settings.roles,
             ttl: self.settings.tuning.ttl,
             revision,
-            own_name: self.held.as_deref(),
+            own_name: self.holding.held.as_deref(),
             members: self.view.members(),
         });
         log::debug!(
@@ -577,9 +540,9 @@ impl Membership {
 
     /// Revokes the lease, which frees the name at once.
     fn release(&mut self) {
-        let held = self.held.take();
+        let held = self.holding.held.take();
         self.metrics.holds_name.store(false, Relaxed);
-        let Some(lease) = self.lease else { return };
+        let Some(lease) = self.holding.lease else { return };
         match self.client.lease_revoke(lease.id) {
             Ok(()) => {
                 self.set_lease(None);
@@ -659,19 +622,6 @@ fn return_freed_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-enum LeaseState {
-    Alive,
-    /// etcd says it no longer knows the lease.
-    Gone,
-    /// Our own clock says it expired, while etcd could not be asked.
-    RanOut,
-}
-
-/// Renew at a third of the TTL: two renewals can fail before the lease is at risk.
-fn renew_interval(ttl: Duration) -> Duration {
-    ttl / 3
 }
 
 /// Keeps etcd trouble from flooding the log: a warning when it starts, a reminder now and then,
