@@ -5,11 +5,11 @@
 //! this very machine), the original plugin's rule applies: the first interface that is up and not a
 //! loopback, with an IPv4 address. Either way the IPv6 address is a global one on the same interface.
 
-use std::ffi::CStr;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 
 use crate::config::Listen;
+use crate::sys::{interfaces, Interface};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Addresses {
@@ -27,14 +27,6 @@ impl fmt::Display for Addresses {
             (Some(v4), Some(v6)) => write!(f, "{v4}, {v6}"),
         }
     }
-}
-
-#[derive(Clone, Debug)]
-struct Interface {
-    name: String,
-    up: bool,
-    loopback: bool,
-    address: IpAddr,
 }
 
 pub fn detect(endpoints: &[String]) -> Addresses {
@@ -173,46 +165,6 @@ fn route_source(endpoint: &str) -> Option<IpAddr> {
     let socket = UdpSocket::bind(local).ok()?;
     socket.connect(target).ok()?;
     Some(socket.local_addr().ok()?.ip())
-}
-
-fn interfaces() -> Vec<Interface> {
-    let mut list = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we only read and then free exactly once.
-    unsafe {
-        if libc::getifaddrs(&mut head) != 0 {
-            return list;
-        }
-        let mut cursor = head;
-        while let Some(ifa) = cursor.as_ref() {
-            cursor = ifa.ifa_next;
-            let Some(address) = sockaddr_ip(ifa.ifa_addr) else { continue };
-            list.push(Interface {
-                name: CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned(),
-                up: ifa.ifa_flags & libc::IFF_UP as u32 != 0,
-                loopback: ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0,
-                address,
-            });
-        }
-        libc::freeifaddrs(head);
-    }
-    list
-}
-
-/// SAFETY: `addr` is null or points to a sockaddr whose family says how large it is.
-unsafe fn sockaddr_ip(addr: *const libc::sockaddr) -> Option<IpAddr> {
-    let family = i32::from(addr.as_ref()?.sa_family);
-    match family {
-        libc::AF_INET => {
-            let sin = &*(addr as *const libc::sockaddr_in);
-            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
-        }
-        libc::AF_INET6 => {
-            let sin6 = &*(addr as *const libc::sockaddr_in6);
-            Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
-        }
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -4,18 +4,12 @@
 //! out in etcd would go on believing it holds its name. Deadlines that decide whether this node
 //! names itself are kept on CLOCK_BOOTTIME instead.
 
-use std::time::Duration;
-
-/// Time since boot, suspended time included.
-pub fn boottime() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime only writes the timespec we pass; CLOCK_BOOTTIME exists since Linux 2.6.39.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
+pub use crate::sys::boottime;
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

@@ -22,6 +22,7 @@ use crate::job::Job;
 use crate::membership;
 use crate::messages::Watched;
 use crate::record::Record;
+use crate::sys::{self, ChildState};
 
 /// Signals exec passes on to the command: the stopping ones, and those programs use to be told
 /// something (SLURM's SIGUSR1 before a job's time is up, say), which would otherwise end exec.
@@ -104,8 +105,7 @@ pub fn run(
     };
 
     // The wait below needs the command's exit reported to us, whatever was inherited.
-    // SAFETY: resets one signal's disposition for this process; no handler of ours is involved.
-    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+    sys::default_sigchld();
     // Caught before the command starts, so that none is missed in between.
     let mut signals = Signals::new(PASSED_ON.iter().copied().chain([SIGTSTP, SIGCONT])).map_err(Error::Setup)?;
     let (caught_tx, caught) = crossbeam_channel::unbounded();
@@ -136,25 +136,11 @@ pub fn run(
     // A process group of its own, so that a signal reaches every process the command started
     // (torchrun's workers, a shell's children), not only the first.
     spawn_command.process_group(0);
-    // SAFETY: prctl is async-signal-safe and changes only the child. Without exec nothing fences
-    // the command: if exec is killed outright, the command goes too.
-    unsafe {
-        spawn_command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    // Without exec nothing fences the command: if exec is killed outright, the command goes too.
+    sys::die_with_parent(&mut spawn_command);
     if terminal.as_ref().is_some_and(Terminal::ours) {
-        // SAFETY: only async-signal-safe calls, in the child before exec: it takes the terminal,
-        // so that it reads it and gets Ctrl-C and Ctrl-Z as a shell's foreground job would.
-        unsafe {
-            spawn_command.pre_exec(|| {
-                libc::signal(libc::SIGTTOU, libc::SIG_IGN);
-                libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
-                libc::signal(libc::SIGTTOU, libc::SIG_DFL);
-                Ok(())
-            });
-        }
+        // So that it reads the terminal and gets Ctrl-C and Ctrl-Z as a shell's foreground job would.
+        sys::take_terminal(&mut spawn_command);
     }
     let mut child = spawn_command
         .spawn()
@@ -178,7 +164,7 @@ pub fn run(
     // group's, could not be reused, so no signal above could reach a stranger.
     let status = child.wait().map_err(Error::Setup);
     if let Some(terminal) = terminal.filter(|_| group.has_terminal()) {
-        terminal.give(own_group());
+        terminal.give(sys::own_group());
     }
     match fenced {
         Some(why) => Err(Error::Lost { name, why }),
@@ -254,10 +240,9 @@ fn supervise(
 /// Stops exec itself until it is continued, then continues the command.
 fn suspend(group: Group, terminal: Option<&Terminal>) {
     if let Some(terminal) = terminal.filter(|_| group.has_terminal()) {
-        terminal.give(own_group());
+        terminal.give(sys::own_group());
     }
-    // SAFETY: raise only sends a signal to this process; SIGSTOP stops every thread until SIGCONT.
-    unsafe { libc::raise(libc::SIGSTOP) };
+    sys::stop_self();
     resume(group, terminal);
 }
 
@@ -285,42 +270,24 @@ struct Group(i32);
 
 impl Group {
     fn signal(self, signal: i32) {
-        // SAFETY: kill only sends a signal. The group's leader is our child, and is reaped only
-        // after the last signal: until then its ID names this group and no other.
-        unsafe { libc::kill(-self.0, signal) };
+        // The group's leader is our child, and is reaped only after the last signal: until then
+        // its ID names this group and no other.
+        sys::signal_group(self.0, signal);
     }
 
     /// Whether the group is the terminal's foreground.
     fn has_terminal(self) -> bool {
-        // SAFETY: a plain query of standard input.
-        unsafe { libc::tcgetpgrp(libc::STDIN_FILENO) == self.0 }
+        sys::terminal_group() == self.0
     }
 
     /// Tells `events` of every stop of the leader and, last, of its end, leaving it unreaped.
     fn watch(self, events: &Sender<ChildEvent>) {
-        loop {
-            // SAFETY: waitid writes only into `info`, which lives on this stack.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            let flags = libc::WEXITED | libc::WSTOPPED | libc::WNOWAIT;
-            if unsafe { libc::waitid(libc::P_PID, self.0 as libc::id_t, &mut info, flags) } != 0 {
-                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                let _ = events.send(ChildEvent::Exited);
-                return;
-            }
-            if info.si_code != libc::CLD_STOPPED && info.si_code != libc::CLD_TRAPPED {
-                let _ = events.send(ChildEvent::Exited);
-                return;
-            }
-            // Take the stop's report, or the next wait would find it again; an end is left.
-            // SAFETY: as above.
-            let mut taken: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            unsafe { libc::waitid(libc::P_PID, self.0 as libc::id_t, &mut taken, libc::WSTOPPED | libc::WNOHANG) };
+        while sys::wait_child(self.0) == ChildState::Stopped {
             if events.send(ChildEvent::Stopped).is_err() {
                 return;
             }
         }
+        let _ = events.send(ChildEvent::Exited);
     }
 }
 
@@ -333,33 +300,18 @@ impl Terminal {
     /// control started it, in the foreground or not. A script without job control keeps Ctrl-C
     /// for itself too.
     fn of_job() -> Option<Terminal> {
-        // SAFETY: plain queries of this process and its standard input.
-        let (tty, group, pid) = unsafe { (libc::isatty(libc::STDIN_FILENO) == 1, libc::getpgrp(), libc::getpid()) };
-        (tty && group == pid).then_some(Terminal)
+        sys::leads_a_terminal_job().then_some(Terminal)
     }
 
     /// Whether exec's group has the terminal (after `fg`, not after `bg`).
     fn ours(&self) -> bool {
-        // SAFETY: plain queries.
-        unsafe { libc::tcgetpgrp(libc::STDIN_FILENO) == libc::getpgrp() }
+        sys::terminal_group() == sys::own_group()
     }
 
     /// Makes `group` the terminal's foreground process group.
     fn give(&self, group: libc::pid_t) {
-        // SAFETY: as a shell does for its jobs; SIGTTOU would stop a background process group
-        // that asks, so it is ignored meanwhile.
-        unsafe {
-            let old = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
-            libc::tcsetpgrp(libc::STDIN_FILENO, group);
-            libc::signal(libc::SIGTTOU, old);
-        }
+        sys::give_terminal(group);
     }
-}
-
-/// exec's own process group.
-fn own_group() -> libc::pid_t {
-    // SAFETY: a plain query that cannot fail.
-    unsafe { libc::getpgrp() }
 }
 
 fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), Error> {

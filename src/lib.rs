@@ -26,6 +26,8 @@ pub mod record;
 pub mod reload;
 pub mod roster;
 pub mod server;
+#[allow(unsafe_code)]
+mod sys;
 pub mod view;
 pub mod wire;
 pub mod zone;

@@ -5,7 +5,8 @@
 //! one cheap request tells whether any role's key range changed, and only then are they read
 //! whole. With `watch`, a helper thread also follows etcd's watch stream and forwards each change
 //! at once; polling stays on underneath, so a watch that breaks or silently stalls costs latency,
-//! never correctness. What the members are is the `view`'s to say; this thread does the I/O.
+//! never correctness. What the members are is the `view`'s to say, and what the lease and the name
+//! on it come to is `lease`'s; this thread does the I/O.
 //! Everything is retried with backoff when etcd cannot be reached; meanwhile answering threads go
 //! on with the last snapshot they received.
 
@@ -503,7 +504,9 @@ impl Membership {
         self.state.snapshot = Arc::new(snapshot);
         self.metrics.snapshot_loaded.store(true, Relaxed);
         self.broadcast();
-        return_freed_memory();
+        // Reading a large member range briefly needs a few megabytes; a daemon that sits at its
+        // peak forever looks (and is) wasteful.
+        crate::sys::return_freed_memory();
     }
 
     fn broadcast(&self) {
@@ -611,16 +614,6 @@ pub(crate) fn follow(
             Err(e) => log::debug!("cannot open the etcd watch: {e}"),
         }
         std::thread::sleep(retry.next());
-    }
-}
-
-/// Reading a large member range briefly needs a few megabytes; glibc keeps freed memory for reuse
-/// unless asked, and a daemon that sits at its peak forever looks (and is) wasteful.
-fn return_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap pages; it is safe to call at any time.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

@@ -91,37 +91,8 @@ pub enum Watched {
 }
 
 /// Wakes a thread that sleeps in `poll(2)` when a message is queued for it: an eventfd it polls
-/// along with its sockets.
-pub struct Wake(std::os::fd::OwnedFd);
-
-impl Wake {
-    pub fn new() -> std::io::Result<Wake> {
-        // SAFETY: eventfd returns a new descriptor, owned from here on, or -1.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        Ok(Wake(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }))
-    }
-
-    pub fn notify(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a live buffer; a full counter (EAGAIN) still wakes the reader.
-        unsafe { libc::write(std::os::fd::AsRawFd::as_raw_fd(&self.0), one.as_ptr().cast(), 8) };
-    }
-
-    /// Clears the wake-up, after which the queue must be read.
-    pub fn clear(&self) {
-        let mut buf = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into a live buffer; EAGAIN when nothing was pending.
-        unsafe { libc::read(std::os::fd::AsRawFd::as_raw_fd(&self.0), buf.as_mut_ptr().cast(), 8) };
-    }
-
-    pub fn fd(&self) -> libc::c_int {
-        std::os::fd::AsRawFd::as_raw_fd(&self.0)
-    }
-}
+/// along with its sockets; cleared before the queue is read.
+pub type Wake = crate::sys::EventFd;
 
 #[cfg(test)]
 mod tests {

@@ -333,8 +333,7 @@ mod process {
 
     pub fn read() -> Process {
         let file = |path: &str| std::fs::read_to_string(path).ok();
-        // SAFETY: sysconf only reads a system constant.
-        let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+        let (ticks, page) = crate::sys::ticks_and_page_size();
         let mut p = match file("/proc/self/stat") {
             Some(stat) => from_stat(&stat, ticks as f64, page.max(0) as u64, file("/proc/stat").as_deref()),
             None => Process::default(),
