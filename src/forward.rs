@@ -96,8 +96,7 @@ impl Forwarder {
             metrics,
             sockets,
             families,
-            in_flight: HashMap::new(),
-            timeouts: VecDeque::new(),
+            in_flight: Waiting::default(),
             preferred: 0,
             random: Random::new(),
             last_warning: None,
@@ -158,6 +157,76 @@ struct InFlight {
     asked: usize,
 }
 
+/// Where a question waits for its answer: a socket (an index into `sockets`) and our ID.
+type Key = (usize, u16);
+
+/// Questions in flight by key, and when each gives up on its upstream. A key is free again as soon
+/// as its question is answered, and may be taken by the next one while the old deadline is still
+/// queued: each deadline names the sending it was set for, so that it never expires a later one.
+struct Waiting<T> {
+    /// With the sending each was sent by.
+    by_key: HashMap<Key, (u64, T)>,
+    /// Oldest first: all wait as long.
+    deadlines: VecDeque<(Instant, Key, u64)>,
+    /// Sendings so far.
+    sent: u64,
+}
+
+impl<T> Default for Waiting<T> {
+    fn default() -> Waiting<T> {
+        Waiting { by_key: HashMap::new(), deadlines: VecDeque::new(), sent: 0 }
+    }
+}
+
+impl<T> Waiting<T> {
+    fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    fn contains(&self, key: &Key) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    fn get(&self, key: &Key) -> Option<&T> {
+        self.by_key.get(key).map(|(_, value)| value)
+    }
+
+    fn insert(&mut self, key: Key, value: T, deadline: Instant) {
+        self.sent += 1;
+        self.deadlines.push_back((deadline, key, self.sent));
+        self.by_key.insert(key, (self.sent, value));
+    }
+
+    /// Takes the question answered under `key`.
+    fn remove(&mut self, key: &Key) -> Option<T> {
+        self.by_key.remove(key).map(|(_, value)| value)
+    }
+
+    /// When `expired` may next have something to give, if ever.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.front().map(|&(deadline, _, _)| deadline)
+    }
+
+    /// Takes a question whose deadline passed by `now`, if any.
+    fn expired(&mut self, now: Instant) -> Option<T> {
+        while let Some(&(deadline, key, sending)) = self.deadlines.front() {
+            if deadline > now {
+                return None;
+            }
+            self.deadlines.pop_front();
+            // Answered meanwhile, or given up on, perhaps with its key taken again: nothing to do.
+            if self.by_key.get(&key).is_some_and(|&(sent, _)| sent == sending) {
+                return self.remove(&key);
+            }
+        }
+        None
+    }
+}
+
 /// The forwarding thread.
 pub struct Forwarding {
     upstreams: Vec<SocketAddr>,
@@ -167,10 +236,7 @@ pub struct Forwarding {
     sockets: Vec<UdpSocket>,
     /// The IPv4 sockets and the IPv6 sockets, as indexes into `sockets`.
     families: [std::ops::Range<usize>; 2],
-    /// By socket and ID.
-    in_flight: HashMap<(usize, u16), InFlight>,
-    /// When each question sent gives up on its upstream, oldest first (all wait as long).
-    timeouts: VecDeque<(Instant, (usize, u16))>,
+    in_flight: Waiting<InFlight>,
     /// The upstream that answered last, asked first.
     preferred: usize,
     random: Random,
@@ -197,8 +263,8 @@ impl Forwarding {
                 events: libc::POLLIN,
                 revents: 0,
             }));
-            let timeout = match (self.timeouts.front(), retired_at) {
-                (Some((deadline, _)), _) => {
+            let timeout = match (self.in_flight.next_deadline(), retired_at) {
+                (Some(deadline), _) => {
                     deadline.saturating_duration_since(Instant::now()).as_millis() as libc::c_int + 1
                 }
                 (None, Some(at)) => RETIRE_GRACE.saturating_sub(at.elapsed()).as_millis() as libc::c_int + 1,
@@ -247,7 +313,7 @@ impl Forwarding {
             let socket = family.start + self.random.next() as usize % family.len();
             let id = loop {
                 let id = self.random.next() as u16;
-                if !self.in_flight.contains_key(&(socket, id)) {
+                if !self.in_flight.contains(&(socket, id)) {
                     break id;
                 }
             };
@@ -255,8 +321,7 @@ impl Forwarding {
             q.asked += 1;
             match self.sockets[socket].send_to(&q.query, upstream) {
                 Ok(_) => {
-                    self.timeouts.push_back((Instant::now() + UPSTREAM_TIMEOUT, (socket, id)));
-                    self.in_flight.insert((socket, id), q);
+                    self.in_flight.insert((socket, id), q, Instant::now() + UPSTREAM_TIMEOUT);
                     return;
                 }
                 Err(e) => {
@@ -320,13 +385,7 @@ impl Forwarding {
     /// Questions whose upstream did not answer in time go to the next upstream.
     fn expire(&mut self) {
         let now = Instant::now();
-        while let Some(&(deadline, key)) = self.timeouts.front() {
-            if deadline > now {
-                return;
-            }
-            self.timeouts.pop_front();
-            // Answered meanwhile, or given up on: nothing to do.
-            let Some(mut q) = self.in_flight.remove(&key) else { continue };
+        while let Some(mut q) = self.in_flight.expired(now) {
             log::debug!("{} did not answer in time", self.upstreams[q.upstream]);
             q.upstream = (q.upstream + 1) % self.upstreams.len();
             self.send(q);
@@ -431,5 +490,42 @@ mod tests {
         ] {
             assert_eq!(may_use(ip.parse().unwrap()), want, "{ip}");
         }
+    }
+
+    #[test]
+    fn a_reused_key_waits_its_own_time() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let key = (3, 0xbeef);
+        // Each step: answers taken (by key), questions sent (key, name, deadline), then what
+        // expires by then.
+        type Step = (u64, &'static [Key], &'static [(Key, &'static str, u64)], &'static [&'static str]);
+        let steps: &[Step] = &[
+            (0, &[], &[((3, 0xbeef), "first", 2000)], &[]),
+            // The first is answered, and its key taken again at once by a second question.
+            (1500, &[(3, 0xbeef)], &[((3, 0xbeef), "second", 3500)], &[]),
+            // The first's deadline passes: the second has 1.5 s more.
+            (2000, &[], &[], &[]),
+            (2100, &[], &[((1, 7), "third", 4100)], &[]),
+            (3500, &[], &[], &["second"]),
+            (4100, &[], &[], &["third"]),
+            (9000, &[], &[], &[]),
+        ];
+        let mut waiting = Waiting::default();
+        for &(now, answered, sent, expiring) in steps {
+            for k in answered {
+                assert!(waiting.remove(k).is_some(), "{now} ms: {k:?} answered");
+            }
+            for &(k, name, deadline) in sent {
+                assert!(!waiting.contains(&k));
+                waiting.insert(k, name, at(deadline));
+            }
+            let mut expired = Vec::new();
+            while let Some(name) = waiting.expired(at(now)) {
+                expired.push(name);
+            }
+            assert_eq!(expired, expiring, "{now} ms");
+        }
+        assert!(waiting.is_empty() && !waiting.contains(&key));
     }
 }
