@@ -49,16 +49,73 @@ const RETIRE_GRACE: Duration = Duration::from_secs(1);
 /// output.
 pub type Delivery = Box<dyn FnOnce(&[u8]) + Send>;
 
+/// A question for upstream. It is answered once, whatever becomes of it: one that is dropped
+/// unanswered (a thread that could not start, or that ended) answers SERVFAIL, so that no client
+/// waits for nothing, and no TCP connection is held open for an answer that never comes.
 pub struct Job {
     pub query: Vec<u8>,
     /// How the client asked, which decides what to do with a truncated upstream answer.
     pub transport: Transport,
-    pub deliver: Delivery,
+    /// Where the answer goes; taken by it, so that there is one.
+    pub deliver: Option<Delivery>,
     /// When the answering thread read the query: the answer time counts from there.
     pub received: Instant,
     /// Who asked, and whether to log the answer (`log`), as the answering thread saw it.
     pub client: Option<SocketAddr>,
     pub log: bool,
+}
+
+impl Job {
+    /// Sends the answer and logs it, unless the job was answered already; returns how long the
+    /// client waited.
+    fn answer(&mut self, answer: &[u8]) -> Option<Duration> {
+        let deliver = self.deliver.take()?;
+        deliver(answer);
+        let took = self.received.elapsed();
+        if self.log {
+            querylog::log(self.client, self.transport, &self.query, answer, took);
+        }
+        Some(took)
+    }
+
+    /// Drops the job without answering it: the caller answers it itself.
+    fn withdraw(mut self) {
+        self.deliver = None;
+    }
+
+    fn answer_servfail(&mut self) -> Option<Duration> {
+        // Header, the longest question and an OPT record.
+        let mut out = [0u8; 512];
+        match servfail(&self.query, self.transport, &mut out) {
+            Action::Reply { len, .. } => self.answer(&out[..len]),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        self.answer_servfail();
+    }
+}
+
+/// Why a question was not queued: the answering thread answers it itself, SERVFAIL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotQueued {
+    /// The queue is full: the forwarding thread has too much to do.
+    Full,
+    /// A reload retired the forwarding thread (the answering thread has not taken the new one
+    /// yet), or it ended.
+    Stopped,
+}
+
+impl std::fmt::Display for NotQueued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NotQueued::Full => "forwarding queue full",
+            NotQueued::Stopped => "forwarding thread stopped",
+        })
+    }
 }
 
 /// The answering threads' end: queues questions for the forwarding thread.
@@ -112,15 +169,23 @@ impl Forwarder {
         self.wake.notify();
     }
 
-    /// Queues a question; gives it back when the queue is full, or when a reload retired this
-    /// forwarding thread (the answering thread has not taken the new one yet).
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
+    /// Queues a question. One that is not queued is not answered through its delivery either:
+    /// the caller answers it itself, at once.
+    pub fn submit(&self, job: Job) -> Result<(), NotQueued> {
         if self.retired.load(Relaxed) {
-            return Err(job);
+            job.withdraw();
+            return Err(NotQueued::Stopped);
         }
-        self.jobs.try_send(job).map_err(|e| e.into_inner())?;
-        self.wake.notify();
-        Ok(())
+        let (job, why) = match self.jobs.try_send(job) {
+            Ok(()) => {
+                self.wake.notify();
+                return Ok(());
+            }
+            Err(crossbeam_channel::TrySendError::Full(job)) => (job, NotQueued::Full),
+            Err(crossbeam_channel::TrySendError::Disconnected(job)) => (job, NotQueued::Stopped),
+        };
+        job.withdraw();
+        Err(why)
     }
 }
 
@@ -373,8 +438,10 @@ impl Forwarding {
                             }
                         }
                     });
+                // The job went with the thread's closure, and answers SERVFAIL as it is dropped.
                 if let Err(e) = spawned {
-                    log::warn!("cannot start a thread for a TCP exchange: {e}");
+                    log::warn!("cannot start a thread for a TCP exchange: {e}; answering SERVFAIL");
+                    self.metrics.forward_failures.fetch_add(1, Relaxed);
                 }
                 continue;
             }
@@ -411,22 +478,16 @@ fn deliver(job: Job, mut answer: Vec<u8>, metrics: &Metrics) {
     finish(job, &answer, metrics);
 }
 
-fn fail(job: Job, metrics: &Metrics) {
-    // Header, the longest question and an OPT record.
-    let mut out = [0u8; 512];
-    if let Action::Reply { len, .. } = servfail(&job.query, job.transport, &mut out) {
-        finish(job, &out[..len], metrics);
+fn fail(mut job: Job, metrics: &Metrics) {
+    if let Some(took) = job.answer_servfail() {
+        metrics.forwarded_durations.observe(took);
     }
 }
 
 /// Sends the answer, then counts and logs it as the answering threads do theirs.
-fn finish(job: Job, answer: &[u8], metrics: &Metrics) {
-    let Job { query, transport, deliver, received, client, log } = job;
-    deliver(answer);
-    let took = received.elapsed();
-    metrics.forwarded_durations.observe(took);
-    if log {
-        querylog::log(client, transport, &query, answer, took);
+fn finish(mut job: Job, answer: &[u8], metrics: &Metrics) {
+    if let Some(took) = job.answer(answer) {
+        metrics.forwarded_durations.observe(took);
     }
 }
 
@@ -467,7 +528,68 @@ impl Random {
 
 #[cfg(test)]
 mod tests {
+    use std::str::FromStr;
+
+    use domain::base::iana::Rtype;
+    use domain::base::{Message, MessageBuilder, Name};
+
     use super::*;
+
+    /// A question for upstream, and a job for it whose answers come out of the receiver.
+    fn job() -> (Job, Receiver<Vec<u8>>) {
+        let mut b = MessageBuilder::new_vec();
+        b.header_mut().set_id(0x4242);
+        b.header_mut().set_rd(true);
+        let mut b = b.question();
+        b.push((Name::<Vec<u8>>::from_str("example.com.").unwrap(), Rtype::A)).unwrap();
+        let query = b.finish();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let deliver: Delivery = Box::new(move |answer| tx.send(answer.to_vec()).unwrap());
+        let job = Job {
+            query,
+            transport: Transport::Udp,
+            deliver: Some(deliver),
+            received: Instant::now(),
+            client: None,
+            log: false,
+        };
+        (job, rx)
+    }
+
+    #[test]
+    fn a_job_is_answered_once_however_it_ends() {
+        let metrics = Metrics::default();
+        let (retired, _) = Forwarder::new(vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 53))], Arc::default()).unwrap();
+        retired.retire();
+        // What upstream says: the question back, as an answer (QR).
+        let answer = |job: Job, metrics: &Metrics, _: &Forwarder| {
+            let mut answer = job.query.clone();
+            answer[2] |= 0x80;
+            deliver(job, answer, metrics);
+        };
+        // How the job ends, and the rcode of each answer delivered for it.
+        type End = fn(Job, &Metrics, &Forwarder);
+        let cases: [(&str, End, &[OptRcode]); 3] = [
+            // A thread that could not start, or that ended, loses its job: SERVFAIL all the same.
+            ("dropped", |job, _, _| drop(job), &[OptRcode::SERVFAIL]),
+            ("answered", answer, &[OptRcode::NOERROR]),
+            // Not taken: the answering thread answers it itself, at once.
+            ("refused", |job, _, forwarder| assert!(forwarder.submit(job).is_err()), &[]),
+        ];
+        for (how, end, rcodes) in cases {
+            let (job, answers) = job();
+            end(job, &metrics, &retired);
+            let got: Vec<OptRcode> = answers
+                .try_iter()
+                .map(|a| {
+                    let m = Message::from_octets(a).unwrap();
+                    assert_eq!((m.header().id(), m.header().qr()), (0x4242, true), "{how}");
+                    m.opt_rcode()
+                })
+                .collect();
+            assert_eq!(got, rcodes, "{how}");
+        }
+    }
 
     #[test]
     fn only_nearby_clients_may_resolve_through_us() {

@@ -298,14 +298,14 @@ impl View {
             let context = Context { transport, identity_held: false, forward: None };
             return self.answered(dns::error_answer(query, OptRcode::REFUSED, context, out));
         }
-        let job = Job { query: query.to_vec(), transport, deliver, received, client, log: self.log };
+        let job = Job { query: query.to_vec(), transport, deliver: Some(deliver), received, client, log: self.log };
         match forwarding.forwarder.submit(job) {
             Ok(()) => {
                 self.counters.forwarded(qtype);
                 None
             }
-            Err(_) => {
-                log::debug!("forwarding queue full; answering SERVFAIL");
+            Err(why) => {
+                log::debug!("{why}; answering SERVFAIL");
                 self.answered(forward::servfail(query, transport, out))
             }
         }
