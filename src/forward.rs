@@ -28,6 +28,7 @@ use crate::dns::{self, Action, Context, Transport, MAX_UDP_PAYLOAD};
 use crate::messages::Wake;
 use crate::metrics::Metrics;
 use crate::querylog;
+use crate::random::Random;
 
 /// Questions waiting to be sent; more get SERVFAIL rather than pile up.
 const QUEUE: usize = 1024;
@@ -375,9 +376,9 @@ impl Forwarding {
         while q.asked < self.upstreams.len() {
             let upstream = self.upstreams[q.upstream];
             let family = self.families[usize::from(!upstream.is_ipv4())].clone();
-            let socket = family.start + self.random.next() as usize % family.len();
+            let socket = family.start + self.random.below(family.len());
             let id = loop {
-                let id = self.random.next() as u16;
+                let id = self.random.below(1 << 16) as u16;
                 if !self.in_flight.contains(&(socket, id)) {
                     break id;
                 }
@@ -503,26 +504,6 @@ fn exchange_tcp(upstream: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>> {
     match dns::answers(query, &answer) {
         true => Ok(answer),
         false => Err(io::Error::new(io::ErrorKind::InvalidData, "an answer to another question")),
-    }
-}
-
-/// xorshift64, seeded from the clock and the thread: IDs and sockets an off-path attacker cannot
-/// guess cheaply.
-struct Random(u64);
-
-impl Random {
-    fn new() -> Random {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
-        let stack = &nanos as *const u64 as u64;
-        Random(nanos ^ stack.rotate_left(32) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
     }
 }
 
