@@ -537,6 +537,10 @@ mod tests {
         (job, rx)
     }
 
+    fn panic_with(_job: Job) {
+        panic!("a forward-tcp thread's bug (a test)");
+    }
+
     #[test]
     fn a_job_is_answered_once_however_it_ends() {
         let metrics = Metrics::default();
@@ -550,9 +554,14 @@ mod tests {
         };
         // How the job ends, and the rcode of each answer delivered for it.
         type End = fn(Job, &Metrics, &Forwarder);
-        let cases: [(&str, End, &[OptRcode]); 3] = [
+        let cases: [(&str, End, &[OptRcode]); 4] = [
             // A thread that could not start, or that ended, loses its job: SERVFAIL all the same.
             ("dropped", |job, _, _| drop(job), &[OptRcode::SERVFAIL]),
+            (
+                "its thread panicked",
+                |job, _, _| assert!(std::thread::spawn(move || panic_with(job)).join().is_err()),
+                &[OptRcode::SERVFAIL],
+            ),
             ("answered", answer, &[OptRcode::NOERROR]),
             // Not taken: the answering thread answers it itself, at once.
             ("refused", |job, _, forwarder| assert!(forwarder.submit(job).is_err()), &[]),

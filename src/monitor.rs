@@ -148,6 +148,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_place_comes_back_however_its_thread_ends() {
+        let busy = Arc::new(AtomicUsize::new(0));
+        let mut places: Vec<Place> = (0..MAX_CLIENTS).map(|_| Place::take(&busy).unwrap()).collect();
+        assert!(Place::take(&busy).is_none(), "all taken");
+        type End = fn(Place);
+        let ends: [(&str, End); 3] = [
+            ("never started", drop),
+            ("ended", |place| std::thread::spawn(move || drop(place)).join().unwrap()),
+            ("panicked", |place| {
+                let thread = std::thread::spawn(move || {
+                    let _place = place;
+                    panic!("an http thread's bug (a test)");
+                });
+                assert!(thread.join().is_err());
+            }),
+        ];
+        for (how, end) in ends {
+            end(places.pop().unwrap());
+            assert_eq!(busy.load(Ordering::Relaxed), MAX_CLIENTS - 1, "{how}");
+            places.push(Place::take(&busy).expect(how));
+        }
+    }
+
+    #[test]
     fn threads_that_cannot_start_give_their_place_back() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
