@@ -28,6 +28,7 @@ use crate::dns::{self, Action, Context, Transport, MAX_UDP_PAYLOAD};
 use crate::messages::Wake;
 use crate::metrics::Metrics;
 use crate::querylog;
+use crate::random::Random;
 
 /// Questions waiting to be sent; more get SERVFAIL rather than pile up.
 const QUEUE: usize = 1024;
@@ -49,16 +50,73 @@ const RETIRE_GRACE: Duration = Duration::from_secs(1);
 /// output.
 pub type Delivery = Box<dyn FnOnce(&[u8]) + Send>;
 
+/// A question for upstream. It is answered once, whatever becomes of it: one that is dropped
+/// unanswered (a thread that could not start, or that ended) answers SERVFAIL, so that no client
+/// waits for nothing, and no TCP connection is held open for an answer that never comes.
 pub struct Job {
     pub query: Vec<u8>,
     /// How the client asked, which decides what to do with a truncated upstream answer.
     pub transport: Transport,
-    pub deliver: Delivery,
+    /// Where the answer goes; taken by it, so that there is one.
+    pub deliver: Option<Delivery>,
     /// When the answering thread read the query: the answer time counts from there.
     pub received: Instant,
     /// Who asked, and whether to log the answer (`log`), as the answering thread saw it.
     pub client: Option<SocketAddr>,
     pub log: bool,
+}
+
+impl Job {
+    /// Sends the answer and logs it, unless the job was answered already; returns how long the
+    /// client waited.
+    fn answer(&mut self, answer: &[u8]) -> Option<Duration> {
+        let deliver = self.deliver.take()?;
+        deliver(answer);
+        let took = self.received.elapsed();
+        if self.log {
+            querylog::log(self.client, self.transport, &self.query, answer, took);
+        }
+        Some(took)
+    }
+
+    /// Drops the job without answering it: the caller answers it itself.
+    fn withdraw(mut self) {
+        self.deliver = None;
+    }
+
+    fn answer_servfail(&mut self) -> Option<Duration> {
+        // Header, the longest question and an OPT record.
+        let mut out = [0u8; 512];
+        match servfail(&self.query, self.transport, &mut out) {
+            Action::Reply { len, .. } => self.answer(&out[..len]),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        self.answer_servfail();
+    }
+}
+
+/// Why a question was not queued: the answering thread answers it itself, SERVFAIL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotQueued {
+    /// The queue is full: the forwarding thread has too much to do.
+    Full,
+    /// A reload retired the forwarding thread (the answering thread has not taken the new one
+    /// yet), or it ended.
+    Stopped,
+}
+
+impl std::fmt::Display for NotQueued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NotQueued::Full => "forwarding queue full",
+            NotQueued::Stopped => "forwarding thread stopped",
+        })
+    }
 }
 
 /// The answering threads' end: queues questions for the forwarding thread.
@@ -96,8 +154,7 @@ impl Forwarder {
             metrics,
             sockets,
             families,
-            in_flight: HashMap::new(),
-            timeouts: VecDeque::new(),
+            in_flight: Waiting::default(),
             preferred: 0,
             random: Random::new(),
             last_warning: None,
@@ -113,15 +170,23 @@ impl Forwarder {
         self.wake.notify();
     }
 
-    /// Queues a question; gives it back when the queue is full, or when a reload retired this
-    /// forwarding thread (the answering thread has not taken the new one yet).
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
+    /// Queues a question. One that is not queued is not answered through its delivery either:
+    /// the caller answers it itself, at once.
+    pub fn submit(&self, job: Job) -> Result<(), NotQueued> {
         if self.retired.load(Relaxed) {
-            return Err(job);
+            job.withdraw();
+            return Err(NotQueued::Stopped);
         }
-        self.jobs.try_send(job).map_err(|e| e.into_inner())?;
-        self.wake.notify();
-        Ok(())
+        let (job, why) = match self.jobs.try_send(job) {
+            Ok(()) => {
+                self.wake.notify();
+                return Ok(());
+            }
+            Err(crossbeam_channel::TrySendError::Full(job)) => (job, NotQueued::Full),
+            Err(crossbeam_channel::TrySendError::Disconnected(job)) => (job, NotQueued::Stopped),
+        };
+        job.withdraw();
+        Err(why)
     }
 }
 
@@ -158,6 +223,76 @@ struct InFlight {
     asked: usize,
 }
 
+/// Where a question waits for its answer: a socket (an index into `sockets`) and our ID.
+type Key = (usize, u16);
+
+/// Questions in flight by key, and when each gives up on its upstream. A key is free again as soon
+/// as its question is answered, and may be taken by the next one while the old deadline is still
+/// queued: each deadline names the sending it was set for, so that it never expires a later one.
+struct Waiting<T> {
+    /// With the sending each was sent by.
+    by_key: HashMap<Key, (u64, T)>,
+    /// Oldest first: all wait as long.
+    deadlines: VecDeque<(Instant, Key, u64)>,
+    /// Sendings so far.
+    sent: u64,
+}
+
+impl<T> Default for Waiting<T> {
+    fn default() -> Waiting<T> {
+        Waiting { by_key: HashMap::new(), deadlines: VecDeque::new(), sent: 0 }
+    }
+}
+
+impl<T> Waiting<T> {
+    fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    fn contains(&self, key: &Key) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    fn get(&self, key: &Key) -> Option<&T> {
+        self.by_key.get(key).map(|(_, value)| value)
+    }
+
+    fn insert(&mut self, key: Key, value: T, deadline: Instant) {
+        self.sent += 1;
+        self.deadlines.push_back((deadline, key, self.sent));
+        self.by_key.insert(key, (self.sent, value));
+    }
+
+    /// Takes the question answered under `key`.
+    fn remove(&mut self, key: &Key) -> Option<T> {
+        self.by_key.remove(key).map(|(_, value)| value)
+    }
+
+    /// When `expired` may next have something to give, if ever.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.front().map(|&(deadline, _, _)| deadline)
+    }
+
+    /// Takes a question whose deadline passed by `now`, if any.
+    fn expired(&mut self, now: Instant) -> Option<T> {
+        while let Some(&(deadline, key, sending)) = self.deadlines.front() {
+            if deadline > now {
+                return None;
+            }
+            self.deadlines.pop_front();
+            // Answered meanwhile, or given up on, perhaps with its key taken again: nothing to do.
+            if self.by_key.get(&key).is_some_and(|&(sent, _)| sent == sending) {
+                return self.remove(&key);
+            }
+        }
+        None
+    }
+}
+
 /// The forwarding thread.
 pub struct Forwarding {
     upstreams: Vec<SocketAddr>,
@@ -167,10 +302,7 @@ pub struct Forwarding {
     sockets: Vec<UdpSocket>,
     /// The IPv4 sockets and the IPv6 sockets, as indexes into `sockets`.
     families: [std::ops::Range<usize>; 2],
-    /// By socket and ID.
-    in_flight: HashMap<(usize, u16), InFlight>,
-    /// When each question sent gives up on its upstream, oldest first (all wait as long).
-    timeouts: VecDeque<(Instant, (usize, u16))>,
+    in_flight: Waiting<InFlight>,
     /// The upstream that answered last, asked first.
     preferred: usize,
     random: Random,
@@ -197,8 +329,8 @@ impl Forwarding {
                 events: libc::POLLIN,
                 revents: 0,
             }));
-            let timeout = match (self.timeouts.front(), retired_at) {
-                (Some((deadline, _)), _) => {
+            let timeout = match (self.in_flight.next_deadline(), retired_at) {
+                (Some(deadline), _) => {
                     deadline.saturating_duration_since(Instant::now()).as_millis() as libc::c_int + 1
                 }
                 (None, Some(at)) => RETIRE_GRACE.saturating_sub(at.elapsed()).as_millis() as libc::c_int + 1,
@@ -244,10 +376,10 @@ impl Forwarding {
         while q.asked < self.upstreams.len() {
             let upstream = self.upstreams[q.upstream];
             let family = self.families[usize::from(!upstream.is_ipv4())].clone();
-            let socket = family.start + self.random.next() as usize % family.len();
+            let socket = family.start + self.random.below(family.len());
             let id = loop {
-                let id = self.random.next() as u16;
-                if !self.in_flight.contains_key(&(socket, id)) {
+                let id = self.random.below(1 << 16) as u16;
+                if !self.in_flight.contains(&(socket, id)) {
                     break id;
                 }
             };
@@ -255,8 +387,7 @@ impl Forwarding {
             q.asked += 1;
             match self.sockets[socket].send_to(&q.query, upstream) {
                 Ok(_) => {
-                    self.timeouts.push_back((Instant::now() + UPSTREAM_TIMEOUT, (socket, id)));
-                    self.in_flight.insert((socket, id), q);
+                    self.in_flight.insert((socket, id), q, Instant::now() + UPSTREAM_TIMEOUT);
                     return;
                 }
                 Err(e) => {
@@ -308,8 +439,10 @@ impl Forwarding {
                             }
                         }
                     });
+                // The job went with the thread's closure, and answers SERVFAIL as it is dropped.
                 if let Err(e) = spawned {
-                    log::warn!("cannot start a thread for a TCP exchange: {e}");
+                    log::warn!("cannot start a thread for a TCP exchange: {e}; answering SERVFAIL");
+                    self.metrics.forward_failures.fetch_add(1, Relaxed);
                 }
                 continue;
             }
@@ -320,13 +453,7 @@ impl Forwarding {
     /// Questions whose upstream did not answer in time go to the next upstream.
     fn expire(&mut self) {
         let now = Instant::now();
-        while let Some(&(deadline, key)) = self.timeouts.front() {
-            if deadline > now {
-                return;
-            }
-            self.timeouts.pop_front();
-            // Answered meanwhile, or given up on: nothing to do.
-            let Some(mut q) = self.in_flight.remove(&key) else { continue };
+        while let Some(mut q) = self.in_flight.expired(now) {
             log::debug!("{} did not answer in time", self.upstreams[q.upstream]);
             q.upstream = (q.upstream + 1) % self.upstreams.len();
             self.send(q);
@@ -352,22 +479,16 @@ fn deliver(job: Job, mut answer: Vec<u8>, metrics: &Metrics) {
     finish(job, &answer, metrics);
 }
 
-fn fail(job: Job, metrics: &Metrics) {
-    // Header, the longest question and an OPT record.
-    let mut out = [0u8; 512];
-    if let Action::Reply { len, .. } = servfail(&job.query, job.transport, &mut out) {
-        finish(job, &out[..len], metrics);
+fn fail(mut job: Job, metrics: &Metrics) {
+    if let Some(took) = job.answer_servfail() {
+        metrics.forwarded_durations.observe(took);
     }
 }
 
 /// Sends the answer, then counts and logs it as the answering threads do theirs.
-fn finish(job: Job, answer: &[u8], metrics: &Metrics) {
-    let Job { query, transport, deliver, received, client, log } = job;
-    deliver(answer);
-    let took = received.elapsed();
-    metrics.forwarded_durations.observe(took);
-    if log {
-        querylog::log(client, transport, &query, answer, took);
+fn finish(mut job: Job, answer: &[u8], metrics: &Metrics) {
+    if let Some(took) = job.answer(answer) {
+        metrics.forwarded_durations.observe(took);
     }
 }
 
@@ -386,29 +507,79 @@ fn exchange_tcp(upstream: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>> {
     }
 }
 
-/// xorshift64, seeded from the clock and the thread: IDs and sockets an off-path attacker cannot
-/// guess cheaply.
-struct Random(u64);
-
-impl Random {
-    fn new() -> Random {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
-        let stack = &nanos as *const u64 as u64;
-        Random(nanos ^ stack.rotate_left(32) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::str::FromStr;
+
+    use domain::base::iana::Rtype;
+    use domain::base::{Message, MessageBuilder, Name};
+
     use super::*;
+
+    /// A question for upstream, and a job for it whose answers come out of the receiver.
+    fn job() -> (Job, Receiver<Vec<u8>>) {
+        let mut b = MessageBuilder::new_vec();
+        b.header_mut().set_id(0x4242);
+        b.header_mut().set_rd(true);
+        let mut b = b.question();
+        b.push((Name::<Vec<u8>>::from_str("example.com.").unwrap(), Rtype::A)).unwrap();
+        let query = b.finish();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let deliver: Delivery = Box::new(move |answer| tx.send(answer.to_vec()).unwrap());
+        let job = Job {
+            query,
+            transport: Transport::Udp,
+            deliver: Some(deliver),
+            received: Instant::now(),
+            client: None,
+            log: false,
+        };
+        (job, rx)
+    }
+
+    fn panic_with(_job: Job) {
+        panic!("a forward-tcp thread's bug (a test)");
+    }
+
+    #[test]
+    fn a_job_is_answered_once_however_it_ends() {
+        let metrics = Metrics::default();
+        let (retired, _) = Forwarder::new(vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 53))], Arc::default()).unwrap();
+        retired.retire();
+        // What upstream says: the question back, as an answer (QR).
+        let answer = |job: Job, metrics: &Metrics, _: &Forwarder| {
+            let mut answer = job.query.clone();
+            answer[2] |= 0x80;
+            deliver(job, answer, metrics);
+        };
+        // How the job ends, and the rcode of each answer delivered for it.
+        type End = fn(Job, &Metrics, &Forwarder);
+        let cases: [(&str, End, &[OptRcode]); 4] = [
+            // A thread that could not start, or that ended, loses its job: SERVFAIL all the same.
+            ("dropped", |job, _, _| drop(job), &[OptRcode::SERVFAIL]),
+            (
+                "its thread panicked",
+                |job, _, _| assert!(std::thread::spawn(move || panic_with(job)).join().is_err()),
+                &[OptRcode::SERVFAIL],
+            ),
+            ("answered", answer, &[OptRcode::NOERROR]),
+            // Not taken: the answering thread answers it itself, at once.
+            ("refused", |job, _, forwarder| assert!(forwarder.submit(job).is_err()), &[]),
+        ];
+        for (how, end, rcodes) in cases {
+            let (job, answers) = job();
+            end(job, &metrics, &retired);
+            let got: Vec<OptRcode> = answers
+                .try_iter()
+                .map(|a| {
+                    let m = Message::from_octets(a).unwrap();
+                    assert_eq!((m.header().id(), m.header().qr()), (0x4242, true), "{how}");
+                    m.opt_rcode()
+                })
+                .collect();
+            assert_eq!(got, rcodes, "{how}");
+        }
+    }
 
     #[test]
     fn only_nearby_clients_may_resolve_through_us() {
@@ -431,5 +602,42 @@ mod tests {
         ] {
             assert_eq!(may_use(ip.parse().unwrap()), want, "{ip}");
         }
+    }
+
+    #[test]
+    fn a_reused_key_waits_its_own_time() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let key = (3, 0xbeef);
+        // Each step: answers taken (by key), questions sent (key, name, deadline), then what
+        // expires by then.
+        type Step = (u64, &'static [Key], &'static [(Key, &'static str, u64)], &'static [&'static str]);
+        let steps: &[Step] = &[
+            (0, &[], &[((3, 0xbeef), "first", 2000)], &[]),
+            // The first is answered, and its key taken again at once by a second question.
+            (1500, &[(3, 0xbeef)], &[((3, 0xbeef), "second", 3500)], &[]),
+            // The first's deadline passes: the second has 1.5 s more.
+            (2000, &[], &[], &[]),
+            (2100, &[], &[((1, 7), "third", 4100)], &[]),
+            (3500, &[], &[], &["second"]),
+            (4100, &[], &[], &["third"]),
+            (9000, &[], &[], &[]),
+        ];
+        let mut waiting = Waiting::default();
+        for &(now, answered, sent, expiring) in steps {
+            for k in answered {
+                assert!(waiting.remove(k).is_some(), "{now} ms: {k:?} answered");
+            }
+            for &(k, name, deadline) in sent {
+                assert!(!waiting.contains(&k));
+                waiting.insert(k, name, at(deadline));
+            }
+            let mut expired = Vec::new();
+            while let Some(name) = waiting.expired(at(now)) {
+                expired.push(name);
+            }
+            assert_eq!(expired, expiring, "{now} ms");
+        }
+        assert!(waiting.is_empty() && !waiting.contains(&key));
     }
 }

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod pattern;
 pub mod querylog;
+mod random;
 pub mod record;
 pub mod reload;
 pub mod roster;

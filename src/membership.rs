@@ -24,6 +24,7 @@ use crate::etcd::{self, Compare, Op, RangeRequest, Txn, WatchMessage, WatchRange
 use crate::lease::{renew_interval, Holding, Lease, LeaseState, Loss};
 use crate::messages::{Command, Event, Latest, Tuning, Update, Watched};
 use crate::metrics::Metrics;
+use crate::random::Random;
 use crate::record::Record;
 use crate::view::{self, Changes, Own, View};
 use crate::zone::{Inputs, Snapshot};
@@ -650,23 +651,18 @@ impl Trouble {
 /// Exponential backoff with jitter, so that a cluster's nodes do not retry in lockstep.
 struct Backoff {
     next: Duration,
-    seed: u64,
+    random: Random,
 }
 
 impl Backoff {
     fn new() -> Backoff {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        Backoff { next: RETRY_MIN, seed: u64::from(nanos) ^ u64::from(std::process::id()) << 32 | 1 }
+        Backoff { next: RETRY_MIN, random: Random::new() }
     }
 
     fn next(&mut self) -> Duration {
-        // xorshift64: plenty for jitter.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
         let base = self.next;
         self.next = (self.next * 2).min(RETRY_MAX);
-        base / 2 + base.mul_f64((self.seed % 1000) as f64 / 2000.0)
+        base / 2 + base.mul_f64(self.random.below(1000) as f64 / 2000.0)
     }
 
     fn reset(&mut self) {

@@ -30,6 +30,21 @@ pub struct Endpoints {
 /// Serves until `stop` is set (a reload moved or dropped this listener); whoever sets it then
 /// connects once, so that the waiting accept returns.
 pub fn serve(listener: TcpListener, endpoints: Endpoints, metrics: Arc<Metrics>, stop: Arc<AtomicBool>) {
+    let spawn = |exchange: Exchange| std::thread::Builder::new().name("http".into()).spawn(exchange).map(drop);
+    serve_with(listener, endpoints, metrics, stop, spawn);
+}
+
+/// One connection's exchange, to be run on a thread of its own.
+type Exchange = Box<dyn FnOnce() + Send>;
+
+/// `serve`, with the threads started by `spawn`.
+fn serve_with(
+    listener: TcpListener,
+    endpoints: Endpoints,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    mut spawn: impl FnMut(Exchange) -> std::io::Result<()>,
+) {
     let busy = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         if stop.load(Ordering::Relaxed) {
@@ -43,20 +58,39 @@ pub fn serve(listener: TcpListener, endpoints: Endpoints, metrics: Arc<Metrics>,
                 continue;
             }
         };
-        if busy.fetch_add(1, Ordering::Relaxed) >= MAX_CLIENTS {
-            busy.fetch_sub(1, Ordering::Relaxed);
-            continue;
-        }
-        let (metrics, busy) = (Arc::clone(&metrics), Arc::clone(&busy));
-        let spawned = std::thread::Builder::new().name("http".into()).spawn(move || {
+        let Some(place) = Place::take(&busy) else { continue };
+        let metrics = Arc::clone(&metrics);
+        let spawned = spawn(Box::new(move || {
+            // The thread's guard: its end gives the place back, a panic's too.
+            let _place = place;
             if let Err(e) = answer(stream, endpoints, &metrics) {
                 log::debug!("monitoring request: {e}");
             }
-            busy.fetch_sub(1, Ordering::Relaxed);
-        });
+        }));
         if let Err(e) = spawned {
+            // The exchange was dropped unrun, and its place with it.
             log::warn!("monitoring endpoint: cannot start a thread: {e}");
         }
+    }
+}
+
+/// A place among the `MAX_CLIENTS` connections served at once, given back when dropped, however
+/// the exchange ends, or when its thread could not start.
+struct Place(Arc<AtomicUsize>);
+
+impl Place {
+    fn take(busy: &Arc<AtomicUsize>) -> Option<Place> {
+        if busy.fetch_add(1, Ordering::Relaxed) >= MAX_CLIENTS {
+            busy.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Place(Arc::clone(busy)))
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -107,4 +141,67 @@ fn answer(mut stream: TcpStream, endpoints: Endpoints, metrics: &Metrics) -> std
     }
     stream.set_write_timeout(left()?)?;
     stream.write_all(response.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_place_comes_back_however_its_thread_ends() {
+        let busy = Arc::new(AtomicUsize::new(0));
+        let mut places: Vec<Place> = (0..MAX_CLIENTS).map(|_| Place::take(&busy).unwrap()).collect();
+        assert!(Place::take(&busy).is_none(), "all taken");
+        type End = fn(Place);
+        let ends: [(&str, End); 3] = [
+            ("never started", drop),
+            ("ended", |place| std::thread::spawn(move || drop(place)).join().unwrap()),
+            ("panicked", |place| {
+                let thread = std::thread::spawn(move || {
+                    let _place = place;
+                    panic!("an http thread's bug (a test)");
+                });
+                assert!(thread.join().is_err());
+            }),
+        ];
+        for (how, end) in ends {
+            end(places.pop().unwrap());
+            assert_eq!(busy.load(Ordering::Relaxed), MAX_CLIENTS - 1, "{how}");
+            places.push(Place::take(&busy).expect(how));
+        }
+    }
+
+    #[test]
+    fn threads_that_cannot_start_give_their_place_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = MAX_CLIENTS + 4;
+        let server = {
+            let stop = Arc::clone(&stop);
+            let mut tries = 0;
+            let spawn = move |exchange: Exchange| {
+                tries += 1;
+                match tries <= failures {
+                    true => Err(std::io::Error::other("no more threads")),
+                    false => std::thread::Builder::new().spawn(exchange).map(drop),
+                }
+            };
+            let endpoints = Endpoints { health: true, ..Default::default() };
+            std::thread::spawn(move || serve_with(listener, endpoints, Arc::default(), stop, spawn))
+        };
+        for _ in 0..failures {
+            // Closed unanswered, once the server gave up on it.
+            let mut refused = TcpStream::connect(address).unwrap();
+            assert_eq!(refused.read(&mut [0; 1]).unwrap_or(0), 0);
+        }
+        let mut client = TcpStream::connect(address).unwrap();
+        client.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
+        let mut response = String::new();
+        let _ = client.read_to_string(&mut response);
+        assert!(response.starts_with("HTTP/1.1 "), "{response:?}");
+        stop.store(true, Ordering::Relaxed);
+        TcpStream::connect(address).unwrap();
+        server.join().unwrap();
+    }
 }

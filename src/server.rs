@@ -4,8 +4,9 @@
 //! it: a non-blocking channel check per batch of packets, nothing per packet. UDP reads and writes
 //! up to `BATCH` datagrams per system call (`recvmmsg`/`sendmmsg`); on a wildcard address each
 //! answer leaves from the address its query arrived at (`IP_PKTINFO`), as clients expect. TCP is
-//! one thread multiplexing every connection with `poll`, with a cap on connections and an idle
-//! timeout, so slow clients cannot tie it up.
+//! one thread multiplexing every connection with `poll`, with a cap on connections, an idle
+//! timeout, and a bound on the answers each holds unsent (past it, its queries wait unread), so
+//! slow clients cannot tie it up or make it hold megabytes.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -298,14 +299,14 @@ impl View {
             let context = Context { transport, identity_held: false, forward: None };
             return self.answered(dns::error_answer(query, OptRcode::REFUSED, context, out));
         }
-        let job = Job { query: query.to_vec(), transport, deliver, received, client, log: self.log };
+        let job = Job { query: query.to_vec(), transport, deliver: Some(deliver), received, client, log: self.log };
         match forwarding.forwarder.submit(job) {
             Ok(()) => {
                 self.counters.forwarded(qtype);
                 None
             }
-            Err(_) => {
-                log::debug!("forwarding queue full; answering SERVFAIL");
+            Err(why) => {
+                log::debug!("{why}; answering SERVFAIL");
                 self.answered(forward::servfail(query, transport, out))
             }
         }
@@ -615,7 +616,11 @@ struct Connection {
     /// Questions forwarded and not answered yet: the connection waits for them.
     forwarding: usize,
     stream: TcpStream,
+    /// Queries read and not answered yet (they wait while the output is full), then the start of
+    /// one not read whole.
     input: Vec<u8>,
+    /// When the input's last bytes were read: the answer time of its queries counts from there.
+    received: Instant,
     output: Vec<u8>,
     written: usize,
     /// Closed when reached: set at accept, and pushed back by each answer and by write progress
@@ -627,6 +632,10 @@ struct Connection {
 /// What one connection may read in one turn of the loop, so that a fast sender cannot starve the
 /// others: a few full-size queries' worth.
 const TCP_READ_PER_TURN: usize = 4 * (2 + u16::MAX as usize);
+/// Answers waiting to be written to one connection, past which it answers no more of its queries,
+/// and reads none, until they are written: a client that sends many queries and reads slowly
+/// holds this and one more answer (64 KiB at most), not an answer for every query it sent.
+const TCP_OUTPUT_LIMIT: usize = 64 * 1024;
 
 impl Connection {
     fn new(id: u64, stream: TcpStream) -> Connection {
@@ -638,6 +647,7 @@ impl Connection {
             forwarding: 0,
             stream,
             input: Vec::new(),
+            received: Instant::now(),
             output: Vec::new(),
             written: 0,
             deadline,
@@ -671,52 +681,82 @@ impl Connection {
         self.written < self.output.len()
     }
 
-    fn read(&mut self, view: &View, answer: &mut [u8], forwarded: &Returns) {
+    fn full(&self) -> bool {
+        self.output.len() - self.written >= TCP_OUTPUT_LIMIT
+    }
+
+    /// Whether the input holds a whole query.
+    fn holds_query(&self) -> bool {
+        let Some(prefix) = self.input.get(..2) else { return false };
+        self.input.len() >= 2 + usize::from(u16::from_be_bytes([prefix[0], prefix[1]]))
+    }
+
+    /// One turn, when `poll` found the connection ready or a forwarded answer came: writes what
+    /// it can, and once everything is written, answers the queries it holds and reads more, until
+    /// the output is full again, the client has nothing more to send now, or the turn has read
+    /// its share.
+    fn turn(&mut self, view: &View, answer: &mut [u8], forwarded: &Returns) {
+        self.flush();
         let mut read = 0;
         // When the first query answered this turn was read, and how many were answered.
         let mut answered: Option<(Instant, u64)> = None;
-        while read < TCP_READ_PER_TURN && !self.done && !self.pending() {
-            let start = self.input.len();
-            self.input.resize(start + 4096, 0);
-            match self.stream.read(&mut self.input[start..]) {
-                Ok(0) => {
-                    self.input.truncate(start);
-                    self.done = true;
+        while !self.pending() && !self.done {
+            if self.holds_query() {
+                let count = self.answer(view, answer, forwarded);
+                if count > 0 {
+                    answered.get_or_insert((self.received, 0)).1 += count;
                 }
-                Ok(n) => {
-                    self.input.truncate(start + n);
-                    read += n;
-                    let received = Instant::now();
-                    let count = self.answer(view, answer, forwarded, received);
-                    if count > 0 {
-                        answered.get_or_insert((received, 0)).1 += count;
-                    }
-                }
-                Err(e) => {
-                    self.input.truncate(start);
-                    match e.kind() {
-                        io::ErrorKind::WouldBlock => break,
-                        io::ErrorKind::Interrupted => {}
-                        _ => self.close(),
-                    }
-                }
+                self.flush();
+                continue;
+            }
+            if read >= TCP_READ_PER_TURN {
+                break;
+            }
+            match self.fill() {
+                Some(n) => read += n,
+                None => break,
             }
         }
-        self.flush();
         if let Some((first, count)) = answered {
             view.counters.sent(first.elapsed(), count);
         }
     }
 
-    /// Answers every complete query in the input (RFC 7766 allows several in flight), read at
-    /// `received`; returns how many got an answer here and now. A frame that gets no answer (too
-    /// short for a header, or not a query) ends the connection: nothing good comes from a client
-    /// that sends them.
-    fn answer(&mut self, view: &View, answer: &mut [u8], forwarded: &Returns, received: Instant) -> u64 {
+    /// Reads what the client sent, up to 4 KiB; `None` when there is nothing more for now, or
+    /// ever (the client is done, or the connection failed).
+    fn fill(&mut self) -> Option<usize> {
+        let start = self.input.len();
+        self.input.resize(start + 4096, 0);
+        let got = self.stream.read(&mut self.input[start..]);
+        self.input.truncate(start + got.as_ref().map_or(0, |&n| n));
+        match got {
+            Ok(0) => {
+                self.done = true;
+                None
+            }
+            Ok(n) => {
+                self.received = Instant::now();
+                Some(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Some(0),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(_) => {
+                self.close();
+                None
+            }
+        }
+    }
+
+    /// Answers the complete queries in the input (RFC 7766 allows several in flight) until the
+    /// output is full; returns how many got an answer here and now. A frame that gets no answer
+    /// (too short for a header, or not a query) ends the connection: nothing good comes from a
+    /// client that sends them.
+    fn answer(&mut self, view: &View, answer: &mut [u8], forwarded: &Returns) -> u64 {
         let mut used = 0;
         let mut answered = 0;
+        let received = self.received;
         let context = view.context(Transport::Tcp);
-        while let Some(prefix) = self.input.get(used..used + 2) {
+        while let Some(prefix) = self.input.get(used..used + 2).filter(|_| !self.full()) {
             let len = usize::from(u16::from_be_bytes([prefix[0], prefix[1]]));
             let Some(query) = self.input.get(used + 2..used + 2 + len) else { break };
             used += 2 + len;
@@ -805,7 +845,7 @@ pub fn serve_tcp(listeners: Vec<TcpListener>, mut view: View) {
             if let Some(c) = connections.iter_mut().find(|c| c.id == id) {
                 c.forwarding -= 1;
                 c.push_answer(&forwarded_answer);
-                c.flush();
+                c.turn(&view, &mut answer, &forwarded);
             }
         }
         let now = Instant::now();
@@ -829,11 +869,8 @@ pub fn serve_tcp(listeners: Vec<TcpListener>, mut view: View) {
         let (listener_fds, rest) = fds.split_at(listeners.len());
         let connection_fds = &rest[..connections.len()];
         for (c, fd) in connections.iter_mut().zip(connection_fds) {
-            if fd.revents & libc::POLLOUT != 0 {
-                c.flush();
-            }
-            if fd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 && !c.pending() {
-                c.read(&view, &mut answer, &forwarded);
+            if fd.revents != 0 {
+                c.turn(&view, &mut answer, &forwarded);
             }
         }
         for (l, fd) in listeners.iter().zip(listener_fds) {
@@ -902,4 +939,105 @@ impl Returns {
 
 fn pollfd(fd: libc::c_int, events: libc::c_short) -> libc::pollfd {
     libc::pollfd { fd, events, revents: 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::str::FromStr;
+
+    use domain::base::iana::Rtype;
+    use domain::base::{Message, MessageBuilder, Name};
+
+    use super::*;
+    use crate::config::Role;
+    use crate::metrics::Metrics;
+    use crate::pattern::Pattern;
+    use crate::record::Record;
+    use crate::zone::Inputs;
+
+    /// A zone of 2000 members, whose service records make an answer of about 60 KB.
+    fn big_view() -> View {
+        let roles = [Role {
+            name: "worker".into(),
+            pattern: Pattern::parse("worker{{.ID}}.big.test.").unwrap(),
+            ids: 1..=u32::MAX,
+        }];
+        let members: BTreeMap<u32, Record> = (1..=2000u32)
+            .map(|i| (i, Record { ipv4: Some(Ipv4Addr::from(0x0a00_0000 + i)), ipv6: None, port: Some(53) }))
+            .collect();
+        let inputs = Inputs { roles: &roles, ttl: 5, revision: 1, own_name: None, members: &[members] };
+        let first = Update { snapshot: Arc::new(Snapshot::build(&inputs)), held_until: None, log: false };
+        let (_, updates) = crossbeam_channel::bounded(1);
+        let (_, routes) = crossbeam_channel::bounded(1);
+        View::new(first, updates, (None, routes), Metrics::default().register())
+    }
+
+    /// A connected pair, with socket buffers of a fixed size, so that what the kernel takes of the
+    /// output does not grow with it.
+    fn pair() -> (TcpStream, Connection) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        set_option(client.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 128 * 1024).unwrap();
+        set_option(server.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 128 * 1024).unwrap();
+        server.set_nonblocking(true).unwrap();
+        (client, Connection::new(1, server))
+    }
+
+    #[test]
+    fn a_client_that_reads_slowly_holds_a_bounded_output() {
+        let view = big_view();
+        let (mut client, mut c) = pair();
+        let (returns, _) = Returns::new().unwrap();
+        let mut answer = vec![0u8; u16::MAX as usize];
+        // 200 questions for the service records, sent at once (about 8 KB).
+        let mut queries = Vec::new();
+        for id in 0..200u16 {
+            let mut b = MessageBuilder::new_vec();
+            b.header_mut().set_id(id);
+            let mut b = b.question();
+            b.push((Name::<Vec<u8>>::from_str("_idetcd._tcp.big.test.").unwrap(), Rtype::SRV)).unwrap();
+            let query = b.finish();
+            queries.extend_from_slice(&(query.len() as u16).to_be_bytes());
+            queries.extend_from_slice(&query);
+        }
+        client.write_all(&queries).unwrap();
+        // Waits a little for what is on its way, then lets the connection take another turn.
+        client.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+        let mut received = Vec::new();
+        let mut ids = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        // Each round the connection does what it can and the client takes what has arrived.
+        for _ in 0..10_000 {
+            c.turn(&view, &mut answer, &returns);
+            let unwritten = c.output.len() - c.written;
+            assert!(unwritten <= TCP_OUTPUT_LIMIT + 2 + u16::MAX as usize, "{unwritten} bytes waiting");
+            match client.read(&mut chunk) {
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+                Err(e) => assert!(matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut), "{e}"),
+            }
+            while let Some(prefix) = received.get(..2) {
+                let len = usize::from(u16::from_be_bytes([prefix[0], prefix[1]]));
+                let Some(frame) = received.get(2..2 + len) else { break };
+                let m = Message::from_octets(frame.to_vec()).unwrap();
+                assert!(m.header_counts().ancount() > 1000 && len > 50_000, "{len} bytes");
+                ids.push(m.header().id());
+                received.drain(..2 + len);
+            }
+            if ids.len() == 200 {
+                break;
+            }
+        }
+        eprintln!(
+            "done {} out {} written {} input {} received {}",
+            c.done,
+            c.output.len(),
+            c.written,
+            c.input.len(),
+            received.len()
+        );
+        // All of them, in order.
+        assert_eq!(ids, (0..200).collect::<Vec<u16>>());
+    }
 }

@@ -1,9 +1,12 @@
 //! Every kind of DNS answer, from the running daemon, over UDP and over TCP.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
 use domain::base::iana::{Class, Opcode, OptRcode, Rtype};
+use domain::base::Message;
 
 use crate::support::{eventually, Etcd, Node, Query, Setup, Transport};
 
@@ -209,4 +212,52 @@ fn forwarding_to_itself_is_refused() {
     let mut node = Node::start_with(corefile, ip);
     assert_eq!(node.wait_exit(Duration::from_secs(5)).code(), Some(1));
     assert!(node.log().contains("every upstream server is this server itself"), "{}", node.log());
+}
+
+#[test]
+fn pipelined_tcp_questions_are_all_answered_in_order_to_a_slow_reader() {
+    let etcd = Etcd::start();
+    let mut node = Setup { limit: 1000, ..Setup::new(&etcd, "pipe.test.") }.start();
+    assert_eq!(node.claimed(), "worker1.pipe.test.");
+    for i in 2..=400 {
+        etcd.put(
+            &format!("worker{i}.pipe.test."),
+            &format!(r#"{{"ipv4":"10.3.{}.{}","port":"53"}}"#, i / 256, i % 256),
+        );
+    }
+    let srv = Query::new("_idetcd._tcp.pipe.test.", Rtype::SRV);
+    eventually("400 services", Duration::from_secs(10), || {
+        (node.ask(Transport::Tcp, &srv).answers.len() == 400).then_some(())
+    });
+    // 200 questions in one go, the service records (about 18 KB each) and a name in turn:
+    // megabytes of answers, more than the sockets hold.
+    let a = Query::new("worker1.pipe.test.", Rtype::A);
+    let packets: Vec<Vec<u8>> = (0..200).map(|i| if i % 2 == 0 { srv.packet() } else { a.packet() }).collect();
+    let mut stream = TcpStream::connect(node.address()).unwrap();
+    stream
+        .write_all(&packets.iter().flat_map(|p| [&(p.len() as u16).to_be_bytes()[..], p].concat()).collect::<Vec<u8>>())
+        .unwrap();
+    // Not reading for a while: meanwhile others are answered.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(node.ask(Transport::Udp, &a).data(), [node.ip.to_string()]);
+    // Then reading slowly, a piece at a time.
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut read_slowly = |buf: &mut [u8]| {
+        for piece in buf.chunks_mut(8 * 1024) {
+            stream.read_exact(piece).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    for (i, packet) in packets.iter().enumerate() {
+        let mut len = [0u8; 2];
+        read_slowly(&mut len);
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        read_slowly(&mut answer);
+        let m = Message::from_octets(answer).unwrap();
+        assert_eq!(m.header().id(), u16::from_be_bytes([packet[0], packet[1]]), "answer {i}");
+        let (wanted, count) = if i % 2 == 0 { (&srv, 400) } else { (&a, 1) };
+        let question = m.sole_question().unwrap();
+        assert_eq!((question.qname().to_string() + ".", question.qtype()), (wanted.name.clone(), wanted.rtype));
+        assert_eq!((m.opt_rcode(), m.header_counts().ancount()), (OptRcode::NOERROR, count), "answer {i}");
+    }
 }
