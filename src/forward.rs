@@ -336,8 +336,7 @@ impl Forwarding {
                 (None, Some(at)) => RETIRE_GRACE.saturating_sub(at.elapsed()).as_millis() as libc::c_int + 1,
                 (None, None) => -1,
             };
-            // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
-            if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) } < 0 {
+            if crate::sys::poll(&mut fds, timeout).is_err() {
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }

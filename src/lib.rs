@@ -3,6 +3,9 @@
 //! exists so that the fuzz targets in `fuzz/` can call the pure parts directly. ARCHITECTURE.md has
 //! the map.
 
+// Every `unsafe` is in `sys`, and each unsafe operation there says why it is sound.
+#![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
+
 pub mod address;
 pub mod claim;
 pub mod cli;

@@ -14,7 +14,7 @@ impl Random {
     /// Seeded from the kernel's random pool, or, if that cannot be read (not yet initialised at
     /// early boot: the call does not wait for it), from the clock and the process.
     pub fn new() -> Random {
-        Random::from_seed(kernel_seed().unwrap_or_else(clock_seed))
+        Random::from_seed(crate::sys::random_seed().unwrap_or_else(clock_seed))
     }
 
     /// Any seed will do: zero, the one state xorshift never leaves, is replaced.
@@ -33,14 +33,6 @@ impl Random {
     pub fn below(&mut self, n: usize) -> usize {
         ((u128::from(self.next()) * n as u128) >> 64) as usize
     }
-}
-
-fn kernel_seed() -> Option<u64> {
-    let mut seed = [0u8; 8];
-    // SAFETY: writes at most `seed.len()` bytes into a live buffer we own; GRND_NONBLOCK makes it
-    // fail (EAGAIN) rather than wait while the pool is not initialised.
-    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), libc::GRND_NONBLOCK) };
-    (n == seed.len() as isize).then(|| u64::from_ne_bytes(seed))
 }
 
 /// Different for every process and every call: nanoseconds, the process ID, and where this
@@ -68,7 +60,7 @@ mod tests {
 
     #[test]
     fn every_seed_gives_numbers_that_vary() {
-        for seed in [0, 1, u64::MAX, kernel_seed().unwrap(), clock_seed()] {
+        for seed in [0, 1, u64::MAX, crate::sys::random_seed().unwrap(), clock_seed()] {
             let mut random = Random::from_seed(seed);
             let ids: std::collections::HashSet<usize> = (0..100).map(|_| random.below(1 << 16)).collect();
             // 100 draws of 65536 values: a few may repeat, far from all.

@@ -10,9 +10,8 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +24,10 @@ use crate::forward::{self, Delivery, Forwarder, Job};
 use crate::messages::{Update, Wake};
 use crate::metrics::QueryCounters;
 use crate::querylog;
+use crate::sys::{
+    self,
+    socket::{self, Kind},
+};
 use crate::zone::Snapshot;
 
 /// Datagrams read or written per system call.
@@ -123,7 +126,8 @@ pub fn bind(listen: &[IpAddr], port: u16, udp_per_address: usize) -> Result<List
 fn bind_address(address: SocketAddr, udp_per_address: usize, listeners: &mut Listeners) -> Result<(), BindError> {
     let wildcard = address.ip().is_unspecified();
     for _ in 0..udp_per_address {
-        let fd = socket(address, libc::SOCK_DGRAM, udp_per_address > 1, wildcard).map_err(|error| BindError {
+        let kind = Kind::Datagram { shared: udp_per_address > 1, wildcard, receive_buffer: UDP_RECEIVE_BUFFER };
+        let fd = socket::bound(address, kind).map_err(|error| BindError {
             address,
             protocol: "UDP",
             error,
@@ -131,7 +135,7 @@ fn bind_address(address: SocketAddr, udp_per_address: usize, listeners: &mut Lis
         })?;
         listeners.udp.push(UdpListener { socket: Arc::new(UdpSocket::from(fd)), wildcard });
     }
-    let fd = socket(address, libc::SOCK_STREAM, false, false).map_err(|error| BindError {
+    let fd = socket::bound(address, Kind::Listener).map_err(|error| BindError {
         address,
         protocol: "TCP",
         error,
@@ -139,91 +143,6 @@ fn bind_address(address: SocketAddr, udp_per_address: usize, listeners: &mut Lis
     })?;
     listeners.tcp.push(TcpListener::from(fd));
     Ok(())
-}
-
-fn socket(address: SocketAddr, kind: libc::c_int, reuse_port: bool, packet_info: bool) -> io::Result<OwnedFd> {
-    let family = if address.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    // SAFETY: plain system calls on a descriptor we own from here on.
-    unsafe {
-        let fd = libc::socket(family, kind | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fd = OwnedFd::from_raw_fd(fd);
-        let raw = fd.as_raw_fd();
-        if family == libc::AF_INET6 {
-            // IPv4 gets a socket of its own, so the IPv6 one must not claim IPv4 as well.
-            set_option(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
-        }
-        if kind == libc::SOCK_STREAM {
-            // A restarted daemon must not wait for its old connections' TIME_WAIT to end.
-            set_option(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-        }
-        if reuse_port {
-            set_option(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-        }
-        if packet_info {
-            match family {
-                libc::AF_INET => set_option(raw, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?,
-                _ => set_option(raw, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?,
-            }
-        }
-        if kind == libc::SOCK_DGRAM {
-            // Best effort: the kernel caps it at net.core.rmem_max.
-            let _ = set_option(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, UDP_RECEIVE_BUFFER);
-        }
-        let (storage, len) = sockaddr(address);
-        if libc::bind(raw, &storage as *const _ as *const libc::sockaddr, len) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if kind == libc::SOCK_STREAM && libc::listen(raw, 128) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(fd)
-    }
-}
-
-fn set_option(fd: libc::c_int, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: `value` outlives the call and its size is passed along.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &value as *const _ as *const libc::c_void,
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn sockaddr(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage, and both variants fit in it.
-    unsafe {
-        let mut storage: libc::sockaddr_storage = zeroed();
-        let len = match address {
-            SocketAddr::V4(a) => {
-                let sin = &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in);
-                sin.sin_family = libc::AF_INET as libc::sa_family_t;
-                sin.sin_port = a.port().to_be();
-                sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-                size_of::<libc::sockaddr_in>()
-            }
-            SocketAddr::V6(a) => {
-                let sin6 = &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6);
-                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                sin6.sin6_port = a.port().to_be();
-                sin6.sin6_addr.s6_addr = a.ip().octets();
-                sin6.sin6_scope_id = a.scope_id();
-                size_of::<libc::sockaddr_in6>()
-            }
-        };
-        (storage, len as libc::socklen_t)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -328,281 +247,66 @@ struct Origin {
     received: Instant,
 }
 
-/// The client's address, from the socket address the kernel filled in.
-fn peer_address(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    // SAFETY: the family says which of the two the storage holds.
-    unsafe {
-        match i32::from(storage.ss_family) {
-            libc::AF_INET => {
-                let sin = &*(storage as *const _ as *const libc::sockaddr_in);
-                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
-            }
-            libc::AF_INET6 => {
-                let sin6 = &*(storage as *const _ as *const libc::sockaddr_in6);
-                let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-                Some(SocketAddr::V6(std::net::SocketAddrV6::new(
-                    ip,
-                    u16::from_be(sin6.sin6_port),
-                    sin6.sin6_flowinfo,
-                    sin6.sin6_scope_id,
-                )))
-            }
-            _ => None,
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // UDP
 
-/// A control-message buffer, aligned as `cmsghdr` requires.
-#[repr(C, align(8))]
-#[derive(Clone, Copy)]
-struct Control([u8; 64]);
-
-/// Everything one `recvmmsg`/`sendmmsg` round needs, allocated once per thread. The message
-/// headers point into the other vectors, which are never resized.
-struct Batch {
-    queries: Vec<[u8; MAX_QUERY]>,
-    answers: Vec<[u8; MAX_UDP_PAYLOAD as usize]>,
-    peers: Vec<libc::sockaddr_storage>,
-    recv_control: Vec<Control>,
-    send_control: Vec<Control>,
-    recv_iov: Vec<libc::iovec>,
-    send_iov: Vec<libc::iovec>,
-    recv: Vec<libc::mmsghdr>,
-    send: Vec<libc::mmsghdr>,
-    /// For each answer, the query it answers (for the `log` lines).
-    answering: [usize; BATCH],
-}
-
-impl Batch {
-    fn new() -> Box<Batch> {
-        // SAFETY: all-zero is a valid value for these plain C structures.
-        let (iov, msg, storage) =
-            unsafe { (zeroed::<libc::iovec>(), zeroed::<libc::mmsghdr>(), zeroed::<libc::sockaddr_storage>()) };
-        let mut b = Box::new(Batch {
-            queries: vec![[0; MAX_QUERY]; BATCH],
-            answers: vec![[0; MAX_UDP_PAYLOAD as usize]; BATCH],
-            peers: vec![storage; BATCH],
-            recv_control: vec![Control([0; 64]); BATCH],
-            send_control: vec![Control([0; 64]); BATCH],
-            recv_iov: vec![iov; BATCH],
-            send_iov: vec![iov; BATCH],
-            recv: vec![msg; BATCH],
-            send: vec![msg; BATCH],
-            answering: [0; BATCH],
-        });
-        for i in 0..BATCH {
-            b.recv_iov[i] = libc::iovec { iov_base: b.queries[i].as_mut_ptr().cast(), iov_len: MAX_QUERY };
-            let hdr = &mut b.recv[i].msg_hdr;
-            hdr.msg_name = (&mut b.peers[i] as *mut libc::sockaddr_storage).cast();
-            hdr.msg_iov = &mut b.recv_iov[i];
-            hdr.msg_iovlen = 1;
-            hdr.msg_control = b.recv_control[i].0.as_mut_ptr().cast();
-        }
-        b
-    }
-}
-
-/// Where a datagram was sent to, read from its packet-info control message.
-#[derive(Clone, Copy)]
-enum Destination {
-    V4(libc::in_addr),
-    V6(libc::in6_addr, u32),
-}
+/// One thread's buffers for a round of UDP system calls.
+type Batch = socket::Batch<BATCH, MAX_QUERY, { MAX_UDP_PAYLOAD as usize }>;
 
 pub fn serve_udp(listener: UdpListener, mut view: View) {
-    let fd = listener.socket.as_raw_fd();
     let mut b = Batch::new();
     loop {
-        for msg in b.recv.iter_mut() {
-            msg.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            msg.msg_hdr.msg_controllen = if listener.wildcard { size_of::<Control>() } else { 0 } as _;
-            msg.msg_hdr.msg_flags = 0;
-        }
-        // SAFETY: every header points into `b`, which outlives the call.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                b.recv.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_WAITFORONE as _,
-                std::ptr::null_mut(),
-            )
+        let n = match b.receive(&listener.socket, listener.wildcard) {
+            Ok(n) => n,
+            Err(e) => {
+                after_failed_wait("receiving DNS queries", e);
+                continue;
+            }
         };
-        if n < 0 {
-            after_failed_wait("receiving DNS queries");
-            continue;
-        }
         view.refresh();
         // The batch's queries were all read by that one call, and their answers all leave by one.
         let received = Instant::now();
         let context = view.context(Transport::Udp);
-        let mut count = 0;
-        for i in 0..n as usize {
-            let msg = b.recv[i];
-            if msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-                continue;
-            }
-            let query = &b.queries[i][..msg.msg_len as usize];
-            let destination = if listener.wildcard { destination(&msg.msg_hdr) } else { None };
-            let len = match view.count(dns::respond(query, &view.snapshot, context, &mut b.answers[count])) {
+        for i in 0..n {
+            let Some(datagram) = b.datagram(i) else { continue };
+            let len = match view.count(dns::respond(datagram.query, &view.snapshot, context, datagram.answer)) {
                 Action::Reply { len, .. } => len,
                 Action::Drop => continue,
                 Action::Forward { qtype } => {
-                    let peer = Peer { address: b.peers[i], len: msg.msg_hdr.msg_namelen, destination };
-                    let client = peer_address(&peer.address);
+                    let peer = datagram.peer();
+                    let client = peer.address();
                     let socket = Arc::clone(&listener.socket);
-                    let deliver: Delivery = Box::new(move |answer| peer.send(&socket, answer));
+                    let deliver: Delivery = Box::new(move |answer| {
+                        if let Err(e) = peer.send(&socket, answer) {
+                            log::trace!("sending a forwarded answer: {e}");
+                        }
+                    });
                     let origin = Origin { client, transport: Transport::Udp, received };
-                    match view.forward(query, qtype, origin, deliver, &mut b.answers[count]) {
+                    match view.forward(datagram.query, qtype, origin, deliver, datagram.answer) {
                         Some(len) => len,
                         None => continue,
                     }
                 }
             };
-            b.send_iov[count] = libc::iovec { iov_base: b.answers[count].as_mut_ptr().cast(), iov_len: len };
-            let hdr = &mut b.send[count].msg_hdr;
-            // The peer's address, where the kernel put it for the query.
-            hdr.msg_name = msg.msg_hdr.msg_name;
-            hdr.msg_namelen = msg.msg_hdr.msg_namelen;
-            hdr.msg_iov = &mut b.send_iov[count];
-            hdr.msg_iovlen = 1;
-            hdr.msg_control = b.send_control[count].0.as_mut_ptr().cast();
-            // SAFETY: the control buffer is ours and large enough for one packet-info message.
-            unsafe { set_source(hdr, destination) };
-            b.answering[count] = i;
-            count += 1;
+            b.queue(i, len);
         }
-        send_all(fd, &mut b.send[..count]);
+        let count = b.send(&listener.socket);
         let took = received.elapsed();
         view.counters.sent(took, count as u64);
         if view.log {
-            log_batch(&b, count, took);
+            for (query, answer, client) in b.exchanges() {
+                querylog::log(client, Transport::Udp, query, answer, took);
+            }
         }
-    }
-}
-
-/// The `log` lines for the first `count` answers of a batch, once they are sent.
-fn log_batch(b: &Batch, count: usize, took: Duration) {
-    for (k, &i) in b.answering[..count].iter().enumerate() {
-        let query = &b.queries[i][..b.recv[i].msg_len as usize];
-        let answer = &b.answers[k][..b.send_iov[k].iov_len];
-        querylog::log(peer_address(&b.peers[i]), Transport::Udp, query, answer, took);
     }
 }
 
 /// After a blocking call failed: an interruption is retried at once; anything else is logged and
 /// retried after a pause, so that a persistent error cannot spin the thread.
-fn after_failed_wait(what: &str) {
-    let e = io::Error::last_os_error();
+fn after_failed_wait(what: &str, e: io::Error) {
     if e.kind() != io::ErrorKind::Interrupted {
         log::warn!("{what}: {e}");
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A UDP client, remembered so that an answer can follow later from another thread.
-struct Peer {
-    address: libc::sockaddr_storage,
-    len: libc::socklen_t,
-    destination: Option<Destination>,
-}
-
-impl Peer {
-    /// Sends one datagram to the peer, from the address its question reached.
-    fn send(mut self, socket: &UdpSocket, answer: &[u8]) {
-        let mut control = Control([0; 64]);
-        let mut iov = libc::iovec { iov_base: answer.as_ptr() as *mut libc::c_void, iov_len: answer.len() };
-        // SAFETY: all-zero is a valid msghdr; every pointer set below outlives the call.
-        let mut hdr: libc::msghdr = unsafe { zeroed() };
-        hdr.msg_name = (&mut self.address as *mut libc::sockaddr_storage).cast();
-        hdr.msg_namelen = self.len;
-        hdr.msg_iov = &mut iov;
-        hdr.msg_iovlen = 1;
-        hdr.msg_control = control.0.as_mut_ptr().cast();
-        // SAFETY: the control buffer is ours and large enough for one packet-info message.
-        unsafe { set_source(&mut hdr, self.destination) };
-        // SAFETY: the header and what it points to are valid for the call.
-        if unsafe { libc::sendmsg(socket.as_raw_fd(), &hdr, 0) } < 0 {
-            log::trace!("sending a forwarded answer: {}", io::Error::last_os_error());
-        }
-    }
-}
-
-/// Sends every message; one that fails (a peer that cannot be reached, say) is skipped.
-fn send_all(fd: libc::c_int, msgs: &mut [libc::mmsghdr]) {
-    let mut sent = 0;
-    while sent < msgs.len() {
-        let rest = &mut msgs[sent..];
-        // SAFETY: the headers point into the caller's batch, alive for the call.
-        let r = unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), rest.len() as libc::c_uint, 0) };
-        if r > 0 {
-            sent += r as usize;
-            continue;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            log::trace!("sending a DNS answer: {e}");
-            sent += 1;
-        }
-    }
-}
-
-fn destination(hdr: &libc::msghdr) -> Option<Destination> {
-    // SAFETY: the kernel filled the control buffer; the CMSG macros stay within msg_controllen.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
-        while let Some(c) = cmsg.as_ref() {
-            match (c.cmsg_level, c.cmsg_type) {
-                (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
-                    let info = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in_pktinfo);
-                    // The local address the query reached, which for broadcasts differs from the
-                    // packet's destination and is the one an answer can leave from.
-                    return Some(Destination::V4(info.ipi_spec_dst));
-                }
-                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
-                    let info = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in6_pktinfo);
-                    return Some(Destination::V6(info.ipi6_addr, info.ipi6_ifindex));
-                }
-                _ => cmsg = libc::CMSG_NXTHDR(hdr, c),
-            }
-        }
-    }
-    None
-}
-
-/// Writes a packet-info control message that makes the answer leave from `destination`, or no
-/// control message at all.
-///
-/// SAFETY: `hdr.msg_control` must point to a `Control` buffer.
-unsafe fn set_source(hdr: &mut libc::msghdr, destination: Option<Destination>) {
-    let Some(destination) = destination else {
-        hdr.msg_control = std::ptr::null_mut();
-        hdr.msg_controllen = 0;
-        return;
-    };
-    let (level, kind, size) = match destination {
-        Destination::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO, size_of::<libc::in_pktinfo>()),
-        Destination::V6(..) => (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, size_of::<libc::in6_pktinfo>()),
-    };
-    hdr.msg_controllen = libc::CMSG_SPACE(size as u32) as _;
-    let Some(c) = libc::CMSG_FIRSTHDR(hdr).as_mut() else { return };
-    c.cmsg_level = level;
-    c.cmsg_type = kind;
-    c.cmsg_len = libc::CMSG_LEN(size as u32) as _;
-    let data = libc::CMSG_DATA(c);
-    match destination {
-        Destination::V4(addr) => {
-            let info = libc::in_pktinfo { ipi_ifindex: 0, ipi_spec_dst: addr, ipi_addr: libc::in_addr { s_addr: 0 } };
-            std::ptr::write_unaligned(data as *mut libc::in_pktinfo, info);
-        }
-        Destination::V6(addr, ifindex) => {
-            let info = libc::in6_pktinfo { ipi6_addr: addr, ipi6_ifindex: ifindex };
-            std::ptr::write_unaligned(data as *mut libc::in6_pktinfo, info);
-        }
     }
 }
 
@@ -858,11 +562,8 @@ pub fn serve_tcp(listeners: Vec<TcpListener>, mut view: View) {
         fds.push(pollfd(forwarded.wake.fd(), libc::POLLIN));
         let next = connections.iter().map(|c| c.deadline).chain([accept_again]).filter(|&d| d > now).min();
         let timeout = next.map_or(Duration::from_secs(1), |d| d - now).min(Duration::from_secs(1));
-        // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
-        let r =
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout.as_millis() as libc::c_int + 1) };
-        if r < 0 {
-            after_failed_wait("waiting for TCP connections");
+        if let Err(e) = sys::poll(&mut fds, timeout.as_millis() as libc::c_int + 1) {
+            after_failed_wait("waiting for TCP connections", e);
             continue;
         }
         view.refresh();
@@ -979,8 +680,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        set_option(client.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 128 * 1024).unwrap();
-        set_option(server.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 128 * 1024).unwrap();
+        socket::set_option(client.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 128 * 1024).unwrap();
+        socket::set_option(server.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 128 * 1024).unwrap();
         server.set_nonblocking(true).unwrap();
         (client, Connection::new(1, server))
     }

@@ -1,6 +1,6 @@
 //! Every call into the C library that std does not wrap, behind safe functions: the only module
 //! allowed `unsafe` (lib.rs denies it everywhere else), with what makes each block sound next to
-//! it.
+//! it. Sockets are `socket`'s.
 
 use std::ffi::CStr;
 use std::io;
@@ -9,6 +9,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
+
+pub mod socket;
 
 /// Time since boot, suspended time included (CLOCK_BOOTTIME).
 pub fn boottime() -> Duration {
@@ -63,6 +65,23 @@ impl EventFd {
     pub fn fd(&self) -> libc::c_int {
         self.0.as_raw_fd()
     }
+}
+
+/// Waits until one of `fds` is ready or `timeout_ms` passes (`poll(2)`; -1 waits for ever); how
+/// many are ready.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> io::Result<usize> {
+    // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// Eight random bytes from the kernel, without waiting for its pool at early boot.
+pub fn random_seed() -> Option<u64> {
+    let mut seed = [0u8; 8];
+    // SAFETY: writes at most `seed.len()` bytes into a live buffer we own; GRND_NONBLOCK makes it
+    // fail (EAGAIN) rather than wait while the pool is not initialised.
+    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), libc::GRND_NONBLOCK) };
+    (n == seed.len() as isize).then(|| u64::from_ne_bytes(seed))
 }
 
 /// A network interface's address, as `getifaddrs` lists it.
