@@ -17,8 +17,9 @@ impl Random {
         Random::from_seed(crate::sys::random_seed().unwrap_or_else(clock_seed))
     }
 
-    /// Any seed will do: zero, the one state xorshift never leaves, is replaced.
-    fn from_seed(seed: u64) -> Random {
+    /// Any seed will do: zero, the one state xorshift never leaves, is replaced. A fixed seed
+    /// repeats its numbers: tests that want random inputs but the same ones each run use one.
+    pub fn from_seed(seed: u64) -> Random {
         Random(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed })
     }
 

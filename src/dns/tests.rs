@@ -435,13 +435,8 @@ fn random_packets_never_panic_nor_overflow() {
         q("worker1.tf.local.", Rtype::A).edns(512, 0).packet(),
         q("id.server.", Rtype::TXT).class(Class::CH).packet(),
     ];
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut random = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut generator = crate::random::Random::from_seed(1);
+    let mut random = || generator.next();
     let mut out = vec![0u8; MAX_UDP_PAYLOAD as usize];
     for i in 0..200_000 {
         let mut packet = seeds[i % seeds.len()].clone();
