@@ -1,14 +1,17 @@
 //! The v3 calls: ranges, transactions and leases.
 
-use serde_json::{json, Value};
+use serde::de::IgnoredAny;
 
 use super::transport::Retry;
-use super::wire::{int, range_json, txn_json, RangeJson, TxnJson};
+use super::wire::{
+    KeepAliveJson, LeaseGrantJson, LeaseIdJson, LeaseJson, RangeJson, RangeRequestJson, TimeToLiveJson, TxnJson,
+    TxnRequestJson,
+};
 use super::{Client, Error, Lease, Op, OpResponse, Range, RangeRequest, TimeToLive, Txn, TxnResponse, CODE_NOT_FOUND};
 
 impl Client {
     pub fn range(&mut self, start: &[u8], end: &[u8]) -> Result<Range, Error> {
-        let body = range_json(&RangeRequest::new(start, end));
+        let body = RangeRequestJson::from(&RangeRequest::new(start, end));
         // Read straight into typed fields: a JSON tree of 10 000 members would take several times
         // the memory of the answer itself.
         let (endpoint, answer) = self.post::<RangeJson>("/v3/kv/range", &body, Retry::Safe)?;
@@ -19,7 +22,7 @@ impl Client {
     pub fn read(&mut self, ranges: &[RangeRequest]) -> Result<Vec<Range>, Error> {
         let txn = Txn { success: ranges.iter().cloned().map(Op::Range).collect(), ..Txn::default() };
         // Reading twice does no harm: unlike other transactions, it may go to another endpoint.
-        let (endpoint, answer) = self.post::<TxnJson>("/v3/kv/txn", &txn_json(&txn), Retry::Safe)?;
+        let (endpoint, answer) = self.post::<TxnJson>("/v3/kv/txn", &TxnRequestJson::from(&txn), Retry::Safe)?;
         let malformed = |detail: String| Error::Malformed { endpoint: endpoint.clone(), detail };
         let answer = answer.decode().map_err(malformed)?;
         if answer.responses.len() != ranges.len() {
@@ -38,50 +41,32 @@ impl Client {
     /// Runs a transaction. It is not resent to another endpoint once it may have arrived at one,
     /// because it may have been applied there; the caller re-reads and decides.
     pub fn txn(&mut self, txn: &Txn) -> Result<TxnResponse, Error> {
-        let (endpoint, answer) = self.post::<TxnJson>("/v3/kv/txn", &txn_json(txn), Retry::OnlyIfUnsent)?;
+        let (endpoint, answer) = self.post::<TxnJson>("/v3/kv/txn", &TxnRequestJson::from(txn), Retry::OnlyIfUnsent)?;
         answer.decode().map_err(|detail| Error::Malformed { endpoint, detail })
     }
 
     pub fn lease_grant(&mut self, ttl: u32) -> Result<Lease, Error> {
-        let (endpoint, answer) = self.post::<Value>("/v3/lease/grant", &json!({ "TTL": ttl }), Retry::Safe)?;
-        let lease = Lease { id: int(&answer["ID"]), ttl: int(&answer["TTL"]) };
-        if lease.id == 0 || lease.ttl <= 0 {
-            let detail = format!("lease grant without an ID or TTL: {answer}");
-            return Err(Error::Malformed { endpoint, detail });
-        }
-        Ok(lease)
+        let (endpoint, answer) = self.post::<LeaseJson>("/v3/lease/grant", &LeaseGrantJson { ttl }, Retry::Safe)?;
+        answer.decode_grant().map_err(|detail| Error::Malformed { endpoint, detail })
     }
 
     /// Renews a lease once. `None` means etcd no longer knows it: it expired or was revoked.
     pub fn lease_keepalive(&mut self, id: i64) -> Result<Option<i64>, Error> {
-        let body = json!({ "ID": id.to_string() });
-        let (endpoint, answer) = self.post::<Value>("/v3/lease/keepalive", &body, Retry::Safe)?;
-        // The gateway streams keep-alive answers, so the single answer comes wrapped in "result".
-        // A lease etcd does not know comes back with its ID and no TTL; an answer without our ID
-        // is not etcd's to trust (a proxy's, say) and must not make us drop a live lease.
-        if int(&answer["result"]["ID"]) != id {
-            return Err(Error::Malformed {
-                endpoint,
-                detail: format!("keep-alive answer for another lease: {answer}"),
-            });
-        }
-        let ttl = int(&answer["result"]["TTL"]);
-        Ok((ttl > 0).then_some(ttl))
+        let (endpoint, answer) =
+            self.post::<KeepAliveJson>("/v3/lease/keepalive", &LeaseIdJson::new(id), Retry::Safe)?;
+        answer.decode(id).map_err(|detail| Error::Malformed { endpoint, detail })
     }
 
     /// What a lease has left, or `None` when etcd no longer knows it. Asking does not renew it.
     pub fn lease_ttl(&mut self, id: i64) -> Result<Option<TimeToLive>, Error> {
-        let (_, answer) = self.post::<Value>("/v3/lease/timetolive", &json!({ "ID": id.to_string() }), Retry::Safe)?;
-        // The gateway leaves out a TTL of 0: a live lease in its last second. One etcd no longer
-        // knows has -1.
-        let remaining = int(&answer["TTL"]);
-        Ok((remaining >= 0).then_some(TimeToLive { remaining, granted: int(&answer["grantedTTL"]) }))
+        let (_, answer) = self.post::<TimeToLiveJson>("/v3/lease/timetolive", &LeaseIdJson::new(id), Retry::Safe)?;
+        Ok(answer.decode())
     }
 
     /// Revokes a lease, deleting every key attached to it. A lease etcd no longer knows is gone
     /// already, which is what the caller wanted.
     pub fn lease_revoke(&mut self, id: i64) -> Result<(), Error> {
-        match self.post::<Value>("/v3/lease/revoke", &json!({ "ID": id.to_string() }), Retry::Safe) {
+        match self.post::<IgnoredAny>("/v3/lease/revoke", &LeaseIdJson::new(id), Retry::Safe) {
             Ok(_) => Ok(()),
             Err(Error::Rejected { code: CODE_NOT_FOUND, .. }) => Ok(()),
             Err(e) => Err(e),

@@ -6,9 +6,9 @@ use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::wire::int;
+use super::wire::{int, AuthenticateJson, TokenJson};
 use super::{Error, CODE_FAILED_PRECONDITION, CODE_PERMISSION_DENIED, CODE_UNAUTHENTICATED, CODE_UNAVAILABLE};
 use crate::config::{Config, Credentials};
 use crate::metrics::Metrics;
@@ -91,7 +91,7 @@ impl Client {
     pub(super) fn post<T: serde::de::DeserializeOwned>(
         &mut self,
         path: &str,
-        body: &Value,
+        body: &impl serde::Serialize,
         retry: Retry,
     ) -> Result<(String, T), Error> {
         let started = Instant::now();
@@ -215,7 +215,7 @@ impl Client {
     /// Trades the credentials for a token. A refused password is an `Error::Auth`.
     fn authenticate(&mut self) -> Result<(), Error> {
         let Some(credentials) = self.credentials.clone() else { return Ok(()) };
-        let body = json!({ "name": credentials.user, "password": credentials.password.expose() });
+        let body = AuthenticateJson { name: &credentials.user, password: credentials.password.expose() };
         let path = "/v3/auth/authenticate";
         let answer = self.each_endpoint(path, Retry::Safe, &|client, endpoint| {
             client.post_once(endpoint, path, &body).map(|answer| (endpoint.to_string(), answer))
@@ -231,7 +231,7 @@ impl Client {
             }
             Err(e) => return Err(e),
         };
-        let token = serde_json::from_slice::<Value>(&answer).ok().and_then(|v| v["token"].as_str().map(str::to_string));
+        let token = serde_json::from_slice::<TokenJson>(&answer).ok().and_then(|answer| answer.token);
         match token {
             Some(token) => {
                 log::debug!("authenticated to etcd at {endpoint} as {}", credentials.user);
@@ -255,7 +255,7 @@ impl Client {
         }
     }
 
-    fn post_once(&self, endpoint: &str, path: &str, body: &Value) -> Result<Vec<u8>, Attempt> {
+    fn post_once(&self, endpoint: &str, path: &str, body: &impl serde::Serialize) -> Result<Vec<u8>, Attempt> {
         let url = format!("{endpoint}{path}");
         let mut response = self.request(&self.agent, &url).send_json(body).map_err(|e| unreachable(endpoint, e))?;
         let status = response.status().as_u16();

@@ -2,12 +2,8 @@
 
 use std::io::{BufRead, BufReader, Read};
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
-use serde_json::json;
-
 use super::transport::{rejection, unreachable, Retry, MAX_RESPONSE_BYTES};
-use super::wire::WatchJson;
+use super::wire::{WatchCreateJson, WatchJson};
 use super::{Client, Error, WatchMessage, WatchRange};
 
 impl Client {
@@ -16,13 +12,8 @@ impl Client {
     pub fn watch(&mut self, ranges: &[WatchRange]) -> Result<Watch, Error> {
         let mut body = Vec::new();
         for range in ranges {
-            let create = json!({ "create_request": {
-                "key": BASE64.encode(&range.start),
-                "range_end": BASE64.encode(&range.end),
-                "start_revision": range.from.to_string(),
-                "progress_notify": true,
-            }});
-            body.extend_from_slice(create.to_string().as_bytes());
+            // Serializing plain strings, numbers and bools into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut body, &WatchCreateJson::from(range));
             body.push(b'\n');
         }
         self.failover("/v3/watch", Retry::Safe, |client, endpoint| {
