@@ -250,7 +250,7 @@ impl Membership {
                 // this node hold two names: the old lease is let go, and its keys with it.
                 if !matches!(e, etcd::Error::Rejected { .. }) {
                     self.abandon_lease();
-                } else if let etcd::Error::Rejected { code: etcd::CODE_NOT_FOUND, .. } = e {
+                } else if let etcd::Error::Rejected { refusal: etcd::Refusal::NotFound, .. } = e {
                     // The lease ran out while claims kept failing.
                     self.set_lease(None);
                 }

@@ -7,7 +7,7 @@ use super::wire::{
     KeepAliveJson, LeaseGrantJson, LeaseIdJson, LeaseJson, RangeJson, RangeRequestJson, TimeToLiveJson, TxnJson,
     TxnRequestJson,
 };
-use super::{Client, Error, Lease, Op, OpResponse, Range, RangeRequest, TimeToLive, Txn, TxnResponse, CODE_NOT_FOUND};
+use super::{Client, Error, Lease, Op, OpResponse, Range, RangeRequest, Refusal, TimeToLive, Txn, TxnResponse};
 
 impl Client {
     pub fn range(&mut self, start: &[u8], end: &[u8]) -> Result<Range, Error> {
@@ -68,7 +68,7 @@ impl Client {
     pub fn lease_revoke(&mut self, id: i64) -> Result<(), Error> {
         match self.post::<IgnoredAny>("/v3/lease/revoke", &LeaseIdJson::new(id), Retry::Safe) {
             Ok(_) => Ok(()),
-            Err(Error::Rejected { code: CODE_NOT_FOUND, .. }) => Ok(()),
+            Err(Error::Rejected { refusal: Refusal::NotFound, .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }

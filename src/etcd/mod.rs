@@ -27,8 +27,9 @@ pub use watch::Watch;
 pub enum Error {
     /// No endpoint answered; each with what went wrong there.
     Unreachable(Vec<(String, String)>),
-    /// An endpoint answered with an error; `code` is the gRPC status code etcd reports.
-    Rejected { endpoint: String, status: u16, code: i64, message: String },
+    /// An endpoint answered with an error: etcd refused the request, for the reason `refusal`
+    /// names and `message` says.
+    Rejected { endpoint: String, status: u16, refusal: Refusal, message: String },
     /// An endpoint answered something that is not the gateway's JSON.
     Malformed { endpoint: String, detail: String },
     /// etcd refused the user name or password: retrying will not help.
@@ -77,13 +78,28 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// gRPC status codes etcd puts in `code`.
-pub const CODE_INVALID_ARGUMENT: i64 = 3;
-pub const CODE_NOT_FOUND: i64 = 5;
-const CODE_PERMISSION_DENIED: i64 = 7;
-const CODE_FAILED_PRECONDITION: i64 = 9;
-const CODE_UNAVAILABLE: i64 = 14;
-const CODE_UNAUTHENTICATED: i64 = 16;
+/// Why etcd refused a request, decided once, where its error answer is read (from the gRPC code
+/// and, where one code covers several refusals, etcd's fixed message): callers match on this,
+/// never on the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// More operations in one transaction than etcd's `--max-txn-ops` allows.
+    TooManyOperations,
+    /// Authentication is enabled, and the request named no user (it carried no token).
+    NoUser,
+    /// etcd no longer takes the token: simple tokens expire when idle, a restarted etcd forgets them.
+    InvalidToken,
+    /// The user name or password is wrong.
+    AuthenticationFailed,
+    /// Authentication is not enabled, so etcd takes no user and password.
+    AuthenticationNotEnabled,
+    /// The user may not read or write these keys.
+    PermissionDenied,
+    /// What the request names does not exist: a lease that expired or was revoked.
+    NotFound,
+    /// Any other refusal; the message says what.
+    Other,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyValue {

@@ -6,10 +6,8 @@ use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-use super::wire::{int, AuthenticateJson, TokenJson};
-use super::{Error, CODE_FAILED_PRECONDITION, CODE_PERMISSION_DENIED, CODE_UNAUTHENTICATED, CODE_UNAVAILABLE};
+use super::wire::{gateway_error, AuthenticateJson, TokenJson};
+use super::{Error, Refusal};
 use crate::config::{Config, Credentials};
 use crate::metrics::Metrics;
 
@@ -122,9 +120,8 @@ impl Client {
         }
         let answer = match self.each_endpoint(path, retry, &attempt) {
             // Simple tokens expire when idle, and a restarted etcd forgets them.
-            Err(Error::Rejected { code, ref message, .. })
-                if self.credentials.is_some()
-                    && (code == CODE_UNAUTHENTICATED || message.contains("user name is empty")) =>
+            Err(Error::Rejected { refusal: Refusal::InvalidToken | Refusal::NoUser, .. })
+                if self.credentials.is_some() =>
             {
                 self.token = None;
                 self.authenticate()?;
@@ -137,13 +134,13 @@ impl Client {
 
     /// Refusals that say the Corefile's credentials do not fit this etcd.
     fn misconfigured(&self, e: Error) -> Error {
-        let Error::Rejected { endpoint, code, message, .. } = &e else { return e };
-        let message = match (&self.credentials, *code) {
-            (None, _) if message.contains("user name is empty") => {
+        let Error::Rejected { endpoint, refusal, .. } = &e else { return e };
+        let message = match (&self.credentials, refusal) {
+            (None, Refusal::NoUser) => {
                 "authentication is enabled in etcd, and the Corefile gives no user: add `credentials USER PASSWORD`"
                     .to_string()
             }
-            (Some(c), CODE_PERMISSION_DENIED) => format!(
+            (Some(c), Refusal::PermissionDenied) => format!(
                 "etcd user {:?} may not read or write these keys; grant its role read-write on the pattern's keys",
                 c.user
             ),
@@ -222,10 +219,10 @@ impl Client {
         });
         let (endpoint, answer) = match answer {
             Ok(answer) => answer,
-            Err(Error::Rejected { endpoint, message, .. }) if message.contains("authentication failed") => {
+            Err(Error::Rejected { endpoint, refusal: Refusal::AuthenticationFailed, message, .. }) => {
                 return Err(Error::Auth { endpoint, message });
             }
-            Err(Error::Rejected { endpoint, code: CODE_FAILED_PRECONDITION, .. }) => {
+            Err(Error::Rejected { endpoint, refusal: Refusal::AuthenticationNotEnabled, .. }) => {
                 let message = "authentication is not enabled in etcd, so it takes no user and password: leave out `credentials`, or enable authentication in etcd".to_string();
                 return Err(Error::Misconfigured { endpoint, directive: "credentials", message });
             }
@@ -274,18 +271,38 @@ impl Client {
 
 /// What an error answer means: another endpoint may do better, or the request was refused.
 pub(super) fn rejection(endpoint: &str, status: u16, answer: &[u8]) -> Attempt {
-    let Ok(error) = serde_json::from_slice::<Value>(answer) else {
-        return not_etcd(endpoint, status, answer);
-    };
-    // The watch stream wraps errors one level deeper.
-    let error = if error["error"].is_object() { &error["error"] } else { &error };
-    let code = int(&error["code"]).max(int(&error["grpc_code"]));
-    let message = error["error"].as_str().or(error["message"].as_str()).unwrap_or("no message");
+    let Some(error) = gateway_error(answer) else { return not_etcd(endpoint, status, answer) };
     // An endpoint that has lost its cluster says "unavailable": another one may do better.
-    if code == CODE_UNAVAILABLE || status == 503 {
-        return Attempt::Unreachable { why: message.to_string(), sent: true };
+    if error.code == CODE_UNAVAILABLE || status == 503 {
+        return Attempt::Unreachable { why: error.message, sent: true };
     }
-    Attempt::Failed(Error::Rejected { endpoint: endpoint.to_string(), status, code, message: message.to_string() })
+    let refusal = refusal(error.code, &error.message);
+    Attempt::Failed(Error::Rejected { endpoint: endpoint.to_string(), status, refusal, message: error.message })
+}
+
+/// gRPC status codes, as etcd reports them.
+const CODE_INVALID_ARGUMENT: i64 = 3;
+const CODE_NOT_FOUND: i64 = 5;
+const CODE_PERMISSION_DENIED: i64 = 7;
+const CODE_FAILED_PRECONDITION: i64 = 9;
+const CODE_UNAVAILABLE: i64 = 14;
+const CODE_UNAUTHENTICATED: i64 = 16;
+
+/// What etcd's refusal means. One code covers several refusals (invalid argument: too many
+/// operations, no user, a wrong password, and more), told apart by etcd's fixed messages
+/// (`rpctypes` in etcd's source, the same from 3.4 on).
+fn refusal(code: i64, message: &str) -> Refusal {
+    let says = |text: &str| message.contains(text);
+    match code {
+        CODE_INVALID_ARGUMENT if says("too many operations") => Refusal::TooManyOperations,
+        CODE_INVALID_ARGUMENT if says("user name is empty") => Refusal::NoUser,
+        CODE_INVALID_ARGUMENT if says("authentication failed") => Refusal::AuthenticationFailed,
+        CODE_FAILED_PRECONDITION if says("authentication is not enabled") => Refusal::AuthenticationNotEnabled,
+        CODE_UNAUTHENTICATED => Refusal::InvalidToken,
+        CODE_PERMISSION_DENIED => Refusal::PermissionDenied,
+        CODE_NOT_FOUND => Refusal::NotFound,
+        _ => Refusal::Other,
+    }
 }
 
 /// An error answer that is not etcd's JSON. From a proxy (5xx) it may pass, and another endpoint may
@@ -482,5 +499,55 @@ fn describe(e: &ureq::Error) -> String {
         ureq::Error::ConnectionFailed => "connection failed".to_string(),
         ureq::Error::HostNotFound => "host not found".to_string(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_refusals_once() {
+        let outcome = |status: u16, answer: &str| match rejection("http://etcd", status, answer.as_bytes()) {
+            Attempt::Failed(Error::Rejected { refusal, .. }) => Ok(refusal),
+            Attempt::Unreachable { .. } => Err("unreachable"),
+            Attempt::Misfit(_) => Err("misfit"),
+            Attempt::CutOff { .. } | Attempt::Failed(_) => Err("other"),
+        };
+        let error =
+            |code: i64, message: &str| format!(r#"{{"error":"{message}","message":"{message}","code":{code}}}"#);
+        // As etcd 3.4.23 answered, but for the ones marked.
+        let cases = [
+            (400, error(3, "etcdserver: too many operations in txn request"), Ok(Refusal::TooManyOperations)),
+            (400, error(3, "etcdserver: user name is empty"), Ok(Refusal::NoUser)),
+            (
+                400,
+                error(3, "etcdserver: authentication failed, invalid user ID or password"),
+                Ok(Refusal::AuthenticationFailed),
+            ),
+            (412, error(9, "etcdserver: authentication is not enabled"), Ok(Refusal::AuthenticationNotEnabled)),
+            (401, error(16, "etcdserver: invalid auth token"), Ok(Refusal::InvalidToken)),
+            (403, error(7, "etcdserver: permission denied"), Ok(Refusal::PermissionDenied)),
+            (404, error(5, "etcdserver: requested lease not found"), Ok(Refusal::NotFound)),
+            // Made up, from etcd's source: other refusals, and a known message under another code.
+            (400, error(3, "etcdserver: key is not provided"), Ok(Refusal::Other)),
+            (412, error(9, "etcdserver: user name not found"), Ok(Refusal::Other)),
+            (500, error(2, "too many operations"), Ok(Refusal::Other)),
+            (400, r#"{"code":3}"#.to_string(), Ok(Refusal::Other)),
+            // A watch stream's error, one level deeper.
+            (
+                401,
+                r#"{"error":{"grpc_code":16,"http_code":401,"message":"etcdserver: invalid auth token"}}"#.to_string(),
+                Ok(Refusal::InvalidToken),
+            ),
+            // Not refusals: another endpoint may do better, or this one is not etcd's client URL.
+            (503, error(14, "etcdserver: no leader"), Err("unreachable")),
+            (503, error(0, "overloaded"), Err("unreachable")),
+            (502, "<html>bad gateway</html>".to_string(), Err("unreachable")),
+            (404, "404 page not found".to_string(), Err("misfit")),
+        ];
+        for (status, answer, want) in cases {
+            assert_eq!(outcome(status, &answer), want, "HTTP {status} {answer}");
+        }
     }
 }

@@ -13,12 +13,29 @@ use super::{
 };
 
 /// The gateway writes 64-bit integers as strings and leaves out fields that are zero.
-pub(super) fn int(v: &Value) -> i64 {
+fn int(v: &Value) -> i64 {
     match v {
         Value::String(s) => s.parse().unwrap_or(0),
         Value::Number(n) => n.as_i64().unwrap_or(0),
         _ => 0,
     }
+}
+
+/// An error answer: its gRPC code and message.
+pub(super) struct GatewayError {
+    pub(super) code: i64,
+    pub(super) message: String,
+}
+
+/// Reads an error answer, `None` when it is not JSON. Leniently, as any JSON: the gateway writes
+/// `{"error": MESSAGE, "code": CODE, "message": MESSAGE}`, a watch stream wraps `grpc_code` and
+/// `message` in `"error"`, and a proxy may write anything.
+pub(super) fn gateway_error(answer: &[u8]) -> Option<GatewayError> {
+    let error = serde_json::from_slice::<Value>(answer).ok()?;
+    let error = if error["error"].is_object() { &error["error"] } else { &error };
+    let code = int(&error["code"]).max(int(&error["grpc_code"]));
+    let message = error["error"].as_str().or(error["message"].as_str()).unwrap_or("no message");
+    Some(GatewayError { code, message: message.to_string() })
 }
 
 /// A range answer as the gateway writes it: 64-bit integers as strings, keys and values in base64,
