@@ -54,7 +54,7 @@ impl Watch {
         }
         let malformed = |detail: String| Error::Malformed { endpoint: self.endpoint.clone(), detail };
         let message: WatchJson = serde_json::from_slice(&line).map_err(|e| malformed(format!("watch message: {e}")))?;
-        let reason = message.result.cancel_reason.clone();
+        let reason = message.cancel_reason().to_string();
         message
             .decode()
             .map_err(malformed)?

@@ -376,16 +376,16 @@ impl From<&WatchRange> for WatchCreateJson {
 #[derive(Default, serde::Deserialize)]
 #[serde(default)]
 pub(super) struct WatchJson {
-    pub(super) result: WatchResultJson,
+    result: WatchResultJson,
     error: Option<Value>,
 }
 
 #[derive(Default, serde::Deserialize)]
 #[serde(default)]
-pub(super) struct WatchResultJson {
+struct WatchResultJson {
     events: Option<Vec<EventJson>>,
     canceled: bool,
-    pub(super) cancel_reason: String,
+    cancel_reason: String,
     compact_revision: Int,
 }
 
@@ -399,6 +399,11 @@ struct EventJson {
 }
 
 impl WatchJson {
+    /// Why etcd cancelled the watch, if it said.
+    pub(super) fn cancel_reason(&self) -> &str {
+        &self.result.cancel_reason
+    }
+
     /// `None` when etcd cancelled the watch for a reason other than compaction.
     pub(super) fn decode(self) -> Result<Option<WatchMessage>, String> {
         if let Some(error) = self.error {
