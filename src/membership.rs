@@ -179,7 +179,7 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
                     log::warn!("the etcd watch stopped ({why}); polling every {:?} instead", m.settings.tuning.poll);
                     watch.changes = crossbeam_channel::never();
                 }
-                // Only ever after `Ended`, its guard's report, which stopped the listening.
+                // The channel closes only after the guard sent `Ended`, which already stopped listening.
                 Err(_) => watch.changes = crossbeam_channel::never(),
             },
             default(timeout) => {}
