@@ -219,9 +219,7 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
         requests += 1;
         let answer = match client.txn(&txn) {
             Ok(answer) => answer,
-            Err(etcd::Error::Rejected { code: etcd::CODE_INVALID_ARGUMENT, ref message, .. })
-                if message.contains("too many operations") && window > 1 =>
-            {
+            Err(etcd::Error::Rejected { refusal: etcd::Refusal::TooManyOperations, .. }) if window > 1 => {
                 window /= 2;
                 continue;
             }

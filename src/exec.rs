@@ -352,17 +352,16 @@ impl Fence {
     /// Follows the key from `revision` on until the name is lost, or could be before the command
     /// is gone, then says why on `lost`.
     fn run(mut self, revision: i64, lost: Sender<Lost>) {
-        let (changes_tx, changes) = crossbeam_channel::unbounded();
         let range =
             WatchRange { start: self.key.clone(), end: [self.key.as_slice(), &[0]].concat(), from: revision + 1 };
         let client = self.client.clone();
         // Ends with the fence, which drops `changes`.
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let follow = move || membership::follow(client, vec![range], changes_tx, stop);
-        if std::thread::Builder::new().name("exec-watch".into()).spawn(follow).is_err() {
+        let follow = move |changes_tx| membership::follow(client, vec![range], changes_tx, stop);
+        let Ok(changes) = membership::spawn_watch("exec-watch", follow) else {
             let _ = lost.send(Lost::now("cannot follow the key in etcd"));
             return;
-        }
+        };
         // The command is stopped while this much of the lease is left unconfirmed, so that it is
         // gone before the lease could end unrenewed and another node take the name. A lease
         // renewed every third of its TTL never comes this close.
@@ -389,7 +388,7 @@ impl Fence {
                     }
                     // The watch missed changes: the key as it is now says all.
                     Ok(Watched::Resync) => resync = true,
-                    Err(_) => break Lost::now("the watch on its key stopped"),
+                    Ok(Watched::Ended(_)) | Err(_) => break Lost::now("the watch on its key stopped"),
                 },
                 default(timeout) => {}
             }

@@ -159,10 +159,12 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
                     }
                 }
                 Ok(Watched::Resync) => m.read_due = true,
-                Err(_) => {
-                    log::warn!("the etcd watch stopped; polling every {:?} instead", m.settings.tuning.poll);
+                Ok(Watched::Ended(why)) => {
+                    log::warn!("the etcd watch stopped ({why}); polling every {:?} instead", m.settings.tuning.poll);
                     watch.changes = crossbeam_channel::never();
                 }
+                // The channel closes only after the guard sent `Ended`, which already stopped listening.
+                Err(_) => watch.changes = crossbeam_channel::never(),
             },
             default(timeout) => {}
         }
@@ -234,7 +236,7 @@ impl Membership {
                 // this node hold two names: the old lease is let go, and its keys with it.
                 if !matches!(e, etcd::Error::Rejected { .. }) {
                     self.abandon_lease();
-                } else if let etcd::Error::Rejected { code: etcd::CODE_NOT_FOUND, .. } = e {
+                } else if let etcd::Error::Rejected { refusal: etcd::Refusal::NotFound, .. } = e {
                     // The lease ran out while claims kept failing.
                     self.set_lease(None);
                 }
@@ -520,15 +522,12 @@ impl Membership {
     /// Starts the thread that follows every role's key range on one watch stream, from the last
     /// read on; it ends once `stop` is set.
     fn start_watch(&self, stop: Arc<AtomicBool>) -> Option<Receiver<Watched>> {
-        let (tx, rx) = crossbeam_channel::unbounded();
         let from = self.view.revision()? + 1;
         let ranges: Vec<WatchRange> =
             self.ranges().into_iter().map(|r| WatchRange { start: r.start, end: r.end, from }).collect();
         let client = self.client.clone();
-        let spawned =
-            std::thread::Builder::new().name("etcd-watch".into()).spawn(move || follow(client, ranges, tx, stop));
-        match spawned {
-            Ok(_) => Some(rx),
+        match spawn_watch("etcd-watch", move |tx| follow(client, ranges, tx, stop)) {
+            Ok(rx) => Some(rx),
             Err(e) => {
                 log::warn!("cannot start the watch thread ({e}); polling only");
                 None
@@ -558,6 +557,38 @@ impl Membership {
                 log::warn!("could not revoke lease {:x}: {e}; its name frees itself within {:?}", lease.id, lease.ttl);
             }
         }
+    }
+}
+
+/// Starts a watch thread named `name` that runs `body` with the sending end of the channel it
+/// returns. Like the daemon's threads it carries a guard that reports its end, panics included,
+/// but to its owner, as the channel's last message: the owner starts and retires its watch, and
+/// can do without one (the etcd thread polls; the fence stops the command). The main thread
+/// could do neither: it would stop the daemon over a watch.
+pub(crate) fn spawn_watch(
+    name: &str,
+    body: impl FnOnce(Sender<Watched>) + Send + 'static,
+) -> std::io::Result<Receiver<Watched>> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let guard = WatchEnd { name: name.to_string(), tx: tx.clone() };
+    std::thread::Builder::new().name(name.to_string()).spawn(move || {
+        let _guard = guard;
+        body(tx);
+    })?;
+    Ok(rx)
+}
+
+/// Tells a watch thread's owner that the thread ended, however it ended. An owner that retired
+/// the watch no longer listens, and the report goes nowhere.
+struct WatchEnd {
+    name: String,
+    tx: Sender<Watched>,
+}
+
+impl Drop for WatchEnd {
+    fn drop(&mut self) {
+        let how = if std::thread::panicking() { "panicked" } else { "ended" };
+        let _ = self.tx.send(Watched::Ended(format!("thread {} {how}", self.name)));
     }
 }
 
@@ -667,5 +698,33 @@ impl Backoff {
 
     fn reset(&mut self) {
         self.next = RETRY_MIN;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_thread_tells_its_owner_how_it_ended() {
+        type Body = fn(Sender<Watched>);
+        let cases: [(Body, &[&str]); 3] = [
+            (|_| {}, &["thread test-watch ended"]),
+            (|tx| drop(tx.send(Watched::Resync)), &["resync", "thread test-watch ended"]),
+            (|_| panic!("a bug in the watch thread, on purpose"), &["thread test-watch panicked"]),
+        ];
+        for (body, want) in cases {
+            let messages = spawn_watch("test-watch", body).unwrap();
+            // Every message until the thread is gone and its channel closed.
+            let got: Vec<String> = messages
+                .iter()
+                .map(|message| match message {
+                    Watched::Changes(_) => "changes".to_string(),
+                    Watched::Resync => "resync".to_string(),
+                    Watched::Ended(why) => why,
+                })
+                .collect();
+            assert_eq!(got, want);
+        }
     }
 }

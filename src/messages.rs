@@ -88,6 +88,8 @@ pub enum Watched {
     Changes(Vec<WatchEvent>),
     /// The watch missed changes (etcd compacted its history): read the members again.
     Resync,
+    /// The watch thread ended, and why (it panicked, say): its last message.
+    Ended(String),
 }
 
 /// Wakes a thread that sleeps in `poll(2)` when a message is queued for it: an eventfd it polls
