@@ -2,11 +2,11 @@
 
 use serde::de::IgnoredAny;
 
-use super::transport::Retry;
-use super::wire::{
+use super::json::{
     KeepAliveJson, LeaseGrantJson, LeaseIdJson, LeaseJson, RangeJson, RangeRequestJson, TimeToLiveJson, TxnJson,
     TxnRequestJson,
 };
+use super::transport::Retry;
 use super::{Client, Error, Lease, Op, OpResponse, Range, RangeRequest, Refusal, TimeToLive, Txn, TxnResponse};
 
 impl Client {

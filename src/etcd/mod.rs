@@ -8,15 +8,15 @@
 //! - `transport`: the `Client`: endpoints and failover, HTTP, TLS and the probes that tell a
 //!   misfit endpoint from one that is down, the user's token, and what an error answer means;
 //! - `api`: the v3 calls (ranges, transactions, leases) in the types defined here;
-//! - `wire`: the gateway's JSON, written and read through serde structs, and base64;
+//! - `json`: the gateway's JSON, written and read through serde structs, and base64;
 //! - `watch`: watch streams.
 //!
 //! Here: the requests and answers as callers see them, and the errors.
 
 mod api;
+mod json;
 mod transport;
 mod watch;
-mod wire;
 
 use std::fmt;
 

@@ -6,7 +6,7 @@ use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::wire::{gateway_error, AuthenticateJson, TokenJson};
+use super::json::{gateway_error, AuthenticateJson, TokenJson};
 use super::{Error, Refusal};
 use crate::config::{Config, Credentials};
 use crate::metrics::Metrics;

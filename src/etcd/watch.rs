@@ -2,8 +2,8 @@
 
 use std::io::{BufRead, BufReader, Read};
 
+use super::json::{WatchCreateJson, WatchJson};
 use super::transport::{rejection, unreachable, Retry, MAX_RESPONSE_BYTES};
-use super::wire::{WatchCreateJson, WatchJson};
 use super::{Client, Error, WatchMessage, WatchRange};
 
 impl Client {
