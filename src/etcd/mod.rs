@@ -21,7 +21,6 @@ mod watch;
 use std::fmt;
 
 pub use transport::Client;
-pub use watch::Watch;
 
 #[derive(Debug)]
 pub enum Error {
