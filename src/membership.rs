@@ -20,7 +20,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 use crate::claim::{self, Choice, ClaimError};
 use crate::clock::boottime;
 use crate::config::{self, Role};
-use crate::etcd::{self, Compare, Op, RangeRequest, Txn, WatchMessage, WatchRange};
+use crate::etcd::{self, Compare, Op, RangeRequest, Refusal, Txn, WatchMessage, WatchRange};
 use crate::lease::{renew_interval, Holding, Lease, LeaseState, Loss};
 use crate::messages::{Command, Event, Latest, Tuning, Update, Watched};
 use crate::metrics::Metrics;
@@ -638,6 +638,11 @@ pub(crate) fn follow(
                         }
                         Err(e) => {
                             log::debug!("etcd watch: {e}");
+                            if let etcd::Error::Rejected { refusal: Refusal::InvalidToken | Refusal::NoUser, .. } = e {
+                                // The watch was opened with a token etcd forgot (it restarted, or
+                                // the token expired): the next one asks for a new token.
+                                client.forget_token();
+                            }
                             break;
                         }
                     }

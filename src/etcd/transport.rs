@@ -107,6 +107,12 @@ impl Client {
         }
     }
 
+    /// Drops the token, so that the next request gets a new one: for a watch etcd accepted with a
+    /// token it no longer takes, and then cancelled.
+    pub fn forget_token(&mut self) {
+        self.token = None;
+    }
+
     /// Runs `attempt` on the current endpoint, then on the next ones while they cannot be reached.
     /// With credentials, first gets a token, and gets a new one when etcd no longer takes it.
     pub(super) fn failover<T>(
@@ -278,6 +284,19 @@ pub(super) fn rejection(endpoint: &str, status: u16, answer: &[u8]) -> Attempt {
     }
     let refusal = refusal(error.code, &error.message);
     Attempt::Failed(Error::Rejected { endpoint: endpoint.to_string(), status, refusal, message: error.message })
+}
+
+/// Why etcd cancelled a watch it had accepted, when that is a refusal: a watch opened with a
+/// token etcd no longer takes is accepted (HTTP 200) and then cancelled, its reason a gRPC error
+/// in text, "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token".
+pub(super) fn cancelled_for(reason: &str) -> Option<Refusal> {
+    let code = match reason.split("code = ").nth(1)?.split_whitespace().next()? {
+        "InvalidArgument" => CODE_INVALID_ARGUMENT,
+        "PermissionDenied" => CODE_PERMISSION_DENIED,
+        "Unauthenticated" => CODE_UNAUTHENTICATED,
+        _ => return None,
+    };
+    Some(refusal(code, reason))
 }
 
 /// gRPC status codes, as etcd reports them.
@@ -505,6 +524,23 @@ fn describe(e: &ureq::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watch_cancelled_for_its_token_is_a_refusal() {
+        for (reason, refusal) in [
+            ("rpc error: code = Unauthenticated desc = etcdserver: invalid auth token", Some(Refusal::InvalidToken)),
+            ("rpc error: code = InvalidArgument desc = etcdserver: user name is empty", Some(Refusal::NoUser)),
+            (
+                "rpc error: code = PermissionDenied desc = etcdserver: permission denied",
+                Some(Refusal::PermissionDenied),
+            ),
+            ("rpc error: code = Unavailable desc = etcdserver: no leader", None),
+            ("mvcc: required revision has been compacted", None),
+            ("", None),
+        ] {
+            assert_eq!(cancelled_for(reason), refusal, "{reason}");
+        }
+    }
 
     #[test]
     fn classifies_refusals_once() {

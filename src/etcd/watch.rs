@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader, Read};
 
 use super::json::{WatchCreateJson, WatchJson};
-use super::transport::{rejection, unreachable, Retry, MAX_RESPONSE_BYTES};
+use super::transport::{cancelled_for, rejection, unreachable, Retry, MAX_RESPONSE_BYTES};
 use super::{Client, Error, WatchMessage, WatchRange};
 
 impl Client {
@@ -55,9 +55,10 @@ impl Watch {
         let malformed = |detail: String| Error::Malformed { endpoint: self.endpoint.clone(), detail };
         let message: WatchJson = serde_json::from_slice(&line).map_err(|e| malformed(format!("watch message: {e}")))?;
         let reason = message.cancel_reason().to_string();
-        message
-            .decode()
-            .map_err(malformed)?
-            .ok_or_else(|| broken(if reason.is_empty() { "etcd cancelled the watch".to_string() } else { reason }))
+        message.decode().map_err(malformed)?.ok_or_else(|| match cancelled_for(&reason) {
+            Some(refusal) => Error::Rejected { endpoint: self.endpoint.clone(), status: 200, refusal, message: reason },
+            None if reason.is_empty() => broken("etcd cancelled the watch".to_string()),
+            None => broken(reason),
+        })
     }
 }
