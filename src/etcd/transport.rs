@@ -56,7 +56,7 @@ impl Client {
                 .http_status_as_error(false)
                 .timeout_connect(Some(CONNECT_TIMEOUT))
                 .user_agent(concat!("idetcd/", env!("CARGO_PKG_VERSION")))
-                .tls_config(tls.clone())
+                .tls(&tls)
         };
         log::debug!(
             "etcd endpoints {}: requests go to the first, and to the next only when one cannot be reached; each may take {timeout:?}",
@@ -393,11 +393,35 @@ fn tls_config(config: &Config) -> Result<ureq::tls::TlsConfig, Error> {
 }
 
 #[cfg(not(feature = "tls"))]
-fn tls_config(config: &Config) -> Result<ureq::tls::TlsConfig, Error> {
+fn tls_config(config: &Config) -> Result<NoTls, Error> {
     if config.tls.is_some() || config.endpoints.iter().any(|e| e.starts_with("https://")) {
         return Err(Error::Setup("this idetcd was built without TLS (cargo feature \"tls\")".into()));
     }
-    Ok(ureq::tls::TlsConfig::default())
+    Ok(NoTls)
+}
+
+/// What an agent is built with for TLS: rustls' settings, or nothing in a build without TLS.
+trait WithTls<T> {
+    fn tls(self, tls: &T) -> Self;
+}
+
+type AgentBuilder = ureq::config::ConfigBuilder<ureq::typestate::AgentScope>;
+
+#[cfg(feature = "tls")]
+impl WithTls<ureq::tls::TlsConfig> for AgentBuilder {
+    fn tls(self, tls: &ureq::tls::TlsConfig) -> Self {
+        self.tls_config(tls.clone())
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+struct NoTls;
+
+#[cfg(not(feature = "tls"))]
+impl WithTls<NoTls> for AgentBuilder {
+    fn tls(self, _: &NoTls) -> Self {
+        self
+    }
 }
 
 pub(super) enum Attempt {
