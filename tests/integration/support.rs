@@ -298,6 +298,11 @@ impl Etcd {
         self.range(key, std::str::from_utf8(&end).unwrap()).into_iter().next()
     }
 
+    /// Waits until `key` is gone: deleted, or its lease ran out.
+    pub fn wait_until_gone(&self, key: &str) {
+        eventually(&format!("{key} to go from etcd"), WAIT, || self.get(key).is_none().then_some(()));
+    }
+
     pub fn put(&self, key: &str, value: &str) {
         self.post("/v3/kv/put", json!({ "key": BASE64.encode(key), "value": BASE64.encode(value) }));
     }
@@ -1029,4 +1034,52 @@ impl Asker {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("the asking thread")
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load and churn, for the test that answers stay right and the benchmark of what is lost
+
+/// dnsperf asking `node` for the A records of `names` at a steady `rate` a second for `seconds`,
+/// in the background; the thread returns dnsperf's report.
+pub fn dnsperf(node: &Node, names: &[&str], rate: u32, seconds: u32) -> std::thread::JoinHandle<String> {
+    let dir = TempDir::new("dnsperf");
+    let queries = dir.path().join("queries");
+    fs::write(&queries, names.iter().map(|name| format!("{name} A\n")).collect::<String>()).unwrap();
+    let mut command = Command::new("dnsperf");
+    command
+        .args(["-s", &node.ip.to_string(), "-p", &node.port.to_string()])
+        .args(["-Q", &rate.to_string(), "-l", &seconds.to_string(), "-d"])
+        .arg(&queries);
+    std::thread::spawn(move || {
+        let output = command.output().expect("dnsperf runs (scripts/test installs it)");
+        drop(dir);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    })
+}
+
+/// What follows `label` on its line of a dnsperf report: `0 (0.00%)` for `Queries lost:`.
+pub fn dnsperf_field<'a>(report: &'a str, label: &str) -> Option<&'a str> {
+    report.lines().find_map(|line| line.trim_start().strip_prefix(label)).map(str::trim)
+}
+
+/// Changes for `observer` to answer through, on the cluster `members` that `setup` names: two
+/// nodes join and leave, the first member (every node's first endpoint) is killed, and one more
+/// node joins. `observer` answers each newcomer's name before the next change; the last
+/// newcomer is returned, still running.
+pub fn churn(setup: &Setup, members: &mut [Etcd], observer: &Node) -> Node {
+    // On purpose: a second of whatever load was started just before, so that the changes land
+    // inside it.
+    std::thread::sleep(Duration::from_secs(1));
+    for _ in 0..2 {
+        let mut joiner = setup.start();
+        let name = joiner.claimed();
+        observer.wait_for_address(&name, &joiner.ip.to_string());
+        joiner.signal(libc::SIGTERM);
+        joiner.wait_exit(Duration::from_secs(5));
+    }
+    members[0].stop();
+    let mut late = setup.start();
+    let name = late.claimed();
+    observer.wait_for_address(&name, &late.ip.to_string());
+    late
 }
