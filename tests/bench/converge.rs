@@ -1,5 +1,6 @@
 //! Convergence: how long from a node claiming (or releasing) its name in etcd until another
-//! node's DNS answer shows it, with polling and with `watch`. Run by `scripts/bench-converge`.
+//! node's DNS answer shows it, with polling and with `watch`; then what a steady load loses while
+//! members join and leave and an etcd member fails. Run by `scripts/bench-converge`.
 //!
 //! Two probes race for each change: one reads the key from etcd in a tight loop (when the claim or
 //! release was committed), the other asks the observing node over DNS (when answers show it). The
@@ -14,7 +15,11 @@ use std::time::{Duration, Instant};
 
 use domain::base::iana::{OptRcode, Rtype};
 
-use support::{Etcd, Node, Setup};
+use support::{churn, dnsperf, dnsperf_field, endpoints, Etcd, Node, Setup};
+
+/// The load through churn: queries a second, and for how many seconds.
+const CHURN_RATE: u32 = 5000;
+const CHURN_SECONDS: u32 = 10;
 
 fn main() {
     // `cargo bench` passes flags of its own (`--bench`); the first plain number is ours.
@@ -44,6 +49,31 @@ fn main() {
         }
         report(&format!("{label}, join"), &mut joins);
         report(&format!("{label}, leave"), &mut leaves);
+    }
+    println!();
+    churn_under_load();
+}
+
+/// dnsperf asks one node of a 3-member etcd cluster at a steady rate while two nodes join and
+/// leave, the etcd member every node talks to is killed, and one more node joins: the queries
+/// lost and the response codes. (tests/integration/reliability.rs checks the answers' data.)
+fn churn_under_load() {
+    let mut members = Etcd::cluster(3);
+    let zone = "churn.bench.";
+    let setup = Setup { endpoints: endpoints(&members), lease: 5, ..Setup::new(&members[0], zone) };
+    let nodes = setup.start_together(2);
+    let (first, second) = (format!("worker1.{zone}"), format!("worker2.{zone}"));
+    nodes[0].wait_for_address(&second, &nodes[1].ip.to_string());
+    let load = dnsperf(&nodes[0], &[&first, &second], CHURN_RATE, CHURN_SECONDS);
+    let _late = churn(&setup, &mut members, &nodes[0]);
+    let report = load.join().unwrap();
+    println!("answers at {CHURN_RATE} q/s for {CHURN_SECONDS} s, through 2 joins, 2 leaves and an etcd member failing");
+    for (label, field) in
+        [("queries sent", "Queries sent:"), ("queries lost", "Queries lost:"), ("response codes", "Response codes:")]
+    {
+        let value =
+            dnsperf_field(&report, field).unwrap_or_else(|| panic!("no {field:?} in dnsperf's report:\n{report}"));
+        println!("{label:<22} {value}");
     }
 }
 

@@ -2,7 +2,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::Duration;
 
 use domain::base::iana::{Class, Opcode, OptRcode, Rtype};
@@ -16,9 +15,7 @@ fn cluster(etcd: &Etcd, zone: &str) -> (Node, Node) {
     assert_eq!(first.claimed(), format!("worker1.{zone}"));
     let mut second = Setup { ipv6: false, ..Setup::new(etcd, zone) }.start();
     assert_eq!(second.claimed(), format!("worker2.{zone}"));
-    eventually("worker2 to appear", Duration::from_secs(5), || {
-        (!first.query(&format!("worker2.{zone}"), Rtype::A).answers.is_empty()).then_some(())
-    });
+    first.wait_for_address(&format!("worker2.{zone}"), &second.ip.to_string());
     (first, second)
 }
 
@@ -95,15 +92,7 @@ fn ttl_comes_from_the_corefile() {
 fn dig_sees_what_a_user_expects() {
     let etcd = Etcd::start();
     let (node, other) = cluster(&etcd, "dig.test.");
-    let dig = |args: &[&str]| {
-        let output = Command::new("dig")
-            .arg(format!("@{}", node.ip))
-            .args(["-p", &node.port.to_string()])
-            .args(args)
-            .output()
-            .expect("dig is installed (scripts/test installs bind9-dnsutils)");
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let dig = |args: &[&str]| node.dig(args);
     assert_eq!(dig(&["+short", "worker2.dig.test"]).trim(), other.ip.to_string());
     assert_eq!(dig(&["+short", "AAAA", "worker1.dig.test"]).trim(), format!("fd00::{}", node.ip.octets()[3]));
     assert_eq!(dig(&["+short", "+tcp", "worker1.dig.test"]).trim(), node.ip.to_string());
@@ -136,15 +125,7 @@ fn service_and_pointer_records_and_ids_from_zero() {
     let udp = node.ask(Transport::Udp, &srv.clone().edns(1232));
     assert!(udp.size <= 1232, "{} bytes", udp.size);
 
-    let dig = |args: &[&str]| {
-        let out = Command::new("dig")
-            .arg(format!("@{}", node.ip))
-            .args(["-p", &node.port.to_string(), "+short"])
-            .args(args)
-            .output()
-            .expect("dig is installed");
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let dig = |args: &[&str]| node.dig(&[&["+short"], args].concat());
     assert_eq!(dig(&["SRV", "_idetcd._udp.srv.test"]).lines().count(), 41, "dig falls back to TCP by itself");
     assert_eq!(dig(&["-x", &node.ip.to_string()]).trim(), "worker0.srv.test.");
     assert_eq!(dig(&["-x", "10.1.0.7"]).trim(), "worker7.srv.test.");
@@ -159,11 +140,8 @@ fn forward_sends_other_names_upstream() {
     for i in 2..=40 {
         etcd.put(&format!("worker{i}.up.test."), &format!(r#"{{"ipv4":"10.2.0.{i}","port":"53"}}"#));
     }
-    let forward = format!("forward . {}:{}", upstream.ip, upstream.port);
-    let ip = crate::support::next_loopback();
-    let corefile = Setup::new(&etcd, "down.test.").corefile(ip, crate::support::free_port(ip));
-    let corefile = corefile.replacen("    idetcd {", &format!("    {forward}\n    log\n    idetcd {{"), 1);
-    let mut node = Node::start_with(corefile, ip);
+    let server = format!("    forward . {}:{}\n    log\n", upstream.ip, upstream.port);
+    let mut node = Setup { server, ..Setup::new(&etcd, "down.test.") }.start();
     assert_eq!(node.claimed(), "worker1.down.test.");
 
     for transport in [Transport::Udp, Transport::Tcp] {
@@ -207,9 +185,8 @@ fn forwarding_to_itself_is_refused() {
     let etcd = Etcd::start();
     let ip = crate::support::next_loopback();
     let port = crate::support::free_port(ip);
-    let corefile = Setup::new(&etcd, "loop.test.").corefile(ip, port);
-    let corefile = corefile.replacen("    idetcd {", &format!("    forward . {ip}:{port}\n    idetcd {{"), 1);
-    let mut node = Node::start_with(corefile, ip);
+    let mut node =
+        Setup { server: format!("    forward . {ip}:{port}\n"), ..Setup::new(&etcd, "loop.test.") }.start_on(ip, port);
     assert_eq!(node.wait_exit(Duration::from_secs(5)).code(), Some(1));
     assert!(node.log().contains("every upstream server is this server itself"), "{}", node.log());
 }

@@ -1,13 +1,15 @@
 //! Hostile clients: floods of malformed and oversized packets, TCP streams that lie, stall or
 //! hoard connections. The server must keep answering everyone else correctly, within its memory.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use domain::base::iana::Rtype;
 
-use crate::support::{exchange, Etcd, Node, Query, Setup, Transport};
+use crate::support::{arbitrary, arbitrary_bytes, eventually, exchange, Etcd, Node, Query, Setup, Transport, WAIT};
 
 fn node(etcd: &Etcd, zone: &str) -> Node {
     let mut node = Setup::new(etcd, zone).start();
@@ -36,25 +38,20 @@ fn floods_of_bad_packets_change_nothing() {
     let before = rss_kb(&node);
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let good = Query::new("worker1.flood.test.", Rtype::A).packet();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut random = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    for i in 0..20_000 {
+    for i in 0..20_000u64 {
+        let bits = arbitrary(i);
         let packet: Vec<u8> = match i % 4 {
-            // Random bytes of any length up to past the receive buffer.
-            0 => (0..random() % 9000).map(|_| random() as u8).collect(),
+            // Arbitrary bytes of any length up to past the receive buffer.
+            0 => arbitrary_bytes(i, (bits % 9000) as usize),
             // A real query cut short.
-            1 => good[..(random() as usize) % good.len()].to_vec(),
-            // A real query with a few bytes flipped.
+            1 => good[..bits as usize % good.len()].to_vec(),
+            // A real query with three bytes overwritten: a place and a value from each pair of
+            // the arbitrary bytes.
             2 => {
                 let mut p = good.clone();
-                for _ in 0..3 {
-                    let at = (random() as usize) % p.len();
-                    p[at] = random() as u8;
+                for pair in bits.to_le_bytes().chunks(2).take(3) {
+                    let at = pair[0] as usize % p.len();
+                    p[at] = pair[1];
                 }
                 p
             }
@@ -97,15 +94,21 @@ fn a_tcp_client_sending_frames_without_answers_is_cut_off() {
     flooder.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
     // Empty frames, as fast as the socket takes them, while others ask: they must not wait, and
     // the server closes the flooder's connection rather than read it forever.
+    let written = Arc::new(AtomicU32::new(0));
+    let counting = Arc::clone(&written);
     let flood = std::thread::spawn(move || {
         for _ in 0..100_000 {
             if flooder.write_all(&[0u8; 1024]).is_err() {
                 return true;
             }
+            counting.fetch_add(1, Ordering::Relaxed);
         }
         false
     });
-    std::thread::sleep(Duration::from_millis(50));
+    // Under way: a megabyte of frames sent, or already cut off.
+    eventually("the flood to be under way", WAIT, || {
+        (written.load(Ordering::Relaxed) >= 1000 || flood.is_finished()).then_some(())
+    });
     answers_correctly(&node, "worker1.frames.test.");
     assert!(flood.join().unwrap(), "the flooder's connection was closed");
 }
@@ -116,9 +119,24 @@ fn hoarded_tcp_connections_do_not_lock_out_new_clients() {
     let node = node(&etcd, "hoard.test.");
     // Past the cap of 128: the longest idle ones make room for newcomers.
     let hoard: Vec<TcpStream> = (0..300).map(|_| TcpStream::connect(node.address()).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(200));
+    for stream in &hoard {
+        stream.set_nonblocking(true).unwrap();
+    }
+    // Once the server has taken all 300, it has closed 300 - 128 of them to make room.
+    eventually("the server to take the hoard and close the oldest", WAIT, || {
+        (hoard.iter().filter(|stream| closed(stream)).count() >= 300 - 128).then_some(())
+    });
     let answer = exchange(node.address(), Transport::Tcp, &Query::new("worker1.hoard.test.", Rtype::A).packet());
     assert!(answer.is_some(), "a new TCP client is answered");
     drop(hoard);
     answers_correctly(&node, "worker1.hoard.test.");
+}
+
+/// Whether the server closed this non-blocking connection: a read finds its end, not nothing yet.
+fn closed(mut stream: &TcpStream) -> bool {
+    match stream.read(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != ErrorKind::WouldBlock,
+    }
 }

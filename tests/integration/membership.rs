@@ -27,17 +27,15 @@ fn one_node_claims_worker1() {
 fn five_nodes_take_1_to_5_and_resolve_each_other() {
     let etcd = Etcd::start();
     let setup = Setup { limit: 5, ..Setup::new(&etcd, "five.test.") };
-    let mut nodes: Vec<Node> = (0..5).map(|_| setup.start()).collect();
-    let names: BTreeSet<String> = nodes.iter_mut().map(|n| n.claimed()).collect();
+    let nodes = setup.start_together(5);
+    let names: BTreeSet<String> = nodes.iter().map(|n| n.identity().unwrap()).collect();
     let want: BTreeSet<String> = (1..=5).map(|i| format!("worker{i}.five.test.")).collect();
     assert_eq!(names, want);
 
     for asker in &nodes {
         for owner in &nodes {
             let name = owner.identity().unwrap();
-            let a = eventually("every member in every snapshot", Duration::from_secs(5), || {
-                Some(asker.query(&name, Rtype::A)).filter(|a| a.rcode == OptRcode::NOERROR)
-            });
+            let a = asker.wait_for_rcode(&name, OptRcode::NOERROR);
             assert_eq!(a.data(), [owner.ip.to_string()], "{name} asked at {}", asker.ip);
             assert!(a.aa);
             let aaaa = asker.query(&name, Rtype::AAAA);
@@ -50,10 +48,7 @@ fn five_nodes_take_1_to_5_and_resolve_each_other() {
 fn a_node_beyond_the_limit_exits_with_a_clear_message() {
     let etcd = Etcd::start();
     let setup = Setup { limit: 5, ..Setup::new(&etcd, "full.test.") };
-    let mut nodes: Vec<Node> = (0..5).map(|_| setup.start()).collect();
-    for node in &mut nodes {
-        node.claimed();
-    }
+    let _nodes = setup.start_together(5);
     let mut sixth = setup.start();
     let status = sixth.wait_exit(Duration::from_secs(10));
     assert!(!status.success(), "the sixth node must fail");
@@ -68,10 +63,7 @@ fn a_node_beyond_the_limit_exits_with_a_clear_message() {
 fn sigterm_frees_the_name_at_once_and_a_new_node_takes_it() {
     let etcd = Etcd::start();
     let setup = Setup { lease: 30, ..Setup::new(&etcd, "term.test.") };
-    let mut nodes: Vec<Node> = (0..3).map(|_| setup.start()).collect();
-    for node in &mut nodes {
-        node.claimed();
-    }
+    let mut nodes = setup.start_together(3);
     let leaving = nodes.iter().position(|n| n.identity().as_deref() == Some("worker2.term.test.")).unwrap();
     let mut leaving = nodes.remove(leaving);
 
@@ -82,17 +74,12 @@ fn sigterm_frees_the_name_at_once_and_a_new_node_takes_it() {
     assert!(etcd.get("worker2.term.test.").is_none(), "worker2 still in etcd after SIGTERM");
     assert!(leaving.log().contains("released worker2.term.test."), "{}", leaving.log());
 
-    let gone = eventually("the others to see worker2 leave", Duration::from_secs(3), || {
-        Some(nodes[0].query("worker2.term.test.", Rtype::A)).filter(|a| a.rcode == OptRcode::NXDOMAIN)
-    });
+    let gone = nodes[0].wait_for_rcode("worker2.term.test.", OptRcode::NXDOMAIN);
     assert!(gone.aa);
 
     let mut newcomer = setup.start();
     assert_eq!(newcomer.claimed(), "worker2.term.test.");
-    let found = eventually("the others to see the newcomer", Duration::from_secs(3), || {
-        Some(nodes[0].query("worker2.term.test.", Rtype::A)).filter(|a| !a.answers.is_empty())
-    });
-    assert_eq!(found.data(), [newcomer.ip.to_string()]);
+    nodes[0].wait_for_address("worker2.term.test.", &newcomer.ip.to_string());
 }
 
 #[test]
@@ -117,12 +104,11 @@ fn sigkill_frees_the_name_when_the_lease_expires() {
     first.kill();
     let killed_at = Instant::now();
     assert!(etcd.get(&killed_name).is_some(), "nobody released the name: it waits for the lease");
-    eventually("the lease to expire", Duration::from_secs(8), || etcd.get(&killed_name).is_none().then_some(()));
+    // The lease expires.
+    etcd.wait_until_gone(&killed_name);
     let freed_after = killed_at.elapsed();
     assert!(freed_after >= Duration::from_millis(500), "freed after only {freed_after:?}");
-    eventually("the survivor to see it leave", Duration::from_secs(3), || {
-        (second.query(&killed_name, Rtype::A).rcode == OptRcode::NXDOMAIN).then_some(())
-    });
+    second.wait_for_rcode(&killed_name, OptRcode::NXDOMAIN);
     let mut third = setup.start();
     assert_eq!(third.claimed(), killed_name);
 }
@@ -217,9 +203,7 @@ fn a_second_key_on_the_nodes_lease_is_deleted() {
     let lease = etcd.get("worker1.stray.test.").unwrap().lease;
     // As a claim that got no answer but was applied late would leave it.
     etcd.put_with_lease("worker5.stray.test.", r#"{"ipv4":"10.0.0.5"}"#, lease);
-    eventually("the stray key to go", Duration::from_secs(5), || {
-        etcd.get("worker5.stray.test.").is_none().then_some(())
-    });
+    etcd.wait_until_gone("worker5.stray.test.");
     assert_eq!(etcd.names("stray.test."), ["worker1.stray.test."]);
     assert_eq!(node.identity().as_deref(), Some("worker1.stray.test."));
 }
@@ -236,9 +220,7 @@ fn names_are_claimed_in_lowercase_whatever_the_patterns_case() {
     assert_eq!(etcd.names("case.test."), ["worker1.case.test.", "worker2.case.test."]);
     for node in [&first, &second] {
         for (name, owner) in [("Worker1.Case.TEST.", &first), ("worker2.case.test.", &second)] {
-            eventually("every node to answer every name", Duration::from_secs(5), || {
-                (node.query(name, Rtype::A).data() == [owner.ip.to_string()]).then_some(())
-            });
+            node.wait_for_address(name, &owner.ip.to_string());
         }
     }
 }

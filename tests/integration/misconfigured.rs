@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use domain::base::iana::Rtype;
 
-use crate::support::{eventually, Etcd, Pki, Setup};
+use crate::support::{Etcd, Pki, Setup};
 
 /// Starts a node that must give up at once, and returns its log.
 fn refused_at_start(setup: &Setup) -> String {
@@ -80,9 +80,8 @@ fn once_serving_the_same_errors_are_warnings_and_answers_go_on() {
     let name = node.claimed();
     // Authentication turned on under a running node: every request of it is refused from now on.
     etcd.enable_auth("worker");
-    eventually("a warning naming credentials", Duration::from_secs(10), || {
-        node.log().contains("add `credentials USER PASSWORD`").then_some(())
-    });
+    // A warning naming credentials.
+    node.wait_for_log("add `credentials USER PASSWORD`");
     assert!(node.exited().is_none(), "{}", node.log());
     assert_eq!(node.query(&name, Rtype::A).data(), [node.ip.to_string()]);
 }

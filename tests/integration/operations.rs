@@ -4,16 +4,10 @@ use std::time::Duration;
 
 use domain::base::iana::Rtype;
 
-use crate::support::{eventually, free_port, next_loopback, Etcd, Node, Query, Setup, Transport};
+use crate::support::{eventually, free_port, http_get, next_loopback, Etcd, Node, Query, Setup, Transport};
 
 fn get(url: &str) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(3)))
-        .build()
-        .into();
-    let mut response = agent.get(url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+    http_get(url).unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
 
 #[test]
@@ -21,13 +15,8 @@ fn health_and_metrics() {
     let mut etcd = Etcd::start();
     let ip = next_loopback();
     let (health, metrics) = (free_port(ip), free_port(ip));
-    let corefile = Setup::new(&etcd, "ops.test.").corefile(ip, free_port(ip));
-    let corefile = corefile.replacen(
-        "    idetcd {",
-        &format!("    health {ip}:{health}\n    ready {ip}:{health}\n    prometheus {ip}:{metrics}\n    idetcd {{"),
-        1,
-    );
-    let mut node = Node::start_with(corefile, ip);
+    let server = format!("    health {ip}:{health}\n    ready {ip}:{health}\n    prometheus {ip}:{metrics}\n");
+    let mut node = Setup { server, ..Setup::new(&etcd, "ops.test.") }.start_on(ip, free_port(ip));
     node.claimed();
     let health_url = format!("http://{ip}:{health}/health");
     let metrics_url = format!("http://{ip}:{metrics}/metrics");
@@ -98,10 +87,8 @@ fn ready_once_the_members_are_read_and_while_the_name_is_held() {
     etcd.stop();
     let ip = next_loopback();
     let ready = free_port(ip);
-    let setup = Setup { lease: 3, ..Setup::new(&etcd, "ready.test.") };
-    let corefile = setup.corefile(ip, free_port(ip));
-    let corefile = corefile.replacen("    idetcd {", &format!("    ready {ip}:{ready}\n    idetcd {{"), 1);
-    let mut node = Node::start_with(corefile, ip);
+    let setup = Setup { lease: 3, server: format!("    ready {ip}:{ready}\n"), ..Setup::new(&etcd, "ready.test.") };
+    let mut node = setup.start_on(ip, free_port(ip));
     let url = format!("http://{ip}:{ready}/ready");
     let (status, body) = eventually("/ready to answer", Duration::from_secs(10), || {
         std::net::TcpStream::connect((ip, ready)).ok().map(|_| get(&url))
@@ -124,9 +111,7 @@ fn ready_once_the_members_are_read_and_while_the_name_is_held() {
 #[test]
 fn log_writes_a_line_per_answered_query_in_coredns_format() {
     let etcd = Etcd::start();
-    let ip = next_loopback();
-    let corefile = Setup::new(&etcd, "log.test.").corefile(ip, free_port(ip));
-    let mut node = Node::start_with(corefile.replacen("    idetcd {", "    log\n    idetcd {", 1), ip);
+    let mut node = Setup { server: "    log\n".into(), ..Setup::new(&etcd, "log.test.") }.start();
     node.claimed();
     let mut quiet = Setup::new(&etcd, "log.test.").start();
     quiet.claimed();
@@ -172,11 +157,7 @@ fn idetcd(args: &[&str]) -> (Option<i32>, String, String) {
 fn members_and_tf_config() {
     let etcd = Etcd::start();
     let setup = Setup::new(&etcd, "tf.test.");
-    let mut nodes: Vec<Node> = (0..3).map(|_| setup.start()).collect();
-    for node in &mut nodes {
-        node.claimed();
-    }
-    nodes.sort_by_key(|n| crate::support::id_of(&n.identity().unwrap()));
+    let nodes = setup.start_together(3);
     let conf = |node: &Node| node.corefile_path().to_str().unwrap().to_string();
 
     let (code, table, _) = idetcd(&["members", "-conf", &conf(&nodes[0])]);
@@ -210,19 +191,17 @@ fn members_and_tf_config() {
     });
     assert_eq!(spec, want);
 
-    // --wait blocks until enough members are there.
-    let waiting = std::process::Command::new(crate::support::BINARY)
-        .args(["tf-config", "--job", "ps", "--port", "5000", "--wait", "4", "-conf", &conf(&nodes[0])])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // --wait blocks until enough members are there: it has read the three, and waits on.
+    let mut waiting = nodes[0].launch("tf-config", &["--job", "ps", "--port", "5000", "--wait", "4"]);
+    eventually("tf-config to see 3 of 4", Duration::from_secs(10), || {
+        waiting.stderr().contains("saw 3 of 4").then_some(())
+    });
+    assert!(waiting.exited().is_none(), "it did not wait for the fourth: {}", waiting.stderr());
+    assert!(waiting.stdout().is_empty(), "{}", waiting.stdout());
     let mut fourth = setup.start();
     assert_eq!(fourth.claimed(), "worker4.tf.test.");
-    let output = waiting.wait_with_output().unwrap();
-    assert!(output.status.success());
-    let spec: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(waiting.wait_exit(Duration::from_secs(10)).success(), "{}", waiting.stderr());
+    let spec: serde_json::Value = serde_json::from_str(&waiting.stdout()).unwrap();
     assert_eq!(spec["cluster"]["ps"].as_array().unwrap().len(), 4);
     assert_eq!(spec["cluster"]["ps"][3], "worker4.tf.test:5000");
     assert_eq!(spec["task"], serde_json::json!({ "type": "ps", "index": 0 }));

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use domain::base::iana::{OptRcode, Rtype};
 
-use crate::support::{eventually, free_port, Etcd, Node, Setup};
+use crate::support::{eventually, free_port, http_get, Etcd, Node, Setup};
 
 /// The TTL of the node's A answer for `name`.
 fn answer_ttl(node: &Node, name: &str) -> u32 {
@@ -29,7 +29,7 @@ fn sighup_and_sigusr1_reload_what_may_change_and_refuse_the_rest() {
     assert_eq!(answer_ttl(&node, &name), 5);
 
     node.signal(libc::SIGHUP);
-    eventually("the reload", Duration::from_secs(5), || node.log().contains("nothing changed").then_some(()));
+    node.wait_for_log("nothing changed");
 
     rewrite(&node, "ttl 5", "ttl 42");
     node.signal(libc::SIGUSR1);
@@ -40,13 +40,11 @@ fn sighup_and_sigusr1_reload_what_may_change_and_refuse_the_rest() {
     rewrite(&node, "ttl 42", "ttl 7");
     rewrite(&node, &etcd.url, "http://127.0.0.1:1");
     node.signal(libc::SIGHUP);
-    eventually("the refusal", Duration::from_secs(5), || {
-        node.log().contains("`endpoint` changed, which takes a restart").then_some(())
-    });
+    node.wait_for_log("`endpoint` changed, which takes a restart");
     // A Corefile that does not parse changes nothing either.
     std::fs::write(node.corefile_path(), ". {\n  idetcd {\n").unwrap();
     node.signal(libc::SIGHUP);
-    eventually("the failed reload", Duration::from_secs(5), || node.log().contains("reload failed").then_some(()));
+    node.wait_for_log("reload failed");
     assert!(node.exited().is_none(), "{}", node.log());
     assert_eq!(answer_ttl(&node, &name), 42);
     assert_eq!(node.identity().as_deref(), Some(name.as_str()));
@@ -63,13 +61,9 @@ fn sigquit_releases_the_name_and_exits_0() {
     assert!(node.log().contains("SIGQUIT: releasing the name"), "{}", node.log());
 }
 
+/// The status of a GET, or `None` when nothing answers.
 fn get(url: &str) -> Option<u16> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(2)))
-        .build()
-        .into();
-    agent.get(url).call().ok().map(|r| r.status().as_u16())
+    http_get(url).ok().map(|(status, _)| status)
 }
 
 #[test]
@@ -93,12 +87,8 @@ fn a_reload_turns_forwarding_logging_and_monitoring_on_moves_and_off() {
     );
     node.signal(libc::SIGHUP);
     eventually("/health", Duration::from_secs(5), || (get(&health(first)) == Some(200)).then_some(()));
-    eventually("forwarding", Duration::from_secs(5), || {
-        (node.query("worker1.up.test.", Rtype::A).data() == [upstream.ip.to_string()]).then_some(())
-    });
-    eventually("a query line", Duration::from_secs(5), || {
-        node.log().contains("\"A IN worker1.up.test. udp").then_some(())
-    });
+    node.wait_for_address("worker1.up.test.", &upstream.ip.to_string());
+    node.wait_for_log("\"A IN worker1.up.test. udp");
     assert!(node.log().contains("forward, log, health took effect"), "{}", node.log());
 
     // The health endpoint moves; forwarding and logging go.
@@ -112,9 +102,7 @@ fn a_reload_turns_forwarding_logging_and_monitoring_on_moves_and_off() {
         (get(&health(second)) == Some(200)).then_some(())
     });
     eventually("the old address closed", Duration::from_secs(5), || get(&health(first)).is_none().then_some(()));
-    eventually("no more forwarding", Duration::from_secs(5), || {
-        (node.query("worker1.up.test.", Rtype::A).rcode == OptRcode::REFUSED).then_some(())
-    });
+    node.wait_for_rcode("worker1.up.test.", OptRcode::REFUSED);
     // One UDP thread answers both in turn: had the first been logged, its line would be written
     // before the second is answered.
     node.query("worker1.rl.test.", Rtype::A);

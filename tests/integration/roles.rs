@@ -9,25 +9,22 @@ use std::time::Duration;
 use domain::base::iana::{OptRcode, Rtype};
 use serde_json::Value;
 
-use crate::support::{eventually, reverse_name, Background, Etcd, Node, Query, Setup, TempDir, Transport, BINARY};
+use crate::support::{reverse_name, Background, Etcd, Node, Query, Setup, TempDir, Transport, BINARY};
 
-/// The six names, in Corefile order, that six nodes take with `Setup::three_roles`.
 /// Extra command-line arguments and environment variables for a node.
 type Launch<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
 
+/// The six names, in Corefile order, that six nodes take with `Setup::three_roles`.
 const SIX: [&str; 6] = ["chief0", "ps0", "ps1", "worker0", "worker1", "worker2"];
 
 fn names(labels: &[&str], zone: &str) -> Vec<String> {
     labels.iter().map(|label| format!("{label}.{zone}")).collect()
 }
 
-/// Waits until `asker` answers `name` with `ip`.
+/// Waits until `asker` answers `name` with `ip`, with authority.
 fn resolves(asker: &Node, name: &str, ip: &str) {
     // A node may still answer with a member's old address until its next read.
-    let a = eventually(&format!("{name} at {} to be {ip}", asker.ip), Duration::from_secs(5), || {
-        Some(asker.query(name, Rtype::A)).filter(|a| a.data() == [ip.to_string()])
-    });
-    assert!(a.aa);
+    assert!(asker.wait_for_address(name, ip).aa);
 }
 
 /// The SRV targets `asker` lists for the zone, without their final dots.
@@ -75,7 +72,8 @@ fn six_nodes_fill_the_roles_in_corefile_order_and_resolve_each_other() {
     let mut dead = nodes.remove(2);
     assert_eq!(dead.identity().as_deref(), Some(ps1.as_str()));
     dead.kill();
-    eventually("ps1's lease to run out", Duration::from_secs(10), || etcd.get(&ps1).is_none().then_some(()));
+    // Its lease runs out.
+    etcd.wait_until_gone(&ps1);
     let mut seventh = setup.start();
     assert_eq!(seventh.claimed(), ps1);
     for node in &nodes {
@@ -290,10 +288,11 @@ fn single_role_corefiles_in_one_etcd_each_serve_their_own_names() {
 
 #[test]
 fn with_watch_every_roles_changes_show_long_before_the_next_poll() {
-    // One watch stream with a watcher per role; polling (30 s) would be far too late.
+    // One watch stream with a watcher per role; polling once an hour, only the watch can bring a
+    // change within the test.
     let etcd = Etcd::start();
     let zone = "rwatch.test.";
-    let setup = Setup { poll: "30s", extra: "        watch\n".into(), ..Setup::three_roles(&etcd, zone) };
+    let setup = Setup { poll: "1h", extra: "        watch\n".into(), ..Setup::three_roles(&etcd, zone) };
     let nodes = setup.start_together(2);
     let observer = &nodes[0];
     assert_eq!(observer.identity().unwrap(), format!("chief0.{zone}"));
@@ -302,21 +301,10 @@ fn with_watch_every_roles_changes_show_long_before_the_next_poll() {
         etcd.put(&format!("{name}.{zone}"), &format!(r#"{{"ipv4":"{ip}"}}"#));
         resolves(observer, &format!("{name}.{zone}"), ip);
     }
-    let put = |key: String, ip: &str| {
-        use base64::Engine;
-        let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
-        serde_json::json!({ "requestPut": { "key": b64(&key), "value": b64(&format!(r#"{{"ipv4":"{ip}"}}"#)) } })
-    };
-    etcd.post(
-        "/v3/kv/txn",
-        serde_json::json!({ "success": [put(format!("ps1.{zone}"), "10.1.0.21"), put(format!("worker7.{zone}"), "10.1.0.27")] }),
-    );
-    for (name, ip) in [("ps1", "10.1.0.21"), ("worker7", "10.1.0.27")] {
-        let name = format!("{name}.{zone}");
-        eventually(&name, Duration::from_secs(3), || (observer.query(&name, Rtype::A).data() == [ip]).then_some(()));
-    }
-    etcd.delete(&format!("worker7.{zone}"));
-    eventually("worker7 to leave", Duration::from_secs(3), || {
-        (observer.query(&format!("worker7.{zone}"), Rtype::A).rcode == OptRcode::NXDOMAIN).then_some(())
-    });
+    let (ps1, worker7) = (format!("ps1.{zone}"), format!("worker7.{zone}"));
+    etcd.put_all(&[(&ps1, r#"{"ipv4":"10.1.0.21"}"#), (&worker7, r#"{"ipv4":"10.1.0.27"}"#)]);
+    resolves(observer, &ps1, "10.1.0.21");
+    resolves(observer, &worker7, "10.1.0.27");
+    etcd.delete(&worker7);
+    observer.wait_for_rcode(&worker7, OptRcode::NXDOMAIN);
 }

@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use domain::base::iana::Rtype;
-
-use crate::support::{eventually, Etcd, Pki, Setup};
+use crate::support::{Etcd, Pki, Setup};
 
 #[test]
 fn tls_with_a_client_certificate() {
@@ -22,9 +20,7 @@ fn tls_with_a_client_certificate() {
     assert_eq!(first.claimed(), "worker1.tls.test.");
     let mut second = setup.start();
     assert_eq!(second.claimed(), "worker2.tls.test.");
-    eventually("worker2 to show", Duration::from_secs(5), || {
-        (first.query("worker2.tls.test.", Rtype::A).data() == [second.ip.to_string()]).then_some(())
-    });
+    first.wait_for_address("worker2.tls.test.", &second.ip.to_string());
     assert!(etcd.get("worker1.tls.test.").is_some());
 
     // Without its certificate etcd turns the node away, and the node says which directive to fix.
@@ -83,9 +79,7 @@ fn an_etcd_user_limited_to_the_pattern_prefix() {
     etcd.login();
     let mut third = setup.start();
     assert_eq!(third.claimed(), "worker3.auth.test.");
-    eventually("the newcomer to show", Duration::from_secs(10), || {
-        (first.query("worker3.auth.test.", Rtype::A).data() == [third.ip.to_string()]).then_some(())
-    });
+    first.wait_for_address("worker3.auth.test.", &third.ip.to_string());
     assert_eq!(first.identity().as_deref(), Some("worker1.auth.test."));
 
     second.signal(libc::SIGTERM);
@@ -114,7 +108,7 @@ fn debug_logs_say_what_the_node_does_and_never_the_password() {
         Setup { lease: 3, extra: "        credentials node nodepw\n".into(), ..Setup::new(&etcd, "debug.test.") };
     let mut node = setup.start();
     assert_eq!(node.claimed(), "worker1.debug.test.");
-    eventually("a renewal", Duration::from_secs(5), || node.log().contains("renewed lease").then_some(()));
+    node.wait_for_log("renewed lease");
     let log = node.log();
     let start = log.lines().find(|l| l.contains("INFO") && l.contains("serving")).expect("a start line");
     assert!(start.contains(&node.address().to_string()) && start.contains(&etcd.url), "{start}");

@@ -18,6 +18,8 @@ use domain::base::{Message, MessageBuilder, Name, ParsedName, Question};
 use domain::rdata::AllRecordData;
 use serde_json::{json, Value};
 
+pub use idetcd::dns::Transport;
+
 pub const BINARY: &str = env!("CARGO_BIN_EXE_idetcd");
 
 // ---------------------------------------------------------------------------------------------
@@ -80,17 +82,56 @@ pub fn next_loopback() -> Ipv4Addr {
     Ipv4Addr::new(127, 1 + (n / 250 / 250) as u8, (n / 250 % 250) as u8, (n % 250 + 1) as u8)
 }
 
-pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+/// Polls `check` until it gives a value, or `timeout` passes (then `None`): the one waiting loop
+/// of the tests. The timeout only bounds a wait that went wrong; nothing is asserted about how
+/// long the wait took.
+pub fn within<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check() {
-            return v;
+            return Some(v);
         }
         if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return None;
         }
-        std::thread::sleep(Duration::from_millis(25));
+        std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// As `within`, and a test failure naming `what` when the time is up.
+pub fn eventually<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    within(timeout, check).unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// How long the `Node::wait_for_*` helpers wait for what should come within a poll or two.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A GET with short timeouts: the status, whatever it is, and the body.
+pub fn http_get(url: &str) -> Result<(u16, String), ureq::Error> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(3)))
+        .build()
+        .into();
+    let mut response = agent.get(url).call()?;
+    Ok((response.status().as_u16(), response.body_mut().read_to_string()?))
+}
+
+/// Arbitrary but repeatable bits for `seed`, for hostile input: std's SipHash with its fixed
+/// default keys does the mixing, so that no test carries a random generator of its own.
+pub fn arbitrary(seed: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    seed.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// `len` arbitrary bytes, the same for the same `seed` (see `arbitrary`).
+pub fn arbitrary_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let blocks = (len as u64).div_ceil(8);
+    let mut bytes: Vec<u8> = (0..blocks).flat_map(|b| arbitrary(seed << 20 ^ b).to_le_bytes()).collect();
+    bytes.truncate(len);
+    bytes
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -199,16 +240,12 @@ impl Etcd {
 
     /// Waits until the cluster answers: with a quorum, it answers even a request it refuses.
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let url = format!("{}/v3/kv/range", self.url);
+        let url = format!("{}/v3/kv/range", self.url);
+        let answers = within(Duration::from_secs(20), || {
             let status = self.http.post(&url).send_json(json!({"key": "AA=="})).map(|r| r.status().as_u16());
-            if matches!(status, Ok(200 | 400 | 401)) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "etcd did not start:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(25));
-        }
+            matches!(status, Ok(200 | 400 | 401)).then_some(())
+        });
+        assert!(answers.is_some(), "etcd did not start:\n{}", self.log());
     }
 
     pub fn stop(&mut self) {
@@ -261,8 +298,22 @@ impl Etcd {
         self.range(key, std::str::from_utf8(&end).unwrap()).into_iter().next()
     }
 
+    /// Waits until `key` is gone: deleted, or its lease ran out.
+    pub fn wait_until_gone(&self, key: &str) {
+        eventually(&format!("{key} to go from etcd"), WAIT, || self.get(key).is_none().then_some(()));
+    }
+
     pub fn put(&self, key: &str, value: &str) {
         self.post("/v3/kv/put", json!({ "key": BASE64.encode(key), "value": BASE64.encode(value) }));
+    }
+
+    /// Puts every pair in one transaction: a watcher gets them as one batch of events.
+    pub fn put_all(&self, pairs: &[(&str, &str)]) {
+        let puts: Vec<Value> = pairs
+            .iter()
+            .map(|(key, value)| json!({ "requestPut": { "key": BASE64.encode(key), "value": BASE64.encode(value) } }))
+            .collect();
+        self.post("/v3/kv/txn", json!({ "success": puts }));
     }
 
     pub fn put_with_lease(&self, key: &str, value: &str, lease: i64) {
@@ -464,7 +515,10 @@ pub struct Setup {
     pub poll: &'static str,
     pub ttl: u32,
     pub ipv6: bool,
+    /// Lines inside the idetcd block, after the generated ones.
     pub extra: String,
+    /// Directives of the server block before the idetcd block (`    log\n`, `    health …\n`).
+    pub server: String,
     /// The text before `{{.ID}}` in the single-role `pattern`.
     pub prefix: &'static str,
     /// `role NAME NAME{{.ID}}.<zone> LIMIT` lines, in this order, in place of `limit` and
@@ -485,6 +539,7 @@ impl Setup {
             ttl: 5,
             ipv6: true,
             extra: String::new(),
+            server: String::new(),
             prefix: "worker",
             roles: Vec::new(),
             first_id: None,
@@ -515,7 +570,8 @@ impl Setup {
             names += &format!("        role {role} {role}{{{{.ID}}}}.{} {limit}\n", self.zone);
         }
         format!(
-            ".:{port} {{\n    bind {ip}\n    idetcd {{\n        endpoint {endpoints}\n{names}        address {ip}{ipv6}\n        lease {lease}\n        poll {poll}\n        ttl {ttl}\n{extra}    }}\n}}\n",
+            ".:{port} {{\n    bind {ip}\n{server}    idetcd {{\n        endpoint {endpoints}\n{names}        address {ip}{ipv6}\n        lease {lease}\n        poll {poll}\n        ttl {ttl}\n{extra}    }}\n}}\n",
+            server = self.server,
             endpoints = self.endpoints,
             lease = self.lease,
             poll = self.poll,
@@ -532,6 +588,11 @@ impl Setup {
     pub fn start_with_args(&self, args: &[&str], env: &[(&str, &str)]) -> Node {
         let ip = next_loopback();
         Node::start_with_args(self.corefile(ip, free_port(ip)), ip, args, env)
+    }
+
+    /// Starts a node on an address the test chose, for directives in `server` that name it.
+    pub fn start_on(&self, ip: Ipv4Addr, port: u16) -> Node {
+        Node::start_with(self.corefile(ip, port), ip)
     }
 
     /// Starts `n` nodes at once and waits until each has claimed a name; returns them in
@@ -623,19 +684,43 @@ impl Node {
 
     /// Waits until the node answers `id.server.` with the name it claimed, and returns the name.
     pub fn claimed(&mut self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let name = within(Duration::from_secs(20), || {
             if let Some(status) = self.exited() {
                 panic!("node {} exited with {status} before claiming:\n{}", self.ip, self.log());
             }
-            if let Some(name) = self.identity() {
-                return name;
-            }
-            if Instant::now() > deadline {
-                panic!("node {} claimed no name in time:\n{}", self.ip, self.log());
-            }
-            std::thread::sleep(Duration::from_millis(25));
+            self.identity()
+        });
+        name.unwrap_or_else(|| panic!("node {} claimed no name in time:\n{}", self.ip, self.log()))
+    }
+
+    /// Waits until the node's log holds `text`.
+    pub fn wait_for_log(&self, text: &str) {
+        if within(WAIT, || self.log().contains(text).then_some(())).is_none() {
+            panic!("no {text:?} in the log of {} within {WAIT:?}:\n{}", self.ip, self.log());
         }
+    }
+
+    /// Waits until the node answers `name`'s A question with `ip` and nothing else.
+    pub fn wait_for_address(&self, name: &str, ip: &str) -> Answer {
+        let answer = within(WAIT, || Some(self.query(name, Rtype::A)).filter(|a| a.data() == [ip]));
+        answer.unwrap_or_else(|| panic!("{} did not answer {name} with {ip} within {WAIT:?}", self.ip))
+    }
+
+    /// Waits until the node answers `name`'s A question with `rcode`.
+    pub fn wait_for_rcode(&self, name: &str, rcode: OptRcode) -> Answer {
+        let answer = within(WAIT, || Some(self.query(name, Rtype::A)).filter(|a| a.rcode == rcode));
+        answer.unwrap_or_else(|| panic!("{} did not answer {name} with {rcode} within {WAIT:?}", self.ip))
+    }
+
+    /// What `dig @<this node> -p <port> ARGS…` prints.
+    pub fn dig(&self, args: &[&str]) -> String {
+        let output = Command::new("dig")
+            .arg(format!("@{}", self.ip))
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("dig is installed (scripts/test installs bind9-dnsutils)");
+        String::from_utf8(output.stdout).unwrap()
     }
 
     /// The name `id.server.` answers right now, if any.
@@ -674,7 +759,7 @@ impl Node {
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let status = await_exit(timeout, || self.exited());
+        let status = within(timeout, || self.exited());
         status.unwrap_or_else(|| panic!("node {} still running after {timeout:?}:\n{}", self.ip, self.log()))
     }
 
@@ -691,20 +776,6 @@ impl Drop for Node {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-/// Polls `exited` until it says how the process ended, or `timeout` passes.
-fn await_exit(timeout: Duration, mut exited: impl FnMut() -> Option<ExitStatus>) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = exited() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -749,7 +820,7 @@ impl Background {
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let status = await_exit(timeout, || self.exited());
+        let status = within(timeout, || self.exited());
         status.unwrap_or_else(|| {
             panic!("still running after {timeout:?}:\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr())
         })
@@ -774,12 +845,6 @@ pub fn run_binary(args: &[&str]) -> (ExitStatus, String, String) {
 
 // ---------------------------------------------------------------------------------------------
 // A DNS client
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    Udp,
-    Tcp,
-}
 
 #[derive(Clone, Debug)]
 pub struct Query {
@@ -922,6 +987,8 @@ pub fn exchange(server: SocketAddr, transport: Transport, packet: &[u8]) -> Opti
 /// a wrong one, until `finish`.
 pub struct Asker {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Rounds asked to the end: every name once.
+    rounds: std::sync::Arc<std::sync::atomic::AtomicU64>,
     thread: std::thread::JoinHandle<(u64, Vec<String>)>,
 }
 
@@ -929,7 +996,8 @@ impl Asker {
     /// `expected` pairs a name with the only answer data allowed for its A record.
     pub fn start(server: SocketAddr, expected: Vec<(String, String)>) -> Asker {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopping = stop.clone();
+        let rounds = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (stopping, counting) = (stop.clone(), rounds.clone());
         let thread = std::thread::spawn(move || {
             let (mut asked, mut problems) = (0, Vec::new());
             while !stopping.load(Ordering::Relaxed) {
@@ -945,11 +1013,20 @@ impl Asker {
                         }
                     }
                 }
+                counting.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(10));
             }
             (asked, problems)
         });
-        Asker { stop, thread }
+        Asker { stop, rounds, thread }
+    }
+
+    /// Waits until every name has been asked at least once from now on: whatever holds now (an
+    /// etcd member down) was there for those questions.
+    pub fn wait_for_a_round(&self) {
+        // The round under way may have begun before now: the one after it did not.
+        let now = self.rounds.load(Ordering::Relaxed);
+        eventually("a round of questions", WAIT, || (self.rounds.load(Ordering::Relaxed) >= now + 2).then_some(()));
     }
 
     /// Stops asking; returns how many questions were asked and what went wrong.
@@ -957,4 +1034,52 @@ impl Asker {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("the asking thread")
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load and churn, for the test that answers stay right and the benchmark of what is lost
+
+/// dnsperf asking `node` for the A records of `names` at a steady `rate` a second for `seconds`,
+/// in the background; the thread returns dnsperf's report.
+pub fn dnsperf(node: &Node, names: &[&str], rate: u32, seconds: u32) -> std::thread::JoinHandle<String> {
+    let dir = TempDir::new("dnsperf");
+    let queries = dir.path().join("queries");
+    fs::write(&queries, names.iter().map(|name| format!("{name} A\n")).collect::<String>()).unwrap();
+    let mut command = Command::new("dnsperf");
+    command
+        .args(["-s", &node.ip.to_string(), "-p", &node.port.to_string()])
+        .args(["-Q", &rate.to_string(), "-l", &seconds.to_string(), "-d"])
+        .arg(&queries);
+    std::thread::spawn(move || {
+        let output = command.output().expect("dnsperf runs (scripts/test installs it)");
+        drop(dir);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    })
+}
+
+/// What follows `label` on its line of a dnsperf report: `0 (0.00%)` for `Queries lost:`.
+pub fn dnsperf_field<'a>(report: &'a str, label: &str) -> Option<&'a str> {
+    report.lines().find_map(|line| line.trim_start().strip_prefix(label)).map(str::trim)
+}
+
+/// Changes for `observer` to answer through, on the cluster `members` that `setup` names: two
+/// nodes join and leave, the first member (every node's first endpoint) is killed, and one more
+/// node joins. `observer` answers each newcomer's name before the next change; the last
+/// newcomer is returned, still running.
+pub fn churn(setup: &Setup, members: &mut [Etcd], observer: &Node) -> Node {
+    // On purpose: a second of whatever load was started just before, so that the changes land
+    // inside it.
+    std::thread::sleep(Duration::from_secs(1));
+    for _ in 0..2 {
+        let mut joiner = setup.start();
+        let name = joiner.claimed();
+        observer.wait_for_address(&name, &joiner.ip.to_string());
+        joiner.signal(libc::SIGTERM);
+        joiner.wait_exit(Duration::from_secs(5));
+    }
+    members[0].stop();
+    let mut late = setup.start();
+    let name = late.claimed();
+    observer.wait_for_address(&name, &late.ip.to_string());
+    late
 }
