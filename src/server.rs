@@ -338,7 +338,10 @@ struct Connection {
 const TCP_READ_PER_TURN: usize = 4 * (2 + u16::MAX as usize);
 /// Answers waiting to be written to one connection, past which it answers no more of its queries,
 /// and reads none, until they are written: a client that sends many queries and reads slowly
-/// holds this and one more answer (64 KiB at most), not an answer for every query it sent.
+/// holds this and one more answer (64 KiB at most), not an answer for every query it sent. Answers
+/// from upstream join the output whatever it holds (they exist already, and the client waits for
+/// them), but only `MAX_FORWARDS_PER_CONNECTION` can be on their way at once, and none is asked
+/// for while the output is full.
 const TCP_OUTPUT_LIMIT: usize = 64 * 1024;
 
 impl Connection {
@@ -365,13 +368,14 @@ impl Connection {
         self.forwarding > 0 || ((self.pending() || !self.done) && self.deadline > now)
     }
 
-    /// What to wait for: room to write, or more to read; nothing while it only waits for
-    /// forwarded answers (a closed socket would wake `poll` at once, forever).
-    fn events(&self) -> libc::c_short {
+    /// What `poll` waits for: room to write, or more to read. A connection that only waits for
+    /// forwarded answers is left out (a negative descriptor): `poll` reports a hang-up or an error
+    /// whatever it is asked for, and a reset socket would wake it at once, forever.
+    fn pollfd(&self) -> libc::pollfd {
         match (self.pending(), self.done) {
-            (true, _) => libc::POLLOUT,
-            (false, false) => libc::POLLIN,
-            (false, true) => 0,
+            (true, _) => pollfd(self.stream.as_raw_fd(), libc::POLLOUT),
+            (false, false) => pollfd(self.stream.as_raw_fd(), libc::POLLIN),
+            (false, true) => pollfd(-1, 0),
         }
     }
 
@@ -557,7 +561,7 @@ pub fn serve_tcp(listeners: Vec<TcpListener>, mut view: View) {
         fds.clear();
         let listen = if now >= accept_again { libc::POLLIN } else { 0 };
         fds.extend(listeners.iter().map(|l| pollfd(l.as_raw_fd(), listen)));
-        fds.extend(connections.iter().map(|c| pollfd(c.stream.as_raw_fd(), c.events())));
+        fds.extend(connections.iter().map(Connection::pollfd));
         // Forwarded answers come by channel; the forwarding thread rings this when one does.
         fds.push(pollfd(forwarded.wake.fd(), libc::POLLIN));
         let next = connections.iter().map(|c| c.deadline).chain([accept_again]).filter(|&d| d > now).min();
@@ -687,6 +691,20 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_connection_waiting_for_upstream_is_not_polled() {
+        let (client, mut c) = pair();
+        assert_eq!((c.pollfd().fd, c.pollfd().events), (c.stream.as_raw_fd(), libc::POLLIN));
+        c.forwarding = 1;
+        // The client resets the connection while a question is upstream.
+        drop(client);
+        c.close();
+        assert!(c.alive(Instant::now()), "it waits for the forwarded answer");
+        assert_eq!(c.pollfd().fd, -1, "a reset socket must not wake poll at once, forever");
+        c.forwarding = 0;
+        assert!(!c.alive(Instant::now()));
+    }
+
+    #[test]
     fn a_client_that_reads_slowly_holds_a_bounded_output() {
         let view = big_view();
         let (mut client, mut c) = pair();
@@ -730,14 +748,6 @@ mod tests {
                 break;
             }
         }
-        eprintln!(
-            "done {} out {} written {} input {} received {}",
-            c.done,
-            c.output.len(),
-            c.written,
-            c.input.len(),
-            received.len()
-        );
         // All of them, in order.
         assert_eq!(ids, (0..200).collect::<Vec<u16>>());
     }
