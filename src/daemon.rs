@@ -421,7 +421,7 @@ struct Stopping {
 enum Stop {
     /// A signal, or a thread's end (the error): release the name, then stop.
     Requested(Option<Error>),
-    /// The etcd thread gave up and cleaned up after itself.
+    /// The etcd thread gave up and cleaned up after itself, or every thread is gone.
     Failed(Error),
     Released,
 }

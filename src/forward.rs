@@ -85,6 +85,9 @@ impl Job {
     }
 
     fn answer_servfail(&mut self) -> Option<Duration> {
+        if self.deliver.is_none() {
+            return None;
+        }
         // Header, the longest question and an OPT record.
         let mut out = [0u8; 512];
         match servfail(&self.query, self.transport, &mut out) {

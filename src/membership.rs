@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
+use crate::address::Addresses;
 use crate::claim::{self, Choice, ClaimError};
 use crate::clock::boottime;
 use crate::config::{self, Role};
@@ -419,18 +420,18 @@ impl Membership {
             // The first read: one line, however large the cluster.
             log::info!("{count} members at etcd revision {}", self.view.revision().unwrap_or(0));
             for (name, record) in &changes.joined {
-                log::debug!("member {name} {}", record.addresses());
+                log::debug!("member {name} {}", addresses(record));
             }
         } else {
             for (name, record) in &changes.joined {
-                log::info!("member joined: {name} {}", record.addresses());
+                log::info!("member joined: {name} {}", addresses(record));
             }
         }
         for (name, record) in &changes.changed {
-            log::info!("member changed: {name} {}", record.addresses());
+            log::info!("member changed: {name} {}", addresses(record));
         }
         for (name, record) in &changes.left {
-            log::info!("member left: {name} {}", record.addresses());
+            log::info!("member left: {name} {}", addresses(record));
         }
         self.metrics.members.store(count as u64, Relaxed);
         self.check_own_keys();
@@ -652,6 +653,11 @@ pub(crate) fn follow(
         }
         std::thread::sleep(retry.next());
     }
+}
+
+/// A member's addresses, as the log lines give them.
+fn addresses(record: &Record) -> Addresses {
+    Addresses { ipv4: record.ipv4, ipv6: record.ipv6 }
 }
 
 /// Keeps etcd trouble from flooding the log: a warning when it starts, a reminder now and then,

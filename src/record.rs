@@ -38,10 +38,6 @@ impl fmt::Display for RecordError {
 }
 
 impl Record {
-    pub fn addresses(&self) -> crate::address::Addresses {
-        crate::address::Addresses { ipv4: self.ipv4, ipv6: self.ipv6 }
-    }
-
     pub fn to_json(self) -> String {
         let mut fields = Vec::with_capacity(3);
         if let Some(ip) = self.ipv4 {

@@ -210,7 +210,8 @@ impl View {
 
     /// Hands a question to the forwarding thread. Returns the length of an answer written into
     /// `out` instead: REFUSED for a client that may not use this server as its resolver, SERVFAIL
-    /// when the forwarding thread has too much to do.
+    /// when the forwarding thread has too much to do or has stopped (a reload retired it, and this
+    /// thread has not taken the new one yet).
     fn forward(&self, query: &[u8], qtype: Rtype, origin: Origin, deliver: Delivery, out: &mut [u8]) -> Option<usize> {
         let Origin { client, transport, received } = origin;
         let forwarding = self.forward.as_ref()?;

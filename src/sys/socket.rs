@@ -168,7 +168,8 @@ impl<const A: usize> Datagram<'_, A> {
 
 /// Everything one `recvmmsg`/`sendmmsg` round needs, allocated once per thread: `N` datagrams of
 /// up to `Q` bytes in, `N` answers of up to `A` bytes out. The message headers point into the
-/// other vectors, which are never resized, and the batch is boxed, so that they never move.
+/// other vectors' heap buffers, which are never resized, so the pointers stay valid wherever the
+/// batch itself goes. Boxed: it is a few hundred kilobytes.
 pub struct Batch<const N: usize, const Q: usize, const A: usize> {
     queries: Vec<[u8; Q]>,
     answers: Vec<[u8; A]>,
@@ -299,6 +300,8 @@ impl<const N: usize, const Q: usize, const A: usize> Batch<N, Q, A> {
     }
 }
 
+/// Where a received datagram was sent to. `hdr` must be one `recvmmsg` filled (its control
+/// buffer and length are the kernel's), as every caller here passes: a header of the last receive.
 fn destination(hdr: &libc::msghdr) -> Option<Destination> {
     if hdr.msg_controllen == 0 {
         return None;

@@ -214,7 +214,8 @@ fn pipelined_tcp_questions_are_all_answered_in_order_to_a_slow_reader() {
     stream
         .write_all(&packets.iter().flat_map(|p| [&(p.len() as u16).to_be_bytes()[..], p].concat()).collect::<Vec<u8>>())
         .unwrap();
-    // Not reading for a while: meanwhile others are answered.
+    // Not reading for a while, on purpose (the server fills what the sockets hold and stops);
+    // meanwhile others are answered.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(node.ask(Transport::Udp, &a).data(), [node.ip.to_string()]);
     // Then reading slowly, a piece at a time.
@@ -222,6 +223,7 @@ fn pipelined_tcp_questions_are_all_answered_in_order_to_a_slow_reader() {
     let mut read_slowly = |buf: &mut [u8]| {
         for piece in buf.chunks_mut(8 * 1024) {
             stream.read_exact(piece).unwrap();
+            // A slow reader, on purpose.
             std::thread::sleep(Duration::from_millis(1));
         }
     };
