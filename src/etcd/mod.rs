@@ -86,7 +86,8 @@ pub enum Refusal {
     TooManyOperations,
     /// Authentication is enabled, and the request named no user (it carried no token).
     NoUser,
-    /// etcd no longer takes the token: simple tokens expire when idle, a restarted etcd forgets them.
+    /// etcd no longer takes the token: simple tokens expire when idle, a restarted etcd forgets
+    /// them, and a JWT is outdated once users or roles change.
     InvalidToken,
     /// The user name or password is wrong.
     AuthenticationFailed,

@@ -316,6 +316,8 @@ fn refusal(code: i64, message: &str) -> Refusal {
         CODE_INVALID_ARGUMENT if says("too many operations") => Refusal::TooManyOperations,
         CODE_INVALID_ARGUMENT if says("user name is empty") => Refusal::NoUser,
         CODE_INVALID_ARGUMENT if says("authentication failed") => Refusal::AuthenticationFailed,
+        // A JWT issued before users or roles changed: the holder must log in again.
+        CODE_INVALID_ARGUMENT if says("revision of auth store is old") => Refusal::InvalidToken,
         CODE_FAILED_PRECONDITION if says("authentication is not enabled") => Refusal::AuthenticationNotEnabled,
         CODE_UNAUTHENTICATED => Refusal::InvalidToken,
         CODE_PERMISSION_DENIED => Refusal::PermissionDenied,
@@ -587,6 +589,8 @@ mod tests {
             ),
             (412, error(9, "etcdserver: authentication is not enabled"), Ok(Refusal::AuthenticationNotEnabled)),
             (401, error(16, "etcdserver: invalid auth token"), Ok(Refusal::InvalidToken)),
+            // Marked: a JWT older than the last change of users or roles (etcd's ErrAuthOldRevision).
+            (400, error(3, "etcdserver: revision of auth store is old"), Ok(Refusal::InvalidToken)),
             (403, error(7, "etcdserver: permission denied"), Ok(Refusal::PermissionDenied)),
             (404, error(5, "etcdserver: requested lease not found"), Ok(Refusal::NotFound)),
             // Made up, from etcd's source: other refusals, and a known message under another code.
