@@ -155,6 +155,26 @@ fn a_revoked_lease_is_noticed_and_the_same_name_claimed_again() {
 }
 
 #[test]
+fn a_deleted_key_is_claimed_again_without_renewing_the_lease_to_find_out() {
+    let etcd = Etcd::start();
+    // Renewed every 10 s: what follows happens between two renewals.
+    let mut node = Setup { lease: 30, ..Setup::new(&etcd, "deleted.test.") }.start();
+    assert_eq!(node.claimed(), "worker1.deleted.test.");
+    let lease = etcd.get("worker1.deleted.test.").unwrap().lease;
+    let before = etcd.time_to_live(lease);
+    // Letting the lease's time run, on purpose.
+    std::thread::sleep(Duration::from_secs(3));
+    etcd.delete("worker1.deleted.test.");
+    // The node asks etcd whether its lease lives, finds it does, and claims on it again.
+    node.wait_for_log("was deleted from etcd or moved off lease");
+    let kv = eventually("the name claimed again", Duration::from_secs(5), || etcd.get("worker1.deleted.test."));
+    assert_eq!(kv.lease, lease);
+    let after = etcd.time_to_live(lease);
+    assert!(after <= before - 2, "asking about the lease renewed it: {before} s left before, {after} s after");
+    assert!(!node.log().contains("renewed lease"), "no renewal was due: {}", node.log());
+}
+
+#[test]
 fn thirty_two_nodes_starting_together_get_1_to_32() {
     let etcd = Etcd::start();
     let setup = Setup { limit: 40, poll: "1s", ..Setup::new(&etcd, "herd.test.") };

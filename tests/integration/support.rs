@@ -333,6 +333,12 @@ impl Etcd {
         self.post("/v3/lease/revoke", json!({ "ID": lease.to_string() }));
     }
 
+    /// The seconds a lease has left, asked without renewing it.
+    pub fn time_to_live(&self, lease: i64) -> i64 {
+        let answer = self.post("/v3/lease/timetolive", json!({ "ID": lease.to_string() }));
+        answer["TTL"].as_str().and_then(|ttl| ttl.parse().ok()).unwrap_or(-1)
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
