@@ -85,9 +85,8 @@ impl Job {
     }
 
     fn answer_servfail(&mut self) -> Option<Duration> {
-        if self.deliver.is_none() {
-            return None;
-        }
+        // Answered already: nothing to build.
+        self.deliver.as_ref()?;
         // Header, the longest question and an OPT record.
         let mut out = [0u8; 512];
         match servfail(&self.query, self.transport, &mut out) {
