@@ -50,13 +50,17 @@ impl Client {
     pub fn new(config: &Config) -> Result<Client, Error> {
         let lease = Duration::from_secs(u64::from(config.lease));
         let timeout = (lease / 4).clamp(Duration::from_millis(500), REQUEST_TIMEOUT);
+        #[cfg_attr(not(feature = "tls"), allow(unused_variables, clippy::let_unit_value))]
         let tls = tls_config(config)?;
         let builder = || {
-            ureq::Agent::config_builder()
+            let builder = ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .timeout_connect(Some(CONNECT_TIMEOUT))
-                .user_agent(concat!("idetcd/", env!("CARGO_PKG_VERSION")))
-                .tls(&tls)
+                .user_agent(concat!("idetcd/", env!("CARGO_PKG_VERSION")));
+            // Without TLS, ureq has no TLS settings at all.
+            #[cfg(feature = "tls")]
+            let builder = builder.tls_config(tls.clone());
+            builder
         };
         log::debug!(
             "etcd endpoints {}: requests go to the first, and to the next only when one cannot be reached; each may take {timeout:?}",
@@ -395,35 +399,11 @@ fn tls_config(config: &Config) -> Result<ureq::tls::TlsConfig, Error> {
 }
 
 #[cfg(not(feature = "tls"))]
-fn tls_config(config: &Config) -> Result<NoTls, Error> {
+fn tls_config(config: &Config) -> Result<(), Error> {
     if config.tls.is_some() || config.endpoints.iter().any(|e| e.starts_with("https://")) {
         return Err(Error::Setup("this idetcd was built without TLS (cargo feature \"tls\")".into()));
     }
-    Ok(NoTls)
-}
-
-/// What an agent is built with for TLS: rustls' settings, or nothing in a build without TLS.
-trait WithTls<T> {
-    fn tls(self, tls: &T) -> Self;
-}
-
-type AgentBuilder = ureq::config::ConfigBuilder<ureq::typestate::AgentScope>;
-
-#[cfg(feature = "tls")]
-impl WithTls<ureq::tls::TlsConfig> for AgentBuilder {
-    fn tls(self, tls: &ureq::tls::TlsConfig) -> Self {
-        self.tls_config(tls.clone())
-    }
-}
-
-#[cfg(not(feature = "tls"))]
-struct NoTls;
-
-#[cfg(not(feature = "tls"))]
-impl WithTls<NoTls> for AgentBuilder {
-    fn tls(self, _: &NoTls) -> Self {
-        self
-    }
+    Ok(())
 }
 
 pub(super) enum Attempt {
