@@ -14,6 +14,10 @@ pub const DEFAULT_LIMIT: u32 = 10;
 pub const DEFAULT_PORT: u16 = 53;
 pub const DEFAULT_TTL: u32 = 5;
 pub const DEFAULT_LEASE: u32 = 20;
+/// How many members the zone's NS set names: enough that one node down leaves two.
+pub const DEFAULT_NAMESERVERS: u32 = 3;
+/// The most `nameservers` takes: the root zone's count, and about what fits a 512-byte answer.
+pub const MAX_NAMESERVERS: u32 = 13;
 pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
@@ -48,6 +52,8 @@ pub struct Config {
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
     pub ttl: u32,
+    /// How many members, the first by role and ID, the zone's SOA and NS records name.
+    pub nameservers: u32,
     /// etcd lease TTL in seconds.
     pub lease: u32,
     pub poll: Duration,

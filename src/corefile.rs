@@ -47,7 +47,7 @@ impl std::error::Error for Error {}
 
 const SERVER_DIRECTIVES: &str = "bind, forward, log, errors, cache, reload, health, prometheus, ready, idetcd";
 const IDETCD_DIRECTIVES: &str =
-    "endpoint, tls, credentials, limit, start, pattern, role, address, ttl, lease, poll, watch, threads";
+    "endpoint, tls, credentials, limit, start, pattern, role, address, ttl, nameservers, lease, poll, watch, threads";
 /// Each role adds a range to the claim and read transactions, and etcd caps their operations.
 const MAX_ROLES: usize = 32;
 
@@ -378,6 +378,7 @@ fn build(blocks: &[Block], source: &Path, reader: Reader) -> Result<Config, Fail
         ipv4: settings.ipv4,
         ipv6: settings.ipv6,
         ttl: settings.ttl.unwrap_or(config::DEFAULT_TTL),
+        nameservers: settings.nameservers.unwrap_or(config::DEFAULT_NAMESERVERS),
         lease: settings.lease.unwrap_or(config::DEFAULT_LEASE),
         poll: settings.poll.unwrap_or(config::DEFAULT_POLL),
         watch: settings.watch.unwrap_or(false),
@@ -733,6 +734,7 @@ struct Settings {
     ipv6: Option<std::net::Ipv6Addr>,
     address_given: bool,
     ttl: Option<u32>,
+    nameservers: Option<u32>,
     lease: Option<u32>,
     poll: Option<std::time::Duration>,
     watch: Option<bool>,
@@ -868,6 +870,10 @@ impl Settings {
             "ttl" => {
                 let n = number(d, 0, i32::MAX as u32)?;
                 replace(&mut self.ttl, n).map_err(|_| twice())
+            }
+            "nameservers" => {
+                let n = number(d, 1, config::MAX_NAMESERVERS)?;
+                replace(&mut self.nameservers, n).map_err(|_| twice())
             }
             "lease" => {
                 let n = number(d, 1, 86_400)?;

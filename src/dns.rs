@@ -323,13 +323,13 @@ fn answer_in<'a>(
                 Some(r) => Some(r.section),
                 // The zone's SOA says how long "no such data" may be cached; reverse names lie
                 // outside the zone, and its SOA would mean nothing there.
-                None if snapshot.in_zone(lower) => Some(snapshot.negative()),
+                None if snapshot.in_zone(lower) => Some(snapshot.negative(lower.len())),
                 None => None,
             };
         }
         Found::NxDomain => {
             reply.rcode = OptRcode::NXDOMAIN;
-            reply.section = Some(snapshot.negative());
+            reply.section = Some(snapshot.negative(lower.len()));
         }
         Found::OutOfZone => unreachable!("handled above"),
     }

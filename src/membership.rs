@@ -209,7 +209,7 @@ impl Membership {
             watch.changes = crossbeam_channel::never();
         }
         self.state.log = tuning.log;
-        match before.ttl != tuning.ttl {
+        match (before.ttl, before.nameservers) != (tuning.ttl, tuning.nameservers) {
             true => self.rebuild(),
             false => self.broadcast(),
         }
@@ -496,7 +496,9 @@ impl Membership {
         let snapshot = Snapshot::build(&Inputs {
             roles: &self.settings.roles,
             ttl: self.settings.tuning.ttl,
-            revision,
+            // Serial arithmetic (RFC 1982) copes with the wrap.
+            serial: self.view.newest().unwrap_or(revision) as u32,
+            nameservers: self.settings.tuning.nameservers,
             own_name: self.holding.held.as_deref(),
             members: self.view.members(),
         });

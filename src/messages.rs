@@ -59,6 +59,8 @@ pub enum Command {
 pub struct Tuning {
     /// TTL of DNS answers.
     pub ttl: u32,
+    /// How many members the zone's NS set names.
+    pub nameservers: u32,
     pub poll: Duration,
     /// Follow etcd's watch stream besides polling.
     pub watch: bool,

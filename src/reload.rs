@@ -57,6 +57,7 @@ pub fn plan(running: &Config, new: Config) -> Result<Plan, Refused> {
     }
     let changed = differing(&[
         (running.ttl != new.ttl, "ttl"),
+        (running.nameservers != new.nameservers, "nameservers"),
         (running.poll != new.poll, "poll"),
         (running.watch != new.watch, "watch"),
         (running.forward != new.forward, "forward"),

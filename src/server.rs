@@ -672,7 +672,7 @@ mod tests {
         let members: BTreeMap<u32, Record> = (1..=2000u32)
             .map(|i| (i, Record { ipv4: Some(Ipv4Addr::from(0x0a00_0000 + i)), ipv6: None, port: Some(53) }))
             .collect();
-        let inputs = Inputs { roles: &roles, ttl: 5, revision: 1, own_name: None, members: &[members] };
+        let inputs = Inputs { roles: &roles, ttl: 5, serial: 1, nameservers: 3, own_name: None, members: &[members] };
         let first = Update { snapshot: Arc::new(Snapshot::build(&inputs)), held_until: None, log: false };
         let (_, updates) = crossbeam_channel::bounded(1);
         let (_, routes) = crossbeam_channel::bounded(1);

@@ -195,6 +195,12 @@ impl View {
         applied.then_some(changes)
     }
 
+    /// The revision of the newest change among the keys held, if any: the same on every node that
+    /// read the same keys, whenever it read them.
+    pub fn newest(&self) -> Option<i64> {
+        self.entries.values().map(|e| e.mod_revision).max()
+    }
+
     /// What etcd answers for each role's range, in order, when nothing changed since the view was
     /// read: the number of keys and the newest modification. Any put raises the newest revision,
     /// and a delete alone lowers the count. One pass over the keys for every role.

@@ -162,6 +162,11 @@ impl<'a> SectionWriter<'a> {
         self.counts[part as usize] += 1;
     }
 
+    /// The bytes written so far: where the next record starts, from the section's start.
+    pub fn written(&self) -> usize {
+        self.arena.len() - self.start
+    }
+
     pub fn finish(self) -> Section {
         let end = self.arena.len();
         let required = self.additional.unwrap_or(end) - self.start;
@@ -214,11 +219,14 @@ pub fn is_within(name: &[u8], zone: &[u8]) -> bool {
     false
 }
 
+/// SOA rdata. Refresh, retry and expire matter only to secondaries, which this zone does not
+/// have (transfers are refused): they are the values RIPE-203 recommends, which zone checkers
+/// expect. Negative answers are cached for the lesser of the SOA record's TTL and its minimum
+/// (RFC 2308 §5); the record carries the answers' TTL, so the minimum only has to be no lower
+/// than that, and is kept within the 300 s to 1 day checkers expect.
 pub fn soa_rdata(mname: &[u8], rname: &[u8], serial: u32, ttl: u32) -> Vec<u8> {
-    // Refresh, retry and expire matter only to secondaries, which this zone does not have; the
-    // minimum is the negative-caching TTL (RFC 2308) and follows the answers' TTL.
     let mut rdata = [mname, rname].concat();
-    for v in [serial, 3600, 600, 86400, ttl] {
+    for v in [serial, 14_400, 3600, 604_800, ttl.clamp(300, 86_400)] {
         rdata.extend_from_slice(&v.to_be_bytes());
     }
     rdata
@@ -235,10 +243,15 @@ pub fn srv_rdata(port: u16, target: &[u8]) -> Vec<u8> {
 }
 
 /// `name`'s first label followed by a pointer to `offset` in the message, where the rest of the
-/// name already stands (in the question).
-pub fn below_question(name: &[u8], offset: u16) -> Vec<u8> {
+/// name already stands.
+pub fn first_label_then(name: &[u8], offset: u16) -> Vec<u8> {
     let first = name.first().map_or(0, |&len| 1 + usize::from(len)).min(name.len());
-    [&name[..first], &(0xC000 | offset).to_be_bytes()].concat()
+    [&name[..first], &pointer(offset)].concat()
+}
+
+/// A compression pointer to `offset` in the message: a whole name that stands there already.
+pub fn pointer(offset: u16) -> [u8; 2] {
+    (0xC000 | offset).to_be_bytes()
 }
 
 /// The reverse-lookup name of an address, in wire form: `3.0.0.10.in-addr.arpa.` or the 32

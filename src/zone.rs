@@ -12,7 +12,7 @@ use domain::base::iana::{Class, Rtype};
 
 use crate::config::Role;
 use crate::record::Record;
-use crate::wire::{self, Owner, Part, Section, SectionWriter};
+use crate::wire::{self, Owner, Part, Section, SectionWriter, HEADER_LEN};
 
 /// One name's records of one type, ready to send.
 #[derive(Clone, Copy, Debug)]
@@ -28,8 +28,10 @@ pub struct Snapshot {
     /// Every name that exists, lowercase wire form, to its RRsets in `rrsets`.
     names: Names,
     rrsets: Vec<Rrset>,
-    /// The SOA in the authority section, for NXDOMAIN and NODATA answers.
-    negative: Section,
+    /// The SOA in the authority section, for NXDOMAIN and NODATA answers: one per length of the
+    /// question name's labels in front of the zone, which says where in the question the zone
+    /// stands for the SOA's names to point to.
+    negative: Box<[Section]>,
     /// This node's name as a CH TXT answer, for `id.server.` and `hostname.bind.`.
     identity: Option<Section>,
     arena: Vec<u8>,
@@ -47,8 +49,11 @@ pub struct Inputs<'a> {
     pub roles: &'a [Role],
     /// TTL of every answer.
     pub ttl: u32,
-    /// The etcd revision the members were read at; it becomes the SOA serial.
-    pub revision: i64,
+    /// The SOA serial: the etcd revision of the newest member record, so that nodes which read
+    /// the same records give the same serial, whenever they read them.
+    pub serial: u32,
+    /// How many members, the first by role and ID, the NS records name.
+    pub nameservers: u32,
     /// The name this node holds, if it holds one.
     pub own_name: Option<&'a str>,
     /// Per role, its members by ID.
@@ -63,7 +68,7 @@ impl Snapshot {
             apex: zone_apex(zone),
             names: Names::default(),
             rrsets: Vec::new(),
-            negative: Section { start: 0, len: 0, required: 0, counts: [0; 3] },
+            negative: Box::default(),
             identity: None,
             arena: Vec::new(),
         }
@@ -80,32 +85,6 @@ impl Snapshot {
         };
         let ttl = inputs.ttl;
         let apex = zone_apex(inputs.roles.first().map_or(".", |r| r.pattern.zone()));
-        let own_wire = inputs.own_name.and_then(|n| wire::wire_name(n).ok());
-        let own_record = inputs.own_name.and_then(|name| {
-            inputs.roles.iter().zip(inputs.members).find_map(|(role, members)| members.get(&role.pattern.id_of(name)?))
-        });
-
-        // The SOA names this node as the primary: every member serves the same zone, and this one
-        // is the server that answered. Serial arithmetic (RFC 1982) copes with the wrap.
-        let mname = own_wire.clone().unwrap_or_else(|| apex.clone());
-        let rname = [b"\x0ahostmaster".as_slice(), &apex].concat();
-        let soa = wire::soa_rdata(&mname, &rname, inputs.revision as u32, ttl);
-
-        let negative = b.section(|w| w.record(Part::Authority, Owner::Name(&apex), Rtype::SOA, Class::IN, ttl, &soa));
-        let mut apex_rrsets = vec![(
-            Rtype::SOA,
-            b.section(|w| w.record(Part::Answer, Owner::Question, Rtype::SOA, Class::IN, ttl, &soa)),
-        )];
-        if let Some(own) = &own_wire {
-            let ns = b.section(|w| {
-                w.record(Part::Answer, Owner::Question, Rtype::NS, Class::IN, ttl, own);
-                if let Some(record) = own_record {
-                    address_records(w, Part::Additional, Owner::Name(own), record, ttl);
-                }
-            });
-            apex_rrsets.push((Rtype::NS, ns));
-        }
-        b.name(apex.clone(), apex_rrsets);
 
         // Member names are the pattern's first label in front of the zone: built directly, not
         // parsed from text, as this runs for every member at every change.
@@ -117,6 +96,9 @@ impl Snapshot {
                 names.push((wire::prepend_label(&format!("{prefix}{id}{suffix}"), &apex), record));
             }
         }
+
+        let (apex_rrsets, negative) = b.apex(&apex, &names, inputs);
+        b.name(apex.clone(), apex_rrsets);
         for (name, record) in &names {
             let mut rrsets = Vec::with_capacity(2);
             if let Some(ip) = record.ipv4 {
@@ -161,8 +143,10 @@ impl Snapshot {
         wire::is_within(name, &self.apex)
     }
 
-    pub fn negative(&self) -> Section {
-        self.negative
+    /// The SOA for a negative answer to an in-zone name of `name_len` bytes in wire form.
+    pub fn negative(&self, name_len: usize) -> Section {
+        let empty = Section { start: 0, len: 0, required: 0, counts: [0; 3] };
+        name_len.checked_sub(self.apex.len()).and_then(|p| self.negative.get(p)).copied().unwrap_or(empty)
     }
 
     pub fn identity(&self) -> Option<Section> {
@@ -251,7 +235,7 @@ impl Builder {
                     }
                     for (name, record, _) in &listed {
                         // The target's zone is the question's: a pointer into it saves the bytes.
-                        let owner = wire::below_question(name, SERVICE_ZONE_OFFSET);
+                        let owner = wire::first_label_then(name, SERVICE_ZONE_OFFSET);
                         address_records(w, Part::Additional, Owner::Name(&owner), record, ttl);
                     }
                 });
@@ -282,6 +266,73 @@ impl Builder {
             });
             self.name(owner, vec![(Rtype::PTR, section)]);
         }
+    }
+
+    /// The apex's SOA and NS records, and the SOA of negative answers. Every node builds the same
+    /// bytes from the same members: the first `nameservers` members with an address (by role, then
+    /// ID) are the zone's servers, and the first of them its primary, so that two nodes never
+    /// describe the zone differently (RFC 1034 §4.2.1; zone checkers compare them).
+    ///
+    /// The names in these records point into the question, which holds the zone: at the apex it
+    /// is the whole question name, and further down the question's last labels.
+    fn apex(
+        &mut self,
+        apex: &[u8],
+        members: &[(Vec<u8>, &Record)],
+        inputs: &Inputs,
+    ) -> (Vec<(Rtype, Section)>, Box<[Section]>) {
+        let ttl = inputs.ttl;
+        let servers: Vec<&(Vec<u8>, &Record)> = members
+            .iter()
+            .filter(|(_, r)| r.ipv4.is_some() || r.ipv6.is_some())
+            .take(inputs.nameservers as usize)
+            .collect();
+        // The SOA's names with the zone standing at `at` in the message.
+        let soa = |at: u16| {
+            let mname = match servers.first() {
+                Some((name, _)) => wire::first_label_then(name, at),
+                None => wire::pointer(at).to_vec(),
+            };
+            wire::soa_rdata(&mname, &wire::first_label_then(b"\x0ahostmaster", at), inputs.serial, ttl)
+        };
+        let question = HEADER_LEN as u16;
+        let mut rrsets = vec![(
+            Rtype::SOA,
+            self.section(|w| w.record(Part::Answer, Owner::Question, Rtype::SOA, Class::IN, ttl, &soa(question))),
+        )];
+        if !servers.is_empty() {
+            // The question is the zone, its type and class: the answer starts right after.
+            let start = HEADER_LEN + apex.len() + 4;
+            let ns = self.section(|w| {
+                let mut targets = Vec::with_capacity(servers.len());
+                for (name, _) in &servers {
+                    // Owner pointer, type, class, TTL, length: the target follows.
+                    targets.push((start + w.written() + 12) as u16);
+                    w.record(
+                        Part::Answer,
+                        Owner::Question,
+                        Rtype::NS,
+                        Class::IN,
+                        ttl,
+                        &wire::first_label_then(name, question),
+                    );
+                }
+                for ((_, record), target) in servers.iter().zip(targets) {
+                    address_records(w, Part::Additional, Owner::Name(&wire::pointer(target)), record, ttl);
+                }
+            });
+            rrsets.push((Rtype::NS, ns));
+        }
+        // A question name of at most 255 bytes leaves this many lengths for labels in front of the zone.
+        let negative = (0..=255 - apex.len())
+            .map(|front| {
+                let at = (HEADER_LEN + front) as u16;
+                self.section(|w| {
+                    w.record(Part::Authority, Owner::Name(&wire::pointer(at)), Rtype::SOA, Class::IN, ttl, &soa(at))
+                })
+            })
+            .collect();
+        (rrsets, negative)
     }
 
     fn name(&mut self, name: Vec<u8>, rrsets: Vec<(Rtype, Section)>) {

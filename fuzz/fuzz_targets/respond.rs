@@ -21,7 +21,7 @@ fn snapshot() -> &'static Snapshot {
             let ipv6 = (id % 2 == 0).then(|| format!("fd00::{id}").parse().unwrap());
             members.insert(id, Record { ipv4: Some([10, 0, 0, id as u8].into()), ipv6, port: Some(53) });
         }
-        Snapshot::build(&Inputs { roles: &[Role { name: "worker".into(), pattern: pattern.clone(), ids: 1..=20 }], ttl: 5, revision: 7, own_name: Some("worker3.tf.local."), members: std::slice::from_ref(&members) })
+        Snapshot::build(&Inputs { roles: &[Role { name: "worker".into(), pattern: pattern.clone(), ids: 1..=20 }], ttl: 5, serial: 7, nameservers: 3, own_name: Some("worker3.tf.local."), members: std::slice::from_ref(&members) })
     })
 }
 

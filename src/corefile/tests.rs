@@ -141,7 +141,7 @@ fn errors_name_the_line_and_the_problem() {
             ". {\n idetcd {\n  pattern w{{.ID}}.z. 5\n }\n}".into(),
             "Corefile:3: pattern takes one pattern: unexpected \"5\" after it",
         ),
-        (idetcd("        upstream 8.8.8.8"), "Corefile:4: unknown directive \"upstream\" in idetcd block (known: endpoint, tls, credentials, limit, start, pattern, role, address, ttl, lease, poll, watch, threads)"),
+        (idetcd("        upstream 8.8.8.8"), "Corefile:4: unknown directive \"upstream\" in idetcd block (known: endpoint, tls, credentials, limit, start, pattern, role, address, ttl, nameservers, lease, poll, watch, threads)"),
         (idetcd("        limit 3 {\n        }"), "Corefile:4: limit does not take a block"),
         (
             ". {\n idetcd {\n  pattern worker.tf.local.\n }\n}".into(),

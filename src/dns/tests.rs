@@ -30,7 +30,8 @@ fn snapshot(own: Option<&str>) -> Snapshot {
     Snapshot::build(&Inputs {
         roles: &one_role(&pattern),
         ttl: 5,
-        revision: 42,
+        serial: 42,
+        nameservers: 3,
         own_name: own,
         members: std::slice::from_ref(&members),
     })
@@ -155,7 +156,7 @@ fn nodata_for_a_member_without_that_type() {
         assert_eq!(m.header_counts().ancount(), 0);
         assert_eq!(
             records(m.authority().unwrap()),
-            ["tf.local 5 IN SOA worker2.tf.local. hostmaster.tf.local. 42 3600 600 86400 5"],
+            ["tf.local 5 IN SOA worker1.tf.local. hostmaster.tf.local. 42 14400 3600 604800 300"],
             "{name} {rtype}"
         );
     }
@@ -177,11 +178,107 @@ fn apex_records() {
     let m = answer(q("tf.local.", Rtype::SOA));
     assert_eq!(
         records(m.answer().unwrap()),
-        ["tf.local 5 IN SOA worker2.tf.local. hostmaster.tf.local. 42 3600 600 86400 5"]
+        ["tf.local 5 IN SOA worker1.tf.local. hostmaster.tf.local. 42 14400 3600 604800 300"]
     );
     let m = answer(q("TF.local.", Rtype::NS));
-    assert_eq!(records(m.answer().unwrap()), ["TF.local 5 IN NS worker2.tf.local."]);
-    assert_eq!(records(m.additional().unwrap()), ["worker2.tf.local 5 IN A 10.0.0.2"]);
+    // The targets' zone is a pointer into the question, so it carries the client's case.
+    assert_eq!(
+        records(m.answer().unwrap()),
+        [
+            "TF.local 5 IN NS worker1.TF.local.",
+            "TF.local 5 IN NS worker2.TF.local.",
+            "TF.local 5 IN NS worker3.TF.local."
+        ]
+    );
+    assert_eq!(
+        records(m.additional().unwrap()),
+        [
+            "worker1.TF.local 5 IN A 10.0.0.1",
+            "worker1.TF.local 5 IN AAAA fd00::1",
+            "worker2.TF.local 5 IN A 10.0.0.2",
+            "worker3.TF.local 5 IN AAAA fd00::3"
+        ]
+    );
+}
+
+/// The zone's description is the same on every node: which node answers, and which name it
+/// holds, changes nothing in the SOA and NS records, byte for byte.
+#[test]
+fn every_node_describes_the_zone_alike() {
+    for query in [
+        q("tf.local.", Rtype::SOA),
+        q("tf.local.", Rtype::NS),
+        q("nobody.tf.local.", Rtype::A),
+        q("worker1.tf.local.", Rtype::TXT),
+    ] {
+        let packet = query.packet();
+        let answers: Vec<Vec<u8>> = [None, Some("worker1.tf.local."), Some("worker3.tf.local.")]
+            .into_iter()
+            .map(|own| ask(&packet, &snapshot(own), HELD).unwrap().into_octets())
+            .collect();
+        assert_eq!(answers[0], answers[1], "{}", query.name);
+        assert_eq!(answers[0], answers[2], "{}", query.name);
+    }
+}
+
+#[test]
+fn the_zone_s_servers_are_its_first_members_with_an_address() {
+    let pattern = Pattern::parse("worker{{.ID}}.tf.local.").unwrap();
+    let address = |last: u8| Record { ipv4: Some([10, 0, 0, last].into()), ipv6: None, port: None };
+    let members: BTreeMap<u32, Record> =
+        [(2, Record { ipv4: None, ipv6: None, port: Some(80) }), (4, address(4)), (7, address(7)), (9, address(9))]
+            .into();
+    let ns = |nameservers: u32, members: &BTreeMap<u32, Record>| {
+        let s = Snapshot::build(&Inputs {
+            roles: &one_role(&pattern),
+            ttl: 5,
+            serial: 1,
+            nameservers,
+            own_name: None,
+            members: std::slice::from_ref(members),
+        });
+        let m = ask(&q("tf.local.", Rtype::NS).packet(), &s, HELD).unwrap();
+        let soa = ask(&q("tf.local.", Rtype::SOA).packet(), &s, HELD).unwrap();
+        (records(m.answer().unwrap()).join(", "), records(soa.answer().unwrap()).join(""))
+    };
+    let (servers, soa) = ns(2, &members);
+    assert_eq!(servers, "tf.local 5 IN NS worker4.tf.local., tf.local 5 IN NS worker7.tf.local.");
+    assert!(soa.contains(" SOA worker4.tf.local. "), "{soa}");
+    assert_eq!(ns(13, &members).0.matches(" NS ").count(), 3);
+    // No member to name: the zone is its own primary, and has no NS records yet.
+    let (servers, soa) = ns(3, &BTreeMap::new());
+    assert_eq!(servers, "");
+    assert!(soa.contains(" SOA tf.local. hostmaster.tf.local. "), "{soa}");
+}
+
+/// The names of the SOA, NS and glue records point into the question: a negative answer costs
+/// the zone's name once, wherever it stands in the question.
+#[test]
+fn zone_names_are_compressed() {
+    let zone = "tf.local.";
+    let wire_zone = zone.len() + 1;
+    for (name, rtype) in [
+        ("tf.local.", Rtype::SOA),
+        ("nobody.tf.local.", Rtype::A),
+        ("a.b.worker1.tf.local.", Rtype::A),
+        ("tf.local.", Rtype::TXT),
+    ] {
+        let m = answer(q(name, rtype));
+        let soa = m.answer().unwrap().chain(m.authority().unwrap()).next().unwrap().unwrap();
+        // Owner pointer, type, class, TTL, length; then "worker1" and "hostmaster" each with a
+        // pointer, and five numbers.
+        assert_eq!(usize::from(soa.rdlen()), (1 + 7 + 2) + (1 + 10 + 2) + 20, "{name} {rtype}");
+        let question = 12 + name.len() + 1 + 4;
+        assert_eq!(m.as_slice().len(), question + 12 + usize::from(soa.rdlen()), "{name} {rtype}");
+        assert!(m.as_slice().len() < question + wire_zone + 12 + usize::from(soa.rdlen()));
+    }
+    let m = answer(q("tf.local.", Rtype::NS));
+    // Each NS target is its first label and a pointer; each glue owner a pointer to a target.
+    for rr in m.answer().unwrap() {
+        assert_eq!(usize::from(rr.unwrap().rdlen()), 1 + 7 + 2);
+    }
+    let glue: usize = m.additional().unwrap().map(|rr| 2 + 10 + usize::from(rr.unwrap().rdlen())).sum();
+    assert_eq!(glue, (2 + 10) * 4 + 4 + 16 + 4 + 16);
 }
 
 #[test]
@@ -293,7 +390,8 @@ fn long_zone() -> (String, Snapshot) {
     let snapshot = Snapshot::build(&Inputs {
         roles: &one_role(&pattern),
         ttl: 5,
-        revision: 1,
+        serial: 1,
+        nameservers: 3,
         own_name: Some(&own),
         members: std::slice::from_ref(&members),
     });
@@ -304,41 +402,65 @@ fn ask_static(query: &Q, snapshot: &Snapshot) -> Message<Vec<u8>> {
     ask(&query.packet(), snapshot, HELD).unwrap()
 }
 
+/// With names near the 255-byte limit, a negative answer still fits 512 bytes: its SOA names
+/// point into the question rather than repeat the zone.
 #[test]
-fn answers_that_do_not_fit_are_truncated() {
+fn negative_answers_fit_without_edns_however_long_the_zone() {
     let (zone, snapshot) = long_zone();
     let name: &'static str = Box::leak(format!("nobody.{zone}").into_boxed_str());
-    // The SOA alone takes more than 512 bytes here.
     let m = ask_static(&q(name, Rtype::A), &snapshot);
-    assert!(m.header().tc(), "{} bytes", m.as_slice().len());
+    assert!(!m.header().tc(), "{} bytes", m.as_slice().len());
     assert!(m.as_slice().len() <= 512);
-    assert_eq!((rcode(&m), m.header_counts().nscount()), (OptRcode::NXDOMAIN, 0));
+    assert_eq!((rcode(&m), m.header_counts().nscount()), (OptRcode::NXDOMAIN, 1));
     assert_eq!(m.sole_question().unwrap().qname().to_string(), name.trim_end_matches('.'));
-    // With EDNS the client takes up to 1232 bytes: all of it fits.
-    let m = ask_static(&q(name, Rtype::A).edns(1232, 0), &snapshot);
-    assert!(!m.header().tc());
-    assert_eq!(m.header_counts().nscount(), 1);
-    assert!(m.opt().is_some());
-    // Over TCP there is no such limit.
-    let m = ask(
-        &q(name, Rtype::A).packet(),
-        &snapshot,
-        Context { transport: Transport::Tcp, identity_held: true, forward: None },
+    let soa = records(m.authority().unwrap());
+    assert_eq!(
+        soa,
+        [format!("{} 5 IN SOA w1.{zone} hostmaster.{zone} 1 14400 3600 604800 300", zone.trim_end_matches('.'))]
     );
-    assert!(!m.unwrap().header().tc());
 }
 
 #[test]
-fn glue_that_does_not_fit_is_left_out_without_truncating() {
+fn answers_that_do_not_fit_are_truncated() {
+    let pattern = Pattern::parse("worker{{.ID}}.tf.local.").unwrap();
+    let members: BTreeMap<u32, Record> = (1..=60)
+        .map(|id| (id, Record { ipv4: Some([10, 0, 0, id as u8].into()), ipv6: None, port: Some(53) }))
+        .collect();
+    let snapshot = Snapshot::build(&Inputs {
+        roles: &one_role(&pattern),
+        ttl: 5,
+        serial: 1,
+        nameservers: 3,
+        own_name: None,
+        members: std::slice::from_ref(&members),
+    });
+    // 60 SRV records take more than 512 bytes, and more than 1232.
+    for query in [q("_idetcd._udp.tf.local.", Rtype::SRV), q("_idetcd._udp.tf.local.", Rtype::SRV).edns(1232, 0)] {
+        let m = ask_static(&query, &snapshot);
+        assert!(m.header().tc(), "{} bytes", m.as_slice().len());
+        assert_eq!(m.header_counts().ancount(), 0);
+        assert_eq!(m.opt().is_some(), query.edns.is_some());
+    }
+    // Over TCP there is no such limit.
+    let m = ask(
+        &q("_idetcd._udp.tf.local.", Rtype::SRV).packet(),
+        &snapshot,
+        Context { transport: Transport::Tcp, identity_held: true, forward: None },
+    )
+    .unwrap();
+    assert!(!m.header().tc());
+    assert_eq!(m.header_counts().ancount(), 60);
+}
+
+#[test]
+fn glue_fits_without_edns_however_long_the_zone() {
     let (zone, snapshot) = long_zone();
     let apex: &'static str = Box::leak(zone.into_boxed_str());
     let m = ask_static(&q(apex, Rtype::NS), &snapshot);
     assert!(!m.header().tc());
     assert!(m.as_slice().len() <= 512);
-    assert_eq!((m.header_counts().ancount(), m.header_counts().arcount()), (1, 0));
-    let m = ask_static(&q(apex, Rtype::NS).edns(1232, 0), &snapshot);
-    // The A and AAAA glue, and the OPT record.
-    assert_eq!((m.header_counts().ancount(), m.header_counts().arcount()), (1, 3));
+    // The A and AAAA glue.
+    assert_eq!((m.header_counts().ancount(), m.header_counts().arcount()), (1, 2));
 }
 
 #[test]
@@ -606,7 +728,8 @@ fn service_records_of_a_huge_cluster_still_fit_one_message() {
     let s = Snapshot::build(&Inputs {
         roles: &one_role(&pattern),
         ttl: 5,
-        revision: 1,
+        serial: 1,
+        nameservers: 3,
         own_name: None,
         members: std::slice::from_ref(&members),
     });

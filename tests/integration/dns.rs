@@ -7,7 +7,7 @@ use std::time::Duration;
 use domain::base::iana::{Class, Opcode, OptRcode, Rtype};
 use domain::base::Message;
 
-use crate::support::{eventually, Etcd, Node, Query, Setup, Transport};
+use crate::support::{self, eventually, Etcd, Node, Query, Setup, Transport};
 
 /// One node holding worker1 and a second holding worker2 (IPv4 only), both seen by the first.
 fn cluster(etcd: &Etcd, zone: &str) -> (Node, Node) {
@@ -53,8 +53,9 @@ fn answer_kinds_over_udp_and_tcp() {
         let apex = ask(Query::new("kinds.test.", Rtype::SOA));
         assert!(apex.answers[0].starts_with(soa), "{apex:?}");
         let ns = ask(Query::new("kinds.test.", Rtype::NS));
-        assert_eq!(ns.answers, ["kinds.test 5 IN NS worker1.kinds.test."]);
+        assert_eq!(ns.answers, ["kinds.test 5 IN NS worker1.kinds.test.", "kinds.test 5 IN NS worker2.kinds.test."]);
         assert!(ns.additional.contains(&format!("worker1.kinds.test 5 IN A {own}")), "{ns:?}");
+        assert!(ns.additional.contains(&format!("worker2.kinds.test 5 IN A {}", other.ip)), "{ns:?}");
 
         for name in ["id.server.", "hostname.bind."] {
             let id = ask(Query::new(name, Rtype::TXT).class(Class::CH));
@@ -77,6 +78,55 @@ fn answer_kinds_over_udp_and_tcp() {
         let plain = ask(Query::new("worker1.kinds.test.", Rtype::A));
         assert_eq!(plain.edns_payload, None);
     }
+}
+
+/// Every node describes the zone alike: the same SOA (primary, serial) and the same NS set with
+/// the same glue, byte for byte, once they have read the same members; and the set follows the
+/// members as they come and go.
+#[test]
+fn every_node_gives_the_same_soa_and_ns() {
+    let etcd = Etcd::start();
+    let zone = "same.test.";
+    let setup = Setup { extra: "nameservers 2".into(), ..Setup::new(&etcd, zone) };
+    let mut nodes: Vec<Node> = Vec::new();
+    for id in 1..=3 {
+        let mut node = setup.start();
+        assert_eq!(node.claimed(), format!("worker{id}.{zone}"));
+        nodes.push(node);
+    }
+    let last = format!("worker3.{zone}");
+    for node in &nodes {
+        node.wait_for_address(&last, &nodes[2].ip.to_string());
+    }
+    let same = |nodes: &[Node], name: &str, rtype: Rtype| {
+        let packet = Query::new(name, rtype).edns(1232).packet();
+        let answers: Vec<Vec<u8>> = nodes
+            .iter()
+            .map(|n| support::exchange(n.address(), Transport::Udp, &packet).expect("an answer").into_octets())
+            .collect();
+        assert!(answers.windows(2).all(|w| w[0] == w[1]), "{name} {rtype}: nodes differ");
+        nodes[0].ask(Transport::Udp, &Query::new(name, rtype).edns(1232))
+    };
+    let ns = same(&nodes, zone, Rtype::NS);
+    assert_eq!(ns.data(), [format!("worker1.{zone}"), format!("worker2.{zone}")]);
+    assert_eq!(ns.additional.len(), 2 * 2, "A and AAAA of both: {ns:?}");
+    let soa = same(&nodes, zone, Rtype::SOA);
+    assert!(soa.answers[0].contains(&format!(" SOA worker1.{zone} hostmaster.{zone} ")), "{soa:?}");
+    same(&nodes, &format!("nobody.{zone}"), Rtype::A);
+
+    // The first server leaves: the next members take its place on every node.
+    let old_serial = soa.data()[0].split(' ').nth(2).unwrap().to_string();
+    let mut first = nodes.remove(0);
+    first.signal(libc::SIGTERM);
+    first.wait_exit(Duration::from_secs(10));
+    for node in &nodes {
+        node.wait_for_rcode(&format!("worker1.{zone}"), OptRcode::NXDOMAIN);
+    }
+    let ns = same(&nodes, zone, Rtype::NS);
+    assert_eq!(ns.data(), [format!("worker2.{zone}"), format!("worker3.{zone}")]);
+    let soa = same(&nodes, zone, Rtype::SOA);
+    assert!(soa.answers[0].contains(&format!(" SOA worker2.{zone} ")), "{soa:?}");
+    assert_eq!(soa.data()[0].split(' ').nth(2).unwrap(), old_serial, "the newest member record is the same");
 }
 
 #[test]
