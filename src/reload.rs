@@ -98,6 +98,7 @@ mod tests {
         let running = config(BASE);
         let cases = [
             ("ttl 5", "ttl 30", vec!["ttl"]),
+            ("ttl 5", "ttl 5\n nameservers 1", vec!["nameservers"]),
             ("ttl 5", "ttl 5\n poll 250ms\n watch", vec!["poll", "watch"]),
             ("bind 127.0.0.1", "bind 127.0.0.1\n forward . 10.0.0.2\n health :8080", vec!["forward", "health"]),
             ("bind 127.0.0.1", "bind 127.0.0.1\n prometheus :9153", vec!["prometheus"]),

@@ -120,6 +120,8 @@ fn errors_name_the_line_and_the_problem() {
         (idetcd("        address 0.0.0.0"), "Corefile:4: address: 0.0.0.0 cannot be published as a node's address"),
         (idetcd("        ttl -1"), "Corefile:4: ttl: \"-1\" is not a number from 0 to 2147483647"),
         (idetcd("        lease 0"), "Corefile:4: lease: \"0\" is not a number from 1 to 86400"),
+        (idetcd("        nameservers 0"), "Corefile:4: nameservers: \"0\" is not a number from 1 to 13"),
+        (idetcd("        nameservers 3\n        nameservers 2"), "Corefile:5: nameservers is given twice"),
         (idetcd("        poll soon"), "Corefile:4: poll: \"soon\" is not a duration (examples: 500ms, 2s, 1m)"),
         (idetcd("        poll 1ms"), "Corefile:4: poll must be at least 10ms"),
         (idetcd("        tls a b c d"), "Corefile:4: tls takes [CACERT], [CERT KEY] or [CERT KEY CACERT]"),
