@@ -498,11 +498,18 @@ fn parse<'a>(packet: &'a [u8], header: &Header, lower: &mut [u8; 255]) -> Result
     }
 }
 
-/// Skips the answer and authority sections and reads the additional one for an OPT record. A
-/// section that does not parse, or a second OPT record, makes the query malformed (RFC 6891 §6.1.1).
+/// Reads the answer and authority sections, then the additional one for an OPT record. A section
+/// that does not parse, or an OPT record that is malformed or not the one OPT record of the
+/// additional section, makes the query malformed (RFC 6891 §6.1.1, §7).
 fn find_edns(r: &mut Reader, header: &Header) -> Option<Option<Edns>> {
     for _ in 0..u32::from(header.ancount) + u32::from(header.nscount) {
-        r.skip_record()?;
+        r.skip_name()?;
+        if r.u16()? == TYPE_OPT {
+            return None;
+        }
+        r.skip(6)?;
+        let rdlen = r.u16()?;
+        r.skip(usize::from(rdlen))?;
     }
     let mut edns = None;
     for _ in 0..header.arcount {
@@ -511,16 +518,32 @@ fn find_edns(r: &mut Reader, header: &Header) -> Option<Option<Edns>> {
         let rtype = r.u16()?;
         let class = r.u16()?;
         let ttl = r.u32()?;
-        let rdlen = r.u16()?;
-        r.skip(usize::from(rdlen))?;
+        let rdlen = usize::from(r.u16()?);
+        let rdata = r.packet.get(r.pos..r.pos + rdlen)?;
+        r.skip(rdlen)?;
         if rtype == TYPE_OPT {
-            if edns.is_some() || !owner_is_root {
+            if edns.is_some() || !owner_is_root || !whole_options(rdata) {
                 return None;
             }
             edns = Some(Edns { payload: class, version: (ttl >> 16) as u8, dnssec_ok: ttl & 0x8000 != 0 });
         }
     }
     Some(edns)
+}
+
+/// Whether an OPT record's data is options and nothing else: each a code, a length and that
+/// many bytes, the last ending where the data ends (RFC 6891 §6.1.2).
+fn whole_options(mut rdata: &[u8]) -> bool {
+    loop {
+        match rdata {
+            [] => return true,
+            [_, _, high, low, rest @ ..] => match rest.get(usize::from(u16::from_be_bytes([*high, *low]))..) {
+                Some(after) => rdata = after,
+                None => return false,
+            },
+            _ => return false,
+        }
+    }
 }
 
 #[cfg(test)]

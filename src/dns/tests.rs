@@ -370,6 +370,63 @@ fn formerr_keeps_the_opt_record() {
     assert!(m.opt().is_some());
 }
 
+/// worker1's A question with an OPT record whose data, its options, is `options`.
+fn with_options(options: &[u8]) -> Vec<u8> {
+    let mut packet = q("worker1.tf.local.", Rtype::A).edns(1232, 0).packet();
+    let rdlen = packet.len() - 2;
+    packet[rdlen..].copy_from_slice(&(options.len() as u16).to_be_bytes());
+    packet.extend_from_slice(options);
+    packet
+}
+
+/// An OPT record with no options: root owner, type, payload 1232, TTL 0, no data.
+const OPT: [u8; 11] = [0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0];
+
+/// `packet` with `records` appended and its answer, authority and additional counts set.
+fn with_records(packet: &[u8], counts: [u16; 3], records: &[&[u8]]) -> Vec<u8> {
+    let mut packet = [packet, &records.concat()].concat();
+    for (i, count) in counts.into_iter().enumerate() {
+        packet[6 + 2 * i..8 + 2 * i].copy_from_slice(&count.to_be_bytes());
+    }
+    packet
+}
+
+#[test]
+fn malformed_edns_is_formerr_without_an_opt_record() {
+    let plain = q("worker1.tf.local.", Rtype::A).packet();
+    let non_root = [&[1, b'a'][..], &OPT].concat();
+    let cookie_only = with_records(&plain[..12], [0, 0, 1], &[&OPT[..9], &[0, 2, 0, 10]]);
+    let cases: [(&str, Vec<u8>); 10] = [
+        ("an option's length past the OPT data", with_options(&[0, 10, 0, 8, 1, 2, 3, 4])),
+        ("an option header cut after its code", with_options(&[0, 10])),
+        ("an option header cut in its length", with_options(&[0, 10, 0])),
+        ("a stray byte after a whole option", with_options(&[0xfd, 0xe9, 0, 0, 7])),
+        ("OPT in the answer section", with_records(&plain, [1, 0, 0], &[&OPT])),
+        ("OPT in the authority section", with_records(&plain, [0, 1, 0], &[&OPT])),
+        ("OPT in the answer and the additional section", with_records(&plain, [1, 0, 1], &[&OPT, &OPT])),
+        ("two OPT records", with_records(&plain, [0, 0, 2], &[&OPT, &OPT])),
+        ("OPT owned by another name than the root", with_records(&plain, [0, 0, 1], &[&non_root])),
+        ("no question, and an option header cut short", cookie_only),
+    ];
+    for (what, packet) in cases {
+        let m = ask(&packet, &snapshot(Some("worker2.tf.local.")), HELD).unwrap_or_else(|| panic!("{what}: no answer"));
+        // NSD and Knot answer these with FORMERR and no OPT record.
+        assert_eq!(rcode(&m), OptRcode::FORMERR, "{what}");
+        assert!(m.opt().is_none(), "{what}");
+        assert_eq!(m.header().id(), 0x1234, "{what}");
+        assert_eq!(m.header_counts().qdcount(), u16::from_be_bytes([packet[4], packet[5]]), "{what}: question echoed");
+        assert_eq!(m.header_counts().ancount() + m.header_counts().arcount(), 0, "{what}");
+    }
+    // Options that fill the OPT data exactly are fine, known or not.
+    let cookie = [0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+    for options in [&[][..], &cookie, &[0xfd, 0xe9, 0, 0], &[&cookie[..], &[0xfd, 0xe9, 0, 1, 9]].concat()] {
+        let m = ask(&with_options(options), &snapshot(None), HELD).unwrap();
+        assert_eq!(rcode(&m), OptRcode::NOERROR, "{options:?}");
+        assert!(m.opt().is_some(), "{options:?}");
+        assert_eq!(records(m.answer().unwrap()), ["worker1.tf.local 5 IN A 10.0.0.1"]);
+    }
+}
+
 #[test]
 fn other_opcodes_are_notimp() {
     for opcode in [Opcode::NOTIFY, Opcode::UPDATE, Opcode::IQUERY, Opcode::STATUS] {
