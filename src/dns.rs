@@ -382,20 +382,18 @@ impl<'a> Reply<'a> {
         let question = self.question.unwrap_or(&[]);
         let opt_len = if self.edns.is_some() { OPT_LEN } else { 0 };
         let fixed = HEADER_LEN + question.len() + opt_len;
-        // What does not fit is left out: additional records quietly (RFC 2181 §9), anything more
-        // with the TC bit, so that the client asks again over TCP.
+        // What does not fit is left out: additional records quietly, as many whole RRsets as fit
+        // (RFC 2181 §9), anything more with the TC bit, so that the client asks again over TCP.
         let (body, counts, truncated) = match self.section {
             None => (&[][..], [0; 3], false),
-            Some(s) => {
-                let bytes = body;
-                if fixed + bytes.len() <= limit {
-                    (bytes, s.counts, false)
-                } else if fixed + s.required as usize <= limit {
-                    (&bytes[..s.required as usize], [s.counts[0], s.counts[1], 0], false)
-                } else {
-                    (&[][..], [0; 3], true)
+            Some(s) if fixed + body.len() <= limit => (body, s.counts, false),
+            Some(s) => match body.split_at_checked(s.required as usize) {
+                Some((required, additional)) if fixed + required.len() <= limit => {
+                    let (len, count) = whole_rrsets(additional, limit - fixed - required.len());
+                    (&body[..required.len() + len], [s.counts[0], s.counts[1], count], false)
                 }
-            }
+                _ => (&[][..], [0; 3], true),
+            },
         };
         let mut flags = FLAG_QR | (self.header.flags & (OPCODE_MASK | FLAG_RD | FLAG_CD));
         flags |= u16::from(self.rcode.rcode().to_int());
@@ -427,6 +425,41 @@ impl<'a> Reply<'a> {
         }
         w.len
     }
+}
+
+/// How much of `additional`, a run of records, fits in `room` bytes in whole RRsets (records of
+/// one owner, as written, and one type, one after another): its length in bytes and records.
+fn whole_rrsets(additional: &[u8], room: usize) -> (usize, u16) {
+    let mut r = Reader { packet: additional, pos: 0 };
+    let (mut fit, mut records) = ((0, 0), 0);
+    let mut rrset = None;
+    while r.pos < additional.len() {
+        let start = r.pos;
+        // Our own records always parse; should one not, the run ends before it.
+        let Some(key) = read_record(&mut r) else { return (start, records) };
+        if rrset != Some(key) {
+            fit = (start, records);
+            rrset = Some(key);
+        }
+        if r.pos > room {
+            return fit;
+        }
+        // At most `room` / 11 records: no overflow.
+        records += 1;
+    }
+    (r.pos, records)
+}
+
+/// Reads past one record; returns its owner as written and its type.
+fn read_record<'a>(r: &mut Reader<'a>) -> Option<(&'a [u8], u16)> {
+    let start = r.pos;
+    r.skip_name()?;
+    let owner = r.packet.get(start..r.pos)?;
+    let rtype = r.u16()?;
+    r.skip(6)?;
+    let rdlen = r.u16()?;
+    r.skip(usize::from(rdlen))?;
+    Some((owner, rtype))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -580,6 +580,101 @@ fn service_records_list_every_member_with_its_addresses() {
     }
 }
 
+/// Thirty members `w1.p.test.` to `w30.p.test.`, each with a port, every third with an IPv6
+/// address too: their SRV records fit 1232 bytes, their addresses only in part.
+fn thirty_services() -> Snapshot {
+    let pattern = Pattern::parse("w{{.ID}}.p.test.").unwrap();
+    let members: BTreeMap<u32, Record> = (1..=30)
+        .map(|id| {
+            let ipv6 = (id % 3 == 0).then(|| std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, id as u16));
+            (id, Record { ipv4: Some(std::net::Ipv4Addr::new(10, 1, 0, id as u8)), ipv6, port: Some(2222) })
+        })
+        .collect();
+    Snapshot::build(&Inputs {
+        roles: &one_role(&pattern),
+        ttl: 5,
+        revision: 1,
+        own_name: None,
+        members: std::slice::from_ref(&members),
+    })
+}
+
+#[test]
+fn additional_records_go_in_as_far_as_whole_rrsets_fit() {
+    let s = thirty_services();
+    let query = q("_idetcd._udp.p.test.", Rtype::SRV).edns(1232, 0).packet();
+    let tcp = Context { transport: Transport::Tcp, identity_held: true, forward: None };
+    let (whole, udp) = (ask(&query, &s, tcp).unwrap(), ask(&query, &s, HELD).unwrap());
+    let addresses = |m: &Message<Vec<u8>>| -> Vec<String> {
+        records(m.additional().unwrap()).into_iter().filter(|r| !r.contains("OPT")).collect()
+    };
+    let (all, some) = (addresses(&whole), addresses(&udp));
+    assert_eq!(all.len(), 40);
+    // No TC for a partial additional section (RFC 2181 §9), and the counts say what is there.
+    assert!(!udp.header().tc());
+    assert_eq!(udp.header_counts().ancount(), 30);
+    assert!(!some.is_empty() && some.len() < all.len(), "{} of {} address records", some.len(), all.len());
+    assert_eq!(some, all[..some.len()]);
+    assert_eq!(usize::from(udp.header_counts().arcount()), some.len() + 1, "and the OPT record");
+    // The UDP answer is the whole one cut short before the OPT record, and the next address
+    // record would not have fitted.
+    let len = udp.as_slice().len();
+    assert!(len <= usize::from(MAX_UDP_PAYLOAD), "{len} bytes");
+    let cut = len - OPT_LEN;
+    assert_eq!(udp.as_slice()[HEADER_LEN..cut], whole.as_slice()[HEADER_LEN..cut]);
+    let mut next = Reader { packet: whole.as_slice(), pos: cut };
+    next.skip_record().unwrap();
+    assert!(len + (next.pos - cut) > usize::from(MAX_UDP_PAYLOAD), "the next record takes {} bytes", next.pos - cut);
+}
+
+#[test]
+fn whole_rrsets_of_additional_records() {
+    // Owner, type, data length.
+    type Records = &'static [(&'static [u8], u16, usize)];
+    const A: &[u8] = b"\x01a\0";
+    const B: &[u8] = b"\x01b\0";
+    const POINTER: &[u8] = &[0xC0, 12];
+    // An A record of `A` or `B` takes 17 bytes, of `POINTER` 16, an AAAA record 12 more.
+    let cases: [(&str, Records, usize, (usize, u16)); 13] = [
+        ("nothing", &[], 100, (0, 0)),
+        ("one record, no room", &[(A, 1, 4)], 16, (0, 0)),
+        ("one record, just room", &[(A, 1, 4)], 17, (17, 1)),
+        ("an RRset of two, room for one", &[(A, 1, 4), (A, 1, 4)], 33, (0, 0)),
+        ("an RRset of two, room for both", &[(A, 1, 4), (A, 1, 4)], 34, (34, 2)),
+        ("two types of one name", &[(A, 1, 4), (A, 28, 16)], 45, (17, 1)),
+        ("two types of one name, room for both", &[(A, 1, 4), (A, 28, 16)], 46, (46, 2)),
+        ("two names", &[(A, 1, 4), (B, 1, 4)], 33, (17, 1)),
+        ("then an RRset of two", &[(A, 1, 4), (B, 1, 4), (B, 1, 4)], 50, (17, 1)),
+        ("then an RRset of two, room for all", &[(A, 1, 4), (B, 1, 4), (B, 1, 4)], 51, (51, 3)),
+        ("one name written two ways", &[(A, 1, 4), (POINTER, 1, 4)], 32, (17, 1)),
+        ("room for more than there is", &[(A, 1, 4), (B, 1, 4)], 1000, (34, 2)),
+        ("nothing fits", &[(A, 1, 4), (B, 1, 4)], 0, (0, 0)),
+    ];
+    let bytes = |records: Records| -> Vec<u8> {
+        let mut out = Vec::new();
+        for (owner, rtype, rdlen) in records {
+            out.extend_from_slice(owner);
+            out.extend_from_slice(&rtype.to_be_bytes());
+            out.extend_from_slice(&[0, 1, 0, 0, 0, 5]);
+            out.extend_from_slice(&(*rdlen as u16).to_be_bytes());
+            out.extend(std::iter::repeat_n(7, *rdlen));
+        }
+        out
+    };
+    for (what, records, room, fit) in cases {
+        assert_eq!(whole_rrsets(&bytes(records), room), fit, "{what}");
+    }
+    // A record that does not parse ends the run.
+    let two = bytes(&[(A, 1, 4), (B, 1, 4)]);
+    for (what, broken) in [
+        ("a label over 63 bytes", [&two[..17], &[64]].concat()),
+        ("data cut short", two[..two.len() - 1].to_vec()),
+        ("a record header cut short", two[..20].to_vec()),
+    ] {
+        assert_eq!(whole_rrsets(&broken, 1000), (17, 1), "{what}");
+    }
+}
+
 #[test]
 fn service_labels_are_empty_non_terminals() {
     for name in ["_udp.tf.local.", "_tcp.tf.local."] {
