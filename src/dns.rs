@@ -536,13 +536,9 @@ fn parse<'a>(packet: &'a [u8], header: &Header, lower: &mut [u8; 255]) -> Result
 /// additional section, makes the query malformed (RFC 6891 §6.1.1, §7).
 fn find_edns(r: &mut Reader, header: &Header) -> Option<Option<Edns>> {
     for _ in 0..u32::from(header.ancount) + u32::from(header.nscount) {
-        r.skip_name()?;
-        if r.u16()? == TYPE_OPT {
+        if read_record(r)?.1 == TYPE_OPT {
             return None;
         }
-        r.skip(6)?;
-        let rdlen = r.u16()?;
-        r.skip(usize::from(rdlen))?;
     }
     let mut edns = None;
     for _ in 0..header.arcount {
