@@ -269,7 +269,8 @@ fn answer<'a>(q: &Query<'a>, lower: &[u8], snapshot: &'a Snapshot, context: Cont
         }
     }
     match q.qclass {
-        Class::IN => return answer_in(q.qtype, lower, snapshot, context, reply),
+        // Class ANY (RFC 1035 §3.2.5) finds the same names: idetcd's have data in IN only.
+        Class::IN | Class::ANY => return answer_in(q, lower, snapshot, context, reply),
         Class::CH if lower == b"\x02id\x06server\x00" || lower == b"\x08hostname\x04bind\x00" => {
             let identity = snapshot.identity().filter(|_| context.identity_held);
             let Some(identity) = identity else {
@@ -286,15 +287,9 @@ fn answer<'a>(q: &Query<'a>, lower: &[u8], snapshot: &'a Snapshot, context: Cont
     Verdict::Answered
 }
 
-fn answer_in<'a>(
-    qtype: Rtype,
-    lower: &[u8],
-    snapshot: &'a Snapshot,
-    context: Context,
-    reply: &mut Reply<'a>,
-) -> Verdict {
+fn answer_in<'a>(q: &Query, lower: &[u8], snapshot: &'a Snapshot, context: Context, reply: &mut Reply<'a>) -> Verdict {
     // Zone transfers are neither given nor passed on.
-    if qtype == Rtype::AXFR || qtype == Rtype::IXFR {
+    if q.qtype == Rtype::AXFR || q.qtype == Rtype::IXFR {
         reply.rcode = OptRcode::REFUSED;
         return Verdict::Answered;
     }
@@ -311,25 +306,30 @@ fn answer_in<'a>(
         reply.rcode = OptRcode::SERVFAIL;
         return Verdict::Answered;
     }
-    reply.aa = true;
+    // An answer for every class is authoritative only if it covers them all (RFC 1035 §6.2), and
+    // idetcd is no authority for its names in other classes. As NSD, a negative answer for every
+    // class then carries no SOA either: its absence says not to cache it (RFC 2308 §5).
+    let authoritative = q.qclass == Class::IN;
+    reply.aa = authoritative;
+    let negative = if authoritative { Some(snapshot.negative()) } else { None };
     match found {
         Found::Name(rrsets) => {
             // ANY gets one RRset, not everything (RFC 8482).
-            let rrset = match qtype {
+            let rrset = match q.qtype {
                 Rtype::ANY => rrsets.first(),
-                _ => rrsets.iter().find(|r| r.rtype == qtype),
+                _ => rrsets.iter().find(|r| r.rtype == q.qtype),
             };
             reply.section = match rrset {
                 Some(r) => Some(r.section),
                 // The zone's SOA says how long "no such data" may be cached; reverse names lie
                 // outside the zone, and its SOA would mean nothing there.
-                None if snapshot.in_zone(lower) => Some(snapshot.negative()),
+                None if snapshot.in_zone(lower) => negative,
                 None => None,
             };
         }
         Found::NxDomain => {
             reply.rcode = OptRcode::NXDOMAIN;
-            reply.section = Some(snapshot.negative());
+            reply.section = negative;
         }
         Found::OutOfZone => unreachable!("handled above"),
     }

@@ -261,6 +261,42 @@ fn other_classes_are_refused() {
 }
 
 #[test]
+fn class_any_is_answered_from_in_data_without_authority() {
+    // As NSD does (RFC 1035 §6.2: an answer for every class is authoritative only if it covers
+    // them all), and so without the SOA in negative answers. The question comes back as asked.
+    let soa = "tf.local 5 IN SOA worker2.tf.local. hostmaster.tf.local. 42 3600 600 86400 5";
+    let cases: [(&str, Rtype, OptRcode, &[&str]); 7] = [
+        ("worker1.tf.local.", Rtype::A, OptRcode::NOERROR, &["worker1.tf.local 5 IN A 10.0.0.1"]),
+        ("WORKER1.tf.local.", Rtype::ANY, OptRcode::NOERROR, &["WORKER1.tf.local 5 IN A 10.0.0.1"]),
+        ("tf.local.", Rtype::SOA, OptRcode::NOERROR, &[soa]),
+        (
+            "1.0.0.10.in-addr.arpa.",
+            Rtype::PTR,
+            OptRcode::NOERROR,
+            &["1.0.0.10.in-addr.arpa 5 IN PTR worker1.tf.local."],
+        ),
+        ("worker2.tf.local.", Rtype::AAAA, OptRcode::NOERROR, &[]),
+        ("_udp.tf.local.", Rtype::SRV, OptRcode::NOERROR, &[]),
+        ("nobody.tf.local.", Rtype::A, OptRcode::NXDOMAIN, &[]),
+    ];
+    for (name, rtype, code, wanted) in cases {
+        let m = answer(q(name, rtype).class(Class::ANY));
+        assert_eq!(rcode(&m), code, "{name} {rtype}");
+        assert_eq!(records(m.answer().unwrap()), wanted, "{name} {rtype}");
+        assert!(!m.header().aa(), "{name} {rtype}");
+        assert_eq!(m.header_counts().nscount(), 0, "{name} {rtype}");
+        assert_eq!(m.sole_question().unwrap().qclass(), Class::ANY);
+    }
+    let m = answer(q("_idetcd._udp.tf.local.", Rtype::SRV).class(Class::ANY).edns(1232, 0));
+    assert_eq!((m.header_counts().ancount(), m.header_counts().arcount()), (2, 4), "the addresses, and the OPT record");
+    // Names outside the zone, and the chaos class's names, are not ours in class ANY either.
+    for name in ["example.com.", "id.server.", "9.0.0.10.in-addr.arpa."] {
+        let m = answer(q(name, Rtype::A).class(Class::ANY));
+        assert_eq!((rcode(&m), m.header().aa()), (OptRcode::REFUSED, false), "{name}");
+    }
+}
+
+#[test]
 fn edns_is_echoed_with_our_payload_size() {
     let m = answer(q("worker1.tf.local.", Rtype::A).edns(4096, 0));
     let opt = m.opt().expect("OPT in the answer");

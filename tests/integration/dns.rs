@@ -255,7 +255,7 @@ fn dig_number(output: &str, label: &str) -> usize {
 }
 
 #[test]
-fn dig_sees_partial_additional_sections() {
+fn dig_sees_partial_additional_sections_and_class_any() {
     let etcd = Etcd::start();
     let mut node = Setup { prefix: "w", limit: 40, ..Setup::new(&etcd, "p.test.") }.start();
     assert_eq!(node.claimed(), "w1.p.test.");
@@ -283,4 +283,16 @@ fn dig_sees_partial_additional_sections() {
     assert!(addresses.iter().all(|l| l.contains("\tA\t") || l.contains("\tAAAA\t")), "{out}");
     assert_eq!(dig_number(&out, "ADDITIONAL: "), some + 1, "the addresses and the OPT record:\n{out}");
     assert!(dig_number(&out, "MSG SIZE  rcvd: ") <= 1232, "{out}");
+
+    // Class ANY is answered from class IN, not authoritatively, as NSD does.
+    let out = node.dig(&["-c", "ANY", "-t", "A", "w2.p.test"]);
+    assert!(out.contains("status: NOERROR") && out.contains(";; flags: qr rd;"), "{out}");
+    assert_eq!(dig_section(&out, "ANSWER"), ["w2.p.test.\t\t5\tIN\tA\t10.1.0.2"], "{out}");
+    let out = node.dig(&["-c", "ANY", "-t", "AAAA", "w2.p.test"]);
+    assert!(
+        out.contains("status: NOERROR") && out.contains(";; flags: qr rd; QUERY: 1, ANSWER: 0, AUTHORITY: 0,"),
+        "{out}"
+    );
+    let out = node.dig(&["-c", "ANY", "-t", "A", "nobody.p.test"]);
+    assert!(out.contains("status: NXDOMAIN") && out.contains(";; flags: qr rd;"), "{out}");
 }
