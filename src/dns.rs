@@ -293,14 +293,32 @@ fn answer_in<'a>(q: &Query, lower: &[u8], snapshot: &'a Snapshot, context: Conte
         reply.rcode = OptRcode::REFUSED;
         return Verdict::Answered;
     }
-    let found = snapshot.lookup(lower);
-    if matches!(found, Found::OutOfZone) {
+    let held = match snapshot.lookup(lower) {
+        Found::Name(rrsets) => {
+            // ANY gets one RRset, not everything (RFC 8482).
+            let rrset = match q.qtype {
+                Rtype::ANY => rrsets.first(),
+                _ => rrsets.iter().find(|r| r.rtype == q.qtype),
+            };
+            match rrset {
+                Some(r) => Some(Held::Rrset(r.section)),
+                None if snapshot.in_zone(lower) => Some(Held::NoData),
+                // Under in-addr.arpa. and ip6.arpa. idetcd holds its members' PTR records, not a
+                // reverse zone whose SOA a negative answer would need: any other question there
+                // is about a name outside the zone.
+                None => None,
+            }
+        }
+        Found::NxDomain => Some(Held::NxDomain),
+        Found::OutOfZone => None,
+    };
+    let Some(held) = held else {
         if context.forward.is_some_and(|from| is_within(lower, from)) {
             return Verdict::Forward;
         }
         reply.rcode = OptRcode::REFUSED;
         return Verdict::Answered;
-    }
+    };
     if !snapshot.is_ready() {
         // Nothing read from etcd yet: "no such name" would be cached by clients and be wrong.
         reply.rcode = OptRcode::SERVFAIL;
@@ -311,29 +329,25 @@ fn answer_in<'a>(q: &Query, lower: &[u8], snapshot: &'a Snapshot, context: Conte
     // class then carries no SOA either: its absence says not to cache it (RFC 2308 §5).
     let authoritative = q.qclass == Class::IN;
     reply.aa = authoritative;
+    // The zone's SOA says how long "no such data" or "no such name" may be cached.
     let negative = if authoritative { Some(snapshot.negative()) } else { None };
-    match found {
-        Found::Name(rrsets) => {
-            // ANY gets one RRset, not everything (RFC 8482).
-            let rrset = match q.qtype {
-                Rtype::ANY => rrsets.first(),
-                _ => rrsets.iter().find(|r| r.rtype == q.qtype),
-            };
-            reply.section = match rrset {
-                Some(r) => Some(r.section),
-                // The zone's SOA says how long "no such data" may be cached; reverse names lie
-                // outside the zone, and its SOA would mean nothing there.
-                None if snapshot.in_zone(lower) => negative,
-                None => None,
-            };
-        }
-        Found::NxDomain => {
+    match held {
+        Held::Rrset(section) => reply.section = Some(section),
+        Held::NoData => reply.section = negative,
+        Held::NxDomain => {
             reply.rcode = OptRcode::NXDOMAIN;
             reply.section = negative;
         }
-        Found::OutOfZone => unreachable!("handled above"),
     }
     Verdict::Answered
+}
+
+/// What a snapshot holds for a question of ours.
+enum Held {
+    Rrset(Section),
+    /// The name exists, without that type.
+    NoData,
+    NxDomain,
 }
 
 struct Reply<'a> {

@@ -729,11 +729,55 @@ fn pointer_records_for_member_addresses() {
     let m = ask(&q(Box::leak(v6.to_uppercase().into_boxed_str()), Rtype::PTR).packet(), &snapshot(None), HELD).unwrap();
     assert_eq!(m.answer().unwrap().count(), 1);
     assert_eq!(records(m.answer().unwrap())[0].rsplit(' ').next(), Some("worker1.tf.local."));
-    // Another type at a reverse name: no data, and no SOA of a zone it is not in.
-    let m = answer(q("1.0.0.10.in-addr.arpa.", Rtype::TXT));
-    assert_eq!((rcode(&m), m.header_counts().ancount(), m.header_counts().nscount()), (OptRcode::NOERROR, 0, 0));
     // Addresses of nobody are not ours to answer for.
     assert_eq!(rcode(&answer(q("9.0.0.10.in-addr.arpa.", Rtype::PTR))), OptRcode::REFUSED);
+}
+
+#[test]
+fn reverse_names_answer_their_pointer_records_and_nothing_else() {
+    // No reverse zone is ours, only the members' PTR records: any other question there is a
+    // name outside the zone (no negative answer without an SOA, which must not be cached).
+    #[derive(Debug, PartialEq)]
+    enum Expect {
+        Pointer,
+        Refused,
+        Forward,
+    }
+    let v6 = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.";
+    let (all, arpa, corp): (&[u8], &[u8], &[u8]) = (b"\0", b"\x04arpa\0", b"\x04corp\0");
+    let cases: [(&'static str, Rtype, Option<&[u8]>, Expect); 13] = [
+        ("1.0.0.10.in-addr.arpa.", Rtype::PTR, None, Expect::Pointer),
+        ("1.0.0.10.in-addr.arpa.", Rtype::ANY, None, Expect::Pointer),
+        ("1.0.0.10.in-addr.arpa.", Rtype::PTR, Some(all), Expect::Pointer),
+        ("1.0.0.10.in-addr.arpa.", Rtype::TXT, None, Expect::Refused),
+        ("1.0.0.10.in-addr.arpa.", Rtype::A, None, Expect::Refused),
+        ("1.0.0.10.in-addr.arpa.", Rtype::SOA, None, Expect::Refused),
+        ("1.0.0.10.in-addr.arpa.", Rtype::NS, None, Expect::Refused),
+        (v6, Rtype::AAAA, None, Expect::Refused),
+        ("0.0.10.in-addr.arpa.", Rtype::SOA, None, Expect::Refused),
+        ("1.0.0.10.in-addr.arpa.", Rtype::TXT, Some(all), Expect::Forward),
+        ("1.0.0.10.in-addr.arpa.", Rtype::NS, Some(arpa), Expect::Forward),
+        (v6, Rtype::SOA, Some(arpa), Expect::Forward),
+        ("1.0.0.10.in-addr.arpa.", Rtype::TXT, Some(corp), Expect::Refused),
+    ];
+    let s = snapshot(Some("worker2.tf.local."));
+    let mut out = vec![0u8; 1232];
+    for (name, rtype, forward, expect) in cases {
+        let context = Context { forward, ..HELD };
+        let got = match respond(&q(name, rtype).packet(), &s, context, &mut out) {
+            Action::Forward { qtype } if qtype == rtype => Expect::Forward,
+            Action::Reply { len, .. } => {
+                let m = Message::from_octets(out[..len].to_vec()).unwrap();
+                match (rcode(&m), m.header().aa(), m.header_counts().ancount(), m.header_counts().nscount()) {
+                    (OptRcode::NOERROR, true, 1, 0) => Expect::Pointer,
+                    (OptRcode::REFUSED, false, 0, 0) => Expect::Refused,
+                    other => panic!("{name} {rtype}: {other:?}"),
+                }
+            }
+            other => panic!("{name} {rtype}: {other:?}"),
+        };
+        assert_eq!(got, expect, "{name} {rtype} with forward {forward:?}");
+    }
 }
 
 #[test]

@@ -255,7 +255,7 @@ fn dig_number(output: &str, label: &str) -> usize {
 }
 
 #[test]
-fn dig_sees_partial_additional_sections_and_class_any() {
+fn dig_sees_partial_additional_sections_class_any_and_reverse_names() {
     let etcd = Etcd::start();
     let mut node = Setup { prefix: "w", limit: 40, ..Setup::new(&etcd, "p.test.") }.start();
     assert_eq!(node.claimed(), "w1.p.test.");
@@ -295,4 +295,15 @@ fn dig_sees_partial_additional_sections_and_class_any() {
     );
     let out = node.dig(&["-c", "ANY", "-t", "A", "nobody.p.test"]);
     assert!(out.contains("status: NXDOMAIN") && out.contains(";; flags: qr rd;"), "{out}");
+
+    // A member's reverse name has its PTR record and nothing else of ours: another type there is
+    // REFUSED, as a name outside the zone, rather than a negative answer without an SOA.
+    assert_eq!(node.dig(&["+short", "-x", "10.1.0.7"]).trim(), "w7.p.test.");
+    assert_eq!(node.dig(&["+short", "-x", &node.ip.to_string()]).trim(), "w1.p.test.");
+    let out = node.dig(&["-x", "10.1.0.7", "ANY"]);
+    assert_eq!(dig_section(&out, "ANSWER"), ["7.0.1.10.in-addr.arpa.\t5\tIN\tPTR\tw7.p.test."], "{out}");
+    for rtype in ["TXT", "A", "SOA"] {
+        let out = node.dig(&["-x", "10.1.0.7", rtype]);
+        assert!(out.contains("status: REFUSED") && out.contains("AUTHORITY: 0,"), "{rtype}:\n{out}");
+    }
 }
