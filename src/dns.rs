@@ -269,7 +269,8 @@ fn answer<'a>(q: &Query<'a>, lower: &[u8], snapshot: &'a Snapshot, context: Cont
         }
     }
     match q.qclass {
-        Class::IN => return answer_in(q.qtype, lower, snapshot, context, reply),
+        // Class ANY (RFC 1035 §3.2.5) finds the same names: idetcd's have data in IN only.
+        Class::IN | Class::ANY => return answer_in(q, lower, snapshot, context, reply),
         Class::CH if lower == b"\x02id\x06server\x00" || lower == b"\x08hostname\x04bind\x00" => {
             let identity = snapshot.identity().filter(|_| context.identity_held);
             let Some(identity) = identity else {
@@ -286,54 +287,67 @@ fn answer<'a>(q: &Query<'a>, lower: &[u8], snapshot: &'a Snapshot, context: Cont
     Verdict::Answered
 }
 
-fn answer_in<'a>(
-    qtype: Rtype,
-    lower: &[u8],
-    snapshot: &'a Snapshot,
-    context: Context,
-    reply: &mut Reply<'a>,
-) -> Verdict {
+fn answer_in<'a>(q: &Query, lower: &[u8], snapshot: &'a Snapshot, context: Context, reply: &mut Reply<'a>) -> Verdict {
     // Zone transfers are neither given nor passed on.
-    if qtype == Rtype::AXFR || qtype == Rtype::IXFR {
+    if q.qtype == Rtype::AXFR || q.qtype == Rtype::IXFR {
         reply.rcode = OptRcode::REFUSED;
         return Verdict::Answered;
     }
-    let found = snapshot.lookup(lower);
-    if matches!(found, Found::OutOfZone) {
+    let held = match snapshot.lookup(lower) {
+        Found::Name(rrsets) => {
+            // ANY gets one RRset, not everything (RFC 8482).
+            let rrset = match q.qtype {
+                Rtype::ANY => rrsets.first(),
+                _ => rrsets.iter().find(|r| r.rtype == q.qtype),
+            };
+            match rrset {
+                Some(r) => Some(Held::Rrset(r.section)),
+                None if snapshot.in_zone(lower) => Some(Held::NoData),
+                // Under in-addr.arpa. and ip6.arpa. idetcd holds its members' PTR records, not a
+                // reverse zone whose SOA a negative answer would need: any other question there
+                // is about a name outside the zone.
+                None => None,
+            }
+        }
+        Found::NxDomain => Some(Held::NxDomain),
+        Found::OutOfZone => None,
+    };
+    let Some(held) = held else {
         if context.forward.is_some_and(|from| is_within(lower, from)) {
             return Verdict::Forward;
         }
         reply.rcode = OptRcode::REFUSED;
         return Verdict::Answered;
-    }
+    };
     if !snapshot.is_ready() {
         // Nothing read from etcd yet: "no such name" would be cached by clients and be wrong.
         reply.rcode = OptRcode::SERVFAIL;
         return Verdict::Answered;
     }
-    reply.aa = true;
-    match found {
-        Found::Name(rrsets) => {
-            // ANY gets one RRset, not everything (RFC 8482).
-            let rrset = match qtype {
-                Rtype::ANY => rrsets.first(),
-                _ => rrsets.iter().find(|r| r.rtype == qtype),
-            };
-            reply.section = match rrset {
-                Some(r) => Some(r.section),
-                // The zone's SOA says how long "no such data" may be cached; reverse names lie
-                // outside the zone, and its SOA would mean nothing there.
-                None if snapshot.in_zone(lower) => Some(snapshot.negative(lower.len())),
-                None => None,
-            };
-        }
-        Found::NxDomain => {
+    // An answer for every class is authoritative only if it covers them all (RFC 1035 §6.2), and
+    // idetcd is no authority for its names in other classes. As NSD, a negative answer for every
+    // class then carries no SOA either: its absence says not to cache it (RFC 2308 §5).
+    let authoritative = q.qclass == Class::IN;
+    reply.aa = authoritative;
+    // The zone's SOA says how long "no such data" or "no such name" may be cached.
+    let negative = if authoritative { Some(snapshot.negative(lower.len())) } else { None };
+    match held {
+        Held::Rrset(section) => reply.section = Some(section),
+        Held::NoData => reply.section = negative,
+        Held::NxDomain => {
             reply.rcode = OptRcode::NXDOMAIN;
-            reply.section = Some(snapshot.negative(lower.len()));
+            reply.section = negative;
         }
-        Found::OutOfZone => unreachable!("handled above"),
     }
     Verdict::Answered
+}
+
+/// What a snapshot holds for a question of ours.
+enum Held {
+    Rrset(Section),
+    /// The name exists, without that type.
+    NoData,
+    NxDomain,
 }
 
 struct Reply<'a> {
@@ -382,20 +396,18 @@ impl<'a> Reply<'a> {
         let question = self.question.unwrap_or(&[]);
         let opt_len = if self.edns.is_some() { OPT_LEN } else { 0 };
         let fixed = HEADER_LEN + question.len() + opt_len;
-        // What does not fit is left out: additional records quietly (RFC 2181 §9), anything more
-        // with the TC bit, so that the client asks again over TCP.
+        // What does not fit is left out: additional records quietly, as many whole RRsets as fit
+        // (RFC 2181 §9), anything more with the TC bit, so that the client asks again over TCP.
         let (body, counts, truncated) = match self.section {
             None => (&[][..], [0; 3], false),
-            Some(s) => {
-                let bytes = body;
-                if fixed + bytes.len() <= limit {
-                    (bytes, s.counts, false)
-                } else if fixed + s.required as usize <= limit {
-                    (&bytes[..s.required as usize], [s.counts[0], s.counts[1], 0], false)
-                } else {
-                    (&[][..], [0; 3], true)
+            Some(s) if fixed + body.len() <= limit => (body, s.counts, false),
+            Some(s) => match body.split_at_checked(s.required as usize) {
+                Some((required, additional)) if fixed + required.len() <= limit => {
+                    let (len, count) = whole_rrsets(additional, limit - fixed - required.len());
+                    (&body[..required.len() + len], [s.counts[0], s.counts[1], count], false)
                 }
-            }
+                _ => (&[][..], [0; 3], true),
+            },
         };
         let mut flags = FLAG_QR | (self.header.flags & (OPCODE_MASK | FLAG_RD | FLAG_CD));
         flags |= u16::from(self.rcode.rcode().to_int());
@@ -427,6 +439,41 @@ impl<'a> Reply<'a> {
         }
         w.len
     }
+}
+
+/// How much of `additional`, a run of records, fits in `room` bytes in whole RRsets (records of
+/// one owner, as written, and one type, one after another): its length in bytes and records.
+fn whole_rrsets(additional: &[u8], room: usize) -> (usize, u16) {
+    let mut r = Reader { packet: additional, pos: 0 };
+    let (mut fit, mut records) = ((0, 0), 0);
+    let mut rrset = None;
+    while r.pos < additional.len() {
+        let start = r.pos;
+        // Our own records always parse; should one not, the run ends before it.
+        let Some(key) = read_record(&mut r) else { return (start, records) };
+        if rrset != Some(key) {
+            fit = (start, records);
+            rrset = Some(key);
+        }
+        if r.pos > room {
+            return fit;
+        }
+        // At most `room` / 11 records: no overflow.
+        records += 1;
+    }
+    (r.pos, records)
+}
+
+/// Reads past one record; returns its owner as written and its type.
+fn read_record<'a>(r: &mut Reader<'a>) -> Option<(&'a [u8], u16)> {
+    let start = r.pos;
+    r.skip_name()?;
+    let owner = r.packet.get(start..r.pos)?;
+    let rtype = r.u16()?;
+    r.skip(6)?;
+    let rdlen = r.u16()?;
+    r.skip(usize::from(rdlen))?;
+    Some((owner, rtype))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -498,11 +545,14 @@ fn parse<'a>(packet: &'a [u8], header: &Header, lower: &mut [u8; 255]) -> Result
     }
 }
 
-/// Skips the answer and authority sections and reads the additional one for an OPT record. A
-/// section that does not parse, or a second OPT record, makes the query malformed (RFC 6891 §6.1.1).
+/// Reads the answer and authority sections, then the additional one for an OPT record. A section
+/// that does not parse, or an OPT record that is malformed or not the one OPT record of the
+/// additional section, makes the query malformed (RFC 6891 §6.1.1, §7).
 fn find_edns(r: &mut Reader, header: &Header) -> Option<Option<Edns>> {
     for _ in 0..u32::from(header.ancount) + u32::from(header.nscount) {
-        r.skip_record()?;
+        if read_record(r)?.1 == TYPE_OPT {
+            return None;
+        }
     }
     let mut edns = None;
     for _ in 0..header.arcount {
@@ -511,16 +561,32 @@ fn find_edns(r: &mut Reader, header: &Header) -> Option<Option<Edns>> {
         let rtype = r.u16()?;
         let class = r.u16()?;
         let ttl = r.u32()?;
-        let rdlen = r.u16()?;
-        r.skip(usize::from(rdlen))?;
+        let rdlen = usize::from(r.u16()?);
+        let rdata = r.packet.get(r.pos..r.pos + rdlen)?;
+        r.skip(rdlen)?;
         if rtype == TYPE_OPT {
-            if edns.is_some() || !owner_is_root {
+            if edns.is_some() || !owner_is_root || !whole_options(rdata) {
                 return None;
             }
             edns = Some(Edns { payload: class, version: (ttl >> 16) as u8, dnssec_ok: ttl & 0x8000 != 0 });
         }
     }
     Some(edns)
+}
+
+/// Whether an OPT record's data is options and nothing else: each a code, a length and that
+/// many bytes, the last ending where the data ends (RFC 6891 §6.1.2).
+fn whole_options(mut rdata: &[u8]) -> bool {
+    loop {
+        match rdata {
+            [] => return true,
+            [_, _, high, low, rest @ ..] => match rest.get(usize::from(u16::from_be_bytes([*high, *low]))..) {
+                Some(after) => rdata = after,
+                None => return false,
+            },
+            _ => return false,
+        }
+    }
 }
 
 #[cfg(test)]

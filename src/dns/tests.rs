@@ -358,6 +358,42 @@ fn other_classes_are_refused() {
 }
 
 #[test]
+fn class_any_is_answered_from_in_data_without_authority() {
+    // As NSD does (RFC 1035 §6.2: an answer for every class is authoritative only if it covers
+    // them all), and so without the SOA in negative answers. The question comes back as asked.
+    let soa = "tf.local 5 IN SOA worker1.tf.local. hostmaster.tf.local. 42 14400 3600 604800 300";
+    let cases: [(&str, Rtype, OptRcode, &[&str]); 7] = [
+        ("worker1.tf.local.", Rtype::A, OptRcode::NOERROR, &["worker1.tf.local 5 IN A 10.0.0.1"]),
+        ("WORKER1.tf.local.", Rtype::ANY, OptRcode::NOERROR, &["WORKER1.tf.local 5 IN A 10.0.0.1"]),
+        ("tf.local.", Rtype::SOA, OptRcode::NOERROR, &[soa]),
+        (
+            "1.0.0.10.in-addr.arpa.",
+            Rtype::PTR,
+            OptRcode::NOERROR,
+            &["1.0.0.10.in-addr.arpa 5 IN PTR worker1.tf.local."],
+        ),
+        ("worker2.tf.local.", Rtype::AAAA, OptRcode::NOERROR, &[]),
+        ("_udp.tf.local.", Rtype::SRV, OptRcode::NOERROR, &[]),
+        ("nobody.tf.local.", Rtype::A, OptRcode::NXDOMAIN, &[]),
+    ];
+    for (name, rtype, code, wanted) in cases {
+        let m = answer(q(name, rtype).class(Class::ANY));
+        assert_eq!(rcode(&m), code, "{name} {rtype}");
+        assert_eq!(records(m.answer().unwrap()), wanted, "{name} {rtype}");
+        assert!(!m.header().aa(), "{name} {rtype}");
+        assert_eq!(m.header_counts().nscount(), 0, "{name} {rtype}");
+        assert_eq!(m.sole_question().unwrap().qclass(), Class::ANY);
+    }
+    let m = answer(q("_idetcd._udp.tf.local.", Rtype::SRV).class(Class::ANY).edns(1232, 0));
+    assert_eq!((m.header_counts().ancount(), m.header_counts().arcount()), (2, 4), "the addresses, and the OPT record");
+    // Names outside the zone, and the chaos class's names, are not ours in class ANY either.
+    for name in ["example.com.", "id.server.", "9.0.0.10.in-addr.arpa."] {
+        let m = answer(q(name, Rtype::A).class(Class::ANY));
+        assert_eq!((rcode(&m), m.header().aa()), (OptRcode::REFUSED, false), "{name}");
+    }
+}
+
+#[test]
 fn edns_is_echoed_with_our_payload_size() {
     let m = answer(q("worker1.tf.local.", Rtype::A).edns(4096, 0));
     let opt = m.opt().expect("OPT in the answer");
@@ -490,6 +526,63 @@ fn formerr_keeps_the_opt_record() {
     let m = ask(&packet, &snapshot(None), HELD).unwrap();
     assert_eq!(rcode(&m), OptRcode::FORMERR);
     assert!(m.opt().is_some());
+}
+
+/// worker1's A question with an OPT record whose data, its options, is `options`.
+fn with_options(options: &[u8]) -> Vec<u8> {
+    let mut packet = q("worker1.tf.local.", Rtype::A).edns(1232, 0).packet();
+    let rdlen = packet.len() - 2;
+    packet[rdlen..].copy_from_slice(&(options.len() as u16).to_be_bytes());
+    packet.extend_from_slice(options);
+    packet
+}
+
+/// An OPT record with no options: root owner, type, payload 1232, TTL 0, no data.
+const OPT: [u8; 11] = [0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0];
+
+/// `packet` with `records` appended and its answer, authority and additional counts set.
+fn with_records(packet: &[u8], counts: [u16; 3], records: &[&[u8]]) -> Vec<u8> {
+    let mut packet = [packet, &records.concat()].concat();
+    for (i, count) in counts.into_iter().enumerate() {
+        packet[6 + 2 * i..8 + 2 * i].copy_from_slice(&count.to_be_bytes());
+    }
+    packet
+}
+
+#[test]
+fn malformed_edns_is_formerr_without_an_opt_record() {
+    let plain = q("worker1.tf.local.", Rtype::A).packet();
+    let non_root = [&[1, b'a'][..], &OPT].concat();
+    let cookie_only = with_records(&plain[..12], [0, 0, 1], &[&OPT[..9], &[0, 2, 0, 10]]);
+    let cases: [(&str, Vec<u8>); 10] = [
+        ("an option's length past the OPT data", with_options(&[0, 10, 0, 8, 1, 2, 3, 4])),
+        ("an option header cut after its code", with_options(&[0, 10])),
+        ("an option header cut in its length", with_options(&[0, 10, 0])),
+        ("a stray byte after a whole option", with_options(&[0xfd, 0xe9, 0, 0, 7])),
+        ("OPT in the answer section", with_records(&plain, [1, 0, 0], &[&OPT])),
+        ("OPT in the authority section", with_records(&plain, [0, 1, 0], &[&OPT])),
+        ("OPT in the answer and the additional section", with_records(&plain, [1, 0, 1], &[&OPT, &OPT])),
+        ("two OPT records", with_records(&plain, [0, 0, 2], &[&OPT, &OPT])),
+        ("OPT owned by another name than the root", with_records(&plain, [0, 0, 1], &[&non_root])),
+        ("no question, and an option header cut short", cookie_only),
+    ];
+    for (what, packet) in cases {
+        let m = ask(&packet, &snapshot(Some("worker2.tf.local.")), HELD).unwrap_or_else(|| panic!("{what}: no answer"));
+        // NSD and Knot answer these with FORMERR and no OPT record.
+        assert_eq!(rcode(&m), OptRcode::FORMERR, "{what}");
+        assert!(m.opt().is_none(), "{what}");
+        assert_eq!(m.header().id(), 0x1234, "{what}");
+        assert_eq!(m.header_counts().qdcount(), u16::from_be_bytes([packet[4], packet[5]]), "{what}: question echoed");
+        assert_eq!(m.header_counts().ancount() + m.header_counts().arcount(), 0, "{what}");
+    }
+    // Options that fill the OPT data exactly are fine, known or not.
+    let cookie = [0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+    for options in [&[][..], &cookie, &[0xfd, 0xe9, 0, 0], &[&cookie[..], &[0xfd, 0xe9, 0, 1, 9]].concat()] {
+        let m = ask(&with_options(options), &snapshot(None), HELD).unwrap();
+        assert_eq!(rcode(&m), OptRcode::NOERROR, "{options:?}");
+        assert!(m.opt().is_some(), "{options:?}");
+        assert_eq!(records(m.answer().unwrap()), ["worker1.tf.local 5 IN A 10.0.0.1"]);
+    }
 }
 
 #[test]
@@ -645,6 +738,102 @@ fn service_records_list_every_member_with_its_addresses() {
     }
 }
 
+/// Thirty members `w1.p.test.` to `w30.p.test.`, each with a port, every third with an IPv6
+/// address too: their SRV records fit 1232 bytes, their addresses only in part.
+fn thirty_services() -> Snapshot {
+    let pattern = Pattern::parse("w{{.ID}}.p.test.").unwrap();
+    let members: BTreeMap<u32, Record> = (1..=30)
+        .map(|id| {
+            let ipv6 = (id % 3 == 0).then(|| std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, id as u16));
+            (id, Record { ipv4: Some(std::net::Ipv4Addr::new(10, 1, 0, id as u8)), ipv6, port: Some(2222) })
+        })
+        .collect();
+    Snapshot::build(&Inputs {
+        roles: &one_role(&pattern),
+        ttl: 5,
+        serial: 1,
+        nameservers: 3,
+        own_name: None,
+        members: std::slice::from_ref(&members),
+    })
+}
+
+#[test]
+fn additional_records_go_in_as_far_as_whole_rrsets_fit() {
+    let s = thirty_services();
+    let query = q("_idetcd._udp.p.test.", Rtype::SRV).edns(1232, 0).packet();
+    let tcp = Context { transport: Transport::Tcp, identity_held: true, forward: None };
+    let (whole, udp) = (ask(&query, &s, tcp).unwrap(), ask(&query, &s, HELD).unwrap());
+    let addresses = |m: &Message<Vec<u8>>| -> Vec<String> {
+        records(m.additional().unwrap()).into_iter().filter(|r| !r.contains("OPT")).collect()
+    };
+    let (all, some) = (addresses(&whole), addresses(&udp));
+    assert_eq!(all.len(), 40);
+    // No TC for a partial additional section (RFC 2181 §9), and the counts say what is there.
+    assert!(!udp.header().tc());
+    assert_eq!(udp.header_counts().ancount(), 30);
+    assert!(!some.is_empty() && some.len() < all.len(), "{} of {} address records", some.len(), all.len());
+    assert_eq!(some, all[..some.len()]);
+    assert_eq!(usize::from(udp.header_counts().arcount()), some.len() + 1, "and the OPT record");
+    // The UDP answer is the whole one cut short before the OPT record, and the next address
+    // record would not have fitted.
+    let len = udp.as_slice().len();
+    assert!(len <= usize::from(MAX_UDP_PAYLOAD), "{len} bytes");
+    let cut = len - OPT_LEN;
+    assert_eq!(udp.as_slice()[HEADER_LEN..cut], whole.as_slice()[HEADER_LEN..cut]);
+    let mut next = Reader { packet: whole.as_slice(), pos: cut };
+    next.skip_record().unwrap();
+    assert!(len + (next.pos - cut) > usize::from(MAX_UDP_PAYLOAD), "the next record takes {} bytes", next.pos - cut);
+}
+
+#[test]
+fn whole_rrsets_of_additional_records() {
+    // Owner, type, data length.
+    type Records = &'static [(&'static [u8], u16, usize)];
+    const A: &[u8] = b"\x01a\0";
+    const B: &[u8] = b"\x01b\0";
+    const POINTER: &[u8] = &[0xC0, 12];
+    // An A record of `A` or `B` takes 17 bytes, of `POINTER` 16, an AAAA record 12 more.
+    let cases: [(&str, Records, usize, (usize, u16)); 13] = [
+        ("nothing", &[], 100, (0, 0)),
+        ("one record, no room", &[(A, 1, 4)], 16, (0, 0)),
+        ("one record, just room", &[(A, 1, 4)], 17, (17, 1)),
+        ("an RRset of two, room for one", &[(A, 1, 4), (A, 1, 4)], 33, (0, 0)),
+        ("an RRset of two, room for both", &[(A, 1, 4), (A, 1, 4)], 34, (34, 2)),
+        ("two types of one name", &[(A, 1, 4), (A, 28, 16)], 45, (17, 1)),
+        ("two types of one name, room for both", &[(A, 1, 4), (A, 28, 16)], 46, (46, 2)),
+        ("two names", &[(A, 1, 4), (B, 1, 4)], 33, (17, 1)),
+        ("then an RRset of two", &[(A, 1, 4), (B, 1, 4), (B, 1, 4)], 50, (17, 1)),
+        ("then an RRset of two, room for all", &[(A, 1, 4), (B, 1, 4), (B, 1, 4)], 51, (51, 3)),
+        ("one name written two ways", &[(A, 1, 4), (POINTER, 1, 4)], 32, (17, 1)),
+        ("room for more than there is", &[(A, 1, 4), (B, 1, 4)], 1000, (34, 2)),
+        ("nothing fits", &[(A, 1, 4), (B, 1, 4)], 0, (0, 0)),
+    ];
+    let bytes = |records: Records| -> Vec<u8> {
+        let mut out = Vec::new();
+        for (owner, rtype, rdlen) in records {
+            out.extend_from_slice(owner);
+            out.extend_from_slice(&rtype.to_be_bytes());
+            out.extend_from_slice(&[0, 1, 0, 0, 0, 5]);
+            out.extend_from_slice(&(*rdlen as u16).to_be_bytes());
+            out.extend(std::iter::repeat_n(7, *rdlen));
+        }
+        out
+    };
+    for (what, records, room, fit) in cases {
+        assert_eq!(whole_rrsets(&bytes(records), room), fit, "{what}");
+    }
+    // A record that does not parse ends the run.
+    let two = bytes(&[(A, 1, 4), (B, 1, 4)]);
+    for (what, broken) in [
+        ("a label over 63 bytes", [&two[..17], &[64]].concat()),
+        ("data cut short", two[..two.len() - 1].to_vec()),
+        ("a record header cut short", two[..20].to_vec()),
+    ] {
+        assert_eq!(whole_rrsets(&broken, 1000), (17, 1), "{what}");
+    }
+}
+
 #[test]
 fn service_labels_are_empty_non_terminals() {
     for name in ["_udp.tf.local.", "_tcp.tf.local."] {
@@ -663,11 +852,55 @@ fn pointer_records_for_member_addresses() {
     let m = ask(&q(Box::leak(v6.to_uppercase().into_boxed_str()), Rtype::PTR).packet(), &snapshot(None), HELD).unwrap();
     assert_eq!(m.answer().unwrap().count(), 1);
     assert_eq!(records(m.answer().unwrap())[0].rsplit(' ').next(), Some("worker1.tf.local."));
-    // Another type at a reverse name: no data, and no SOA of a zone it is not in.
-    let m = answer(q("1.0.0.10.in-addr.arpa.", Rtype::TXT));
-    assert_eq!((rcode(&m), m.header_counts().ancount(), m.header_counts().nscount()), (OptRcode::NOERROR, 0, 0));
     // Addresses of nobody are not ours to answer for.
     assert_eq!(rcode(&answer(q("9.0.0.10.in-addr.arpa.", Rtype::PTR))), OptRcode::REFUSED);
+}
+
+#[test]
+fn reverse_names_answer_their_pointer_records_and_nothing_else() {
+    // No reverse zone is ours, only the members' PTR records: any other question there is a
+    // name outside the zone (no negative answer without an SOA, which must not be cached).
+    #[derive(Debug, PartialEq)]
+    enum Expect {
+        Pointer,
+        Refused,
+        Forward,
+    }
+    let v6 = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.";
+    let (all, arpa, corp): (&[u8], &[u8], &[u8]) = (b"\0", b"\x04arpa\0", b"\x04corp\0");
+    let cases: [(&'static str, Rtype, Option<&[u8]>, Expect); 13] = [
+        ("1.0.0.10.in-addr.arpa.", Rtype::PTR, None, Expect::Pointer),
+        ("1.0.0.10.in-addr.arpa.", Rtype::ANY, None, Expect::Pointer),
+        ("1.0.0.10.in-addr.arpa.", Rtype::PTR, Some(all), Expect::Pointer),
+        ("1.0.0.10.in-addr.arpa.", Rtype::TXT, None, Expect::Refused),
+        ("1.0.0.10.in-addr.arpa.", Rtype::A, None, Expect::Refused),
+        ("1.0.0.10.in-addr.arpa.", Rtype::SOA, None, Expect::Refused),
+        ("1.0.0.10.in-addr.arpa.", Rtype::NS, None, Expect::Refused),
+        (v6, Rtype::AAAA, None, Expect::Refused),
+        ("0.0.10.in-addr.arpa.", Rtype::SOA, None, Expect::Refused),
+        ("1.0.0.10.in-addr.arpa.", Rtype::TXT, Some(all), Expect::Forward),
+        ("1.0.0.10.in-addr.arpa.", Rtype::NS, Some(arpa), Expect::Forward),
+        (v6, Rtype::SOA, Some(arpa), Expect::Forward),
+        ("1.0.0.10.in-addr.arpa.", Rtype::TXT, Some(corp), Expect::Refused),
+    ];
+    let s = snapshot(Some("worker2.tf.local."));
+    let mut out = vec![0u8; 1232];
+    for (name, rtype, forward, expect) in cases {
+        let context = Context { forward, ..HELD };
+        let got = match respond(&q(name, rtype).packet(), &s, context, &mut out) {
+            Action::Forward { qtype } if qtype == rtype => Expect::Forward,
+            Action::Reply { len, .. } => {
+                let m = Message::from_octets(out[..len].to_vec()).unwrap();
+                match (rcode(&m), m.header().aa(), m.header_counts().ancount(), m.header_counts().nscount()) {
+                    (OptRcode::NOERROR, true, 1, 0) => Expect::Pointer,
+                    (OptRcode::REFUSED, false, 0, 0) => Expect::Refused,
+                    other => panic!("{name} {rtype}: {other:?}"),
+                }
+            }
+            other => panic!("{name} {rtype}: {other:?}"),
+        };
+        assert_eq!(got, expect, "{name} {rtype} with forward {forward:?}");
+    }
 }
 
 #[test]

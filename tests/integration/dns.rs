@@ -290,3 +290,70 @@ fn pipelined_tcp_questions_are_all_answered_in_order_to_a_slow_reader() {
         assert_eq!((m.opt_rcode(), m.header_counts().ancount()), (OptRcode::NOERROR, count), "answer {i}");
     }
 }
+
+/// The sections of dig's output that hold records: `ADDITIONAL` gives the lines under
+/// `;; ADDITIONAL SECTION:`.
+fn dig_section<'a>(output: &'a str, section: &str) -> Vec<&'a str> {
+    let heading = format!(";; {section} SECTION:");
+    output.lines().skip_while(|l| *l != heading).skip(1).take_while(|l| !l.is_empty()).collect()
+}
+
+/// A number dig prints after `label` (`ADDITIONAL: `, `MSG SIZE  rcvd: `).
+fn dig_number(output: &str, label: &str) -> usize {
+    let at = output.find(label).unwrap_or_else(|| panic!("no {label:?} in\n{output}")) + label.len();
+    output[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn dig_sees_partial_additional_sections_class_any_and_reverse_names() {
+    let etcd = Etcd::start();
+    let mut node = Setup { prefix: "w", limit: 40, ..Setup::new(&etcd, "p.test.") }.start();
+    assert_eq!(node.claimed(), "w1.p.test.");
+    // Thirty members, every third with an IPv6 address: their SRV records fit 1232 bytes, their
+    // addresses only in part.
+    for i in 2..=30 {
+        let ipv6 = if i % 3 == 0 { format!(r#","ipv6":"fd00::{i}""#) } else { String::new() };
+        etcd.put(&format!("w{i}.p.test."), &format!(r#"{{"ipv4":"10.1.0.{i}"{ipv6},"port":"2222"}}"#));
+    }
+    let srv = Query::new("_idetcd._udp.p.test.", Rtype::SRV);
+    let all = eventually("30 services", Duration::from_secs(5), || {
+        Some(node.ask(Transport::Tcp, &srv)).filter(|a| a.answers.len() == 30)
+    });
+    let udp = node.ask(Transport::Udp, &srv.clone().edns(1232));
+    assert!(!udp.tc && udp.answers.len() == 30 && udp.size <= 1232, "{udp:?}");
+    let (some, every) = (udp.additional.len(), all.additional.len());
+    assert!(some > 0 && some < every, "{some} of {every} addresses");
+    assert_eq!(udp.additional, all.additional[..some]);
+
+    // What dig sees over UDP, without falling back to TCP.
+    let out = node.dig(&["+bufsize=1232", "+ignore", "SRV", "_idetcd._udp.p.test"]);
+    assert!(out.contains(";; flags: qr aa rd;") && out.contains("ANSWER: 30,"), "no TC:\n{out}");
+    let addresses = dig_section(&out, "ADDITIONAL");
+    assert_eq!(addresses.len(), some, "{out}");
+    assert!(addresses.iter().all(|l| l.contains("\tA\t") || l.contains("\tAAAA\t")), "{out}");
+    assert_eq!(dig_number(&out, "ADDITIONAL: "), some + 1, "the addresses and the OPT record:\n{out}");
+    assert!(dig_number(&out, "MSG SIZE  rcvd: ") <= 1232, "{out}");
+
+    // Class ANY is answered from class IN, not authoritatively, as NSD does.
+    let out = node.dig(&["-c", "ANY", "-t", "A", "w2.p.test"]);
+    assert!(out.contains("status: NOERROR") && out.contains(";; flags: qr rd;"), "{out}");
+    assert_eq!(dig_section(&out, "ANSWER"), ["w2.p.test.\t\t5\tIN\tA\t10.1.0.2"], "{out}");
+    let out = node.dig(&["-c", "ANY", "-t", "AAAA", "w2.p.test"]);
+    assert!(
+        out.contains("status: NOERROR") && out.contains(";; flags: qr rd; QUERY: 1, ANSWER: 0, AUTHORITY: 0,"),
+        "{out}"
+    );
+    let out = node.dig(&["-c", "ANY", "-t", "A", "nobody.p.test"]);
+    assert!(out.contains("status: NXDOMAIN") && out.contains(";; flags: qr rd;"), "{out}");
+
+    // A member's reverse name has its PTR record and nothing else of ours: another type there is
+    // REFUSED, as a name outside the zone, rather than a negative answer without an SOA.
+    assert_eq!(node.dig(&["+short", "-x", "10.1.0.7"]).trim(), "w7.p.test.");
+    assert_eq!(node.dig(&["+short", "-x", &node.ip.to_string()]).trim(), "w1.p.test.");
+    let out = node.dig(&["-x", "10.1.0.7", "ANY"]);
+    assert_eq!(dig_section(&out, "ANSWER"), ["7.0.1.10.in-addr.arpa.\t5\tIN\tPTR\tw7.p.test."], "{out}");
+    for rtype in ["TXT", "A", "SOA"] {
+        let out = node.dig(&["-x", "10.1.0.7", rtype]);
+        assert!(out.contains("status: REFUSED") && out.contains("AUTHORITY: 0,"), "{rtype}:\n{out}");
+    }
+}
