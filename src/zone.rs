@@ -165,9 +165,8 @@ struct Builder {
     rrsets: Vec<Rrset>,
 }
 
-/// Where the zone starts in the question `_idetcd._udp.<zone>`: after the header and the two
-/// service labels (`\x07_idetcd`, `\x04_udp`).
-const SERVICE_ZONE_OFFSET: u16 = 12 + 8 + 5;
+/// The service labels in front of the zone in the question `_idetcd._udp.<zone>` (or `_tcp`).
+const SERVICE_LABELS: usize = 8 + 5;
 /// The SRV records of one answer, leaving room in a 64 KiB message for header and question.
 const MAX_SERVICE_BYTES: usize = 60_000;
 
@@ -218,12 +217,18 @@ impl Builder {
                 room > 0
             })
             .collect();
-        // The owner is the question, so both names share one section.
+        // The owner is the question, so both names share one section; both questions are as long,
+        // so the answer starts at the same place in both.
+        let start = HEADER_LEN + SERVICE_LABELS + apex.len() + 4;
         let rrsets = match listed.is_empty() {
             true => vec![],
             false => {
                 let section = self.section(|w| {
+                    let mut targets = Vec::with_capacity(listed.len());
                     for (name, _, port) in &listed {
+                        // Owner pointer, type, class, TTL, length, priority, weight, port: the
+                        // target follows, and the addresses' owners point to it.
+                        targets.push((start + w.written() + 18) as u16);
                         w.record(
                             Part::Answer,
                             Owner::Question,
@@ -233,10 +238,8 @@ impl Builder {
                             &wire::srv_rdata(*port, name),
                         );
                     }
-                    for (name, record, _) in &listed {
-                        // The target's zone is the question's: a pointer into it saves the bytes.
-                        let owner = wire::first_label_then(name, SERVICE_ZONE_OFFSET);
-                        address_records(w, Part::Additional, Owner::Name(&owner), record, ttl);
+                    for ((_, record, _), target) in listed.iter().zip(targets) {
+                        address_records(w, Part::Additional, Owner::Name(&wire::pointer(target)), record, ttl);
                     }
                 });
                 vec![(Rtype::SRV, section)]

@@ -723,8 +723,8 @@ fn service_records_list_every_member_with_its_addresses() {
             [format!("{shown} 5 IN SRV 0 0 53 worker1.tf.local"), format!("{shown} 5 IN SRV 0 0 53 worker2.tf.local")],
             "member 3 has no port and no SRV record"
         );
-        // The targets' owners point into the question, so they come back in its case.
-        let zone = &shown[13..];
+        // The addresses' owners point to the targets, which are written as etcd has them.
+        let zone = "tf.local";
         let additional: Vec<String> =
             records(m.additional().unwrap()).into_iter().filter(|r| !r.contains("OPT")).collect();
         assert_eq!(
