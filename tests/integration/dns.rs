@@ -153,6 +153,22 @@ fn dig_sees_what_a_user_expects() {
     assert!(full.contains("status: NOERROR") && full.contains("udp: 1232"), "{full}");
 }
 
+/// With a zone name near the limit, a negative answer without EDNS still fits 512 bytes, since
+/// the SOA's names point into the question: dig gets it over UDP, not truncated.
+#[test]
+fn negative_answers_in_a_long_zone_fit_over_udp() {
+    let etcd = Etcd::start();
+    let label = "z".repeat(49);
+    let zone = format!("{label}.{label}.{label}.{label}.");
+    let mut node = Setup::new(&etcd, &zone).start();
+    node.claimed();
+    for name in [format!("nobody.{zone}"), format!("worker1.{zone}")] {
+        let out = node.dig(&["+noedns", "+ignore", "TXT", &name]);
+        assert!(out.contains("flags: qr aa rd;") && out.contains("AUTHORITY: 1,"), "no TC, the SOA:\n{out}");
+        assert!(dig_number(&out, "MSG SIZE  rcvd: ") <= 512, "{out}");
+    }
+}
+
 #[test]
 fn service_and_pointer_records_and_ids_from_zero() {
     let etcd = Etcd::start();
