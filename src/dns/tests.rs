@@ -18,6 +18,18 @@ fn one_role(pattern: &Pattern) -> [Role; 1] {
     [Role { name: "worker".into(), pattern: pattern.clone(), ids: 1..=u32::MAX }]
 }
 
+/// A snapshot of one role's `members`, as any node would build it.
+fn build(pattern: &Pattern, members: &BTreeMap<u32, Record>, nameservers: u32, own: Option<&str>) -> Snapshot {
+    Snapshot::build(&Inputs {
+        roles: &one_role(pattern),
+        ttl: 5,
+        serial: 1,
+        nameservers,
+        own_name: own,
+        members: std::slice::from_ref(members),
+    })
+}
+
 fn snapshot(own: Option<&str>) -> Snapshot {
     let pattern = Pattern::parse("worker{{.ID}}.tf.local.").unwrap();
     let mut members = BTreeMap::new();
@@ -229,14 +241,7 @@ fn the_zone_s_servers_are_its_first_members_with_an_address() {
         [(2, Record { ipv4: None, ipv6: None, port: Some(80) }), (4, address(4)), (7, address(7)), (9, address(9))]
             .into();
     let ns = |nameservers: u32, members: &BTreeMap<u32, Record>| {
-        let s = Snapshot::build(&Inputs {
-            roles: &one_role(&pattern),
-            ttl: 5,
-            serial: 1,
-            nameservers,
-            own_name: None,
-            members: std::slice::from_ref(members),
-        });
+        let s = build(&pattern, members, nameservers, None);
         let m = ask(&q("tf.local.", Rtype::NS).packet(), &s, HELD).unwrap();
         let soa = ask(&q("tf.local.", Rtype::SOA).packet(), &s, HELD).unwrap();
         (records(m.answer().unwrap()).join(", "), records(soa.answer().unwrap()).join(""))
@@ -423,14 +428,7 @@ fn long_zone() -> (String, Snapshot) {
         Record { ipv4: Some("10.0.0.1".parse().unwrap()), ipv6: Some("fd00::1".parse().unwrap()), port: None },
     );
     let own = pattern.name(1);
-    let snapshot = Snapshot::build(&Inputs {
-        roles: &one_role(&pattern),
-        ttl: 5,
-        serial: 1,
-        nameservers: 3,
-        own_name: Some(&own),
-        members: std::slice::from_ref(&members),
-    });
+    let snapshot = build(&pattern, &members, 3, Some(&own));
     (zone, snapshot)
 }
 
@@ -462,14 +460,7 @@ fn answers_that_do_not_fit_are_truncated() {
     let members: BTreeMap<u32, Record> = (1..=60)
         .map(|id| (id, Record { ipv4: Some([10, 0, 0, id as u8].into()), ipv6: None, port: Some(53) }))
         .collect();
-    let snapshot = Snapshot::build(&Inputs {
-        roles: &one_role(&pattern),
-        ttl: 5,
-        serial: 1,
-        nameservers: 3,
-        own_name: None,
-        members: std::slice::from_ref(&members),
-    });
+    let snapshot = build(&pattern, &members, 3, None);
     // 60 SRV records take more than 512 bytes, and more than 1232.
     for query in [q("_idetcd._udp.tf.local.", Rtype::SRV), q("_idetcd._udp.tf.local.", Rtype::SRV).edns(1232, 0)] {
         let m = ask_static(&query, &snapshot);
@@ -748,14 +739,7 @@ fn thirty_services() -> Snapshot {
             (id, Record { ipv4: Some(std::net::Ipv4Addr::new(10, 1, 0, id as u8)), ipv6, port: Some(2222) })
         })
         .collect();
-    Snapshot::build(&Inputs {
-        roles: &one_role(&pattern),
-        ttl: 5,
-        serial: 1,
-        nameservers: 3,
-        own_name: None,
-        members: std::slice::from_ref(&members),
-    })
+    build(&pattern, &members, 3, None)
 }
 
 #[test]
@@ -958,14 +942,7 @@ fn service_records_of_a_huge_cluster_still_fit_one_message() {
     let members: BTreeMap<u32, Record> = (1..=5000)
         .map(|id| (id, Record { ipv4: Some(std::net::Ipv4Addr::from(0x0a00_0000 + id)), ipv6: None, port: Some(53) }))
         .collect();
-    let s = Snapshot::build(&Inputs {
-        roles: &one_role(&pattern),
-        ttl: 5,
-        serial: 1,
-        nameservers: 3,
-        own_name: None,
-        members: std::slice::from_ref(&members),
-    });
+    let s = build(&pattern, &members, 3, None);
     let tcp = Context { transport: Transport::Tcp, identity_held: true, forward: None };
     let m = ask(&q("_idetcd._tcp.tf.local.", Rtype::SRV).packet(), &s, tcp).unwrap();
     assert!(!m.header().tc());
