@@ -313,7 +313,8 @@ fn answer_in<'a>(q: &Query, lower: &[u8], snapshot: &'a Snapshot, context: Conte
         Found::OutOfZone => None,
     };
     let Some(held) = held else {
-        if context.forward.is_some_and(|from| is_within(lower, from)) {
+        // Upstream servers get the questions a stub resolver asks, in class IN.
+        if q.qclass == Class::IN && context.forward.is_some_and(|from| is_within(lower, from)) {
             return Verdict::Forward;
         }
         reply.rcode = OptRcode::REFUSED;

@@ -496,8 +496,9 @@ impl Membership {
         let snapshot = Snapshot::build(&Inputs {
             roles: &self.settings.roles,
             ttl: self.settings.tuning.ttl,
-            // Serial arithmetic (RFC 1982) copes with the wrap.
-            serial: self.view.newest().unwrap_or(revision) as u32,
+            // Serial arithmetic (RFC 1982) copes with the wrap. No member at all is serial 0 on
+            // every node, rather than each node's own read revision.
+            serial: self.view.newest().unwrap_or(0) as u32,
             nameservers: self.settings.tuning.nameservers,
             own_name: self.holding.held.as_deref(),
             members: self.view.members(),

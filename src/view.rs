@@ -356,6 +356,26 @@ mod tests {
         assert!(changes.joined.is_empty());
     }
 
+    /// The SOA serial: the newest change among the keys held, not the revision they were read
+    /// at, so that a node reading later gives the same; a delete leaves no revision behind.
+    #[test]
+    fn the_newest_change_is_the_same_whenever_the_keys_were_read() {
+        let (mut early, mut late) = (loaded(), View::new(&roles(), OURS));
+        assert_eq!(late.newest(), None);
+        late.load(
+            90,
+            vec![
+                vec![kv("ps0.tf.local.", &ip(1), 3, 7), kv("ps1.tf.local.", "nonsense", 4, 0)],
+                vec![kv("worker1.tf.local.", &ip(2), 5, 8), kv("worker01.tf.local.", &ip(3), 6, 0)],
+            ],
+        );
+        assert_eq!((early.newest(), late.newest()), (Some(6), Some(6)));
+        early.apply(vec![put("worker2.tf.local.", &ip(4), 12)]);
+        assert_eq!(early.newest(), Some(12));
+        early.apply(vec![delete("worker2.tf.local.", 13)]);
+        assert_eq!(early.newest(), Some(6));
+    }
+
     #[test]
     fn unreadable_keys_that_hold_an_id() {
         let view = loaded();

@@ -222,8 +222,9 @@ pub fn is_within(name: &[u8], zone: &[u8]) -> bool {
 /// SOA rdata. Refresh, retry and expire matter only to secondaries, which this zone does not
 /// have (transfers are refused): they are the values RIPE-203 recommends, which zone checkers
 /// expect. Negative answers are cached for the lesser of the SOA record's TTL and its minimum
-/// (RFC 2308 §5); the record carries the answers' TTL, so the minimum only has to be no lower
-/// than that, and is kept within the 300 s to 1 day checkers expect.
+/// (RFC 2308 §5); the record carries the answers' TTL, so a minimum no lower than that keeps
+/// negative answers as fresh as positive ones. It is kept within the 300 s to 1 day checkers
+/// expect, so a `ttl` above a day caches negative answers for a day.
 pub fn soa_rdata(mname: &[u8], rname: &[u8], serial: u32, ttl: u32) -> Vec<u8> {
     let mut rdata = [mname, rname].concat();
     for v in [serial, 14_400, 3600, 604_800, ttl.clamp(300, 86_400)] {
@@ -249,8 +250,13 @@ pub fn first_label_then(name: &[u8], offset: u16) -> Vec<u8> {
     [&name[..first], &pointer(offset)].concat()
 }
 
-/// A compression pointer to `offset` in the message: a whole name that stands there already.
+/// The furthest offset in a message a compression pointer reaches (14 bits).
+pub const MAX_POINTER: usize = 0x3FFF;
+
+/// A compression pointer to `offset` (at most `MAX_POINTER`) in the message: a whole name that
+/// stands there already.
 pub fn pointer(offset: u16) -> [u8; 2] {
+    debug_assert!(usize::from(offset) <= MAX_POINTER, "a pointer to {offset}");
     (0xC000 | offset).to_be_bytes()
 }
 

@@ -228,7 +228,7 @@ impl Builder {
                     for (name, _, port) in &listed {
                         // Owner pointer, type, class, TTL, length, priority, weight, port: the
                         // target follows, and the addresses' owners point to it.
-                        targets.push((start + w.written() + 18) as u16);
+                        targets.push(start + w.written() + 18);
                         w.record(
                             Part::Answer,
                             Owner::Question,
@@ -238,8 +238,14 @@ impl Builder {
                             &wire::srv_rdata(*port, name),
                         );
                     }
-                    for ((_, record, _), target) in listed.iter().zip(targets) {
-                        address_records(w, Part::Additional, Owner::Name(&wire::pointer(target)), record, ttl);
+                    for ((name, record, _), target) in listed.iter().zip(targets) {
+                        // A pointer reaches the first 16 KiB of a message; past them, the target's
+                        // first label and a pointer to the zone in the question.
+                        let owner = match target <= wire::MAX_POINTER {
+                            true => wire::pointer(target as u16).to_vec(),
+                            false => wire::first_label_then(name, (HEADER_LEN + SERVICE_LABELS) as u16),
+                        };
+                        address_records(w, Part::Additional, Owner::Name(&owner), record, ttl);
                     }
                 });
                 vec![(Rtype::SRV, section)]
