@@ -451,7 +451,7 @@ fn whole_rrsets(additional: &[u8], room: usize) -> (usize, u16) {
     while r.pos < additional.len() {
         let start = r.pos;
         // Our own records always parse; should one not, the run ends before it.
-        let Some(key) = read_record(&mut r) else { return (start, records) };
+        let Some(key) = r.record() else { return (start, records) };
         if rrset != Some(key) {
             fit = (start, records);
             rrset = Some(key);
@@ -463,18 +463,6 @@ fn whole_rrsets(additional: &[u8], room: usize) -> (usize, u16) {
         records += 1;
     }
     (r.pos, records)
-}
-
-/// Reads past one record; returns its owner as written and its type.
-fn read_record<'a>(r: &mut Reader<'a>) -> Option<(&'a [u8], u16)> {
-    let start = r.pos;
-    r.skip_name()?;
-    let owner = r.packet.get(start..r.pos)?;
-    let rtype = r.u16()?;
-    r.skip(6)?;
-    let rdlen = r.u16()?;
-    r.skip(usize::from(rdlen))?;
-    Some((owner, rtype))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -551,7 +539,7 @@ fn parse<'a>(packet: &'a [u8], header: &Header, lower: &mut [u8; 255]) -> Result
 /// additional section, makes the query malformed (RFC 6891 §6.1.1, §7).
 fn find_edns(r: &mut Reader, header: &Header) -> Option<Option<Edns>> {
     for _ in 0..u32::from(header.ancount) + u32::from(header.nscount) {
-        if read_record(r)?.1 == TYPE_OPT {
+        if r.record()?.1 == TYPE_OPT {
             return None;
         }
     }

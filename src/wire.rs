@@ -34,7 +34,7 @@ pub struct Reader<'a> {
     pub pos: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     pub fn skip(&mut self, n: usize) -> Option<()> {
         let end = self.pos.checked_add(n).filter(|&end| end <= self.packet.len())?;
         self.pos = end;
@@ -93,10 +93,19 @@ impl Reader<'_> {
     }
 
     pub fn skip_record(&mut self) -> Option<()> {
+        self.record().map(drop)
+    }
+
+    /// Reads past one record; returns its owner as written and its type.
+    pub fn record(&mut self) -> Option<(&'a [u8], u16)> {
+        let start = self.pos;
         self.skip_name()?;
-        self.skip(8)?;
+        let owner = self.packet.get(start..self.pos)?;
+        let rtype = self.u16()?;
+        self.skip(6)?;
         let rdlen = self.u16()?;
-        self.skip(usize::from(rdlen))
+        self.skip(usize::from(rdlen))?;
+        Some((owner, rtype))
     }
 }
 
@@ -104,7 +113,7 @@ impl Reader<'_> {
 // Encoding records for snapshots
 
 /// A run of ready-made records in a snapshot's byte arena, and how many go in each section.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Section {
     pub start: u32,
     pub len: u32,

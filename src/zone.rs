@@ -145,8 +145,7 @@ impl Snapshot {
 
     /// The SOA for a negative answer to an in-zone name of `name_len` bytes in wire form.
     pub fn negative(&self, name_len: usize) -> Section {
-        let empty = Section { start: 0, len: 0, required: 0, counts: [0; 3] };
-        name_len.checked_sub(self.apex.len()).and_then(|p| self.negative.get(p)).copied().unwrap_or(empty)
+        name_len.checked_sub(self.apex.len()).and_then(|p| self.negative.get(p)).copied().unwrap_or_default()
     }
 
     pub fn identity(&self) -> Option<Section> {
