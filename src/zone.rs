@@ -206,49 +206,22 @@ impl Builder {
     /// 64 KiB, so a cluster of thousands lists its first members only (about 1500 of them).
     fn services(&mut self, apex: &[u8], members: &[(Vec<u8>, &Record)], ttl: u32) {
         let mut room = MAX_SERVICE_BYTES;
-        let listed: Vec<_> = members
+        let named: Vec<_> = members
             .iter()
-            .filter_map(|(name, r)| Some((name, *r, r.port?)))
-            .take_while(|(name, _, _)| {
-                // Owner pointer, type, class, TTL, length, priority, weight, port, target.
-                let size = 2 + 10 + 6 + name.len();
-                room = room.saturating_sub(size);
+            .filter_map(|(name, r)| Some((wire::srv_rdata(r.port?, name), &name[..], *r)))
+            .take_while(|(rdata, _, _)| {
+                // Owner pointer, type, class, TTL, length, then the data.
+                room = room.saturating_sub(2 + 10 + rdata.len());
                 room > 0
             })
             .collect();
         // The owner is the question, so both names share one section; both questions are as long,
         // so the answer starts at the same place in both.
-        let start = HEADER_LEN + SERVICE_LABELS + apex.len() + 4;
-        let rrsets = match listed.is_empty() {
+        let (zone_at, start) = (HEADER_LEN + SERVICE_LABELS, HEADER_LEN + SERVICE_LABELS + apex.len() + 4);
+        let rrsets = match named.is_empty() {
             true => vec![],
-            false => {
-                let section = self.section(|w| {
-                    let mut targets = Vec::with_capacity(listed.len());
-                    for (name, _, port) in &listed {
-                        // Owner pointer, type, class, TTL, length, priority, weight, port: the
-                        // target follows, and the addresses' owners point to it.
-                        targets.push(start + w.written() + 18);
-                        w.record(
-                            Part::Answer,
-                            Owner::Question,
-                            Rtype::SRV,
-                            Class::IN,
-                            ttl,
-                            &wire::srv_rdata(*port, name),
-                        );
-                    }
-                    for ((name, record, _), target) in listed.iter().zip(targets) {
-                        // A pointer reaches the first 16 KiB of a message; past them, the target's
-                        // first label and a pointer to the zone in the question.
-                        let owner = match target <= wire::MAX_POINTER {
-                            true => wire::pointer(target as u16).to_vec(),
-                            false => wire::first_label_then(name, (HEADER_LEN + SERVICE_LABELS) as u16),
-                        };
-                        address_records(w, Part::Additional, Owner::Name(&owner), record, ttl);
-                    }
-                });
-                vec![(Rtype::SRV, section)]
-            }
+            // Priority, weight and port come before the target.
+            false => vec![(Rtype::SRV, self.section(|w| naming(w, Rtype::SRV, ttl, start, zone_at as u16, 6, &named)))],
         };
         for protocol in [&b"\x04_udp"[..], b"\x04_tcp"] {
             self.name([&b"\x07_idetcd"[..], protocol, apex].concat(), rrsets.clone());
@@ -311,24 +284,11 @@ impl Builder {
         if !servers.is_empty() {
             // The question is the zone, its type and class: the answer starts right after.
             let start = HEADER_LEN + apex.len() + 4;
-            let ns = self.section(|w| {
-                let mut targets = Vec::with_capacity(servers.len());
-                for (name, _) in &servers {
-                    // Owner pointer, type, class, TTL, length: the target follows.
-                    targets.push((start + w.written() + 12) as u16);
-                    w.record(
-                        Part::Answer,
-                        Owner::Question,
-                        Rtype::NS,
-                        Class::IN,
-                        ttl,
-                        &wire::first_label_then(name, question),
-                    );
-                }
-                for ((_, record), target) in servers.iter().zip(targets) {
-                    address_records(w, Part::Additional, Owner::Name(&wire::pointer(target)), record, ttl);
-                }
-            });
+            let named: Vec<_> = servers
+                .iter()
+                .map(|(name, record)| (wire::first_label_then(name, question), &name[..], *record))
+                .collect();
+            let ns = self.section(|w| naming(w, Rtype::NS, ttl, start, question, 0, &named));
             rrsets.push((Rtype::NS, ns));
         }
         // A question name of at most 255 bytes leaves this many lengths for labels in front of the zone.
@@ -347,6 +307,35 @@ impl Builder {
         let start = self.rrsets.len() as u32;
         self.rrsets.extend(rrsets.into_iter().map(|(rtype, section)| Rrset { rtype, section }));
         self.names.insert(name.into_boxed_slice(), start..self.rrsets.len() as u32);
+    }
+}
+
+/// Records at the question whose data names a member, `target_at` bytes in (NS, SRV), then the
+/// members' addresses in the additional section: `named` holds each record's data, the member's
+/// name and record. An address's owner points to the name in its record, `start` being where the
+/// section starts in the message. A pointer reaches the first 16 KiB of a message only; past them
+/// the owner is the name's first label and a pointer to the zone, at `zone_at` in the question.
+fn naming(
+    w: &mut SectionWriter,
+    rtype: Rtype,
+    ttl: u32,
+    start: usize,
+    zone_at: u16,
+    target_at: usize,
+    named: &[(Vec<u8>, &[u8], &Record)],
+) {
+    let mut targets = Vec::with_capacity(named.len());
+    for (rdata, _, _) in named {
+        // Owner pointer, type, class, TTL, length: the data follows.
+        targets.push(start + w.written() + 12 + target_at);
+        w.record(Part::Answer, Owner::Question, rtype, Class::IN, ttl, rdata);
+    }
+    for ((_, name, record), target) in named.iter().zip(targets) {
+        let owner = match target <= wire::MAX_POINTER {
+            true => wire::pointer(target as u16).to_vec(),
+            false => wire::first_label_then(name, zone_at),
+        };
+        address_records(w, Part::Additional, Owner::Name(&owner), record, ttl);
     }
 }
 
