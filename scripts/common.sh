@@ -89,3 +89,21 @@ start_etcd() {
     cat "$dir/etcd.log" >&2
     return 1
 }
+
+# start_etcd_on_free_ports DIR: start_etcd on free ports; sets ETCD_PORT to its client port.
+# Another program may take a free port before etcd binds it: then it tries other ports.
+start_etcd_on_free_ports() {
+    local dir=$1 attempt
+    for attempt in 1 2 3; do
+        ETCD_PORT=$(free_port)
+        if start_etcd "$dir" "$ETCD_PORT" "$(free_port)" 2>"$dir/etcd.start"; then
+            return 0
+        fi
+        kill "$(cat "$dir/etcd.pid")" 2>/dev/null || true
+        if [ "$attempt" = 3 ] || ! grep -q "address already in use" "$dir/etcd.log"; then
+            cat "$dir/etcd.start" >&2
+            return 1
+        fi
+        rm -rf "$dir/data"
+    done
+}
