@@ -9,8 +9,8 @@
 
 use domain::base::iana::{Class, Opcode, OptRcode, Rtype};
 
-use crate::wire::{is_within, Reader, Section, Writer, HEADER_LEN};
-use crate::zone::{Found, Snapshot};
+use crate::wire::{is_within, Reader, Writer, HEADER_LEN};
+use crate::zone::{Answer, Found, Snapshot};
 
 /// The EDNS payload size we advertise and the most we send over UDP: DNS Flag Day 2020's value,
 /// which avoids IP fragmentation on any common path.
@@ -81,7 +81,7 @@ pub fn respond(query: &[u8], snapshot: &Snapshot, context: Context, out: &mut [u
             }
         }
     }
-    let body = reply.section.map_or(&[][..], |s| snapshot.section_bytes(s));
+    let body = reply.section.map_or(&[][..], |a| a.bytes);
     let len = reply.write(body, context.transport, out);
     Action::Reply { len, qtype, rcode: reply.rcode }
 }
@@ -296,12 +296,8 @@ fn answer_in<'a>(q: &Query, lower: &[u8], snapshot: &'a Snapshot, context: Conte
     let held = match snapshot.lookup(lower) {
         Found::Name(rrsets) => {
             // ANY gets one RRset, not everything (RFC 8482).
-            let rrset = match q.qtype {
-                Rtype::ANY => rrsets.first(),
-                _ => rrsets.iter().find(|r| r.rtype == q.qtype),
-            };
-            match rrset {
-                Some(r) => Some(Held::Rrset(r.section)),
+            match rrsets.get(q.qtype) {
+                Some(answer) => Some(Held::Rrset(answer)),
                 None if snapshot.in_zone(lower) => Some(Held::NoData),
                 // Under in-addr.arpa. and ip6.arpa. idetcd holds its members' PTR records, not a
                 // reverse zone whose SOA a negative answer would need: any other question there
@@ -344,8 +340,8 @@ fn answer_in<'a>(q: &Query, lower: &[u8], snapshot: &'a Snapshot, context: Conte
 }
 
 /// What a snapshot holds for a question of ours.
-enum Held {
-    Rrset(Section),
+enum Held<'a> {
+    Rrset(Answer<'a>),
     /// The name exists, without that type.
     NoData,
     NxDomain,
@@ -360,7 +356,7 @@ struct Reply<'a> {
     aa: bool,
     /// Recursion available: with `forward`, this server answers any name.
     ra: bool,
-    section: Option<Section>,
+    section: Option<Answer<'a>>,
 }
 
 impl<'a> Reply<'a> {
@@ -401,8 +397,8 @@ impl<'a> Reply<'a> {
         // (RFC 2181 §9), anything more with the TC bit, so that the client asks again over TCP.
         let (body, counts, truncated) = match self.section {
             None => (&[][..], [0; 3], false),
-            Some(s) if fixed + body.len() <= limit => (body, s.counts, false),
-            Some(s) => match body.split_at_checked(s.required as usize) {
+            Some(Answer { section: s, .. }) if fixed + body.len() <= limit => (body, s.counts, false),
+            Some(Answer { section: s, .. }) => match body.split_at_checked(s.required as usize) {
                 Some((required, additional)) if fixed + required.len() <= limit => {
                     let (len, count) = whole_rrsets(additional, limit - fixed - required.len());
                     (&body[..required.len() + len], [s.counts[0], s.counts[1], count], false)

@@ -71,9 +71,9 @@ pub enum Me {
 
 /// Decides the job from the members etcd holds now (per role, by ID), this host's addresses and
 /// what `--wait` asks for.
-pub fn settle<'a>(
+pub fn settle<'a, M: AsRef<Record>>(
     roles: &'a [Role],
-    members: &[BTreeMap<u32, Record>],
+    members: &[BTreeMap<u32, M>],
     own: &Addresses,
     wait: Wait,
     me_needed: Me,
@@ -82,10 +82,10 @@ pub fn settle<'a>(
     let all = |role: usize| -> Vec<Member> {
         let ids = roles[role].ids.clone();
         let within = members.get(role).map(|m| m.range(ids)).into_iter().flatten();
-        within.map(|(&id, record)| member(roles, Slot { role, id }, record)).collect()
+        within.map(|(&id, record)| member(roles, Slot { role, id }, record.as_ref())).collect()
     };
     let mine = roles.iter().enumerate().find_map(|(role, _)| {
-        let (&id, _) = members.get(role)?.iter().find(|(_, record)| carries(record, own))?;
+        let (&id, _) = members.get(role)?.iter().find(|(_, record)| carries(record.as_ref(), own))?;
         Some(Slot { role, id })
     });
     let cluster = match roles {
@@ -256,7 +256,7 @@ fn carries(record: &Record, own: &Addresses) -> bool {
 
 /// The IDs in `ids` that hold no member, lowest first. It steps over the members one by one, so
 /// the first few gaps of a role of a million IDs cost what its members do, not the million.
-fn gaps(members: Option<&BTreeMap<u32, Record>>, ids: RangeInclusive<u32>) -> impl Iterator<Item = u32> + '_ {
+fn gaps<M>(members: Option<&BTreeMap<u32, M>>, ids: RangeInclusive<u32>) -> impl Iterator<Item = u32> + '_ {
     let end = *ids.end();
     let mut next = Some(*ids.start());
     let mut held = members.map(|m| m.range(ids)).into_iter().flatten().map(|(&id, _)| id).peekable();
@@ -402,7 +402,7 @@ mod tests {
         let held = members(&[&[0, 1, 3, 7]]).remove(0);
         assert_eq!(gaps(Some(&held), 0..=9).collect::<Vec<_>>(), [2, 4, 5, 6, 8, 9]);
         assert_eq!(gaps(Some(&held), 1..=3).collect::<Vec<_>>(), [2]);
-        assert_eq!(gaps(None, 4..=6).collect::<Vec<_>>(), [4, 5, 6]);
+        assert_eq!(gaps::<Record>(None, 4..=6).collect::<Vec<_>>(), [4, 5, 6]);
         let top: BTreeMap<u32, Record> = [(u32::MAX - 1, Record::default())].into();
         assert_eq!(gaps(Some(&top), u32::MAX - 2..=u32::MAX).collect::<Vec<_>>(), [u32::MAX - 2, u32::MAX]);
         // A million IDs, all but the last few held.

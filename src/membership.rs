@@ -27,7 +27,7 @@ use crate::messages::{Command, Event, Latest, Tuning, Update, Watched};
 use crate::metrics::Metrics;
 use crate::random::Random;
 use crate::record::Record;
-use crate::view::{self, Changes, Own, View};
+use crate::view::{self, Changes, Own, Touch, View};
 use crate::zone::{Inputs, Snapshot};
 
 /// While etcd cannot be reached, repeat the warning this often, not at every retry.
@@ -276,7 +276,7 @@ impl Membership {
             self.keepalive();
         }
         // Name ourselves in the answers at once, then read the members afresh.
-        self.rebuild();
+        self.refresh(&[]);
         self.read_due = true;
         Ok(())
     }
@@ -364,7 +364,7 @@ impl Membership {
         log::warn!("{loss}");
         self.state.held_until = None;
         // No answer may name this node by its old name any more.
-        self.rebuild();
+        self.refresh(&[]);
     }
 
     /// Reads the members if anything changed since the last read, and publishes a new snapshot.
@@ -415,27 +415,32 @@ impl Membership {
         for key in &changes.elsewhere {
             log::debug!("ignoring etcd key {key:?}: not in zone {}", config::zone_of(&self.settings.roles));
         }
-        let count: usize = self.view.members().iter().map(|m| m.len()).sum();
+        let count = self.view.count();
+        let roles = &self.settings.roles;
         if !std::mem::replace(&mut self.members_told, true) {
             // The first read: one line, however large the cluster.
             log::info!("{count} members at etcd revision {}", self.view.revision().unwrap_or(0));
-            for (name, record) in &changes.joined {
-                log::debug!("member {name} {}", addresses(record));
-            }
-        } else {
-            for (name, record) in &changes.joined {
-                log::info!("member joined: {name} {}", addresses(record));
+            if log::log_enabled!(log::Level::Debug) {
+                for (slot, record, _) in self.view.records() {
+                    log::debug!("member {} {}", slot.name(roles), addresses(record));
+                }
             }
         }
-        for (name, record) in &changes.changed {
-            log::info!("member changed: {name} {}", addresses(record));
-        }
-        for (name, record) in &changes.left {
-            log::info!("member left: {name} {}", addresses(record));
+        for touch in &changes.touched {
+            let name = touch.slot.name(roles);
+            match (touch.before, touch.after) {
+                (None, Some(after)) => log::info!("member joined: {name} {}", addresses(&after)),
+                (Some(_), Some(after)) => log::info!("member changed: {name} {}", addresses(&after)),
+                (Some(before), None) => log::info!("member left: {name} {}", addresses(&before)),
+                (None, None) => {}
+            }
         }
         self.metrics.members.store(count as u64, Relaxed);
         self.check_own_keys();
-        self.rebuild();
+        match changes.first {
+            true => self.rebuild(),
+            false => self.refresh(&changes.touched),
+        }
     }
 
     /// Our key deleted or moved to another lease means the name is no longer ours; any other key
@@ -488,32 +493,49 @@ impl Membership {
 
     /// Builds a snapshot of the members as they are and hands it to the answering threads.
     fn rebuild(&mut self) {
+        self.snapshot(None);
+        // Reading a large member range briefly needs a few megabytes; a daemon that sits at its
+        // peak forever looks (and is) wasteful.
+        crate::sys::return_freed_memory();
+    }
+
+    /// Hands the answering threads the snapshot after the members `touched` changed: what they
+    /// did not touch is shared with the last one.
+    fn refresh(&mut self, touched: &[Touch]) {
+        self.snapshot(Some(touched));
+    }
+
+    /// A new snapshot, built whole or (given what changed) from the last one.
+    fn snapshot(&mut self, touched: Option<&[Touch]>) {
         let Some(revision) = self.view.revision() else {
             // Nothing read yet: the identity deadline is all that changed.
             return self.broadcast();
         };
         let started = Instant::now();
-        let snapshot = Snapshot::build(&Inputs {
+        // Serial arithmetic (RFC 1982) copes with the wrap. No member at all is serial 0 on every
+        // node, rather than each node's own read revision.
+        let serial = self.view.newest().unwrap_or(0) as u32;
+        let inputs = Inputs {
             roles: &self.settings.roles,
             ttl: self.settings.tuning.ttl,
-            // Serial arithmetic (RFC 1982) copes with the wrap. No member at all is serial 0 on
-            // every node, rather than each node's own read revision.
-            serial: self.view.newest().unwrap_or(0) as u32,
+            serial,
             nameservers: self.settings.tuning.nameservers,
             own_name: self.holding.held.as_deref(),
             members: self.view.members(),
-        });
+        };
+        let snapshot = match touched {
+            Some(touched) => self.state.snapshot.update(&inputs, touched),
+            None => Snapshot::build(&inputs),
+        };
         log::debug!(
-            "built a snapshot of {} members in {:.2} ms at revision {revision}",
+            "{} a snapshot of {} members in {:.2} ms at revision {revision}",
+            if touched.is_some() { "updated" } else { "built" },
             self.metrics.members.load(Relaxed),
             started.elapsed().as_secs_f64() * 1e3
         );
         self.state.snapshot = Arc::new(snapshot);
         self.metrics.snapshot_loaded.store(true, Relaxed);
         self.broadcast();
-        // Reading a large member range briefly needs a few megabytes; a daemon that sits at its
-        // peak forever looks (and is) wasteful.
-        crate::sys::return_freed_memory();
     }
 
     fn broadcast(&self) {

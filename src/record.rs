@@ -18,6 +18,13 @@ pub struct Record {
     pub port: Option<u16>,
 }
 
+/// So that code taking members works with records alone, as tests and subcommands have them.
+impl AsRef<Record> for Record {
+    fn as_ref(&self) -> &Record {
+        self
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum RecordError {
     TooLarge(usize),

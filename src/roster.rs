@@ -189,7 +189,7 @@ fn wait_for_job<'c>(
     let deadline = timeout.map(|t| started + t);
     // What the job needs while nothing was read (whether this host is a member is not known yet):
     // a wait that can never end fails at once.
-    let needed = match job::settle(&config.roles, &[], own, wait, Me::NotNeeded) {
+    let needed = match job::settle::<Record>(&config.roles, &[], own, wait, Me::NotNeeded) {
         Ok(job) => return Ok(job),
         Err(Pending::Failed(why)) => return Err(Error::Job(why)),
         Err(Pending::Waiting(progress)) => progress,

@@ -41,39 +41,82 @@ pub struct View {
     roles: Vec<Role>,
     /// This node's record exactly as stored, to tell our own keys from others'.
     own_value: Vec<u8>,
-    /// Every key of every role's key range, as of `revisions`.
-    entries: BTreeMap<Vec<u8>, Entry>,
+    /// Per role, its members by ID. A member's key is its name, so it is not kept.
+    members: Vec<BTreeMap<u32, Member>>,
+    /// The keys of the roles' ranges that stand for no member, each with why: few, if any.
+    others: BTreeMap<Vec<u8>, Other>,
     /// Per role, the newest revision its entries reflect; empty until the first read. Watch
     /// streams of different roles are not in step with each other, so each role counts its own.
     revisions: Vec<i64>,
-    /// Per role, its members by ID: `entries` less the keys that are no member.
-    members: Vec<BTreeMap<u32, Record>>,
+    /// The newest modification among the keys held, when known: a delete of the newest leaves it
+    /// to be found again, which is rare enough to pay a pass over the keys.
+    newest: Option<Option<i64>>,
+    /// The keys on one lease, the node's: claims that arrived late stand out among them without
+    /// a pass over every key at every change.
+    on_lease: (i64, BTreeSet<Vec<u8>>),
+    /// Flips at every full read: entries still carrying the old mark were not in it.
+    mark: bool,
 }
 
-/// One key of a role's range, with its value already judged.
-struct Entry {
-    role: usize,
+/// A member: its record, and what the view needs to know of its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub record: Record,
     mod_revision: i64,
     lease: i64,
     /// Whether its value is this node's own record, byte for byte.
     ours: bool,
-    /// The member it stands for, or why it stands for none.
-    member: Result<(Slot, Record), String>,
+    mark: bool,
+}
+
+impl AsRef<Record> for Member {
+    fn as_ref(&self) -> &Record {
+        &self.record
+    }
+}
+
+/// A key of a role's range that stands for no member.
+struct Other {
+    role: usize,
+    mod_revision: i64,
+    lease: i64,
+    ours: bool,
+    mark: bool,
+    why: String,
+}
+
+/// One member's record coming, changing or going.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Touch {
+    pub slot: Slot,
+    pub before: Option<Record>,
+    pub after: Option<Record>,
 }
 
 /// What a read or a batch of watched changes did to the members.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
-    pub joined: Vec<(String, Record)>,
-    pub changed: Vec<(String, Record)>,
-    /// With the record they had.
-    pub left: Vec<(String, Record)>,
+    /// The first read: every member is new, and none is listed in `touched`, which would cost as
+    /// much memory as the members themselves.
+    pub first: bool,
+    /// Every member whose record came, changed or went, in order.
+    pub touched: Vec<Touch>,
     /// Keys in the zone that are no member, each with why; told once, when the key or its value
     /// is new.
     pub skipped: Vec<(String, String)>,
     /// Keys in a role's key range but outside the zone: another cluster's, sharing the prefix and
     /// the etcd (`worker1.other.zone.`). None of our business.
     pub elsewhere: Vec<String>,
+}
+
+impl Changes {
+    /// Adds `later`'s changes after these: bursts become one update.
+    pub fn merge(&mut self, later: Changes) {
+        self.first |= later.first;
+        self.touched.extend(later.touched);
+        self.skipped.extend(later.skipped);
+        self.elsewhere.extend(later.elsewhere);
+    }
 }
 
 /// Whether this node still holds the name it claimed, as the view has it.
@@ -104,9 +147,12 @@ impl View {
         View {
             roles: roles.to_vec(),
             own_value: own_value.to_vec(),
-            entries: BTreeMap::new(),
-            revisions: Vec::new(),
             members: vec![BTreeMap::new(); roles.len()],
+            others: BTreeMap::new(),
+            revisions: Vec::new(),
+            newest: Some(None),
+            on_lease: (0, BTreeSet::new()),
+            mark: false,
         }
     }
 
@@ -116,28 +162,28 @@ impl View {
     }
 
     /// Per role, in Corefile order, its members by ID.
-    pub fn members(&self) -> &[BTreeMap<u32, Record>] {
+    pub fn members(&self) -> &[BTreeMap<u32, Member>] {
         &self.members
+    }
+
+    /// How many members there are.
+    pub fn count(&self) -> usize {
+        self.members.iter().map(BTreeMap::len).sum()
     }
 
     /// Every member with the lease its key is on (0 for none), role by role, in ID order.
     pub fn records(&self) -> impl Iterator<Item = (Slot, &Record, i64)> + '_ {
         self.members.iter().enumerate().flat_map(move |(role, members)| {
-            members.iter().map(move |(&id, record)| {
-                let slot = Slot { role, id };
-                let lease = self.entries.get(slot.name(&self.roles).as_bytes()).map_or(0, |e| e.lease);
-                (slot, record, lease)
-            })
+            members.iter().map(move |(&id, m)| (Slot { role, id }, &m.record, m.lease))
         })
     }
 
     /// Keys that follow a role's pattern but whose value is no record: each still blocks its ID,
     /// since claims take only absent keys. With the lease they are on and why they are unreadable.
     pub fn unreadable(&self) -> impl Iterator<Item = (Slot, i64, &str)> + '_ {
-        self.entries.iter().filter_map(|(key, entry)| {
-            let why = entry.member.as_ref().err()?;
-            let id = self.roles[entry.role].pattern.id_of(std::str::from_utf8(key).ok()?)?;
-            Some((Slot { role: entry.role, id }, entry.lease, why.as_str()))
+        self.others.iter().filter_map(|(key, other)| {
+            let id = self.id_of(other.role, key)?;
+            Some((Slot { role: other.role, id }, other.lease, other.why.as_str()))
         })
     }
 
@@ -148,26 +194,21 @@ impl View {
 
     /// Takes a full read: `ranges[i]` is every key of role `i`'s range, all read at `revision`.
     pub fn load(&mut self, revision: i64, ranges: Vec<Vec<KeyValue>>) -> Changes {
-        let mut changes = Changes::default();
-        let mut stale: BTreeSet<Vec<u8>> = self.entries.keys().cloned().collect();
+        let mut loading = self.loading();
         for (role, kvs) in ranges.into_iter().enumerate() {
             for kv in kvs {
-                if self.role_of(&kv.key) != Some(role) {
-                    continue;
-                }
-                stale.remove(&kv.key);
-                match self.entries.get_mut(&kv.key) {
-                    // The value as before: no need to judge it again.
-                    Some(entry) if entry.mod_revision == kv.mod_revision => entry.lease = kv.lease,
-                    _ => self.put(role, kv, &mut changes),
-                }
+                loading.put(role, kv);
             }
         }
-        for key in stale {
-            self.delete(&key, &mut changes);
-        }
-        self.revisions = vec![revision; self.roles.len()];
-        changes
+        loading.finish(revision)
+    }
+
+    /// Starts a full read that takes the keys one at a time, as they are parsed: a cluster of
+    /// 100 000 members is never held twice, once as read and once as members.
+    pub fn loading(&mut self) -> Loading<'_> {
+        self.mark = !self.mark;
+        let changes = Changes { first: self.revisions.is_empty(), ..Changes::default() };
+        Loading { view: self, changes }
     }
 
     /// Applies changes from the watch stream. Changes a read already saw are skipped, so that a
@@ -188,7 +229,7 @@ impl View {
             self.revisions[role] = self.revisions[role].max(event.kv.mod_revision);
             applied = true;
             match event.deleted {
-                true => self.delete(&event.kv.key, &mut changes),
+                true => self.delete(role, &event.kv.key, &mut changes),
                 false => self.put(role, event.kv, &mut changes),
             }
         }
@@ -197,8 +238,14 @@ impl View {
 
     /// The revision of the newest change among the keys held, if any: the same on every node that
     /// read the same keys, whenever it read them.
-    pub fn newest(&self) -> Option<i64> {
-        self.entries.values().map(|e| e.mod_revision).max()
+    pub fn newest(&mut self) -> Option<i64> {
+        if let Some(newest) = self.newest {
+            return newest;
+        }
+        let members = self.members.iter().flat_map(|m| m.values().map(|m| m.mod_revision));
+        let newest = members.chain(self.others.values().map(|o| o.mod_revision)).max();
+        self.newest = Some(newest);
+        newest
     }
 
     /// What etcd answers for each role's range, in order, when nothing changed since the view was
@@ -206,83 +253,170 @@ impl View {
     /// and a delete alone lowers the count. One pass over the keys for every role.
     pub fn markers(&self) -> Vec<(i64, i64)> {
         let mut markers = vec![(0, 0); self.roles.len()];
-        for entry in self.entries.values() {
-            let (count, newest) = &mut markers[entry.role];
+        let members = self.members.iter().enumerate().flat_map(|(r, m)| m.values().map(move |m| (r, m.mod_revision)));
+        for (role, revision) in members.chain(self.others.values().map(|o| (o.role, o.mod_revision))) {
+            let (count, newest) = &mut markers[role];
             *count += 1;
-            *newest = (*newest).max(entry.mod_revision);
+            *newest = (*newest).max(revision);
         }
         markers
     }
 
     /// Looks at this node's keys: its name `held` (its key), and any other key on its `lease`.
-    pub fn check(&self, held: Option<&[u8]>, lease: i64) -> Check {
-        let strays = self
-            .entries
-            .iter()
-            .filter(|(key, e)| e.lease == lease && Some(key.as_slice()) != held)
-            .map(|(key, _)| key.clone());
-        let own = held.map(|key| match self.entries.get(key) {
+    pub fn check(&mut self, held: Option<&[u8]>, lease: i64) -> Check {
+        if self.on_lease.0 != lease {
+            // A new lease: find its keys once; puts and deletes keep the set from then on.
+            let mut keys = BTreeSet::new();
+            for (slot, _, on) in self.records() {
+                if on == lease {
+                    keys.insert(slot.name(&self.roles).into_bytes());
+                }
+            }
+            keys.extend(self.others.iter().filter(|(_, o)| o.lease == lease).map(|(key, _)| key.clone()));
+            self.on_lease = (lease, keys);
+        }
+        let strays = self.on_lease.1.iter().filter(|key| Some(key.as_slice()) != held).cloned().collect();
+        let own = held.map(|key| match self.lookup(key) {
             None => Own::Missing,
-            Some(e) if e.lease == lease => Own::Held,
-            Some(e) if e.ours => Own::Twin,
+            Some((on, _)) if on == lease => Own::Held,
+            Some((_, true)) => Own::Twin,
             Some(_) => Own::Taken,
         });
-        Check { strays: strays.collect(), own }
+        Check { strays, own }
+    }
+
+    /// The lease a key is on and whether its value is this node's record, if the view holds it.
+    fn lookup(&self, key: &[u8]) -> Option<(i64, bool)> {
+        if let Some(other) = self.others.get(key) {
+            return Some((other.lease, other.ours));
+        }
+        let role = self.role_of(key)?;
+        let member = self.members[role].get(&self.id_of(role, key)?)?;
+        Some((member.lease, member.ours))
+    }
+
+    /// The ID a key of `role`'s range names, if it follows the pattern exactly.
+    fn id_of(&self, role: usize, key: &[u8]) -> Option<u32> {
+        self.roles[role].pattern.id_of(std::str::from_utf8(key).ok()?)
     }
 
     fn put(&mut self, role: usize, kv: KeyValue, changes: &mut Changes) {
-        let member = self.judge(role, &kv);
-        if let Err(why) = &member {
-            let key = String::from_utf8_lossy(&kv.key).into_owned();
-            match self.roles[role].pattern.in_zone(&key) {
-                true => changes.skipped.push((key, why.clone())),
-                false => changes.elsewhere.push(key),
-            }
+        let (mark, ours) = (self.mark, kv.value == self.own_value);
+        if self.on_lease.0 != 0 {
+            match kv.lease == self.on_lease.0 {
+                true => self.on_lease.1.insert(kv.key.clone()),
+                false => self.on_lease.1.remove(&kv.key),
+            };
         }
-        let new = member.as_ref().ok().copied();
-        let entry =
-            Entry { role, mod_revision: kv.mod_revision, lease: kv.lease, ours: kv.value == self.own_value, member };
-        let old = self.entries.insert(kv.key, entry);
-        self.note(old.and_then(|e| e.member.ok()), new, changes);
-    }
-
-    fn delete(&mut self, key: &[u8], changes: &mut Changes) {
-        if let Some(old) = self.entries.remove(key) {
-            self.note(old.member.ok(), None, changes);
+        if let Some(newest) = &mut self.newest {
+            *newest = Some(newest.map_or(kv.mod_revision, |n| n.max(kv.mod_revision)));
         }
-    }
-
-    /// Records in `members` and `changes` that a key's member went from `old` to `new`.
-    fn note(&mut self, old: Option<(Slot, Record)>, new: Option<(Slot, Record)>, changes: &mut Changes) {
-        let name = |slot: Slot| slot.name(&self.roles);
-        match (old, new) {
-            (None, None) => {}
-            (Some((slot, record)), None) => {
-                self.members[slot.role].remove(&slot.id);
-                changes.left.push((name(slot), record));
-            }
-            (None, Some((slot, record))) => {
-                self.members[slot.role].insert(slot.id, record);
-                changes.joined.push((name(slot), record));
-            }
-            (Some((_, before)), Some((slot, record))) => {
-                self.members[slot.role].insert(slot.id, record);
-                if before != record {
-                    changes.changed.push((name(slot), record));
+        let (lease, mod_revision) = (kv.lease, kv.mod_revision);
+        match self.judge(role, &kv) {
+            Ok((slot, record)) => {
+                let before = self.remove(role, &kv.key);
+                let member = Member { record, mod_revision, lease, ours, mark };
+                self.members[role].insert(slot.id, member);
+                if before != Some(record) && !changes.first {
+                    changes.touched.push(Touch { slot, before, after: Some(record) });
                 }
             }
+            Err(why) => {
+                let key = String::from_utf8_lossy(&kv.key).into_owned();
+                match self.roles[role].pattern.in_zone(&key) {
+                    true => changes.skipped.push((key, why.clone())),
+                    false => changes.elsewhere.push(key),
+                }
+                let before = self.remove(role, &kv.key);
+                if let (Some(before), Some(id)) = (before, self.id_of(role, &kv.key)) {
+                    changes.touched.push(Touch { slot: Slot { role, id }, before: Some(before), after: None });
+                }
+                self.others.insert(kv.key, Other { role, mod_revision, lease, ours, mark, why });
+            }
         }
+    }
+
+    fn delete(&mut self, role: usize, key: &[u8], changes: &mut Changes) {
+        self.on_lease.1.remove(key);
+        if let (Some(before), Some(id)) = (self.remove(role, key), self.id_of(role, key)) {
+            changes.touched.push(Touch { slot: Slot { role, id }, before: Some(before), after: None });
+        }
+    }
+
+    /// Takes a key out of the view, and says which member's record it held, if any.
+    fn remove(&mut self, role: usize, key: &[u8]) -> Option<Record> {
+        let removed = match self.others.remove(key) {
+            Some(other) => (other.mod_revision, None),
+            None => {
+                let member = self.id_of(role, key).and_then(|id| self.members[role].remove(&id))?;
+                (member.mod_revision, Some(member.record))
+            }
+        };
+        if self.newest == Some(Some(removed.0)) {
+            self.newest = None;
+        }
+        removed.1
     }
 
     /// The member a key of `role`'s range and its value stand for, or why they stand for none.
     fn judge(&self, role: usize, kv: &KeyValue) -> Result<(Slot, Record), String> {
         let pattern = &self.roles[role].pattern;
-        let id = std::str::from_utf8(&kv.key)
-            .ok()
-            .and_then(|key| pattern.id_of(key))
-            .ok_or_else(|| format!("does not follow the pattern {pattern}"))?;
+        let id = self.id_of(role, &kv.key).ok_or_else(|| format!("does not follow the pattern {pattern}"))?;
         let record = Record::parse(&kv.value).map_err(|e| e.to_string())?;
         Ok((Slot { role, id }, record))
+    }
+}
+
+/// A full read under way: see `View::loading`.
+pub struct Loading<'a> {
+    view: &'a mut View,
+    changes: Changes,
+}
+
+impl Loading<'_> {
+    /// Takes one key of role `role`'s range, as read.
+    pub fn put(&mut self, role: usize, kv: KeyValue) {
+        let view = &mut *self.view;
+        if view.role_of(&kv.key) != Some(role) {
+            return;
+        }
+        let mark = view.mark;
+        // The value as before: no need to judge it again.
+        if let Some(other) = view.others.get_mut(&kv.key).filter(|o| o.mod_revision == kv.mod_revision) {
+            (other.lease, other.mark) = (kv.lease, mark);
+            return;
+        }
+        let id = view.id_of(role, &kv.key);
+        if let Some(member) = id.and_then(|id| view.members[role].get_mut(&id)) {
+            if member.mod_revision == kv.mod_revision {
+                (member.lease, member.mark) = (kv.lease, mark);
+                return;
+            }
+        }
+        view.put(role, kv, &mut self.changes);
+    }
+
+    /// Ends the read: every key it did not see is gone.
+    pub fn finish(mut self, revision: i64) -> Changes {
+        let view = &mut *self.view;
+        let mark = view.mark;
+        for role in 0..view.roles.len() {
+            let gone: Vec<u32> = view.members[role].iter().filter(|(_, m)| m.mark != mark).map(|(&id, _)| id).collect();
+            for id in gone {
+                let key = view.roles[role].pattern.name(id).into_bytes();
+                view.delete(role, &key, &mut self.changes);
+            }
+        }
+        let gone: Vec<(Vec<u8>, usize)> =
+            view.others.iter().filter(|(_, o)| o.mark != mark).map(|(key, o)| (key.clone(), o.role)).collect();
+        for (key, role) in gone {
+            view.delete(role, &key, &mut self.changes);
+        }
+        // Leases changed unseen while nothing was watched: the next check finds the keys afresh.
+        view.on_lease = (0, BTreeSet::new());
+        view.newest = None;
+        view.revisions = vec![revision; view.roles.len()];
+        self.changes
     }
 }
 
@@ -320,6 +454,17 @@ mod tests {
         format!(r#"{{"ipv4":"10.0.0.{n}"}}"#)
     }
 
+    /// The names of the members that joined, changed (with their new IPv4) or left.
+    fn named(changes: &Changes, joined: bool, left: bool) -> Vec<String> {
+        let roles = roles();
+        changes
+            .touched
+            .iter()
+            .filter(|t| t.before.is_none() == joined && t.after.is_none() == left)
+            .map(|t| t.slot.name(&roles))
+            .collect()
+    }
+
     fn ids(view: &View) -> Vec<Vec<u32>> {
         view.members().iter().map(|m| m.keys().copied().collect()).collect()
     }
@@ -353,7 +498,7 @@ mod tests {
         assert_eq!(changes.elsewhere, ["worker1.jobb.internal.", "worker3.xtf.local."]);
         let skipped: Vec<&str> = changes.skipped.iter().map(|(key, _)| key.as_str()).collect();
         assert_eq!(skipped, ["worker2.TF.Local."], "in the zone, whatever its case");
-        assert!(changes.joined.is_empty());
+        assert!(changes.touched.is_empty());
     }
 
     /// The SOA serial: the newest change among the keys held, not the revision they were read
@@ -396,8 +541,7 @@ mod tests {
         );
         assert_eq!(view.revision(), Some(10));
         assert_eq!(ids(&view), [vec![0], vec![1]]);
-        let joined: Vec<&str> = changes.joined.iter().map(|(name, _)| name.as_str()).collect();
-        assert_eq!(joined, ["ps0.tf.local.", "worker1.tf.local."]);
+        assert!(changes.first && changes.touched.is_empty(), "the first read lists no one");
         let skipped: Vec<&str> = changes.skipped.iter().map(|(key, _)| key.as_str()).collect();
         assert_eq!(skipped, ["ps1.tf.local.", "worker01.tf.local."]);
         assert!(changes.skipped[1].1.contains("does not follow the pattern worker{{.ID}}.tf.local."));
@@ -416,12 +560,11 @@ mod tests {
                 vec![kv("worker1.tf.local.", &ip(5), 15, 8), kv("worker01.tf.local.", &ip(3), 6, 0)],
             ],
         );
-        assert_eq!(changes.left.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["ps0.tf.local."]);
-        assert_eq!(
-            changes.changed.iter().map(|(n, r)| (n.as_str(), r.ipv4)).collect::<Vec<_>>(),
-            [("worker1.tf.local.", Some([10, 0, 0, 5].into()))]
-        );
-        assert!(changes.joined.is_empty() && changes.skipped.is_empty(), "{changes:?}");
+        assert_eq!(named(&changes, false, true), ["ps0.tf.local."]);
+        assert_eq!(named(&changes, false, false), ["worker1.tf.local."]);
+        assert_eq!(changes.touched[0].after.and_then(|r| r.ipv4), Some([10, 0, 0, 5].into()));
+        assert!(named(&changes, true, false).is_empty() && changes.skipped.is_empty(), "{changes:?}");
+        assert!(!changes.first);
         assert_eq!(ids(&view), [vec![], vec![1]]);
     }
 
@@ -434,10 +577,10 @@ mod tests {
         assert_eq!(view.apply(vec![put("ps0.tf.local.", &ip(9), 3), delete("worker1.tf.local.", 10)]), None);
         // Both changes of one transaction apply.
         let changes = view.apply(vec![put("ps3.tf.local.", &ip(3), 12), put("ps4.tf.local.", &ip(4), 12)]).unwrap();
-        assert_eq!(changes.joined.len(), 2);
+        assert_eq!(named(&changes, true, false), ["ps3.tf.local.", "ps4.tf.local."]);
         // Roles are not in step: the worker stream may still deliver revision 11.
         let changes = view.apply(vec![delete("worker1.tf.local.", 11)]).unwrap();
-        assert_eq!(changes.left.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["worker1.tf.local."]);
+        assert_eq!(named(&changes, false, true), ["worker1.tf.local."]);
         assert_eq!(view.apply(vec![delete("worker1.tf.local.", 11)]), None, "a repeat is skipped");
         // Keys of no role are none of the view's business.
         assert_eq!(view.apply(vec![put("ps_claims/x", "", 20)]), None);
@@ -456,7 +599,7 @@ mod tests {
                 vec![kv("worker0.tf.local.", &ip(1), 4, 7), kv("worker1.tf.local.", &ip(2), 4, 8)],
             ],
         );
-        let check = |held: Option<&str>, lease| view.check(held.map(str::as_bytes), lease);
+        let mut check = |held: Option<&str>, lease| view.check(held.map(str::as_bytes), lease);
         assert_eq!(
             check(Some("ps0.tf.local."), 7),
             Check { strays: vec![b"worker0.tf.local.".to_vec()], own: Some(Own::Held) }
@@ -465,5 +608,12 @@ mod tests {
         assert_eq!(check(Some("worker1.tf.local."), 7).own, Some(Own::Taken));
         assert_eq!(check(Some("worker5.tf.local."), 7).own, Some(Own::Missing));
         assert_eq!(check(None, 8), Check { strays: vec![b"worker1.tf.local.".to_vec()], own: None });
+        // The keys on the lease are followed through the changes, not found again at each look.
+        let on = |key: &str, lease, revision| WatchEvent { deleted: false, kv: kv(key, "nonsense", revision, lease) };
+        view.apply(vec![on("worker7.tf.local.", 8, 6), on("worker1.tf.local.", 9, 6), on("worker0.tf.local.", 8, 6)]);
+        let strays = view.check(None, 8).strays;
+        assert_eq!(strays, [b"worker0.tf.local.".to_vec(), b"worker7.tf.local.".to_vec()]);
+        view.apply(vec![delete("worker7.tf.local.", 7)]);
+        assert_eq!(view.check(Some(b"worker0.tf.local."), 8), Check { strays: vec![], own: Some(Own::Held) });
     }
 }

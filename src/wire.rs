@@ -207,15 +207,6 @@ fn lowercase_labels(wire: &mut [u8]) {
     }
 }
 
-/// `label` (which fits in a label: the pattern checked its length) in front of a wire-form name.
-pub fn prepend_label(label: &str, name: &[u8]) -> Vec<u8> {
-    let mut wire = Vec::with_capacity(1 + label.len() + name.len());
-    wire.push(label.len() as u8);
-    wire.extend_from_slice(label.as_bytes());
-    wire.extend_from_slice(name);
-    wire
-}
-
 /// Whether `name` is `zone` or below it; both in lowercase wire form.
 pub fn is_within(name: &[u8], zone: &[u8]) -> bool {
     let mut i = 0;
@@ -271,6 +262,7 @@ pub fn pointer(offset: u16) -> [u8; 2] {
 
 /// The reverse-lookup name of an address, in wire form: `3.0.0.10.in-addr.arpa.` or the 32
 /// nibbles of an IPv6 address under `ip6.arpa.`.
+#[cfg(test)]
 pub fn reverse_name(ip: std::net::IpAddr) -> Vec<u8> {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut wire = Vec::with_capacity(72);
@@ -296,6 +288,41 @@ pub fn reverse_name(ip: std::net::IpAddr) -> Vec<u8> {
     }
     wire.extend_from_slice(b"\x04arpa\x00");
     wire
+}
+
+/// The address a lowercase wire-form reverse name stands for, if it is exactly what
+/// `reverse_name` writes for one: four decimal octets without leading zeros under
+/// `in-addr.arpa.`, or 32 hex nibbles under `ip6.arpa.`.
+pub fn reverse_address(name: &[u8]) -> Option<std::net::IpAddr> {
+    if let Some(front) = name.strip_suffix(b"\x07in-addr\x04arpa\x00") {
+        let mut octets = [0u8; 4];
+        let mut rest = front;
+        for octet in octets.iter_mut().rev() {
+            let len = usize::from(*rest.first()?);
+            let (digits, tail) = rest.get(1..)?.split_at_checked(len)?;
+            if len == 0 || len > 3 || (len > 1 && digits[0] == b'0') || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            *octet = u8::try_from(digits.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'))).ok()?;
+            rest = tail;
+        }
+        return rest.is_empty().then(|| std::net::IpAddr::from(octets));
+    }
+    let front = name.strip_suffix(b"\x03ip6\x04arpa\x00")?;
+    if front.len() != 64 {
+        return None;
+    }
+    let mut value: u128 = 0;
+    // Least significant nibble first.
+    for (i, pair) in front.chunks_exact(2).enumerate() {
+        let nibble = match pair {
+            [1, d @ b'0'..=b'9'] => d - b'0',
+            [1, d @ b'a'..=b'f'] => d - b'a' + 10,
+            _ => return None,
+        };
+        value |= u128::from(nibble) << (4 * i);
+    }
+    Some(std::net::IpAddr::from(value.to_be_bytes()))
 }
 
 /// TXT rdata holding `text` as character-strings of at most 255 bytes each.
@@ -331,6 +358,29 @@ mod tests {
         let rdata = txt_rdata(&text);
         assert_eq!(rdata.len(), 302);
         assert_eq!((rdata[0], rdata[256]), (255, 45));
+    }
+
+    #[test]
+    fn reverse_names_back_to_addresses() {
+        for ip in ["10.0.0.3", "0.0.0.0", "255.255.255.255", "192.168.100.9", "2001:db8::1", "::", "fd00::ffff"] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(reverse_address(&reverse_name(ip)), Some(ip), "{ip}");
+        }
+        for name in [
+            "03.0.0.10.in-addr.arpa.",
+            "256.0.0.10.in-addr.arpa.",
+            "0.0.10.in-addr.arpa.",
+            "1.3.0.0.10.in-addr.arpa.",
+            "x.0.0.10.in-addr.arpa.",
+            "in-addr.arpa.",
+            "1.0.ip6.arpa.",
+            "3.0.0.10.in-addr.arpa.example.",
+        ] {
+            assert_eq!(reverse_address(&wire_name(name).unwrap()), None, "{name}");
+        }
+        let mut long = reverse_name("2001:db8::1".parse().unwrap());
+        long[1] = b'g';
+        assert_eq!(reverse_address(&long), None, "not a hex digit");
     }
 
     #[test]

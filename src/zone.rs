@@ -1,18 +1,32 @@
 //! The zone snapshot: every answer this node can give, precomputed from the members read in etcd.
 //!
 //! A snapshot is immutable and built off the answering path by the etcd thread; answering threads
-//! receive it whole (an `Arc`) and only look names up in it. All record bytes live in one arena and
-//! names map to runs of it, so a snapshot of 10 000 members is a handful of allocations.
+//! receive it whole (an `Arc`) and only look names up in it. It is made of parts that change
+//! apart: the apex (SOA, NS, the negative answers' SOA) and the service names, rebuilt at every
+//! change; each role's members in runs of `CHUNK` IDs; and the members' PTR records in `SHARDS`
+//! shards by address. A change rebuilds the apex and the runs and shards it touches, and shares
+//! every other part with the snapshot before it, so that it costs the same in a cluster of ten
+//! members and of 100 000. A member's name is not stored: it is the pattern with the ID in it, and
+//! a question for it is answered by reading the ID out of the name.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
 use std::ops::Range;
+use std::sync::Arc;
 
 use domain::base::iana::{Class, Rtype};
 
 use crate::config::Role;
 use crate::record::Record;
+use crate::view::{Slot, Touch};
 use crate::wire::{self, Owner, Part, Section, SectionWriter, HEADER_LEN};
+
+/// IDs per run of a role's members: a change copies one run (a few kilobytes) and the list of
+/// runs (16 bytes per run).
+const CHUNK: u32 = 256;
+/// Shards of the PTR records: a change copies one (about 1/256 of the addresses).
+const SHARDS: usize = 256;
 
 /// One name's records of one type, ready to send.
 #[derive(Clone, Copy, Debug)]
@@ -25,7 +39,16 @@ pub struct Snapshot {
     ready: bool,
     /// The zone apex, lowercase wire form.
     apex: Vec<u8>,
-    /// Every name that exists, lowercase wire form, to its RRsets in `rrsets`.
+    top: Top,
+    /// Per role, its members' answers.
+    roles: Vec<Members>,
+    /// The members' PTR records, by `shard(address)`; empty until ready.
+    pointers: Vec<Arc<Pointers>>,
+}
+
+/// The apex, the service names and this node's identity: a few names, rebuilt at every change.
+struct Top {
+    /// Every name here, lowercase wire form, to its RRsets in `rrsets`.
     names: Names,
     rrsets: Vec<Rrset>,
     /// The SOA in the authority section, for NXDOMAIN and NODATA answers: one per length of the
@@ -37,14 +60,75 @@ pub struct Snapshot {
     arena: Vec<u8>,
 }
 
+/// One role's members' answers.
+#[derive(Clone)]
+struct Members {
+    /// The member label's text before and after the ID, lowercase: `worker` and ``.
+    prefix: Box<[u8]>,
+    suffix: Box<[u8]>,
+    /// The runs holding a member, by number (`id / CHUNK`), in order.
+    chunks: Vec<(u32, Arc<Chunk>)>,
+}
+
+/// The A and AAAA records of up to `CHUNK` consecutive IDs.
+struct Chunk {
+    /// Which of the run's IDs are members (a member may have no address at all).
+    present: [u64; CHUNK as usize / 64],
+    /// Where each ID's RRsets start in `rrsets`; the next ID's start ends them.
+    starts: [u16; CHUNK as usize + 1],
+    rrsets: Vec<Rrset>,
+    arena: Vec<u8>,
+}
+
+/// The PTR records of the addresses in one shard.
+#[derive(Default)]
+struct Pointers {
+    /// Every member's address here, with the member, in order: what a change edits.
+    owners: Vec<(IpAddr, Slot)>,
+    /// The distinct addresses of `owners`, in order, and each one's PTR records.
+    addresses: Vec<IpAddr>,
+    rrsets: Vec<Rrset>,
+    arena: Vec<u8>,
+}
+
 pub enum Found<'a> {
-    Name(&'a [Rrset]),
+    Name(Rrsets<'a>),
     NxDomain,
     OutOfZone,
 }
 
+/// A name's RRsets, and the bytes they are in.
+#[derive(Clone, Copy)]
+pub struct Rrsets<'a> {
+    rrsets: &'a [Rrset],
+    arena: &'a [u8],
+}
+
+impl<'a> Rrsets<'a> {
+    /// The RRset of type `rtype`; for ANY, the name's first one (RFC 8482).
+    pub fn get(&self, rtype: Rtype) -> Option<Answer<'a>> {
+        let rrset = match rtype {
+            Rtype::ANY => self.rrsets.first(),
+            _ => self.rrsets.iter().find(|r| r.rtype == rtype),
+        };
+        rrset.map(|r| answer(self.arena, r.section))
+    }
+}
+
+/// Ready-made records and their bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Answer<'a> {
+    pub section: Section,
+    pub bytes: &'a [u8],
+}
+
+fn answer(arena: &[u8], section: Section) -> Answer<'_> {
+    let start = section.start as usize;
+    Answer { section, bytes: arena.get(start..start + section.len as usize).unwrap_or(&[]) }
+}
+
 /// What a snapshot is made of.
-pub struct Inputs<'a> {
+pub struct Inputs<'a, M> {
     /// Every role's pattern; they share one zone.
     pub roles: &'a [Role],
     /// TTL of every answer.
@@ -57,7 +141,7 @@ pub struct Inputs<'a> {
     /// The name this node holds, if it holds one.
     pub own_name: Option<&'a str>,
     /// Per role, its members by ID.
-    pub members: &'a [BTreeMap<u32, Record>],
+    pub members: &'a [BTreeMap<u32, M>],
 }
 
 impl Snapshot {
@@ -66,61 +150,94 @@ impl Snapshot {
         Snapshot {
             ready: false,
             apex: zone_apex(zone),
-            names: Names::default(),
-            rrsets: Vec::new(),
-            negative: Box::default(),
-            identity: None,
-            arena: Vec::new(),
+            top: Top {
+                names: Names::default(),
+                rrsets: vec![],
+                negative: Box::default(),
+                identity: None,
+                arena: vec![],
+            },
+            roles: vec![],
+            pointers: vec![],
         }
     }
 
-    pub fn build(inputs: &Inputs) -> Snapshot {
-        // Each member has its name and one or two reverse names.
-        let count: usize = inputs.members.iter().map(BTreeMap::len).sum();
-        let expected = count * 3 + 8;
-        let mut b = Builder {
-            arena: Vec::with_capacity(count * 64),
-            names: Names::with_capacity_and_hasher(expected, Default::default()),
-            rrsets: Vec::with_capacity(expected),
-        };
-        let ttl = inputs.ttl;
+    /// Builds every part anew.
+    pub fn build<M: AsRef<Record>>(inputs: &Inputs<M>) -> Snapshot {
         let apex = zone_apex(inputs.roles.first().map_or(".", |r| r.pattern.zone()));
-
-        // Member names are the pattern's first label in front of the zone: built directly, not
-        // parsed from text, as this runs for every member at every change.
-        let mut names: Vec<(Vec<u8>, &Record)> = Vec::with_capacity(count);
-        for (role, members) in inputs.roles.iter().zip(inputs.members) {
-            let (prefix, suffix) =
-                (role.pattern.prefix().to_ascii_lowercase(), role.pattern.suffix().to_ascii_lowercase());
-            for (&id, record) in members {
-                names.push((wire::prepend_label(&format!("{prefix}{id}{suffix}"), &apex), record));
+        let mut roles: Vec<Members> = inputs.roles.iter().map(Members::new).collect();
+        let mut shards: Vec<Vec<(IpAddr, Slot)>> = vec![Vec::new(); SHARDS];
+        for (role, members) in inputs.members.iter().enumerate().take(roles.len()) {
+            let mut ids = members.iter().peekable();
+            while let Some((&first, _)) = ids.peek() {
+                let number = first / CHUNK;
+                let mut run = Vec::with_capacity(CHUNK as usize);
+                while let Some((&id, member)) = ids.next_if(|(&id, _)| id / CHUNK == number) {
+                    let record = member.as_ref();
+                    run.push((id, *record));
+                    for ip in addresses(record) {
+                        shards[shard(ip)].push((ip, Slot { role, id }));
+                    }
+                }
+                roles[role].chunks.push((number, Arc::new(Chunk::build(&run, inputs.ttl))));
             }
         }
+        let pointers = shards
+            .into_iter()
+            .map(|mut owners| {
+                owners.sort_unstable();
+                Arc::new(Pointers::build(owners, &roles, &apex, inputs.ttl))
+            })
+            .collect();
+        let top = Top::build(&apex, inputs);
+        Snapshot { ready: true, apex, top, roles, pointers }
+    }
 
-        let (apex_rrsets, negative) = b.apex(&apex, &names, inputs);
-        b.name(apex.clone(), apex_rrsets);
-        for (name, record) in &names {
-            let mut rrsets = Vec::with_capacity(2);
-            if let Some(ip) = record.ipv4 {
-                let s = b.section(|w| w.record(Part::Answer, Owner::Question, Rtype::A, Class::IN, ttl, &ip.octets()));
-                rrsets.push((Rtype::A, s));
-            }
-            if let Some(ip) = record.ipv6 {
-                let s =
-                    b.section(|w| w.record(Part::Answer, Owner::Question, Rtype::AAAA, Class::IN, ttl, &ip.octets()));
-                rrsets.push((Rtype::AAAA, s));
-            }
-            b.name(name.clone(), rrsets);
+    /// The snapshot after the members `touched` changed, `inputs` being the members now: the
+    /// apex, and the runs and shards the changes fall in, are built anew; the rest is shared.
+    pub fn update<M: AsRef<Record>>(&self, inputs: &Inputs<M>, touched: &[Touch]) -> Snapshot {
+        if !self.ready || self.roles.len() != inputs.roles.len() {
+            return Snapshot::build(inputs);
         }
-        b.services(&apex, &names, ttl);
-        b.pointers(&names, ttl);
-
-        let identity = inputs.own_name.map(|own| {
-            let txt = wire::txt_rdata(own);
-            b.section(|w| w.record(Part::Answer, Owner::Question, Rtype::TXT, Class::CH, 0, &txt))
-        });
-        b.arena.shrink_to_fit();
-        Snapshot { ready: true, apex, names: b.names, rrsets: b.rrsets, negative, identity, arena: b.arena }
+        let mut roles = self.roles.clone();
+        let runs: BTreeSet<(usize, u32)> =
+            touched.iter().filter(|t| t.slot.role < roles.len()).map(|t| (t.slot.role, t.slot.id / CHUNK)).collect();
+        for (role, number) in runs {
+            let first = number * CHUNK;
+            let last = first.saturating_add(CHUNK - 1);
+            let run: Vec<(u32, Record)> =
+                inputs.members[role].range(first..=last).map(|(&id, m)| (id, *m.as_ref())).collect();
+            let chunks = &mut roles[role].chunks;
+            let at = chunks.binary_search_by_key(&number, |(n, _)| *n);
+            match (at, run.is_empty()) {
+                (Ok(i), true) => drop(chunks.remove(i)),
+                (Ok(i), false) => chunks[i].1 = Arc::new(Chunk::build(&run, inputs.ttl)),
+                (Err(i), false) => chunks.insert(i, (number, Arc::new(Chunk::build(&run, inputs.ttl)))),
+                (Err(_), true) => {}
+            }
+        }
+        // Each shard's edits, in order: a member's old addresses go, its new ones come.
+        let mut edits: BTreeMap<usize, Vec<(IpAddr, Slot, bool)>> = BTreeMap::new();
+        for t in touched {
+            let before = t.before.iter().flat_map(addresses).map(|ip| (ip, t.slot, false));
+            for (ip, slot, add) in before.chain(t.after.iter().flat_map(addresses).map(|ip| (ip, t.slot, true))) {
+                edits.entry(shard(ip)).or_default().push((ip, slot, add));
+            }
+        }
+        let mut pointers = self.pointers.clone();
+        for (shard, edits) in edits {
+            let mut owners = pointers[shard].owners.clone();
+            for (ip, slot, add) in edits {
+                match (owners.binary_search(&(ip, slot)), add) {
+                    (Err(i), true) => owners.insert(i, (ip, slot)),
+                    (Ok(i), false) => drop(owners.remove(i)),
+                    _ => {}
+                }
+            }
+            pointers[shard] = Arc::new(Pointers::build(owners, &roles, &self.apex, inputs.ttl));
+        }
+        let top = Top::build(&self.apex, inputs);
+        Snapshot { ready: true, apex: self.apex.clone(), top, roles, pointers }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -129,13 +246,36 @@ impl Snapshot {
 
     /// Looks up a lowercase wire-form name.
     pub fn lookup(&self, name: &[u8]) -> Found<'_> {
-        if let Some(range) = self.names.get(name) {
-            return Found::Name(&self.rrsets[range.start as usize..range.end as usize]);
+        if let Some(range) = self.top.names.get(name) {
+            let rrsets = &self.top.rrsets[range.start as usize..range.end as usize];
+            return Found::Name(Rrsets { rrsets, arena: &self.top.arena });
+        }
+        if let Some(rrsets) = self.member(name).or_else(|| self.pointer(name)) {
+            return Found::Name(rrsets);
         }
         match self.in_zone(name) {
             true => Found::NxDomain,
             false => Found::OutOfZone,
         }
+    }
+
+    /// A member's A and AAAA records, when `name` is a member's: one label in front of the zone,
+    /// a role's pattern with an ID in it.
+    fn member(&self, name: &[u8]) -> Option<Rrsets<'_>> {
+        let label_len = usize::from(*name.first()?);
+        let (label, rest) = name.get(1..)?.split_at_checked(label_len)?;
+        if rest != self.apex.as_slice() {
+            return None;
+        }
+        self.roles.iter().find_map(|members| members.lookup(label))
+    }
+
+    /// The PTR records of a member's address, when `name` is its reverse name.
+    fn pointer(&self, name: &[u8]) -> Option<Rrsets<'_>> {
+        let ip = wire::reverse_address(name)?;
+        let shard = self.pointers.get(shard(ip))?;
+        let i = shard.addresses.binary_search(&ip).ok()?;
+        Some(Rrsets { rrsets: &shard.rrsets[i..=i], arena: &shard.arena })
     }
 
     /// Whether a lowercase wire-form name is the zone or below it (reverse names are neither).
@@ -144,18 +284,168 @@ impl Snapshot {
     }
 
     /// The SOA for a negative answer to an in-zone name of `name_len` bytes in wire form.
-    pub fn negative(&self, name_len: usize) -> Section {
-        name_len.checked_sub(self.apex.len()).and_then(|p| self.negative.get(p)).copied().unwrap_or_default()
+    pub fn negative(&self, name_len: usize) -> Answer<'_> {
+        let section = name_len.checked_sub(self.apex.len()).and_then(|p| self.top.negative.get(p)).copied();
+        section.map_or_else(Answer::default, |s| answer(&self.top.arena, s))
     }
 
-    pub fn identity(&self) -> Option<Section> {
-        self.identity
+    pub fn identity(&self) -> Option<Answer<'_>> {
+        self.top.identity.map(|s| answer(&self.top.arena, s))
+    }
+}
+
+impl Members {
+    fn new(role: &Role) -> Members {
+        let lower = |text: &str| text.to_ascii_lowercase().into_bytes().into_boxed_slice();
+        Members { prefix: lower(role.pattern.prefix()), suffix: lower(role.pattern.suffix()), chunks: Vec::new() }
     }
 
-    pub fn section_bytes(&self, section: Section) -> &[u8] {
-        let start = section.start as usize;
-        self.arena.get(start..start + section.len as usize).unwrap_or(&[])
+    /// The name of member `id`, lowercase wire form.
+    fn name(&self, id: u32, apex: &[u8]) -> Vec<u8> {
+        let mut label = Vec::with_capacity(self.prefix.len() + 10 + self.suffix.len());
+        label.extend_from_slice(&self.prefix);
+        label.extend_from_slice(id.to_string().as_bytes());
+        label.extend_from_slice(&self.suffix);
+        let mut wire = Vec::with_capacity(1 + label.len() + apex.len());
+        wire.push(label.len() as u8);
+        wire.extend_from_slice(&label);
+        wire.extend_from_slice(apex);
+        wire
     }
+
+    /// The records of the member whose label (lowercase) this is, if it is one of this role's.
+    fn lookup(&self, label: &[u8]) -> Option<Rrsets<'_>> {
+        let id = label.strip_prefix(&*self.prefix)?.strip_suffix(&*self.suffix).and_then(decimal)?;
+        let i = self.chunks.binary_search_by_key(&(id / CHUNK), |(n, _)| *n).ok()?;
+        self.chunks[i].1.lookup(id % CHUNK)
+    }
+}
+
+/// The ID written in a name: decimal digits without a leading zero, as the pattern writes it.
+fn decimal(digits: &[u8]) -> Option<u32> {
+    if digits.is_empty() || digits.len() > 10 || (digits.len() > 1 && digits[0] == b'0') {
+        return None;
+    }
+    let mut id: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        id = id * 10 + u64::from(d - b'0');
+    }
+    u32::try_from(id).ok()
+}
+
+impl Chunk {
+    /// The run holding `members` (IDs in order, all of one run).
+    fn build(members: &[(u32, Record)], ttl: u32) -> Chunk {
+        let mut chunk = Chunk {
+            present: [0; CHUNK as usize / 64],
+            starts: [0; CHUNK as usize + 1],
+            rrsets: Vec::with_capacity(members.len()),
+            arena: Vec::with_capacity(members.len() * 16),
+        };
+        let mut next = 0;
+        for &(id, record) in members {
+            let i = (id % CHUNK) as usize;
+            chunk.starts[next..=i].fill(chunk.rrsets.len() as u16);
+            next = i + 1;
+            chunk.present[i / 64] |= 1 << (i % 64);
+            if let Some(ip) = record.ipv4 {
+                let section = write(&mut chunk.arena, |w| {
+                    w.record(Part::Answer, Owner::Question, Rtype::A, Class::IN, ttl, &ip.octets())
+                });
+                chunk.rrsets.push(Rrset { rtype: Rtype::A, section });
+            }
+            if let Some(ip) = record.ipv6 {
+                let section = write(&mut chunk.arena, |w| {
+                    w.record(Part::Answer, Owner::Question, Rtype::AAAA, Class::IN, ttl, &ip.octets())
+                });
+                chunk.rrsets.push(Rrset { rtype: Rtype::AAAA, section });
+            }
+        }
+        chunk.starts[next..].fill(chunk.rrsets.len() as u16);
+        chunk.rrsets.shrink_to_fit();
+        chunk.arena.shrink_to_fit();
+        chunk
+    }
+
+    fn lookup(&self, i: u32) -> Option<Rrsets<'_>> {
+        let i = i as usize;
+        if self.present[i / 64] & (1 << (i % 64)) == 0 {
+            return None;
+        }
+        let rrsets = &self.rrsets[usize::from(self.starts[i])..usize::from(self.starts[i + 1])];
+        Some(Rrsets { rrsets, arena: &self.arena })
+    }
+}
+
+impl Pointers {
+    /// The shard of `owners` (in order): one PTR RRset per address, naming each member with it.
+    fn build(owners: Vec<(IpAddr, Slot)>, roles: &[Members], apex: &[u8], ttl: u32) -> Pointers {
+        let mut shard = Pointers { arena: Vec::with_capacity(owners.len() * 32), ..Pointers::default() };
+        for run in owners.chunk_by(|a, b| a.0 == b.0) {
+            let section = write(&mut shard.arena, |w| {
+                for (_, slot) in run {
+                    let Some(members) = roles.get(slot.role) else { continue };
+                    let target = members.name(slot.id, apex);
+                    w.record(Part::Answer, Owner::Question, Rtype::PTR, Class::IN, ttl, &target);
+                }
+            });
+            shard.addresses.push(run[0].0);
+            shard.rrsets.push(Rrset { rtype: Rtype::PTR, section });
+        }
+        shard.owners = owners;
+        shard.arena.shrink_to_fit();
+        shard
+    }
+}
+
+fn addresses(record: &Record) -> impl Iterator<Item = IpAddr> {
+    [record.ipv4.map(IpAddr::V4), record.ipv6.map(IpAddr::V6)].into_iter().flatten()
+}
+
+/// The shard an address's PTR records are in.
+fn shard(ip: IpAddr) -> usize {
+    let mut hash = Fnv::default();
+    match ip {
+        IpAddr::V4(v4) => hash.write(&v4.octets()),
+        IpAddr::V6(v6) => hash.write(&v6.octets()),
+    }
+    hash.finish() as usize % SHARDS
+}
+
+fn write(arena: &mut Vec<u8>, records: impl FnOnce(&mut SectionWriter)) -> Section {
+    let mut w = SectionWriter::new(arena);
+    records(&mut w);
+    w.finish()
+}
+
+impl Top {
+    fn build<M: AsRef<Record>>(apex: &[u8], inputs: &Inputs<M>) -> Top {
+        let mut b = Builder { arena: Vec::new(), names: Names::default(), rrsets: Vec::new() };
+        let (apex_rrsets, negative) = b.apex(apex, inputs);
+        b.name(apex.to_vec(), apex_rrsets);
+        b.services(apex, inputs);
+        let identity = inputs.own_name.map(|own| {
+            let txt = wire::txt_rdata(own);
+            b.section(|w| w.record(Part::Answer, Owner::Question, Rtype::TXT, Class::CH, 0, &txt))
+        });
+        b.arena.shrink_to_fit();
+        Top { names: b.names, rrsets: b.rrsets, negative, identity, arena: b.arena }
+    }
+}
+
+/// Every member's name (lowercase wire form) and record, role by role, in ID order; made as
+/// they are asked for, since the apex and the services need the first few only.
+fn member_names<'a, M: AsRef<Record>>(
+    apex: &'a [u8],
+    inputs: &'a Inputs<M>,
+) -> impl Iterator<Item = (Vec<u8>, &'a Record)> + 'a {
+    inputs.roles.iter().zip(inputs.members).flat_map(move |(role, members)| {
+        let role = Members::new(role);
+        members.iter().map(move |(&id, m)| (role.name(id, apex), m.as_ref()))
+    })
 }
 
 struct Builder {
@@ -168,6 +458,8 @@ struct Builder {
 const SERVICE_LABELS: usize = 8 + 5;
 /// The SRV records of one answer, leaving room in a 64 KiB message for header and question.
 const MAX_SERVICE_BYTES: usize = 60_000;
+/// The members the SRV answer may list: as many as fit, with room to skip some without a port.
+const MAX_SERVICE_MEMBERS: usize = 4096;
 
 type Names = HashMap<Box<[u8]>, Range<u32>, BuildHasherDefault<Fnv>>;
 
@@ -195,26 +487,27 @@ impl Hasher for Fnv {
 }
 
 impl Builder {
-    fn section(&mut self, write: impl FnOnce(&mut SectionWriter)) -> Section {
-        let mut w = SectionWriter::new(&mut self.arena);
-        write(&mut w);
-        w.finish()
+    fn section(&mut self, records: impl FnOnce(&mut SectionWriter)) -> Section {
+        write(&mut self.arena, records)
     }
 
     /// `_idetcd._udp.<zone>` and `_idetcd._tcp.<zone>`: one SRV record per member with a port, its
     /// addresses in the additional section (left out when they do not fit). A DNS message holds
     /// 64 KiB, so a cluster of thousands lists its first members only (about 1500 of them).
-    fn services(&mut self, apex: &[u8], members: &[(Vec<u8>, &Record)], ttl: u32) {
+    fn services<M: AsRef<Record>>(&mut self, apex: &[u8], inputs: &Inputs<M>) {
+        let ttl = inputs.ttl;
         let mut room = MAX_SERVICE_BYTES;
-        let named: Vec<_> = members
-            .iter()
-            .filter_map(|(name, r)| Some((wire::srv_rdata(r.port?, name), &name[..], *r)))
+        // Rebuilt at every change: the first members only are looked at, however many lack a port.
+        let listed: Vec<(Vec<u8>, Vec<u8>, Record)> = member_names(apex, inputs)
+            .take(MAX_SERVICE_MEMBERS)
+            .filter_map(|(name, r)| Some((wire::srv_rdata(r.port?, &name), name, *r)))
             .take_while(|(rdata, _, _)| {
                 // Owner pointer, type, class, TTL, length, then the data.
                 room = room.saturating_sub(2 + 10 + rdata.len());
                 room > 0
             })
             .collect();
+        let named: Vec<_> = listed.iter().map(|(rdata, name, r)| (rdata.clone(), &name[..], r)).collect();
         // The owner is the question, so both names share one section; both questions are as long,
         // so the answer starts at the same place in both.
         let (zone_at, start) = (HEADER_LEN + SERVICE_LABELS, HEADER_LEN + SERVICE_LABELS + apex.len() + 4);
@@ -230,25 +523,6 @@ impl Builder {
         }
     }
 
-    /// PTR records for the members' addresses, under `in-addr.arpa.` and `ip6.arpa.`.
-    fn pointers(&mut self, members: &[(Vec<u8>, &Record)], ttl: u32) {
-        let mut reverse: BTreeMap<Vec<u8>, Vec<&[u8]>> = BTreeMap::new();
-        for (name, record) in members {
-            let ips = [record.ipv4.map(std::net::IpAddr::V4), record.ipv6.map(std::net::IpAddr::V6)];
-            for ip in ips.into_iter().flatten() {
-                reverse.entry(wire::reverse_name(ip)).or_default().push(name);
-            }
-        }
-        for (owner, targets) in reverse {
-            let section = self.section(|w| {
-                for target in &targets {
-                    w.record(Part::Answer, Owner::Question, Rtype::PTR, Class::IN, ttl, target);
-                }
-            });
-            self.name(owner, vec![(Rtype::PTR, section)]);
-        }
-    }
-
     /// The apex's SOA and NS records, and the SOA of negative answers. Every node builds the same
     /// bytes from the same members: the first `nameservers` members with an address (by role, then
     /// ID) are the zone's servers, and the first of them its primary, so that two nodes never
@@ -256,15 +530,9 @@ impl Builder {
     ///
     /// The names in these records point into the question, which holds the zone: at the apex it
     /// is the whole question name, and further down the question's last labels.
-    fn apex(
-        &mut self,
-        apex: &[u8],
-        members: &[(Vec<u8>, &Record)],
-        inputs: &Inputs,
-    ) -> (Vec<(Rtype, Section)>, Box<[Section]>) {
+    fn apex<M: AsRef<Record>>(&mut self, apex: &[u8], inputs: &Inputs<M>) -> (Vec<(Rtype, Section)>, Box<[Section]>) {
         let ttl = inputs.ttl;
-        let servers: Vec<&(Vec<u8>, &Record)> = members
-            .iter()
+        let servers: Vec<(Vec<u8>, &Record)> = member_names(apex, inputs)
             .filter(|(_, r)| r.ipv4.is_some() || r.ipv6.is_some())
             .take(inputs.nameservers as usize)
             .collect();

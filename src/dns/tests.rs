@@ -963,3 +963,85 @@ fn service_records_of_a_huge_cluster_still_fit_one_message() {
         records(m.additional().unwrap()).iter().map(|r| r.split(' ').next().unwrap().into()).collect();
     assert_eq!(owners, targets);
 }
+
+/// A query for `name` as a packet, for names made at run time.
+fn packet(name: &str, rtype: Rtype) -> Vec<u8> {
+    let mut b = MessageBuilder::new_vec().question();
+    b.push(Question::new(Name::<Vec<u8>>::from_str(name).unwrap(), rtype, Class::IN)).unwrap();
+    b.finish()
+}
+
+/// The snapshot a change makes from the last one shares most of it; whatever the changes, it
+/// must answer every question byte for byte as one built afresh from the same members.
+#[test]
+fn an_updated_snapshot_answers_as_one_built_afresh() {
+    use crate::view::{Slot, Touch};
+    let roles: Vec<Role> = ["ps", "worker"]
+        .iter()
+        .map(|name| Role {
+            name: name.to_string(),
+            pattern: Pattern::parse(&format!("{name}{{{{.ID}}}}.tf.local.")).unwrap(),
+            ids: 0..=u32::MAX,
+        })
+        .collect();
+    // Few addresses, so that members share them; IDs over three runs of the member tables.
+    let v4 = |n: usize| format!("10.0.0.{}", n % 7).parse().unwrap();
+    let v6 = |n: usize| format!("fd00::{}", n % 5).parse().unwrap();
+    let mut random = crate::random::Random::from_seed(12);
+    let mut members: Vec<BTreeMap<u32, Record>> = vec![BTreeMap::new(); 2];
+    fn inputs<'a>(roles: &'a [Role], members: &'a [BTreeMap<u32, Record>], serial: u32) -> Inputs<'a, Record> {
+        Inputs { roles, ttl: 5, serial, nameservers: 2, own_name: Some("ps1.tf.local."), members }
+    }
+    let mut updated = Snapshot::build(&inputs(&roles, &members, 0));
+    for round in 1..=120u32 {
+        let mut touched = Vec::new();
+        for _ in 0..=random.below(4) {
+            let slot = Slot { role: random.below(2), id: [0, 1, 2, 255, 256, 300, 511, 512, 600][random.below(9)] };
+            let before = members[slot.role].get(&slot.id).copied();
+            let after = match random.below(4) {
+                0 => None,
+                n => Some(Record {
+                    ipv4: (n != 3).then(|| v4(random.below(100))),
+                    ipv6: (n != 1).then(|| v6(random.below(100))),
+                    port: (n == 2).then_some(53),
+                }),
+            };
+            match after {
+                Some(record) => members[slot.role].insert(slot.id, record),
+                None => members[slot.role].remove(&slot.id),
+            };
+            touched.push(Touch { slot, before, after });
+        }
+        updated = updated.update(&inputs(&roles, &members, round), &touched);
+        let fresh = Snapshot::build(&inputs(&roles, &members, round));
+        let mut questions = vec![
+            ("tf.local.".to_string(), Rtype::SOA),
+            ("tf.local.".to_string(), Rtype::NS),
+            ("_idetcd._udp.tf.local.".to_string(), Rtype::SRV),
+            ("nothing.tf.local.".to_string(), Rtype::A),
+        ];
+        for id in [0, 1, 2, 3, 255, 256, 300, 511, 512, 600] {
+            for role in ["ps", "worker"] {
+                for rtype in [Rtype::A, Rtype::AAAA, Rtype::ANY, Rtype::TXT] {
+                    questions.push((format!("{role}{id}.tf.local."), rtype));
+                }
+            }
+        }
+        for n in 0..7 {
+            questions.push((format!("{n}.0.0.10.in-addr.arpa."), Rtype::PTR));
+        }
+        for n in 0..5u16 {
+            let ip: std::net::Ipv6Addr = v6(usize::from(n));
+            questions
+                .push((domain::base::Name::<Vec<u8>>::reverse_from_addr(ip.into()).unwrap().to_string(), Rtype::PTR));
+        }
+        for (name, rtype) in questions {
+            let (mut a, mut b) = (vec![0u8; 65535], vec![0u8; 65535]);
+            let query = packet(&name, rtype);
+            let (left, right) = (respond(&query, &updated, HELD, &mut a), respond(&query, &fresh, HELD, &mut b));
+            assert_eq!(left, right, "round {round}: {name} {rtype}");
+            let len = reply_len(left);
+            assert_eq!(a[..len], b[..len], "round {round}: {name} {rtype}");
+        }
+    }
+}
