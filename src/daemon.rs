@@ -74,6 +74,7 @@ impl std::error::Error for Error {}
 
 /// Runs the daemon; `role` is the `--role` flag's.
 pub fn run(config: &Config, role: Option<&str>) -> Result<(), Error> {
+    crate::sys::one_heap();
     // Secrets are masked by their Debug.
     log::debug!("configuration from {}: {config:?}", config.source.display());
     for warning in &config.warnings {

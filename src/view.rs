@@ -412,6 +412,11 @@ impl Loading<'_> {
         for (key, role) in gone {
             view.delete(role, &key, &mut self.changes);
         }
+        // Keys come in the order of their text (worker10 before worker2), which leaves the maps'
+        // nodes half full; built again from their own order, every node is full.
+        for members in &mut view.members {
+            *members = std::mem::take(members).into_iter().collect();
+        }
         // Leases changed unseen while nothing was watched: the next check finds the keys afresh.
         view.on_lease = (0, BTreeSet::new());
         view.newest = None;

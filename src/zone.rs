@@ -70,25 +70,42 @@ struct Members {
     chunks: Vec<(u32, Arc<Chunk>)>,
 }
 
-/// The A and AAAA records of up to `CHUNK` consecutive IDs.
+/// The A and AAAA records of up to `CHUNK` consecutive IDs. A member's records are its A record
+/// (16 bytes), its AAAA record (28 bytes), or both in that order: their length says which.
 struct Chunk {
     /// Which of the run's IDs are members (a member may have no address at all).
     present: [u64; CHUNK as usize / 64],
-    /// Where each ID's RRsets start in `rrsets`; the next ID's start ends them.
+    /// Where each ID's records start in `arena`; the next ID's start ends them.
     starts: [u16; CHUNK as usize + 1],
-    rrsets: Vec<Rrset>,
     arena: Vec<u8>,
 }
 
-/// The PTR records of the addresses in one shard.
+/// Owner pointer, type, class, TTL, data length, data.
+const A_LEN: usize = 2 + 10 + 4;
+const AAAA_LEN: usize = 2 + 10 + 16;
+
+/// The PTR records of the addresses in one shard: each member's address here, with the member,
+/// in order, and one PTR record per member at `records[i]..records[i + 1]` of `arena`, so that
+/// an address's records are the run of its members'.
 #[derive(Default)]
 struct Pointers {
-    /// Every member's address here, with the member, in order: what a change edits.
-    owners: Vec<(IpAddr, Slot)>,
-    /// The distinct addresses of `owners`, in order, and each one's PTR records.
-    addresses: Vec<IpAddr>,
-    rrsets: Vec<Rrset>,
+    owners: Vec<(IpAddr, Holder)>,
+    records: Vec<u32>,
     arena: Vec<u8>,
+}
+
+/// A member as the PTR shards hold it: smaller than a `Slot`, since there are many.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Holder {
+    id: u32,
+    role: u16,
+}
+
+impl From<Slot> for Holder {
+    fn from(slot: Slot) -> Holder {
+        // Roles are a Corefile's few lines.
+        Holder { id: slot.id, role: slot.role as u16 }
+    }
 }
 
 pub enum Found<'a> {
@@ -97,21 +114,46 @@ pub enum Found<'a> {
     OutOfZone,
 }
 
-/// A name's RRsets, and the bytes they are in.
+/// A name's RRsets.
 #[derive(Clone, Copy)]
-pub struct Rrsets<'a> {
-    rrsets: &'a [Rrset],
-    arena: &'a [u8],
+pub enum Rrsets<'a> {
+    /// Listed, in the bytes they are in.
+    Listed { rrsets: &'a [Rrset], arena: &'a [u8] },
+    /// A member's A and AAAA records (see `Chunk`).
+    Member(&'a [u8]),
+    /// `count` PTR records.
+    Pointers { records: &'a [u8], count: u16 },
 }
 
 impl<'a> Rrsets<'a> {
     /// The RRset of type `rtype`; for ANY, the name's first one (RFC 8482).
     pub fn get(&self, rtype: Rtype) -> Option<Answer<'a>> {
-        let rrset = match rtype {
-            Rtype::ANY => self.rrsets.first(),
-            _ => self.rrsets.iter().find(|r| r.rtype == rtype),
-        };
-        rrset.map(|r| answer(self.arena, r.section))
+        match *self {
+            Rrsets::Listed { rrsets, arena } => {
+                let rrset = match rtype {
+                    Rtype::ANY => rrsets.first(),
+                    _ => rrsets.iter().find(|r| r.rtype == rtype),
+                };
+                rrset.map(|r| answer(arena, r.section))
+            }
+            Rrsets::Member(records) => {
+                let (a, aaaa) = match records.len() {
+                    A_LEN => (Some(records), None),
+                    AAAA_LEN => (None, Some(records)),
+                    _ => records.split_at_checked(A_LEN).map_or((None, None), |(a, aaaa)| (Some(a), Some(aaaa))),
+                };
+                let records = match rtype {
+                    Rtype::A => a,
+                    Rtype::AAAA => aaaa,
+                    Rtype::ANY => a.or(aaaa),
+                    _ => None,
+                }?;
+                Some(Answer::of(records, 1))
+            }
+            Rrsets::Pointers { records, count } => {
+                matches!(rtype, Rtype::PTR | Rtype::ANY).then(|| Answer::of(records, count))
+            }
+        }
     }
 }
 
@@ -120,6 +162,14 @@ impl<'a> Rrsets<'a> {
 pub struct Answer<'a> {
     pub section: Section,
     pub bytes: &'a [u8],
+}
+
+impl<'a> Answer<'a> {
+    /// `count` answer records, all of them required.
+    fn of(records: &'a [u8], count: u16) -> Answer<'a> {
+        let len = records.len() as u32;
+        Answer { section: Section { start: 0, len, required: len, counts: [count, 0, 0] }, bytes: records }
+    }
 }
 
 fn answer(arena: &[u8], section: Section) -> Answer<'_> {
@@ -166,7 +216,7 @@ impl Snapshot {
     pub fn build<M: AsRef<Record>>(inputs: &Inputs<M>) -> Snapshot {
         let apex = zone_apex(inputs.roles.first().map_or(".", |r| r.pattern.zone()));
         let mut roles: Vec<Members> = inputs.roles.iter().map(Members::new).collect();
-        let mut shards: Vec<Vec<(IpAddr, Slot)>> = vec![Vec::new(); SHARDS];
+        let mut shards: Vec<Vec<(IpAddr, Holder)>> = vec![Vec::new(); SHARDS];
         for (role, members) in inputs.members.iter().enumerate().take(roles.len()) {
             let mut ids = members.iter().peekable();
             while let Some((&first, _)) = ids.peek() {
@@ -176,7 +226,7 @@ impl Snapshot {
                     let record = member.as_ref();
                     run.push((id, *record));
                     for ip in addresses(record) {
-                        shards[shard(ip)].push((ip, Slot { role, id }));
+                        shards[shard(ip)].push((ip, Slot { role, id }.into()));
                     }
                 }
                 roles[role].chunks.push((number, Arc::new(Chunk::build(&run, inputs.ttl))));
@@ -217,10 +267,11 @@ impl Snapshot {
             }
         }
         // Each shard's edits, in order: a member's old addresses go, its new ones come.
-        let mut edits: BTreeMap<usize, Vec<(IpAddr, Slot, bool)>> = BTreeMap::new();
+        let mut edits: BTreeMap<usize, Vec<(IpAddr, Holder, bool)>> = BTreeMap::new();
         for t in touched {
-            let before = t.before.iter().flat_map(addresses).map(|ip| (ip, t.slot, false));
-            for (ip, slot, add) in before.chain(t.after.iter().flat_map(addresses).map(|ip| (ip, t.slot, true))) {
+            let owner = Holder::from(t.slot);
+            let before = t.before.iter().flat_map(addresses).map(|ip| (ip, owner, false));
+            for (ip, slot, add) in before.chain(t.after.iter().flat_map(addresses).map(|ip| (ip, owner, true))) {
                 edits.entry(shard(ip)).or_default().push((ip, slot, add));
             }
         }
@@ -248,7 +299,7 @@ impl Snapshot {
     pub fn lookup(&self, name: &[u8]) -> Found<'_> {
         if let Some(range) = self.top.names.get(name) {
             let rrsets = &self.top.rrsets[range.start as usize..range.end as usize];
-            return Found::Name(Rrsets { rrsets, arena: &self.top.arena });
+            return Found::Name(Rrsets::Listed { rrsets, arena: &self.top.arena });
         }
         if let Some(rrsets) = self.member(name).or_else(|| self.pointer(name)) {
             return Found::Name(rrsets);
@@ -274,8 +325,13 @@ impl Snapshot {
     fn pointer(&self, name: &[u8]) -> Option<Rrsets<'_>> {
         let ip = wire::reverse_address(name)?;
         let shard = self.pointers.get(shard(ip))?;
-        let i = shard.addresses.binary_search(&ip).ok()?;
-        Some(Rrsets { rrsets: &shard.rrsets[i..=i], arena: &shard.arena })
+        let first = shard.owners.partition_point(|(owner, _)| *owner < ip);
+        let last = first + shard.owners[first..].partition_point(|(owner, _)| *owner == ip);
+        if first == last {
+            return None;
+        }
+        let records = shard.arena.get(shard.records[first] as usize..shard.records[last] as usize)?;
+        Some(Rrsets::Pointers { records, count: (last - first).try_into().unwrap_or(u16::MAX) })
     }
 
     /// Whether a lowercase wire-form name is the zone or below it (reverse names are neither).
@@ -339,34 +395,22 @@ fn decimal(digits: &[u8]) -> Option<u32> {
 impl Chunk {
     /// The run holding `members` (IDs in order, all of one run).
     fn build(members: &[(u32, Record)], ttl: u32) -> Chunk {
+        let size = |r: &Record| r.ipv4.map_or(0, |_| A_LEN) + r.ipv6.map_or(0, |_| AAAA_LEN);
         let mut chunk = Chunk {
             present: [0; CHUNK as usize / 64],
             starts: [0; CHUNK as usize + 1],
-            rrsets: Vec::with_capacity(members.len()),
-            arena: Vec::with_capacity(members.len() * 16),
+            arena: Vec::with_capacity(members.iter().map(|(_, r)| size(r)).sum()),
         };
         let mut next = 0;
         for &(id, record) in members {
             let i = (id % CHUNK) as usize;
-            chunk.starts[next..=i].fill(chunk.rrsets.len() as u16);
+            // At most 256 members of 44 bytes: offsets fit in 16 bits.
+            chunk.starts[next..=i].fill(chunk.arena.len() as u16);
             next = i + 1;
             chunk.present[i / 64] |= 1 << (i % 64);
-            if let Some(ip) = record.ipv4 {
-                let section = write(&mut chunk.arena, |w| {
-                    w.record(Part::Answer, Owner::Question, Rtype::A, Class::IN, ttl, &ip.octets())
-                });
-                chunk.rrsets.push(Rrset { rtype: Rtype::A, section });
-            }
-            if let Some(ip) = record.ipv6 {
-                let section = write(&mut chunk.arena, |w| {
-                    w.record(Part::Answer, Owner::Question, Rtype::AAAA, Class::IN, ttl, &ip.octets())
-                });
-                chunk.rrsets.push(Rrset { rtype: Rtype::AAAA, section });
-            }
+            write(&mut chunk.arena, |w| address_records(w, Part::Answer, Owner::Question, &record, ttl));
         }
-        chunk.starts[next..].fill(chunk.rrsets.len() as u16);
-        chunk.rrsets.shrink_to_fit();
-        chunk.arena.shrink_to_fit();
+        chunk.starts[next..].fill(chunk.arena.len() as u16);
         chunk
     }
 
@@ -375,29 +419,24 @@ impl Chunk {
         if self.present[i / 64] & (1 << (i % 64)) == 0 {
             return None;
         }
-        let rrsets = &self.rrsets[usize::from(self.starts[i])..usize::from(self.starts[i + 1])];
-        Some(Rrsets { rrsets, arena: &self.arena })
+        Some(Rrsets::Member(&self.arena[usize::from(self.starts[i])..usize::from(self.starts[i + 1])]))
     }
 }
 
 impl Pointers {
     /// The shard of `owners` (in order): one PTR RRset per address, naming each member with it.
-    fn build(owners: Vec<(IpAddr, Slot)>, roles: &[Members], apex: &[u8], ttl: u32) -> Pointers {
-        let mut shard = Pointers { arena: Vec::with_capacity(owners.len() * 32), ..Pointers::default() };
-        for run in owners.chunk_by(|a, b| a.0 == b.0) {
-            let section = write(&mut shard.arena, |w| {
-                for (_, slot) in run {
-                    let Some(members) = roles.get(slot.role) else { continue };
-                    let target = members.name(slot.id, apex);
-                    w.record(Part::Answer, Owner::Question, Rtype::PTR, Class::IN, ttl, &target);
-                }
-            });
-            shard.addresses.push(run[0].0);
-            shard.rrsets.push(Rrset { rtype: Rtype::PTR, section });
+    fn build(owners: Vec<(IpAddr, Holder)>, roles: &[Members], apex: &[u8], ttl: u32) -> Pointers {
+        let mut records = Vec::with_capacity(owners.len() + 1);
+        let mut arena = Vec::with_capacity(owners.len() * 40);
+        for (_, owner) in &owners {
+            records.push(arena.len() as u32);
+            let Some(members) = roles.get(usize::from(owner.role)) else { continue };
+            let target = members.name(owner.id, apex);
+            write(&mut arena, |w| w.record(Part::Answer, Owner::Question, Rtype::PTR, Class::IN, ttl, &target));
         }
-        shard.owners = owners;
-        shard.arena.shrink_to_fit();
-        shard
+        records.push(arena.len() as u32);
+        arena.shrink_to_fit();
+        Pointers { owners, records, arena }
     }
 }
 
