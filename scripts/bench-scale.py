@@ -608,10 +608,18 @@ class Bench:
         started = time.monotonic()
         node.start()
         self.node = node
-        seconds = self.prober.wait(NODE_IP, name_of(n), has(address_of(n)), started, 120)
-        if seconds is None:
-            raise RuntimeError(f"the node did not answer {name_of(n)} within 120 s; its log: {node.log_path}")
-        return seconds
+        want = has(address_of(n))
+        while True:
+            # A second at a time, to notice a node that exits (a Corefile it does not take, say).
+            waited = time.monotonic() - started
+            seconds = self.prober.wait(NODE_IP, name_of(n), want, started, waited + 1)
+            if seconds is not None:
+                return seconds
+            if not node.alive() or waited > 120:
+                with open(node.log_path) as f:
+                    tail = "".join(f.readlines()[-3:])
+                why = f"exited with {node.process.returncode}" if not node.alive() else "did not answer within 120 s"
+                raise RuntimeError(f"the node {why}; the end of its log:\n{tail}")
 
     def stop_node(self):
         stop_all([self.node.process])
@@ -1183,7 +1191,8 @@ def main(argv):
     try:
         extras = "; ".join(a.with_) or "none (the defaults)"
         version = subprocess.run(["etcd", "--version"], stdout=subprocess.PIPE, text=True).stdout.split("\n")[0]
-        print(f"scale: {a.bin} against one etcd ({version}), {os.cpu_count()} cores, Linux {os.uname().release}")
+        binary = os.path.relpath(a.bin)
+        print(f"scale: {binary} against one etcd ({version}), {os.cpu_count()} cores, Linux {os.uname().release}")
         print(f"Corefile additions: {extras}; {a.nodes} idle nodes; idle windows of {a.window:.0f} s")
         small_rss = bench.small_memory() if a.members else 0
         for n in sorted(a.members):
@@ -1192,6 +1201,9 @@ def main(argv):
             print()
             bench.claims()
         bench.table()
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     finally:
         if bench.node:
             bench.stop_node()
