@@ -70,17 +70,18 @@ free_port() {
     done
 }
 
-# start_etcd DIR CLIENT_PORT PEER_PORT: a throwaway single-member etcd on loopback; its PID is
-# written to DIR/etcd.pid and its log to DIR/etcd.log.
+# start_etcd DIR CLIENT_PORT PEER_PORT [ETCD_FLAG...]: a throwaway single-member etcd on loopback;
+# its PID is written to DIR/etcd.pid and its log to DIR/etcd.log.
 start_etcd() {
-    local dir=$1 client="http://127.0.0.1:$2" peer="http://127.0.0.1:$3"
+    local dir=$1 port=$2 client="http://127.0.0.1:$2" peer="http://127.0.0.1:$3"
+    shift 3
     etcd --name local --data-dir "$dir/data" \
         --listen-client-urls "$client" --advertise-client-urls "$client" \
         --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
-        --initial-cluster "local=$peer" >"$dir/etcd.log" 2>&1 &
+        --initial-cluster "local=$peer" "$@" >"$dir/etcd.log" 2>&1 &
     echo $! >"$dir/etcd.pid"
     for _ in $(seq 100); do
-        if etcd_answers 127.0.0.1 "$2"; then
+        if etcd_answers 127.0.0.1 "$port"; then
             return 0
         fi
         sleep 0.1
@@ -90,13 +91,14 @@ start_etcd() {
     return 1
 }
 
-# start_etcd_on_free_ports DIR: start_etcd on free ports; sets ETCD_PORT to its client port.
-# Another program may take a free port before etcd binds it: then it tries other ports.
+# start_etcd_on_free_ports DIR [ETCD_FLAG...]: start_etcd on free ports; sets ETCD_PORT to its
+# client port. Another program may take a free port before etcd binds it: then it tries other ports.
 start_etcd_on_free_ports() {
     local dir=$1 attempt
+    shift
     for attempt in 1 2 3; do
         ETCD_PORT=$(free_port)
-        if start_etcd "$dir" "$ETCD_PORT" "$(free_port)" 2>"$dir/etcd.start"; then
+        if start_etcd "$dir" "$ETCD_PORT" "$(free_port)" "$@" 2>"$dir/etcd.start"; then
             return 0
         fi
         kill "$(cat "$dir/etcd.pid")" 2>/dev/null || true
