@@ -195,6 +195,20 @@ impl View {
         applied.then_some(changes)
     }
 
+    /// Per role, in Corefile order, the revision its members reflect; empty until the first read.
+    /// A watch resumes each role from the one after.
+    pub fn revisions(&self) -> &[i64] {
+        &self.revisions
+    }
+
+    /// Notes that etcd sent every change to `role`'s range up to `revision` (a watch's progress
+    /// notification) and that all of them were applied: the role's members reflect `revision`.
+    pub fn progress(&mut self, role: usize, revision: i64) {
+        if let Some(known) = self.revisions.get_mut(role) {
+            *known = (*known).max(revision);
+        }
+    }
+
     /// The revision of the newest change among the keys held, if any: the same on every node that
     /// read the same keys, whenever it read them.
     pub fn newest(&self) -> Option<i64> {
@@ -443,6 +457,21 @@ mod tests {
         assert_eq!(view.apply(vec![put("ps_claims/x", "", 20)]), None);
         assert_eq!(ids(&view), [vec![0, 3, 4], vec![]]);
         assert_eq!(view.revision(), Some(12));
+    }
+
+    #[test]
+    fn progress_advances_a_roles_revision_and_never_takes_it_back() {
+        let mut unread = View::new(&roles(), OURS);
+        unread.progress(0, 30);
+        assert!(unread.revisions().is_empty(), "nothing before the first read");
+        let mut view = loaded();
+        view.progress(1, 30);
+        view.progress(0, 5);
+        view.progress(7, 40);
+        assert_eq!(view.revisions(), [10, 30]);
+        // What the worker stream sent up to 30 is applied: a change at 30 is no news.
+        assert_eq!(view.apply(vec![delete("worker1.tf.local.", 30)]), None);
+        assert!(view.apply(vec![delete("worker1.tf.local.", 31)]).is_some());
     }
 
     #[test]
