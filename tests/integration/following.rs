@@ -2,11 +2,16 @@
 //! stream that breaks, a compaction and a burst of changes come to, and what an idle node asks
 //! of etcd.
 
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
 use std::time::Duration;
 
 use domain::base::iana::OptRcode;
 
-use crate::support::{Etcd, Node, Setup};
+use crate::support::{free_port, Etcd, Node, Setup};
 
 fn record(ip: &str) -> String {
     format!(r#"{{"ipv4":"{ip}"}}"#)
@@ -211,4 +216,120 @@ fn a_reload_switches_between_polling_and_watching() {
     etcd.put("worker6.switch.test.", &record("10.0.0.6"));
     node.wait_for_address("worker6.switch.test.", "10.0.0.6");
     assert_eq!(reads(&node), 2, "one read at start, one by a poll for worker6: {}", node.log());
+}
+
+/// A TCP proxy to etcd that can go silent as a network does, without closing anything: once
+/// `freeze` is called, the connections open then carry nothing ever again (a partition the far
+/// end never saw, a middlebox that forgot them), and new ones carry nothing until `thaw`.
+struct Proxy {
+    url: String,
+    state: Arc<ProxyState>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    frozen: AtomicBool,
+    /// Connections numbered below this are dead for good.
+    dead_below: AtomicU64,
+    next: AtomicU64,
+    stopped: AtomicBool,
+}
+
+impl Proxy {
+    fn to(etcd: &Etcd) -> Proxy {
+        let ip = Ipv4Addr::LOCALHOST;
+        let listener = TcpListener::bind((ip, free_port(ip))).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let target: SocketAddr = etcd.url.trim_start_matches("http://").parse().unwrap();
+        let state = Arc::new(ProxyState::default());
+        let shared = Arc::clone(&state);
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            while !shared.stopped.load(Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let Ok(server) = TcpStream::connect(target) else { continue };
+                let n = shared.next.fetch_add(1, Relaxed);
+                client.set_nonblocking(false).unwrap();
+                for (from, to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    let shared = Arc::clone(&shared);
+                    std::thread::spawn(move || pump(from, to, n, &shared));
+                }
+            }
+        });
+        Proxy { url, state }
+    }
+
+    fn freeze(&self) {
+        self.state.frozen.store(true, Relaxed);
+        self.state.dead_below.store(self.state.next.load(Relaxed), Relaxed);
+    }
+
+    fn thaw(&self) {
+        self.state.frozen.store(false, Relaxed);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.state.stopped.store(true, Relaxed);
+    }
+}
+
+/// Carries bytes one way on connection `n`, or swallows them while it is silent.
+fn pump(mut from: TcpStream, mut to: TcpStream, n: u64, state: &ProxyState) {
+    from.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut buf = [0u8; 16 << 10];
+    while !state.stopped.load(Relaxed) {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(len) => {
+                let silent = state.frozen.load(Relaxed) || n < state.dead_below.load(Relaxed);
+                if !silent && to.write_all(&buf[..len]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+#[test]
+fn a_watch_on_a_connection_gone_silent_is_restarted_once_renewals_get_through_again() {
+    let etcd = Etcd::start();
+    let proxy = Proxy::to(&etcd);
+    // Renewed every 3 s, each renewal waiting 2.25 s at most: one fails well within the lease.
+    let setup = Setup { endpoints: proxy.url.clone(), poll: "", lease: 9, ..Setup::new(&etcd, "silent.test.") };
+    let node = watching(&setup);
+    etcd.put("worker5.silent.test.", &record("10.0.0.5"));
+    node.wait_for_address("worker5.silent.test.", "10.0.0.5");
+
+    proxy.freeze();
+    node.wait_for_log("cannot renew the lease");
+    etcd.put("worker6.silent.test.", &record("10.0.0.6"));
+    proxy.thaw();
+    // The old stream would stay silent for a minute before it is given up.
+    node.wait_for_address("worker6.silent.test.", "10.0.0.6");
+    assert!(node.log().contains("restarting the etcd watch"), "{}", node.log());
+    assert_eq!(reads(&node), 1, "restarted where the members were, not read again: {}", node.log());
+}
+
+#[test]
+fn a_watch_left_on_an_endpoint_gone_silent_follows_the_renewals_to_the_next() {
+    let etcd = Etcd::start();
+    let (first, second) = (Proxy::to(&etcd), Proxy::to(&etcd));
+    let endpoints = format!("{} {}", first.url, second.url);
+    let setup = Setup { endpoints, poll: "", lease: 9, ..Setup::new(&etcd, "moved.test.") };
+    let node = watching(&setup);
+    assert!(node.log().contains(&format!("etcd watch opened at {}", first.url)), "{}", node.log());
+
+    first.freeze();
+    etcd.put("worker6.moved.test.", &record("10.0.0.6"));
+    node.wait_for_address("worker6.moved.test.", "10.0.0.6");
+    assert!(node.log().contains(&format!("restarting the etcd watch at {}", second.url)), "{}", node.log());
+    assert_eq!(reads(&node), 1, "{}", node.log());
 }
