@@ -744,9 +744,11 @@ impl Drop for WatchEnd {
     }
 }
 
-/// The watch thread: forwards every change in the ranges, each from its revision on, reopening
-/// the stream where each left off whenever it breaks. Ends when the etcd thread is gone, or at
-/// the next message or reconnection once `stop` is set (a reload turned `watch` off).
+/// The watch thread: forwards every change in the ranges, each from its revision on, and etcd's
+/// progress notifications, reopening the stream where each left off (its last change or
+/// notification) whenever it breaks, and saying where it opened it. Ends when its owner stopped
+/// listening, or at the next message or reconnection once `stop` is set (a reload turned the
+/// watch off, or the etcd thread restarts it).
 pub(crate) fn follow(
     mut client: etcd::Client,
     mut ranges: Vec<WatchRange>,

@@ -18,7 +18,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A range over every member of a 10 000-node cluster is about 2 MB of JSON.
 pub(super) const MAX_RESPONSE_BYTES: u64 = 64 << 20;
 /// A watch that says nothing for this long is reopened: the connection may be dead without
-/// anyone having closed it, and reopening a quiet watch costs one request.
+/// anyone having closed it (a middlebox that forgot it, say), and reopening a quiet watch costs
+/// one request, from where it left off: etcd finds the changes since by revision, whatever the
+/// cluster's size. With the default lease's renewals every 6.7 s, a quiet node stays under 0.2
+/// requests a second. etcd's own progress notifications come only every 10 minutes by default.
 const WATCH_SILENCE: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
