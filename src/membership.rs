@@ -513,6 +513,8 @@ impl Membership {
         }
         // After the changes they follow: etcd sent them all, and all are applied.
         for (role, revision) in progress {
+            let name = self.settings.roles.get(role).map_or("?", |r| r.name.as_str());
+            log::debug!("etcd watch progress: role {name} at revision {revision}");
             self.view.progress(role, revision);
         }
         if resync {
