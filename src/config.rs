@@ -18,7 +18,8 @@ pub const DEFAULT_LEASE: u32 = 20;
 pub const DEFAULT_NAMESERVERS: u32 = 3;
 /// The most `nameservers` takes: the root zone's count, and about what fits a 512-byte answer.
 pub const MAX_NAMESERVERS: u32 = 13;
-pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
+/// How often to poll when a watch cannot be had (its thread could not start, or ended).
+pub const FALLBACK_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -56,11 +57,37 @@ pub struct Config {
     pub nameservers: u32,
     /// etcd lease TTL in seconds.
     pub lease: u32,
-    pub poll: Duration,
-    /// Follow etcd's watch stream besides polling, for changes within milliseconds.
-    pub watch: bool,
+    /// How the members are followed: `poll` and `watch`.
+    pub follow: Follow,
     /// UDP answering threads per listen address, sharing it with `SO_REUSEPORT`.
     pub threads: u32,
+}
+
+/// How the etcd thread follows the members once it has read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Follow {
+    /// Apply etcd's watch stream, reading everything again only when the watch cannot go on: the
+    /// default, and `watch` alone. Idle, it costs etcd nothing but the lease's keep-alives.
+    Watch,
+    /// Ask etcd every so often whether anything changed (`poll` without `watch`), for etcd
+    /// deployments where watches are unwanted.
+    Poll(Duration),
+    /// Both (`watch` and `poll`): polling underneath the watch, a safety net.
+    WatchAndPoll(Duration),
+}
+
+impl Follow {
+    pub fn watches(self) -> bool {
+        matches!(self, Follow::Watch | Follow::WatchAndPoll(_))
+    }
+
+    /// How often to poll, if at all.
+    pub fn poll(self) -> Option<Duration> {
+        match self {
+            Follow::Watch => None,
+            Follow::Poll(every) | Follow::WatchAndPoll(every) => Some(every),
+        }
+    }
 }
 
 /// One kind of node of a job, `role ps ps{{.ID}}.tf.local. 2`: a Corefile with only `pattern`

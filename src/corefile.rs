@@ -23,7 +23,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, Follow};
 use crate::pattern::Pattern;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -380,8 +380,12 @@ fn build(blocks: &[Block], source: &Path, reader: Reader) -> Result<Config, Fail
         ttl: settings.ttl.unwrap_or(config::DEFAULT_TTL),
         nameservers: settings.nameservers.unwrap_or(config::DEFAULT_NAMESERVERS),
         lease: settings.lease.unwrap_or(config::DEFAULT_LEASE),
-        poll: settings.poll.unwrap_or(config::DEFAULT_POLL),
-        watch: settings.watch.unwrap_or(false),
+        // `poll` alone keeps its old meaning, polling only; with `watch`, it polls underneath.
+        follow: match (settings.poll, settings.watch) {
+            (None, _) => Follow::Watch,
+            (Some(every), None) => Follow::Poll(every),
+            (Some(every), Some(_)) => Follow::WatchAndPoll(every),
+        },
         threads: settings.threads.unwrap_or(1),
     })
 }

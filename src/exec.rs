@@ -388,6 +388,8 @@ impl Fence {
                     }
                     // The watch missed changes: the key as it is now says all.
                     Ok(Watched::Resync) => resync = true,
+                    // How far the watch got matters only to itself.
+                    Ok(Watched::Progress { .. } | Watched::Opened(_)) => {}
                     Ok(Watched::Ended(_)) | Err(_) => break Lost::now("the watch on its key stopped"),
                 },
                 default(timeout) => {}

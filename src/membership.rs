@@ -1,12 +1,16 @@
 //! The etcd thread: claims this node's name, keeps its lease alive, reads the other members and
 //! hands answering threads a new snapshot whenever they change, and releases the name at shutdown.
 //!
-//! It is the only thread that changes anything in etcd. Members are read by polling: every `poll`,
-//! one cheap request tells whether any role's key range changed, and only then are they read
-//! whole. With `watch`, a helper thread also follows etcd's watch stream and forwards each change
-//! at once; polling stays on underneath, so a watch that breaks or silently stalls costs latency,
-//! never correctness. What the members are is the `view`'s to say, and what the lease and the name
-//! on it come to is `lease`'s; this thread does the I/O.
+//! It is the only thread that changes anything in etcd. Members are followed as Kubernetes
+//! informers do, by default: every role's key range is read once (at start, after a claim), then
+//! a helper thread follows etcd's watch stream and forwards each change at once. A stream that
+//! breaks is reopened where each range left off; the ranges are read again only when etcd no
+//! longer has the changes since (it compacted them). An idle node costs etcd only its lease's
+//! keep-alives, and this thread sleeps until one is due, a command or a change. With `poll`, it
+//! asks etcd every so often whether anything changed instead (one key's answer, which says the
+//! store's revision), or underneath the watch with `watch` too. What the members are is the
+//! `view`'s to say, and what the lease and the name on it come to is `lease`'s; this thread does
+//! the I/O.
 //! Everything is retried with backoff when etcd cannot be reached; meanwhile answering threads go
 //! on with the last snapshot they received.
 
@@ -20,7 +24,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 use crate::address::Addresses;
 use crate::claim::{self, Choice, ClaimError};
 use crate::clock::boottime;
-use crate::config::{self, Role};
+use crate::config::{self, Role, FALLBACK_POLL};
 use crate::etcd::{self, Compare, Op, RangeRequest, Refusal, Txn, WatchMessage, WatchRange};
 use crate::lease::{renew_interval, Holding, Lease, LeaseState, Loss};
 use crate::messages::{Command, Event, Latest, Tuning, Update, Watched};
@@ -34,8 +38,8 @@ use crate::zone::{Inputs, Snapshot};
 const WARN_EVERY: Duration = Duration::from_secs(30);
 const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-/// However quiet the change detector, read everything this often: a backstop against any way the
-/// copy in memory could drift from etcd unnoticed.
+/// Polling without a watch, read everything this often however quiet the change detector: a
+/// backstop against any way the copy in memory could drift from etcd unnoticed.
 const FULL_READ_EVERY: Duration = Duration::from_secs(600);
 
 pub struct Settings {
@@ -62,8 +66,17 @@ struct Membership {
     holding: Holding,
     view: View,
     /// Set when everything must be read again: at start, after a claim, when the watch missed
-    /// changes, and now and then as a backstop.
+    /// changes, and now and then as a backstop when polling without a watch.
     read_due: bool,
+    /// When to try that read again after one failed.
+    next_read: Instant,
+    read_retry: Backoff,
+    /// The store's revision as the last read or poll saw it: a poll that sees it unmoved is done.
+    last_seen: Option<i64>,
+    /// The watch stream, when one runs.
+    watch: Following,
+    /// Set when a renewal failed, until one gets through.
+    renewal_failed: bool,
     /// Set when this node cannot go on; the loop ends with it.
     fatal: Option<String>,
     /// Whether the members were counted in the log once: after that, each join is told.
@@ -99,6 +112,11 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
         state: first,
         holding: Holding::default(),
         read_due: true,
+        next_read: now,
+        read_retry: Backoff::new(),
+        last_seen: None,
+        watch: Following::default(),
+        renewal_failed: false,
         fatal: None,
         members_told: false,
         trouble: Trouble::default(),
@@ -106,7 +124,6 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
         next_poll: now,
         next_full_read: now + FULL_READ_EVERY,
     };
-    let mut watch = Following { changes: crossbeam_channel::never(), stop: None };
     let mut retry = Backoff::new();
     loop {
         if let Some(why) = m.fatal.take() {
@@ -132,42 +149,40 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
                     if m.fatal.is_some() {
                         continue;
                     }
-                    if m.stop_requested(&commands, retry.next(), &mut watch) {
+                    if m.stop_requested(&commands, retry.next()) {
                         return m.stop();
                     }
                     continue;
                 }
             }
         }
-        if now >= m.next_poll || m.read_due {
+        if m.read_due {
+            if now >= m.next_read {
+                m.read();
+            }
+        } else if m.poll_every().is_some() && now >= m.next_poll {
             m.poll();
         }
-        if m.settings.tuning.watch && watch.stop.is_none() && !m.read_due {
-            let stop = Arc::new(AtomicBool::new(false));
-            watch.changes = m.start_watch(Arc::clone(&stop)).unwrap_or_else(crossbeam_channel::never);
-            watch.stop = Some(stop);
+        m.start_watch();
+        // Nothing to do until then but what a command or the watch brings.
+        let mut wake = m.next_keepalive;
+        match m.poll_every() {
+            _ if m.read_due => wake = wake.min(m.next_read),
+            Some(_) => wake = wake.min(m.next_poll),
+            None => {}
         }
-        let timeout = m.next_keepalive.min(m.next_poll).saturating_duration_since(Instant::now());
+        let changes = m.watch.changes.clone();
         select! {
             recv(commands) -> command => match command {
-                Ok(Command::Retune(tuning)) => m.retune(tuning, &mut watch),
+                Ok(Command::Retune(tuning)) => m.retune(tuning),
                 Ok(Command::Shutdown) | Err(_) => return m.stop(),
             },
-            recv(watch.changes) -> change => match change {
-                Ok(Watched::Changes(events)) => {
-                    if let Some(changes) = m.view.apply(events) {
-                        m.publish(changes);
-                    }
-                }
-                Ok(Watched::Resync) => m.read_due = true,
-                Ok(Watched::Ended(why)) => {
-                    log::warn!("the etcd watch stopped ({why}); polling every {:?} instead", m.settings.tuning.poll);
-                    watch.changes = crossbeam_channel::never();
-                }
+            recv(changes) -> message => match message {
+                Ok(message) => m.followed(message, &changes),
                 // The channel closes only after the guard sent `Ended`, which already stopped listening.
-                Err(_) => watch.changes = crossbeam_channel::never(),
+                Err(_) => m.watch = Following::failed(),
             },
-            default(timeout) => {}
+            default(wake.saturating_duration_since(Instant::now())) => {}
         }
         if Instant::now() >= m.next_keepalive {
             m.keepalive();
@@ -175,21 +190,47 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
     }
 }
 
-/// The watch stream, once started.
+/// The watch stream, when one runs.
 struct Following {
     changes: Receiver<Watched>,
-    /// Ends the watch thread; `None` until one was started.
+    /// Ends the watch thread; `None` when none runs.
     stop: Option<Arc<AtomicBool>>,
+    /// Where its stream is open, as it last said.
+    endpoint: Option<String>,
+    /// The watch thread could not start, or ended: polling stands in until a reload asks for the
+    /// watch again.
+    failed: bool,
+}
+
+impl Default for Following {
+    fn default() -> Following {
+        Following { changes: crossbeam_channel::never(), stop: None, endpoint: None, failed: false }
+    }
+}
+
+impl Following {
+    fn failed() -> Following {
+        Following { failed: true, ..Following::default() }
+    }
+
+    /// Ends the watch thread, at its next message or reconnection; whatever it still sends goes
+    /// nowhere.
+    fn retire(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.store(true, Relaxed);
+        }
+        *self = Following { failed: self.failed, ..Following::default() };
+    }
 }
 
 impl Membership {
     /// Sleeps up to `timeout`, taking reloads meanwhile; true when told to shut down (or when the
     /// main thread is gone).
-    fn stop_requested(&mut self, commands: &Receiver<Command>, timeout: Duration, watch: &mut Following) -> bool {
+    fn stop_requested(&mut self, commands: &Receiver<Command>, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             match commands.recv_deadline(deadline) {
-                Ok(Command::Retune(tuning)) => self.retune(tuning, watch),
+                Ok(Command::Retune(tuning)) => self.retune(tuning),
                 Ok(Command::Shutdown) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return true,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => return false,
             }
@@ -198,15 +239,16 @@ impl Membership {
 
     /// Takes a reload's settings: answers carry the new TTL at once, the next poll comes at the
     /// new interval, and the watch starts or stops.
-    fn retune(&mut self, tuning: Tuning, watch: &mut Following) {
+    fn retune(&mut self, tuning: Tuning) {
         let before = std::mem::replace(&mut self.settings.tuning, tuning);
-        self.next_poll = Instant::now() + tuning.poll;
-        if before.watch && !tuning.watch {
-            // The watch thread ends at its next message or reconnection.
-            if let Some(stop) = watch.stop.take() {
-                stop.store(true, Relaxed);
-            }
-            watch.changes = crossbeam_channel::never();
+        if let Some(every) = self.poll_every() {
+            self.next_poll = Instant::now() + every;
+        }
+        match (before.follow.watches(), tuning.follow.watches()) {
+            (true, false) => self.watch.retire(),
+            // A watch that failed gets another chance.
+            (false, true) => self.watch = Following::default(),
+            _ => {}
         }
         self.state.log = tuning.log;
         match (before.ttl, before.nameservers) != (tuning.ttl, tuning.nameservers) {
@@ -321,6 +363,7 @@ impl Membership {
         match self.client.lease_keepalive(lease.id) {
             Ok(Some(ttl)) => {
                 self.trouble.recovered(self.client.endpoint());
+                self.check_watch();
                 log::debug!("renewed lease {:x} for {ttl}s", lease.id);
                 self.metrics.renewals.fetch_add(1, Relaxed);
                 let lease = Lease::answered(lease.id, ttl, before, asked);
@@ -333,9 +376,11 @@ impl Membership {
             }
             Ok(None) => {
                 self.trouble.recovered(self.client.endpoint());
+                self.check_watch();
                 self.lose(LeaseState::Gone);
             }
             Err(e) => {
+                self.renewal_failed = true;
                 self.failed("cannot renew the lease", &e);
                 self.next_keepalive = Instant::now() + Duration::from_secs(1).min(renew_interval(lease.ttl));
                 if self.holding.ran_out(boottime()) {
@@ -367,37 +412,168 @@ impl Membership {
         self.refresh(&[]);
     }
 
+    /// How often to poll: as `poll` says, or, when the watch it asks for cannot be had, as often as
+    /// polling used to by default. `None`: never, the watch brings every change.
+    fn poll_every(&self) -> Option<Duration> {
+        match self.settings.tuning.follow.poll() {
+            None if self.watch.failed => Some(FALLBACK_POLL),
+            every => every,
+        }
+    }
+
     /// Reads the members if anything changed since the last read, and publishes a new snapshot.
     fn poll(&mut self) {
         let now = Instant::now();
-        self.next_poll = now + self.settings.tuning.poll;
-        if now >= self.next_full_read {
-            self.next_full_read = now + FULL_READ_EVERY;
+        self.next_poll = now + self.poll_every().unwrap_or(FALLBACK_POLL);
+        if !self.settings.tuning.follow.watches() && now >= self.next_full_read {
             self.read_due = true;
+            return self.read();
         }
-        if !self.read_due {
-            let newest: Vec<RangeRequest> =
-                self.ranges().into_iter().map(|r| RangeRequest { newest: true, ..r }).collect();
-            match self.client.read(&newest) {
-                Ok(ranges) => {
-                    self.trouble.recovered(self.client.endpoint());
-                    let marker = |r: &etcd::Range| (r.count, r.kvs.first().map_or(0, |kv| kv.mod_revision));
-                    if ranges.iter().map(marker).eq(self.view.markers()) {
-                        return;
-                    }
-                }
-                Err(e) => return self.failed("cannot read the members", &e),
+        // One key's answer tells the store's revision, which any change anywhere in etcd moves: when
+        // it stayed, nothing changed. etcd looks up one key for it, whatever the cluster's size.
+        let Some(first) = self.ranges().into_iter().next() else { return };
+        match self.client.range(&first.start, &[]) {
+            Ok(answer) if Some(answer.revision) == self.last_seen => {
+                return self.trouble.recovered(self.client.endpoint())
             }
+            Ok(_) => self.trouble.recovered(self.client.endpoint()),
+            Err(e) => return self.failed("cannot read the members", &e),
         }
-        match self.client.read(&self.ranges()) {
+        // Something changed, perhaps elsewhere: each role's newest revision and count tell whether
+        // it was ours. etcd passes over the ranges' keys for that.
+        let newest: Vec<RangeRequest> = self.ranges().into_iter().map(|r| RangeRequest { newest: true, ..r }).collect();
+        match self.client.read(&newest) {
             Ok(ranges) => {
                 self.trouble.recovered(self.client.endpoint());
-                let revision = ranges.first().map_or(0, |r| r.revision);
-                let changes = self.view.load(revision, ranges.into_iter().map(|r| r.kvs).collect());
+                let marker = |r: &etcd::Range| (r.count, r.kvs.first().map_or(0, |kv| kv.mod_revision));
+                if ranges.iter().map(marker).eq(self.view.markers()) {
+                    self.last_seen = ranges.first().map(|r| r.revision);
+                    return;
+                }
+            }
+            Err(e) => return self.failed("cannot read the members", &e),
+        }
+        self.read_due = true;
+        self.read();
+    }
+
+    /// Reads every role's key range, at one revision, and publishes what changed. The answer is
+    /// taken key by key as it arrives, never held whole.
+    fn read(&mut self) {
+        let ranges = self.ranges();
+        let known = self.view.revision();
+        let started = Instant::now();
+        let mut keys = 0usize;
+        let mut loading = self.view.loading();
+        let read = self.client.read_each(&ranges, |range, kv| {
+            keys += 1;
+            loading.put(range, kv);
+        });
+        match read {
+            Ok(revision) => {
+                let changes = loading.finish(revision);
+                self.trouble.recovered(self.client.endpoint());
+                self.read_retry.reset();
+                log::debug!(
+                    "read every role's keys at revision {revision}: {keys} keys in {:.1} ms",
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+                self.last_seen = Some(revision);
+                self.next_full_read = Instant::now() + FULL_READ_EVERY;
+                if known.is_some_and(|known| known > revision) {
+                    // etcd's data was restored or replaced: the watch waits for revisions that
+                    // came before, and must follow from this read instead.
+                    log::warn!("etcd's revision went back to {revision}: following the members from there");
+                    self.watch.retire();
+                }
                 self.read_due = false;
                 self.publish(changes);
             }
-            Err(e) => self.failed("cannot read the members", &e),
+            Err(e) => {
+                // The keys read before the answer broke off are in the view: answered too.
+                let changes = loading.abandon();
+                if !changes.touched.is_empty() {
+                    self.publish(changes);
+                }
+                self.next_read = Instant::now() + self.read_retry.next();
+                self.failed("cannot read the members", &e);
+            }
+        }
+    }
+
+    /// Takes what the watch thread sent: this message and every one already waiting behind it,
+    /// so that a burst of changes (a transaction of many, or many within moments) costs one
+    /// snapshot.
+    fn followed(&mut self, first: Watched, changes: &Receiver<Watched>) {
+        let waiting = changes.len();
+        let (mut events, mut progress, mut resync, mut ended) = (Vec::new(), Vec::new(), false, None);
+        for message in std::iter::once(first).chain(changes.try_iter().take(waiting)) {
+            match message {
+                Watched::Changes(batch) => events.extend(batch),
+                Watched::Progress { range, revision } => progress.push((range, revision)),
+                Watched::Opened(endpoint) => self.watch.endpoint = Some(endpoint),
+                Watched::Resync => resync = true,
+                Watched::Ended(why) => ended = Some(why),
+            }
+        }
+        if !events.is_empty() {
+            if let Some(changes) = self.view.apply(events) {
+                self.publish(changes);
+            }
+        }
+        // After the changes they follow: etcd sent them all, and all are applied.
+        for (role, revision) in progress {
+            let name = self.settings.roles.get(role).map_or("?", |r| r.name.as_str());
+            log::debug!("etcd watch progress: role {name} at revision {revision}");
+            self.view.progress(role, revision);
+        }
+        if resync {
+            log::info!("etcd no longer has the changes the watch was to resume from: reading every member again");
+            self.read_due = true;
+        }
+        if let Some(why) = ended {
+            log::warn!("the etcd watch stopped ({why}); polling every {FALLBACK_POLL:?} instead");
+            self.watch = Following::failed();
+        }
+    }
+
+    /// Starts the thread that follows every role's key range on one watch stream, each from the
+    /// revision after the one its members reflect, if the watch is wanted and none runs.
+    fn start_watch(&mut self) {
+        let revisions = self.view.revisions();
+        let wanted = self.settings.tuning.follow.watches() && !self.watch.failed && !self.read_due;
+        if !wanted || self.watch.stop.is_some() || revisions.is_empty() {
+            return;
+        }
+        let ranges: Vec<WatchRange> = self
+            .ranges()
+            .into_iter()
+            .zip(revisions)
+            .map(|(r, revision)| WatchRange { start: r.start, end: r.end, from: revision + 1 })
+            .collect();
+        let (client, stop) = (self.client.clone(), Arc::new(AtomicBool::new(false)));
+        let thread_stop = Arc::clone(&stop);
+        match spawn_watch("etcd-watch", move |tx| follow(client, ranges, tx, thread_stop)) {
+            Ok(changes) => self.watch = Following { changes, stop: Some(stop), endpoint: None, failed: false },
+            Err(e) => {
+                log::warn!("cannot start the watch thread ({e}); polling every {FALLBACK_POLL:?} instead");
+                self.watch = Following::failed();
+            }
+        }
+    }
+
+    /// After a renewal got an answer. A watch stream can die without a word (a partition, etcd's
+    /// host gone without a reset) and stay silent until it is given up: a renewal that failed and
+    /// now got through, or got through at another endpoint than the stream's, says that may have
+    /// happened. The watch starts again then, from the members' revisions, at the endpoint that
+    /// answered: one request, no read.
+    fn check_watch(&mut self) {
+        let recovered = std::mem::take(&mut self.renewal_failed);
+        let moved = self.watch.endpoint.as_deref().is_some_and(|e| e != self.client.endpoint());
+        if self.watch.stop.is_some() && (recovered || moved) {
+            let why = if moved { "etcd answers at another endpoint" } else { "etcd answers again" };
+            log::debug!("restarting the etcd watch at {}: {why}", self.client.endpoint());
+            self.watch.retire();
         }
     }
 
@@ -545,22 +721,6 @@ impl Membership {
         }
     }
 
-    /// Starts the thread that follows every role's key range on one watch stream, from the last
-    /// read on; it ends once `stop` is set.
-    fn start_watch(&self, stop: Arc<AtomicBool>) -> Option<Receiver<Watched>> {
-        let from = self.view.revision()? + 1;
-        let ranges: Vec<WatchRange> =
-            self.ranges().into_iter().map(|r| WatchRange { start: r.start, end: r.end, from }).collect();
-        let client = self.client.clone();
-        match spawn_watch("etcd-watch", move |tx| follow(client, ranges, tx, stop)) {
-            Ok(rx) => Some(rx),
-            Err(e) => {
-                log::warn!("cannot start the watch thread ({e}); polling only");
-                None
-            }
-        }
-    }
-
     /// Releases the name and tells the main thread.
     fn stop(mut self) {
         self.release();
@@ -618,9 +778,11 @@ impl Drop for WatchEnd {
     }
 }
 
-/// The watch thread: forwards every change in the ranges, each from its revision on, reopening
-/// the stream where each left off whenever it breaks. Ends when the etcd thread is gone, or at
-/// the next message or reconnection once `stop` is set (a reload turned `watch` off).
+/// The watch thread: forwards every change in the ranges, each from its revision on, and etcd's
+/// progress notifications, reopening the stream where each left off (its last change or
+/// notification) whenever it breaks, and saying where it opened it. Ends when its owner stopped
+/// listening, or at the next message or reconnection once `stop` is set (a reload turned the
+/// watch off, or the etcd thread restarts it).
 pub(crate) fn follow(
     mut client: etcd::Client,
     mut ranges: Vec<WatchRange>,
@@ -628,9 +790,16 @@ pub(crate) fn follow(
     stop: Arc<AtomicBool>,
 ) {
     let mut retry = Backoff::new();
+    let mut opened = false;
     while !stop.load(Relaxed) {
         match client.watch(&ranges) {
             Ok(mut watch) => {
+                let from: Vec<String> = ranges.iter().map(|r| r.from.to_string()).collect();
+                let how = if std::mem::replace(&mut opened, true) { "resumed" } else { "opened" };
+                log::debug!("etcd watch {how} at {} from revision {}", watch.endpoint(), from.join(", "));
+                if tx.send(Watched::Opened(watch.endpoint().to_string())).is_err() {
+                    return;
+                }
                 while !stop.load(Relaxed) {
                     match watch.receive() {
                         Ok(WatchMessage::Changes(events)) => {
@@ -649,7 +818,17 @@ pub(crate) fn follow(
                                 return;
                             }
                         }
-                        Ok(WatchMessage::Progress) => retry.reset(),
+                        Ok(WatchMessage::Alive) => retry.reset(),
+                        Ok(WatchMessage::Progress { range, revision }) => {
+                            retry.reset();
+                            // A stream that breaks resumes after it.
+                            if let Some(range) = ranges.get_mut(range) {
+                                range.from = range.from.max(revision + 1);
+                            }
+                            if tx.send(Watched::Progress { range, revision }).is_err() {
+                                return;
+                            }
+                        }
                         Ok(WatchMessage::Compacted { revision }) => {
                             // What happened before `revision` is gone from etcd's history: have
                             // everything read again, and watch on from the oldest revision left, so
@@ -756,6 +935,7 @@ mod tests {
                 .iter()
                 .map(|message| match message {
                     Watched::Changes(_) => "changes".to_string(),
+                    Watched::Progress { .. } | Watched::Opened(_) => "progress".to_string(),
                     Watched::Resync => "resync".to_string(),
                     Watched::Ended(why) => why,
                 })

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::config::Follow;
 use crate::etcd::WatchEvent;
 use crate::zone::Snapshot;
 
@@ -61,9 +62,8 @@ pub struct Tuning {
     pub ttl: u32,
     /// How many members the zone's NS set names.
     pub nameservers: u32,
-    pub poll: Duration,
-    /// Follow etcd's watch stream besides polling.
-    pub watch: bool,
+    /// Watch, poll, or both.
+    pub follow: Follow,
     /// A line per answered query (`log`), which travels to the answering threads in `Update`.
     pub log: bool,
 }
@@ -84,10 +84,14 @@ pub enum Event {
     ThreadExited(String),
 }
 
-/// From the watch thread to the etcd thread.
+/// From a watch thread to its owner.
 pub enum Watched {
-    /// Changes to the member range, in revision order.
+    /// Changes to the watched ranges, each range's in revision order.
     Changes(Vec<WatchEvent>),
+    /// etcd sent every change to the `range`-th range up to `revision`: a progress notification.
+    Progress { range: usize, revision: i64 },
+    /// The stream is open at this endpoint (again, after a break: it resumed where it left off).
+    Opened(String),
     /// The watch missed changes (etcd compacted its history): read the members again.
     Resync,
     /// The watch thread ended, and why (it panicked, say): its last message.

@@ -58,8 +58,8 @@ pub fn plan(running: &Config, new: Config) -> Result<Plan, Refused> {
     let changed = differing(&[
         (running.ttl != new.ttl, "ttl"),
         (running.nameservers != new.nameservers, "nameservers"),
-        (running.poll != new.poll, "poll"),
-        (running.watch != new.watch, "watch"),
+        (running.follow.poll() != new.follow.poll(), "poll"),
+        (running.follow.watches() != new.follow.watches(), "watch"),
         (running.forward != new.forward, "forward"),
         (running.log != new.log, "log"),
         (running.health != new.health, "health"),
@@ -99,7 +99,10 @@ mod tests {
         let cases = [
             ("ttl 5", "ttl 30", vec!["ttl"]),
             ("ttl 5", "ttl 5\n nameservers 1", vec!["nameservers"]),
-            ("ttl 5", "ttl 5\n poll 250ms\n watch", vec!["poll", "watch"]),
+            // The default watches: `poll` with `watch` adds polling, `poll` alone stops watching.
+            ("ttl 5", "ttl 5\n poll 250ms\n watch", vec!["poll"]),
+            ("ttl 5", "ttl 5\n poll 250ms", vec!["poll", "watch"]),
+            ("ttl 5", "ttl 5\n watch", vec![]),
             ("bind 127.0.0.1", "bind 127.0.0.1\n forward . 10.0.0.2\n health :8080", vec!["forward", "health"]),
             ("bind 127.0.0.1", "bind 127.0.0.1\n prometheus :9153", vec!["prometheus"]),
             ("ttl 5", "ttl 5", vec![]),

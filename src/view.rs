@@ -54,8 +54,9 @@ pub struct View {
     /// The keys on one lease, the node's: claims that arrived late stand out among them without
     /// a pass over every key at every change.
     on_lease: (i64, BTreeSet<Vec<u8>>),
-    /// Flips at every full read: entries still carrying the old mark were not in it.
-    mark: bool,
+    /// Counts full reads: entries that carry another mark were not in the last one. A count, not
+    /// a flip, since a read that broke off leaves the keys it took marked.
+    mark: u16,
 }
 
 /// A member: its record, and what the view needs to know of its key.
@@ -66,7 +67,7 @@ pub struct Member {
     lease: i64,
     /// Whether its value is this node's own record, byte for byte.
     ours: bool,
-    mark: bool,
+    mark: u16,
 }
 
 impl AsRef<Record> for Member {
@@ -81,7 +82,7 @@ struct Other {
     mod_revision: i64,
     lease: i64,
     ours: bool,
-    mark: bool,
+    mark: u16,
     why: String,
 }
 
@@ -152,7 +153,7 @@ impl View {
             revisions: Vec::new(),
             newest: Some(None),
             on_lease: (0, BTreeSet::new()),
-            mark: false,
+            mark: 0,
         }
     }
 
@@ -206,7 +207,7 @@ impl View {
     /// Starts a full read that takes the keys one at a time, as they are parsed: a cluster of
     /// 100 000 members is never held twice, once as read and once as members.
     pub fn loading(&mut self) -> Loading<'_> {
-        self.mark = !self.mark;
+        self.mark = self.mark.wrapping_add(1);
         let changes = Changes { first: self.revisions.is_empty(), ..Changes::default() };
         Loading { view: self, changes }
     }
@@ -234,6 +235,20 @@ impl View {
             }
         }
         applied.then_some(changes)
+    }
+
+    /// Per role, in Corefile order, the revision its members reflect; empty until the first read.
+    /// A watch resumes each role from the one after.
+    pub fn revisions(&self) -> &[i64] {
+        &self.revisions
+    }
+
+    /// Notes that etcd sent every change to `role`'s range up to `revision` (a watch's progress
+    /// notification) and that all of them were applied: the role's members reflect `revision`.
+    pub fn progress(&mut self, role: usize, revision: i64) {
+        if let Some(known) = self.revisions.get_mut(role) {
+            *known = (*known).max(revision);
+        }
     }
 
     /// The revision of the newest change among the keys held, if any: the same on every node that
@@ -394,6 +409,13 @@ impl Loading<'_> {
             }
         }
         view.put(role, kv, &mut self.changes);
+    }
+
+    /// Gives up a read that broke off: the keys it took stay, as changes; none is deleted, and
+    /// the roles' revisions stay as they were, so that the watch or the next read goes on from
+    /// there.
+    pub fn abandon(self) -> Changes {
+        self.changes
     }
 
     /// Ends the read: every key it did not see is gone.
@@ -573,6 +595,25 @@ mod tests {
         assert_eq!(ids(&view), [vec![], vec![1]]);
     }
 
+    /// A read that broke off keeps what it took and deletes nothing; the next whole read still
+    /// finds every key that is gone, whether the broken read saw it or not.
+    #[test]
+    fn a_read_that_broke_off_leaves_the_next_to_find_what_is_gone() {
+        let mut view = loaded();
+        let mut broken = view.loading();
+        broken.put(1, kv("worker1.tf.local.", &ip(7), 8, 8));
+        let changes = broken.abandon();
+        assert_eq!(named(&changes, false, false), ["worker1.tf.local."]);
+        assert_eq!(ids(&view), [vec![0], vec![1]], "nothing deleted");
+        assert_eq!(view.revision(), Some(10), "nor the revision moved");
+        let mut whole = view.loading();
+        whole.put(1, kv("worker1.tf.local.", &ip(7), 8, 8));
+        let changes = whole.finish(12);
+        assert_eq!(named(&changes, false, true), ["ps0.tf.local."]);
+        assert_eq!(ids(&view), [vec![], vec![1]]);
+        assert_eq!(view.unreadable().count(), 0, "ps1 and worker01 are gone too");
+    }
+
     #[test]
     fn watched_changes_apply_once_per_role() {
         let mut unread = View::new(&roles(), OURS);
@@ -591,6 +632,21 @@ mod tests {
         assert_eq!(view.apply(vec![put("ps_claims/x", "", 20)]), None);
         assert_eq!(ids(&view), [vec![0, 3, 4], vec![]]);
         assert_eq!(view.revision(), Some(12));
+    }
+
+    #[test]
+    fn progress_advances_a_roles_revision_and_never_takes_it_back() {
+        let mut unread = View::new(&roles(), OURS);
+        unread.progress(0, 30);
+        assert!(unread.revisions().is_empty(), "nothing before the first read");
+        let mut view = loaded();
+        view.progress(1, 30);
+        view.progress(0, 5);
+        view.progress(7, 40);
+        assert_eq!(view.revisions(), [10, 30]);
+        // What the worker stream sent up to 30 is applied: a change at 30 is no news.
+        assert_eq!(view.apply(vec![delete("worker1.tf.local.", 30)]), None);
+        assert!(view.apply(vec![delete("worker1.tf.local.", 31)]).is_some());
     }
 
     #[test]

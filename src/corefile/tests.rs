@@ -35,7 +35,7 @@ fn defaults() {
     let c = parse_ok(". {\n idetcd {\n  pattern worker{{.ID}}.tf.local.\n }\n}");
     assert_eq!(c.endpoints, ["http://localhost:2379"]);
     assert_eq!(c.roles[0].ids, 1..=10);
-    assert_eq!((c.ttl, c.lease, c.poll, c.threads, c.watch), (5, 20, Duration::from_secs(1), 1, false));
+    assert_eq!((c.ttl, c.lease, c.follow, c.threads), (5, 20, Follow::Watch, 1));
     assert_eq!((c.ipv4, c.ipv6), (None, None));
     assert!(c.listen.is_empty());
     assert_eq!(c.port, 53);
@@ -70,7 +70,23 @@ fn every_setting() {
     assert_eq!(c.roles[0].pattern.to_string(), "worker{{.ID}}.tf.local.");
     assert_eq!(c.ipv4, Some("10.0.0.3".parse().unwrap()));
     assert_eq!(c.ipv6, Some("fd00::3".parse().unwrap()));
-    assert_eq!((c.ttl, c.lease, c.poll, c.threads, c.watch), (30, 10, Duration::from_millis(250), 4, true));
+    assert_eq!((c.ttl, c.lease, c.follow, c.threads), (30, 10, Follow::WatchAndPoll(Duration::from_millis(250)), 4));
+}
+
+/// Neither is the new default, the watch; `poll` alone still polls only, as it always did.
+#[test]
+fn poll_and_watch_choose_how_members_are_followed() {
+    let ms = Duration::from_millis;
+    for (lines, want) in [
+        ("", Follow::Watch),
+        ("  watch\n", Follow::Watch),
+        ("  poll 2s\n", Follow::Poll(ms(2000))),
+        ("  poll 500ms\n  watch\n", Follow::WatchAndPoll(ms(500))),
+        ("  watch\n  poll 500ms\n", Follow::WatchAndPoll(ms(500))),
+    ] {
+        let c = parse_ok(&format!(". {{\n idetcd {{\n  pattern worker{{{{.ID}}}}.tf.local.\n{lines} }}\n}}"));
+        assert_eq!(c.follow, want, "{lines:?}");
+    }
 }
 
 #[test]

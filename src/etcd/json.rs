@@ -152,6 +152,182 @@ impl OpResponseJson {
     }
 }
 
+/// Reads the answer to a transaction of `ranges` reads as it streams in, handing each key-value
+/// to `each` with the index of its read, and returns the revision it was read at. Neither the
+/// answer nor the keys are ever held whole: at 100 000 members the answer is 15 MB of JSON.
+/// Fields may come in any order. On an error, what `each` was given is incomplete.
+pub(super) fn read_each(
+    reader: impl std::io::Read,
+    ranges: usize,
+    each: &mut dyn FnMut(usize, KeyValue),
+) -> Result<i64, serde_json::Error> {
+    let mut json = serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(1 << 16, reader));
+    let revision = serde::de::DeserializeSeed::deserialize(ReadAnswer { each, ranges }, &mut json)?;
+    json.end()?;
+    Ok(revision)
+}
+
+/// The fields `read_each` looks at, at any level; the others are skipped unread.
+#[derive(serde::Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Field {
+    Header,
+    Responses,
+    ResponseRange,
+    Kvs,
+    #[serde(other)]
+    Other,
+}
+
+/// The whole answer: `{"header":{…},"succeeded":true,"responses":[…]}`; its value is the
+/// revision the reads were made at.
+struct ReadAnswer<'a> {
+    each: &'a mut dyn FnMut(usize, KeyValue),
+    ranges: usize,
+}
+
+/// `responses`: one per read, in order; its value is how many there were and the newest
+/// revision their headers gave.
+struct Responses<'a> {
+    each: &'a mut dyn FnMut(usize, KeyValue),
+    ranges: usize,
+}
+
+/// One of `responses`: `{"response_range":{…}}`, the `index`-th read's answer.
+struct Response<'a> {
+    each: &'a mut dyn FnMut(usize, KeyValue),
+    index: usize,
+}
+
+/// A read's answer: `{"header":{…},"kvs":[…],"count":"…"}`; its value is its header's revision.
+struct RangeAnswer<'a> {
+    each: &'a mut dyn FnMut(usize, KeyValue),
+    index: usize,
+}
+
+/// `kvs`: each handed over as soon as it is read.
+struct Kvs<'a> {
+    each: &'a mut dyn FnMut(usize, KeyValue),
+    index: usize,
+}
+
+/// Implements `DeserializeSeed` by handing the deserializer the seed itself as the visitor.
+macro_rules! seed {
+    ($seed:ident, $value:ty, $kind:ident) => {
+        impl<'de> serde::de::DeserializeSeed<'de> for $seed<'_> {
+            type Value = $value;
+            fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<$value, D::Error> {
+                d.$kind(self)
+            }
+        }
+    };
+}
+
+seed!(ReadAnswer, i64, deserialize_map);
+seed!(Responses, (usize, i64), deserialize_seq);
+seed!(Response, i64, deserialize_map);
+seed!(RangeAnswer, i64, deserialize_map);
+seed!(Kvs, (), deserialize_seq);
+
+impl<'de> serde::de::Visitor<'de> for ReadAnswer<'_> {
+    type Value = i64;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a transaction answer")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<i64, A::Error> {
+        let (mut revision, mut answered) = (0, None);
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Header => revision = revision.max(map.next_value::<HeaderJson>()?.revision.0),
+                Field::Responses => {
+                    let (count, newest) = map.next_value_seed(Responses { each: self.each, ranges: self.ranges })?;
+                    answered = Some(count);
+                    revision = revision.max(newest);
+                }
+                _ => drop(map.next_value::<serde::de::IgnoredAny>()?),
+            }
+        }
+        match answered.unwrap_or(0) {
+            n if n == self.ranges => Ok(revision),
+            n => Err(serde::de::Error::custom(format!("{n} answers to {} reads", self.ranges))),
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Responses<'_> {
+    type Value = (usize, i64);
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of responses")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(usize, i64), A::Error> {
+        let (mut index, mut revision) = (0, 0);
+        loop {
+            if index == self.ranges {
+                // More answers than reads: said by the caller, once it counted them all.
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    index += 1;
+                }
+                return Ok((index, revision));
+            }
+            match seq.next_element_seed(Response { each: &mut *self.each, index })? {
+                Some(newest) => revision = revision.max(newest),
+                None => return Ok((index, revision)),
+            }
+            index += 1;
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Response<'_> {
+    type Value = i64;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a response")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<i64, A::Error> {
+        let mut revision = None;
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::ResponseRange if revision.is_none() => {
+                    revision = Some(map.next_value_seed(RangeAnswer { each: &mut *self.each, index: self.index })?);
+                }
+                _ => drop(map.next_value::<serde::de::IgnoredAny>()?),
+            }
+        }
+        revision.ok_or_else(|| serde::de::Error::custom(format!("read {} answered with no range", self.index)))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RangeAnswer<'_> {
+    type Value = i64;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a range answer")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<i64, A::Error> {
+        let mut revision = 0;
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Header => revision = map.next_value::<HeaderJson>()?.revision.0,
+                Field::Kvs => map.next_value_seed(Kvs { each: &mut *self.each, index: self.index })?,
+                _ => drop(map.next_value::<serde::de::IgnoredAny>()?),
+            }
+        }
+        Ok(revision)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Kvs<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of keys")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(kv) = seq.next_element::<KeyValueJson>()? {
+            (self.each)(self.index, kv.decode().map_err(serde::de::Error::custom)?);
+        }
+        Ok(())
+    }
+}
+
 /// A range request. Asking for the newest key only takes four fields more.
 #[derive(serde::Serialize)]
 pub(super) struct RangeRequestJson {
@@ -383,10 +559,25 @@ pub(super) struct WatchJson {
 #[derive(Default, serde::Deserialize)]
 #[serde(default)]
 struct WatchResultJson {
+    header: HeaderJson,
+    /// Which watcher of the stream the message is about; 0 is left out.
+    watch_id: Int,
+    created: bool,
     events: Option<Vec<EventJson>>,
     canceled: bool,
     cancel_reason: String,
     compact_revision: Int,
+}
+
+/// A watch message, with the watcher it is about as etcd numbers them on the stream.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum WatchAnswer {
+    /// etcd created the watcher with this ID. It answers a stream's create requests in order.
+    Created(i64),
+    /// Nothing changed for a watcher up to `revision`.
+    Progress { watch_id: i64, revision: i64 },
+    /// Changes, or the start revision compacted away.
+    Message(WatchMessage),
 }
 
 #[derive(Default, serde::Deserialize)]
@@ -405,23 +596,35 @@ impl WatchJson {
     }
 
     /// `None` when etcd cancelled the watch for a reason other than compaction.
-    pub(super) fn decode(self) -> Result<Option<WatchMessage>, String> {
+    pub(super) fn decode(self) -> Result<Option<WatchAnswer>, String> {
         if let Some(error) = self.error {
             return Err(format!("watch error: {error}"));
         }
         let result = self.result;
         if result.compact_revision.0 > 0 {
-            return Ok(Some(WatchMessage::Compacted { revision: result.compact_revision.0 }));
+            return Ok(Some(WatchAnswer::Message(WatchMessage::Compacted { revision: result.compact_revision.0 })));
         }
         if result.canceled {
             return Ok(None);
         }
-        let Some(events) = result.events else { return Ok(Some(WatchMessage::Progress)) };
+        // A creation's revision is the store's, not how far the watcher got: one that starts in
+        // the past is still catching up.
+        if result.created {
+            return Ok(Some(WatchAnswer::Created(result.watch_id.0)));
+        }
+        let events = match result.events {
+            Some(events) if !events.is_empty() => events,
+            _ => {
+                let progress =
+                    WatchAnswer::Progress { watch_id: result.watch_id.0, revision: result.header.revision.0 };
+                return Ok(Some(progress));
+            }
+        };
         let events = events
             .into_iter()
             .map(|e| Ok(WatchEvent { deleted: e.kind == "DELETE", kv: e.kv.decode()? }))
             .collect::<Result<_, String>>()?;
-        Ok(Some(WatchMessage::Changes(events)))
+        Ok(Some(WatchAnswer::Message(WatchMessage::Changes(events))))
     }
 }
 
@@ -469,6 +672,61 @@ mod tests {
         assert_eq!(range(r#"{"header":{"revision":7},"count":"2"}"#).map(|r| (r.revision, r.count)), Ok((7, 2)));
         let txn = serde_json::from_str::<TxnJson>(r#"{"responses":[{"response_compact":{}}]}"#).unwrap();
         assert!(txn.decode().is_err());
+    }
+
+    /// Reads `answer` with `read_each` for `ranges` reads, a few bytes at a time as a slow
+    /// network would hand it over: the revision, and each key with its read's index, as text.
+    fn read_in_pieces(answer: &str, ranges: usize) -> Result<(i64, Vec<(usize, String)>), String> {
+        /// At most 7 bytes per read.
+        struct Trickle<'a>(&'a [u8]);
+        impl std::io::Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(7).min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut kvs = Vec::new();
+        let mut each = |index: usize, kv: KeyValue| {
+            let key = String::from_utf8_lossy(&kv.key);
+            kvs.push((index, format!("{key}={} @{}", String::from_utf8_lossy(&kv.value), kv.mod_revision)))
+        };
+        let revision = read_each(Trickle(answer.as_bytes()), ranges, &mut each).map_err(|e| e.to_string())?;
+        Ok((revision, kvs))
+    }
+
+    #[test]
+    fn reads_a_read_answer_key_by_key_as_it_streams_in() {
+        // As etcd 3.4.23 answered three reads (ps, worker, chief) in one transaction.
+        const ANSWER: &str = r#"{"header":{"cluster_id":"15118495548433857066","member_id":"13668033151171901709","revision":"3","raft_term":"2"},"succeeded":true,"responses":[{"response_range":{"header":{"revision":"3"},"kvs":[{"key":"cHMwLnRmLmxvY2FsLg==","create_revision":"2","mod_revision":"2","version":"1","value":"eyJpcHY0IjoiMTAuMC4wLjEifQ=="}],"count":"1"}},{"response_range":{"header":{"revision":"3"},"kvs":[{"key":"d29ya2VyMS50Zi5sb2NhbC4=","create_revision":"3","mod_revision":"3","version":"1","value":"eyJpcHY0IjoiMTAuMC4wLjIifQ=="}],"count":"1"}},{"response_range":{"header":{"revision":"3"}}}]}"#;
+        let want = vec![
+            (0, r#"ps0.tf.local.={"ipv4":"10.0.0.1"} @2"#.to_string()),
+            (1, r#"worker1.tf.local.={"ipv4":"10.0.0.2"} @3"#.to_string()),
+        ];
+        assert_eq!(read_in_pieces(ANSWER, 3), Ok((3, want.clone())));
+        // Made up from it: the header last, and fields of no interest anywhere.
+        let (header, rest) = ANSWER.split_at(ANSWER.find(r#","succeeded""#).unwrap());
+        let reordered = format!(r#"{{"more":[{{"kvs":[1]}}],{},{}}}"#, &rest[1..rest.len() - 1], &header[1..]);
+        assert_eq!(read_in_pieces(&reordered, 3), Ok((3, want)));
+        assert_eq!(
+            read_in_pieces(r#"{"responses":[{"response_range":{"header":{"revision":"9"}}}]}"#, 1),
+            Ok((9, vec![]))
+        );
+
+        let fails = |answer: &str, ranges: usize, why: &str| {
+            let error = read_in_pieces(answer, ranges).expect_err(answer);
+            assert!(error.contains(why), "{answer}: {error}");
+        };
+        fails(ANSWER, 2, "3 answers to 2 reads");
+        fails(ANSWER, 4, "3 answers to 4 reads");
+        fails(&ANSWER[..ANSWER.len() - 40], 3, "EOF");
+        fails(r#"{"header":{"revision":"3"}}"#, 1, "0 answers to 1 reads");
+        fails(r#"{"responses":[{"response_put":{"header":{}}}]}"#, 1, "read 0 answered with no range");
+        fails(r#"{"responses":[{"response_range":{"kvs":[{"key":"***"}]}}]}"#, 1, "key is not base64");
+        fails(r#"{"responses":[{"response_range":{"kvs":{"key":"a2V5"}}}]}"#, 1, "a list of keys");
+        fails(r#"{"responses":[]} trailing"#, 0, "trailing characters");
+        fails("[]", 0, "a transaction answer");
     }
 
     #[test]
@@ -532,20 +790,37 @@ mod tests {
 
     #[test]
     fn parses_watch_messages() {
-        // As etcd 3.4.23 streamed them.
+        // As etcd 3.4.23 streamed them, two watchers on one stream (the second, ID 1, started at
+        // a compacted revision), with --experimental-watch-progress-notify-interval 2s.
         let message = |text: &str| serde_json::from_str::<WatchJson>(text).unwrap().decode();
-        let created = r#"{"result":{"header":{"revision":"1"},"created":true}}"#;
-        assert_eq!(message(created), Ok(Some(WatchMessage::Progress)));
-        let changes = r#"{"result":{"header":{"revision":"3"},"events":[
+        const HEADER: &str = r#""header":{"cluster_id":"15118495548433857066","member_id":"13668033151171901709","revision":"4","raft_term":"2"}"#;
+        let json = |text: &str| text.replace("HEADER", HEADER);
+        assert_eq!(message(&json(r#"{"result":{HEADER,"created":true}}"#)), Ok(Some(WatchAnswer::Created(0))));
+        assert_eq!(
+            message(&json(r#"{"result":{HEADER,"watch_id":"1","created":true}}"#)),
+            Ok(Some(WatchAnswer::Created(1)))
+        );
+        let changes = r#"{"result":{"header":{"revision":"3"},"watch_id":"1","events":[
             {"kv":{"key":"dzEueC4=","create_revision":"2","mod_revision":"2","version":"1","value":"aGVsbG8="}},
             {"type":"DELETE","kv":{"key":"dzEueC4=","mod_revision":"3"}}]}}"#;
-        let Ok(Some(WatchMessage::Changes(events))) = message(changes) else { panic!("{:?}", message(changes)) };
+        let Ok(Some(WatchAnswer::Message(WatchMessage::Changes(events)))) = message(changes) else {
+            panic!("{:?}", message(changes))
+        };
         assert_eq!(events.len(), 2);
         assert!(!events[0].deleted && events[1].deleted);
         assert_eq!((events[0].kv.key.as_slice(), events[0].kv.value.as_slice()), (&b"w1.x."[..], &b"hello"[..]));
         assert_eq!(events[1].kv.mod_revision, 3);
-        let compacted = r#"{"result":{"header":{},"canceled":true,"compact_revision":"3"}}"#;
-        assert_eq!(message(compacted), Ok(Some(WatchMessage::Compacted { revision: 3 })));
+        // Progress notifications: the watcher's ID, and the revision it got to.
+        assert_eq!(
+            message(&json(r#"{"result":{HEADER}}"#)),
+            Ok(Some(WatchAnswer::Progress { watch_id: 0, revision: 4 }))
+        );
+        assert_eq!(
+            message(&json(r#"{"result":{HEADER,"watch_id":"1"}}"#)),
+            Ok(Some(WatchAnswer::Progress { watch_id: 1, revision: 4 }))
+        );
+        let compacted = r#"{"result":{"header":{"cluster_id":"15118495548433857066","member_id":"13668033151171901709","raft_term":"2"},"watch_id":"1","canceled":true,"compact_revision":"4"}}"#;
+        assert_eq!(message(compacted), Ok(Some(WatchAnswer::Message(WatchMessage::Compacted { revision: 4 }))));
         assert_eq!(message(r#"{"result":{"canceled":true,"cancel_reason":"x"}}"#), Ok(None));
         assert!(message(r#"{"error":{"grpc_code":14}}"#).is_err());
     }

@@ -208,8 +208,11 @@ pub struct WatchRange {
 pub enum WatchMessage {
     /// Changes in revision order.
     Changes(Vec<WatchEvent>),
-    /// Nothing changed; the watch is alive (its creation, a progress notification).
-    Progress,
+    /// Nothing changed; the watch is alive (a watcher's creation, say).
+    Alive,
+    /// etcd sent every change to the `range`-th range (in the order `watch` was given them) up to
+    /// `revision`: a progress notification. A stream that breaks may resume after it.
+    Progress { range: usize, revision: i64 },
     /// The revision the watch was to start from is compacted away: read everything again. The
     /// oldest revision etcd still has is given.
     Compacted { revision: i64 },

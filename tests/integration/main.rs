@@ -5,6 +5,7 @@ mod cli;
 mod corefile;
 mod dns;
 mod faults;
+mod following;
 mod hostile;
 mod launchers;
 mod membership;

@@ -150,6 +150,8 @@ pub struct Etcd {
     tls: Option<(Pki, bool)>,
     /// Sent with the test's own requests once auth is on.
     token: Option<String>,
+    /// More command-line arguments, for every start.
+    args: Vec<String>,
 }
 
 impl Etcd {
@@ -157,24 +159,31 @@ impl Etcd {
         Etcd::cluster(1).pop().unwrap()
     }
 
+    /// A single member started with more arguments: `--max-txn-ops 1000`.
+    pub fn start_with(args: &[&str]) -> Etcd {
+        let etcd = Etcd::cluster_of(1, None, args).pop().unwrap();
+        etcd.wait_ready();
+        etcd
+    }
+
     /// A single member that speaks TLS with certificates from `pki`, and with
     /// `--client-cert-auth` asks every client for one too.
     pub fn start_tls(pki: Pki, client_cert_auth: bool) -> Etcd {
-        let etcd = Etcd::cluster_of(1, Some((pki, client_cert_auth))).pop().unwrap();
+        let etcd = Etcd::cluster_of(1, Some((pki, client_cert_auth)), &[]).pop().unwrap();
         etcd.wait_ready();
         etcd
     }
 
     /// Starts `size` members that form one cluster, and waits until it answers.
     pub fn cluster(size: usize) -> Vec<Etcd> {
-        let members = Etcd::cluster_of(size, None);
+        let members = Etcd::cluster_of(size, None, &[]);
         for member in &members {
             member.wait_ready();
         }
         members
     }
 
-    fn cluster_of(size: usize, tls: Option<(Pki, bool)>) -> Vec<Etcd> {
+    fn cluster_of(size: usize, tls: Option<(Pki, bool)>, args: &[&str]) -> Vec<Etcd> {
         let ip = Ipv4Addr::LOCALHOST;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(ip), free_port(ip))).collect();
@@ -197,6 +206,7 @@ impl Etcd {
                 http: http_agent(tls.as_ref().map(|(pki, _)| pki)),
                 tls: tls.clone(),
                 token: None,
+                args: args.iter().map(|a| a.to_string()).collect(),
             })
             .collect();
         for member in &mut members {
@@ -226,6 +236,7 @@ impl Etcd {
             .args(["--listen-client-urls", &self.url, "--advertise-client-urls", &self.url])
             .args(["--listen-peer-urls", &self.peer, "--initial-advertise-peer-urls", &self.peer])
             .args(["--initial-cluster", &self.initial_cluster])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(log);
         if let Some((pki, client_cert_auth)) = &self.tls {
@@ -341,6 +352,29 @@ impl Etcd {
 
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    /// The store's revision now.
+    pub fn revision(&self) -> i64 {
+        let answer = self.post("/v3/kv/range", json!({ "key": BASE64.encode("\0") }));
+        answer["header"]["revision"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Drops etcd's history before `revision`: a watch that would resume from earlier is refused.
+    pub fn compact(&self, revision: i64) {
+        self.post("/v3/kv/compaction", json!({ "revision": revision.to_string(), "physical": true }));
+    }
+
+    /// How many requests etcd started for a gRPC method (`Range`, `Txn`, `Watch`,
+    /// `LeaseKeepAlive`) since it started, gateway requests included, from its own /metrics.
+    pub fn requests(&self, method: &str) -> u64 {
+        let mut response = self.http.get(&format!("{}/metrics", self.url)).call().expect("etcd's /metrics");
+        let text = response.body_mut().read_to_string().unwrap();
+        let label = format!("grpc_method=\"{method}\"");
+        text.lines()
+            .filter(|line| line.starts_with("grpc_server_started_total{") && line.contains(&label))
+            .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+            .sum()
     }
 }
 
@@ -518,6 +552,7 @@ pub struct Setup {
     pub zone: String,
     pub limit: u32,
     pub lease: u32,
+    /// `poll`'s duration; empty for no `poll` line, which follows by watch alone.
     pub poll: &'static str,
     pub ttl: u32,
     pub ipv6: bool,
@@ -575,12 +610,15 @@ impl Setup {
         for (role, limit) in &self.roles {
             names += &format!("        role {role} {role}{{{{.ID}}}}.{} {limit}\n", self.zone);
         }
+        let poll = match self.poll {
+            "" => String::new(),
+            every => format!("        poll {every}\n"),
+        };
         format!(
-            ".:{port} {{\n    bind {ip}\n{server}    idetcd {{\n        endpoint {endpoints}\n{names}        address {ip}{ipv6}\n        lease {lease}\n        poll {poll}\n        ttl {ttl}\n{extra}    }}\n}}\n",
+            ".:{port} {{\n    bind {ip}\n{server}    idetcd {{\n        endpoint {endpoints}\n{names}        address {ip}{ipv6}\n        lease {lease}\n{poll}        ttl {ttl}\n{extra}    }}\n}}\n",
             server = self.server,
             endpoints = self.endpoints,
             lease = self.lease,
-            poll = self.poll,
             ttl = self.ttl,
             extra = self.extra,
         )
