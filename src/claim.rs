@@ -32,6 +32,11 @@ pub struct Claimed {
     pub requests: u32,
     /// Whether the name held this node's record already (a restart within the old lease).
     pub taken_back: bool,
+    /// Every role's keys (one list per role, in Corefile order) as of the revision given, that of
+    /// the claim itself: the node's first read of the members, which it need not ask etcd for
+    /// again. `None` when keys were deleted between the last read of the names and the claim,
+    /// which the claim cannot tell apart: then the members must be read.
+    pub listing: Option<(i64, Vec<Vec<KeyValue>>)>,
 }
 
 #[derive(Debug)]
@@ -131,6 +136,12 @@ impl Keys {
     fn read_names(&self) -> impl Iterator<Item = Op> + '_ {
         self.names.iter().cloned().map(Op::Range)
     }
+
+    /// Every role's names changed after revision `since`, and how many names each role has: what
+    /// brings a read at `since` up to date, unless names were deleted meanwhile.
+    fn names_changed_since(&self, since: i64) -> impl Iterator<Item = Op> + '_ {
+        self.names.iter().map(move |r| Op::Range(RangeRequest { min_mod_revision: since + 1, ..r.clone() }))
+    }
 }
 
 pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, ClaimError> {
@@ -212,9 +223,11 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
             if own.is_some() { "taking back" } else { "trying, in turn," },
             trying.join(" ")
         );
+        // The revision the names were read at: the claim reads what changed since.
+        let read_at = names_now.first().map_or(0, |r| r.revision);
         let txn = match own {
-            Some(slot) => takeover(request, &keys, slot, queued_at),
-            None => chain(request, &keys, &slots, queued_at),
+            Some(slot) => takeover(request, &keys, slot, queued_at, read_at),
+            None => chain(request, &keys, &slots, queued_at, read_at),
         };
         requests += 1;
         let answer = match client.txn(&txn) {
@@ -226,10 +239,17 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
             Err(e) => return Err(e.into()),
         };
         match walk(&answer) {
-            Walk::Won(level) => {
+            Walk::Won(level, responses) => {
                 let Some(&slot) = slots.get(level) else { return Err(unexpected(client, &answer.responses)) };
                 let taken_back = own.is_some();
-                return Ok(Claimed { slot, name: slot.name(request.roles), requests, taken_back });
+                // The name is ours whatever the reads say; without them the members are read anew.
+                let listing = match responses {
+                    [OpResponse::Put { .. }, OpResponse::Delete, changed @ ..] if changed.len() == roles => {
+                        ranges(changed).and_then(|changed| up_to_date(names_now, &changed))
+                    }
+                    _ => None,
+                };
+                return Ok(Claimed { slot, name: slot.name(request.roles), requests, taken_back, listing });
             }
             Walk::Lost([read @ .., OpResponse::Range(queue)]) if read.len() == roles => {
                 log::debug!("claim: each was taken first; reading the names and the queue again");
@@ -552,13 +572,15 @@ fn full(roles: &[Role], choice: Choice) -> String {
     }
 }
 
-/// Put our key if absent, for each slot in turn; leave the queue with it. When every slot is
-/// taken, read the names and the claims still ahead of ours.
-fn chain(request: &Request, keys: &Keys, slots: &[Slot], queued_at: i64) -> Txn {
+/// Put our key if absent, for each slot in turn; leave the queue with it, and read what changed
+/// among the names since they were read at `read_at`. When every slot is taken, read the names
+/// and the claims still ahead of ours.
+fn chain(request: &Request, keys: &Keys, slots: &[Slot], queued_at: i64, read_at: i64) -> Txn {
     let mut failure: Vec<Op> = keys.read_names().chain([keys.ahead(queued_at)]).collect();
     for &slot in slots.iter().rev() {
         let name = slot.name(request.roles).into_bytes();
-        let txn = Txn { compare: vec![Compare::Absent(name.clone())], success: take(request, keys, name), failure };
+        let success = take(request, keys, name.clone(), read_at);
+        let txn = Txn { compare: vec![Compare::Absent(name)], success, failure };
         failure = vec![Op::Txn(Box::new(txn))];
     }
     match failure.pop() {
@@ -568,26 +590,51 @@ fn chain(request: &Request, keys: &Keys, slots: &[Slot], queued_at: i64) -> Txn 
 }
 
 /// Move our old record's key to the new lease, if it still holds our record.
-fn takeover(request: &Request, keys: &Keys, slot: Slot, queued_at: i64) -> Txn {
+fn takeover(request: &Request, keys: &Keys, slot: Slot, queued_at: i64, read_at: i64) -> Txn {
     let name = slot.name(request.roles).into_bytes();
     Txn {
         compare: vec![Compare::ValueIs(name.clone(), request.value.to_vec())],
-        success: take(request, keys, name),
+        success: take(request, keys, name, read_at),
         failure: keys.read_names().chain([keys.ahead(queued_at)]).collect(),
     }
 }
 
-fn take(request: &Request, keys: &Keys, name: Vec<u8>) -> Vec<Op> {
-    vec![
+/// Takes the name and leaves the queue, then reads the names changed since `read_at`: after the
+/// put, so our own key is among them.
+fn take(request: &Request, keys: &Keys, name: Vec<u8>, read_at: i64) -> Vec<Op> {
+    let mut ops = vec![
         Op::Put { key: name, value: request.value.to_vec(), lease: request.lease },
         Op::Delete { key: keys.mine.clone() },
-    ]
+    ];
+    ops.extend(keys.names_changed_since(read_at));
+    ops
+}
+
+/// Every role's names as of the claim: `read` (every key, read earlier) updated with `changed`
+/// (the keys modified since, read by the claim, with how many keys each role has then). Keys
+/// deleted meanwhile are not among the changes; when the count says there were some, `None`.
+/// Otherwise one list per role, in key order, at the claim's revision.
+fn up_to_date(read: &[Range], changed: &[Range]) -> Option<(i64, Vec<Vec<KeyValue>>)> {
+    let revision = changed.first()?.revision;
+    if read.len() != changed.len() || changed.iter().any(|c| c.revision != revision) {
+        return None;
+    }
+    let mut roles = Vec::with_capacity(read.len());
+    for (read, changed) in read.iter().zip(changed) {
+        let mut keys: BTreeMap<&[u8], &KeyValue> = read.kvs.iter().map(|kv| (kv.key.as_slice(), kv)).collect();
+        keys.extend(changed.kvs.iter().map(|kv| (kv.key.as_slice(), kv)));
+        if i64::try_from(keys.len()).ok()? != changed.count {
+            return None;
+        }
+        roles.push(keys.into_values().cloned().collect());
+    }
+    Some((revision, roles))
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum Walk<'a> {
-    /// The transaction at this depth put our key.
-    Won(usize),
+    /// The transaction at this depth put our key; here is what it read.
+    Won(usize, &'a [OpResponse]),
     /// Every level failed; here is what the innermost one read.
     Lost(&'a [OpResponse]),
 }
@@ -597,7 +644,7 @@ fn walk(answer: &etcd::TxnResponse) -> Walk<'_> {
     let mut txn = answer;
     loop {
         if txn.succeeded {
-            return Walk::Won(level);
+            return Walk::Won(level, &txn.responses);
         }
         match txn.responses.as_slice() {
             [OpResponse::Txn(inner)] => {
@@ -885,10 +932,19 @@ mod tests {
         );
         let (start, end) = roles[0].pattern.key_range();
         assert!(!(start.as_bytes()..end.as_bytes()).contains(&keys.mine.as_slice()), "outside the name range");
-        let txn = chain(&request, &keys, &[Slot { role: 0, id: 2 }, Slot { role: 1, id: 0 }], 17);
+        let txn = chain(&request, &keys, &[Slot { role: 0, id: 2 }, Slot { role: 1, id: 0 }], 17, 12);
         let Compare::Absent(key) = &txn.compare[0] else { panic!() };
         assert_eq!(key, b"w2.z.");
-        assert!(matches!(&txn.success[..], [Op::Put { lease: 0x2a, .. }, Op::Delete { key }] if *key == keys.mine));
+        // After the put, every role's names changed since the names were read.
+        assert!(matches!(
+            &txn.success[..],
+            [
+                Op::Put { lease: 0x2a, .. },
+                Op::Delete { key },
+                Op::Range(RangeRequest { min_mod_revision: 13, .. }),
+                Op::Range(RangeRequest { min_mod_revision: 13, .. }),
+            ] if *key == keys.mine
+        ));
         let Op::Txn(inner) = &txn.failure[0] else { panic!() };
         let Compare::Absent(key) = &inner.compare[0] else { panic!() };
         assert_eq!(key, b"ps0.tf.local.");
@@ -910,7 +966,7 @@ mod tests {
                 })],
             })],
         };
-        assert_eq!(walk(&won_at_2), Walk::Won(2));
+        assert_eq!(walk(&won_at_2), Walk::Won(2, &[OpResponse::Put { revision: 9 }, OpResponse::Delete]));
         let range = Range { revision: 5, kvs: vec![], count: 0 };
         let lost = TxnResponse {
             succeeded: false,
@@ -920,6 +976,70 @@ mod tests {
             })],
         };
         assert_eq!(walk(&lost), Walk::Lost(&[OpResponse::Range(range.clone()), OpResponse::Range(range)]));
-        assert_eq!(walk(&TxnResponse { succeeded: true, responses: vec![] }), Walk::Won(0));
+        assert_eq!(walk(&TxnResponse { succeeded: true, responses: vec![] }), Walk::Won(0, &[]));
+    }
+
+    #[test]
+    fn the_claim_brings_the_names_read_up_to_date_unless_some_were_deleted() {
+        let at = |revision: i64, count: i64, kvs: &[(&str, &str, i64)]| Range {
+            revision,
+            count,
+            kvs: kvs.iter().map(|&(key, value, revision)| kv(key, value, revision)).collect(),
+        };
+        type Keys = &'static [(&'static str, &'static str, i64)];
+        // What the names were at the read (revision 10), what changed by the claim (20, with the
+        // count then), and the listing: keys and values per role, or `None`.
+        type Case =
+            (&'static [(i64, Keys)], &'static [(i64, i64, Keys)], Option<(i64, &'static [&'static [&'static str]])>);
+        let cases: [Case; 8] = [
+            // Nothing but our own put.
+            (
+                &[(2, &[("a", "1", 3), ("b", "2", 4)])],
+                &[(20, 3, &[("c", "me", 20)])],
+                Some((20, &[&["a=1", "b=2", "c=me"]])),
+            ),
+            // Another node joined, and one changed its record.
+            (
+                &[(2, &[("a", "1", 3), ("b", "2", 4)])],
+                &[(20, 4, &[("b", "3", 15), ("d", "4", 12), ("c", "me", 20)])],
+                Some((20, &[&["a=1", "b=3", "c=me", "d=4"]])),
+            ),
+            // One left: the count is lower than the keys known, and which one left is unknown.
+            (&[(2, &[("a", "1", 3), ("b", "2", 4)])], &[(20, 2, &[("c", "me", 20)])], None),
+            // One left and another joined: the same number of keys, but the count tells.
+            (&[(2, &[("a", "1", 3), ("b", "2", 4)])], &[(20, 3, &[("c", "me", 20), ("d", "4", 12)])], None),
+            // Deleted and put again: among the changes, counted once.
+            (&[(1, &[("a", "1", 3)])], &[(20, 2, &[("a", "5", 14), ("c", "me", 20)])], Some((20, &[&["a=5", "c=me"]]))),
+            // Several roles: each its own.
+            (
+                &[(1, &[("a", "1", 3)]), (0, &[])],
+                &[(20, 1, &[]), (20, 1, &[("p", "me", 20)])],
+                Some((20, &[&["a=1"], &["p=me"]])),
+            ),
+            // The claim's reads at different revisions, or not one per role: no listing.
+            (&[(1, &[("a", "1", 3)]), (0, &[])], &[(20, 1, &[]), (21, 1, &[("p", "me", 20)])], None),
+            (&[(1, &[("a", "1", 3)]), (0, &[])], &[(20, 1, &[])], None),
+        ];
+        for (read, changed, want) in cases {
+            let read: Vec<Range> = read.iter().map(|&(count, kvs)| at(10, count, kvs)).collect();
+            let changed: Vec<Range> = changed.iter().map(|&(revision, count, kvs)| at(revision, count, kvs)).collect();
+            let got = up_to_date(&read, &changed).map(|(revision, roles)| {
+                let roles: Vec<Vec<String>> = roles
+                    .iter()
+                    .map(|kvs| {
+                        kvs.iter()
+                            .map(|kv| {
+                                format!("{}={}", String::from_utf8_lossy(&kv.key), String::from_utf8_lossy(&kv.value))
+                            })
+                            .collect()
+                    })
+                    .collect();
+                (revision, roles)
+            });
+            let want = want.map(|(revision, roles)| {
+                (revision, roles.iter().map(|kvs| kvs.iter().map(|s| s.to_string()).collect()).collect())
+            });
+            assert_eq!(got, want, "read {read:?}, changed {changed:?}");
+        }
     }
 }

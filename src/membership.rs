@@ -275,9 +275,20 @@ impl Membership {
         if lease.renewal_due(Instant::now()) {
             self.keepalive();
         }
-        // Name ourselves in the answers at once, then read the members afresh.
-        self.rebuild();
-        self.read_due = true;
+        match claimed.listing {
+            // The claim read every role's keys as of its own put: a full read, as `poll` makes.
+            Some((revision, kvs)) => {
+                let changes = self.view.load(revision, kvs);
+                self.read_due = false;
+                self.next_poll = Instant::now() + self.settings.tuning.poll;
+                self.publish(changes);
+            }
+            // Name ourselves in the answers at once, then read the members afresh.
+            None => {
+                self.rebuild();
+                self.read_due = true;
+            }
+        }
         Ok(())
     }
 

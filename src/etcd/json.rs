@@ -159,6 +159,8 @@ pub(super) struct RangeRequestJson {
     range_end: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_create_revision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_mod_revision: Option<String>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     newest: Option<NewestJson>,
 }
@@ -178,6 +180,7 @@ impl From<&RangeRequest> for RangeRequestJson {
             key: BASE64.encode(&r.start),
             range_end: BASE64.encode(&r.end),
             max_create_revision: (r.max_create_revision > 0).then(|| r.max_create_revision.to_string()),
+            min_mod_revision: (r.min_mod_revision > 0).then(|| r.min_mod_revision.to_string()),
             newest: r.newest.then_some(NewestJson {
                 limit: 1,
                 sort_order: "DESCEND",
@@ -558,6 +561,7 @@ mod tests {
             failure: vec![
                 Op::Range(RangeRequest::new(b"a", b"b")),
                 Op::Range(RangeRequest { max_create_revision: 9, ..RangeRequest::new(b"a", b"b") }),
+                Op::Range(RangeRequest { min_mod_revision: 12, ..RangeRequest::new(b"a", b"b") }),
                 Op::Range(RangeRequest { newest: true, ..RangeRequest::new(b"a", b"b") }),
                 Op::Delete { key: b"k".to_vec() },
             ],
@@ -568,6 +572,7 @@ mod tests {
             "failure": [
                 { "requestRange": { "key": "YQ==", "range_end": "Yg==" } },
                 { "requestRange": { "key": "YQ==", "range_end": "Yg==", "max_create_revision": "9" } },
+                { "requestRange": { "key": "YQ==", "range_end": "Yg==", "min_mod_revision": "12" } },
                 { "requestRange": {
                     "key": "YQ==", "range_end": "Yg==",
                     "limit": 1, "sort_order": "DESCEND", "sort_target": "MOD", "keys_only": true,
