@@ -144,7 +144,13 @@ impl Keys {
     }
 }
 
+/// Claims a slot for `request`, with the patience of a node that holds no name yet (see
+/// `etcd::Client::patiently`).
 pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, ClaimError> {
+    client.patiently(|client| claim_patiently(client, request))
+}
+
+fn claim_patiently(client: &mut etcd::Client, request: &Request) -> Result<Claimed, ClaimError> {
     let keys = Keys::new(request);
     let roles = request.roles.len();
     // Take a number: read the queue, join it, read the names, all at one revision. A retry on

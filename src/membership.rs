@@ -306,7 +306,7 @@ impl Membership {
 
     fn grant(&mut self) -> Result<Lease, etcd::Error> {
         let (before, asked) = (boottime(), Instant::now());
-        let granted = self.client.lease_grant(self.settings.lease_ttl)?;
+        let granted = self.client.patiently(|client| client.lease_grant(self.settings.lease_ttl))?;
         let lease = Lease::answered(granted.id, granted.ttl, before, asked);
         self.next_keepalive = lease.renew_at();
         self.set_lease(Some(lease));
