@@ -1,16 +1,22 @@
-//! Claiming a name: the lowest free one, atomically, in two etcd requests even when hundreds of
+//! Claiming a name: the lowest free one, atomically, in two etcd requests even when a thousand
 //! nodes start together.
 //!
 //! A name is only ever taken by a transaction that puts its key if the key does not exist, so two
 //! live nodes never hold one name. The question is which name to try. If every node starting at
 //! once tried the lowest free one, all but one would fail and retry, O(N²) transactions for N
-//! nodes. So a claiming node first takes a number, like at a counter: one transaction reads the
-//! claims already queued, puts this node's own queue key (on its lease, so a crashed node leaves
-//! the queue; its value says what the node asks for, see `Ticket`) and reads the
-//! names. Replaying the claims ahead of it tells the node which free slot each of them will take,
-//! so nodes starting together aim at different slots and get exactly the first N. The claim
-//! transaction tries a few slots from there in order, each "if absent, put it and leave the
-//! queue", and when all are gone reads the names and the queue again for another round.
+//! nodes. So a claiming node first takes a number, like at a counter: one transaction counts the
+//! claims already queued, puts this node's own queue key (named by its record, so that a node
+//! has one place however often it tries; on its lease, so a crashed node leaves the queue; its
+//! value says what the node asks for, see `Ticket`) and reads the names. Replaying the claims
+//! ahead of it tells the node which free slot each of them will take, so nodes starting together
+//! aim at different slots and get exactly the first N. The claim transaction tries a few slots
+//! from there in order, each "if absent, put it and leave the queue", and when all are gone reads
+//! the names and the queue again for another round.
+//!
+//! Most claims only fill in order; only those that ask for a role or for a name back need
+//! reading. Their tickets have keys of their own, read whole, and the others are only counted:
+//! with a thousand nodes in the queue, reading every ticket made each claim cost etcd
+//! milliseconds, and all of them together more than the claims themselves.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -103,7 +109,10 @@ pub struct Request<'a> {
 /// Keys of one claim: the name ranges, the queue, and this node's place in it.
 struct Keys {
     names: Vec<RangeRequest>,
+    /// Every ticket.
     queue: RangeRequest,
+    /// The tickets that say more than "the next free slot": a role, or a name asked back.
+    special: RangeRequest,
     mine: Vec<u8>,
 }
 
@@ -120,16 +129,25 @@ impl Keys {
         let mut queue_end = queue.clone().into_bytes();
         queue_end.pop();
         queue_end.push(b'/' + 1);
+        // Special tickets follow `+`, which no hex digit (of plain tickets, and of the leases that
+        // named tickets in earlier versions) is.
+        let special = [queue.as_bytes(), &[SPECIAL]].concat();
+        let record: String = request.value.iter().map(|b| format!("{b:02x}")).collect();
+        let mine = match Ticket::is_special(request) {
+            true => [&special, record.as_bytes()].concat(),
+            false => [queue.as_bytes(), record.as_bytes()].concat(),
+        };
         Keys {
             names,
             queue: RangeRequest::new(queue.as_bytes(), &queue_end),
-            mine: format!("{queue}{:016x}", request.lease).into_bytes(),
+            special: RangeRequest::new(&special, &[queue.as_bytes(), &[SPECIAL + 1]].concat()),
+            mine,
         }
     }
 
-    /// The queue keys created before ours: the claims ahead of this one.
-    fn ahead(&self, queued_at: i64) -> Op {
-        Op::Range(RangeRequest { max_create_revision: queued_at - 1, ..self.queue.clone() })
+    /// The queue keys created before ours: the claims ahead of this one, read whole.
+    fn ahead(&self, queued_at: i64) -> RangeRequest {
+        RangeRequest { max_create_revision: queued_at - 1, ..self.queue.clone() }
     }
 
     /// Every role's names.
@@ -153,22 +171,34 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
 fn claim_patiently(client: &mut etcd::Client, request: &Request) -> Result<Claimed, ClaimError> {
     let keys = Keys::new(request);
     let roles = request.roles.len();
-    // Take a number: read the queue, join it, read the names, all at one revision. A retry on
-    // the same lease finds its place already taken and keeps it.
+    // Take a number: count the queue, read its special tickets, join it, read the names, all at
+    // one revision. A retry finds its place already taken and keeps it.
     let mut success = vec![
-        Op::Range(keys.queue.clone()),
         Op::Range(RangeRequest::new(&keys.mine, &[keys.mine.as_slice(), &[0]].concat())),
+        Op::Range(RangeRequest { count_only: true, ..keys.queue.clone() }),
+        Op::Range(keys.special.clone()),
         Op::Put { key: keys.mine.clone(), value: Ticket::of(request), lease: request.lease },
     ];
     success.extend(keys.read_names());
     let joined = client.txn(&Txn { compare: vec![], success, failure: vec![] })?;
     let mut requests = 1;
     let (mut ahead, queued_at, mut names) = match joined.responses.as_slice() {
-        [OpResponse::Range(queue), OpResponse::Range(mine), OpResponse::Put { revision }, names @ ..]
+        [OpResponse::Range(mine), OpResponse::Range(queue), OpResponse::Range(special), OpResponse::Put { revision }, names @ ..]
             if names.len() == roles =>
         {
-            let queued_at = mine.kvs.first().map_or(*revision, |place| place.create_revision);
-            (claims_ahead(request, &queue.kvs, queued_at), queued_at, ranges(names))
+            let ahead = match mine.kvs.first() {
+                // Every ticket there was is ahead of ours.
+                None => counted_ahead(request, queue.count, &special.kvs),
+                // Our place from an earlier try: the count takes in the tickets behind it too, so
+                // read those ahead of it.
+                Some(place) => {
+                    requests += 1;
+                    let queue = client.read(&[keys.ahead(place.create_revision)])?;
+                    let kvs = queue.first().map_or(&[][..], |q| q.kvs.as_slice());
+                    claims_ahead(request, kvs, place.create_revision)
+                }
+            };
+            (ahead, mine.kvs.first().map_or(*revision, |place| place.create_revision), ranges(names))
         }
         other => return Err(unexpected(client, other)),
     };
@@ -283,6 +313,9 @@ fn ranges(responses: &[OpResponse]) -> Option<Vec<Range>> {
         .collect()
 }
 
+/// What follows the queue's prefix in the keys of special tickets (see `Ticket::is_special`).
+const SPECIAL: u8 = b'+';
+
 /// A claim in the queue, as its key's value says: `ROLE\nPREFERRED\nRECORD`, the role asked for
 /// (empty to fill in order), the name it asks back first (empty for none) and the node's record.
 /// Earlier versions wrote nothing there: a claim filling in order.
@@ -294,6 +327,12 @@ struct Ticket {
 }
 
 impl Ticket {
+    /// Whether a claim asks for more than the next free slot, so that the claims behind it must
+    /// read its ticket: a role of several, or a name back.
+    fn is_special(request: &Request) -> bool {
+        request.preferred.is_some() || (request.roles.len() > 1 && request.choice != Choice::Fill)
+    }
+
     fn of(request: &Request) -> Vec<u8> {
         let role = match request.choice {
             Choice::Fill => "",
@@ -336,6 +375,19 @@ fn claims_ahead(request: &Request, queue: &[KeyValue], queued_at: i64) -> Vec<Ti
             ahead.push(ticket);
         }
     }
+    ahead
+}
+
+/// The claims ahead of a new ticket, from how many tickets there were and the special ones, read
+/// whole: every other fills in order. Special ones are taken first, as if they were the oldest,
+/// since the count does not say where they stand among the others; that matters only once a role
+/// is nearly full. A plain ticket of a node whose record is already a name (it takes its name
+/// back) counts as one claim more: the nodes behind it aim one slot higher, and a slot below is
+/// left for a later claim.
+fn counted_ahead(request: &Request, count: i64, special: &[KeyValue]) -> Vec<Ticket> {
+    let mut ahead = claims_ahead(request, special, i64::MAX);
+    let plain = usize::try_from(count).unwrap_or(0).saturating_sub(special.len());
+    ahead.extend(std::iter::repeat_n(Ticket { choice: Choice::Fill, preferred: None, record: Vec::new() }, plain));
     ahead
 }
 
@@ -582,7 +634,7 @@ fn full(roles: &[Role], choice: Choice) -> String {
 /// among the names since they were read at `read_at`. When every slot is taken, read the names
 /// and the claims still ahead of ours.
 fn chain(request: &Request, keys: &Keys, slots: &[Slot], queued_at: i64, read_at: i64) -> Txn {
-    let mut failure: Vec<Op> = keys.read_names().chain([keys.ahead(queued_at)]).collect();
+    let mut failure: Vec<Op> = keys.read_names().chain([Op::Range(keys.ahead(queued_at))]).collect();
     for &slot in slots.iter().rev() {
         let name = slot.name(request.roles).into_bytes();
         let success = take(request, keys, name.clone(), read_at);
@@ -601,7 +653,7 @@ fn takeover(request: &Request, keys: &Keys, slot: Slot, queued_at: i64, read_at:
     Txn {
         compare: vec![Compare::ValueIs(name.clone(), request.value.to_vec())],
         success: take(request, keys, name, read_at),
-        failure: keys.read_names().chain([keys.ahead(queued_at)]).collect(),
+        failure: keys.read_names().chain([Op::Range(keys.ahead(queued_at))]).collect(),
     }
 }
 
@@ -849,6 +901,65 @@ mod tests {
     }
 
     #[test]
+    fn only_claims_that_ask_for_more_than_the_next_slot_are_read_whole() {
+        let roles = job();
+        let request = |choice, preferred| Request {
+            roles: &roles,
+            choice,
+            value: b"{}",
+            lease: 1,
+            renew_every: Duration::from_secs(1),
+            preferred,
+        };
+        let one = [role("worker", 0..=9)];
+        let single = |preferred| Request { roles: &one, choice: Choice::Role(0), ..request(Choice::Fill, preferred) };
+        let back = Some(Slot { role: 2, id: 3 });
+        let cases: [(Request, &[u8]); 5] = [
+            (request(Choice::Fill, None), b"chief_claims/chief{{.ID}}.tf.local./7b7d"),
+            (request(Choice::Role(1), None), b"chief_claims/chief{{.ID}}.tf.local./+7b7d"),
+            (request(Choice::Fill, back), b"chief_claims/chief{{.ID}}.tf.local./+7b7d"),
+            // With one role, asking for it is filling in order.
+            (single(None), b"worker_claims/worker{{.ID}}.tf.local./7b7d"),
+            (single(Some(Slot { role: 0, id: 3 })), b"worker_claims/worker{{.ID}}.tf.local./+7b7d"),
+        ];
+        for (request, want) in cases {
+            let keys = Keys::new(&request);
+            assert_eq!(String::from_utf8_lossy(&keys.mine), String::from_utf8_lossy(want));
+            let within = |r: &RangeRequest, key: &[u8]| r.start.as_slice() <= key && key < r.end.as_slice();
+            assert!(within(&keys.queue, &keys.mine));
+            assert_eq!(within(&keys.special, &keys.mine), Ticket::is_special(&request));
+            // Earlier versions' tickets, named by their lease, are plain.
+            let old = [keys.queue.start.as_slice(), b"000000000000002a"].concat();
+            assert!(within(&keys.queue, &old) && !within(&keys.special, &old));
+        }
+
+        // Counted: five tickets, of which two special (a ps, a worker that wants worker3 back).
+        let special = [
+            kv("q/+b", "\nworker3.tf.local.\nB", 20),
+            kv("q/+a", "ps\n\nA", 10),
+            // Another Corefile's role: no rival, but it was counted.
+            kv("q/+c", "gpu\n\nC", 30),
+        ];
+        let ahead = counted_ahead(&request(Choice::Fill, None), 6, &special);
+        let summary: Vec<(Choice, Option<Slot>)> = ahead.iter().map(|t| (t.choice, t.preferred)).collect();
+        assert_eq!(
+            summary,
+            [
+                (Choice::Role(1), None),
+                (Choice::Fill, Some(Slot { role: 2, id: 3 })),
+                (Choice::Fill, None),
+                (Choice::Fill, None),
+                (Choice::Fill, None)
+            ]
+        );
+        // chief0 and ps1 taken: the ps claim takes ps0, the three plain ones worker0 to worker2
+        // (worker3 is set aside), and this claim worker4.
+        let aim = aim_behind(&roles, &[&[0], &[1], &[]], &ahead, Choice::Fill);
+        assert_eq!(aim.as_deref(), Some("worker4.tf.local."));
+        assert!(counted_ahead(&request(Choice::Fill, None), 0, &[]).is_empty());
+    }
+
+    #[test]
     fn claims_that_take_a_particular_slot_leave_the_others_to_the_rest() {
         let ticket = |choice, preferred: Option<(usize, u32)>, record: &str| Ticket {
             choice,
@@ -931,7 +1042,8 @@ mod tests {
             preferred: None,
         };
         let keys = Keys::new(&request);
-        assert_eq!(keys.mine, b"w_claims/w{{.ID}}.z./000000000000002a");
+        // Named by the record ("{}"), so that every try of one node has one place.
+        assert_eq!(keys.mine, b"w_claims/w{{.ID}}.z./7b7d");
         assert_eq!(
             (keys.queue.start.as_slice(), keys.queue.end.as_slice()),
             (&b"w_claims/w{{.ID}}.z./"[..], &b"w_claims/w{{.ID}}.z.0"[..])
