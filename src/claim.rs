@@ -1,16 +1,22 @@
-//! Claiming a name: the lowest free one, atomically, in two etcd requests even when hundreds of
+//! Claiming a name: the lowest free one, atomically, in two etcd requests even when a thousand
 //! nodes start together.
 //!
 //! A name is only ever taken by a transaction that puts its key if the key does not exist, so two
 //! live nodes never hold one name. The question is which name to try. If every node starting at
 //! once tried the lowest free one, all but one would fail and retry, O(N²) transactions for N
-//! nodes. So a claiming node first takes a number, like at a counter: one transaction reads the
-//! claims already queued, puts this node's own queue key (on its lease, so a crashed node leaves
-//! the queue; its value says what the node asks for, see `Ticket`) and reads the
-//! names. Replaying the claims ahead of it tells the node which free slot each of them will take,
-//! so nodes starting together aim at different slots and get exactly the first N. The claim
-//! transaction tries a few slots from there in order, each "if absent, put it and leave the
-//! queue", and when all are gone reads the names and the queue again for another round.
+//! nodes. So a claiming node first takes a number, like at a counter: one transaction counts the
+//! claims already queued, puts this node's own queue key (named by its record, so that a node
+//! has one place however often it tries; on its lease, so a crashed node leaves the queue; its
+//! value says what the node asks for, see `Ticket`) and reads the names. Replaying the claims
+//! ahead of it tells the node which free slot each of them will take, so nodes starting together
+//! aim at different slots and get exactly the first N. The claim transaction tries a few slots
+//! from there in order, each "if absent, put it and leave the queue", and when all are gone reads
+//! the names and the queue again for another round.
+//!
+//! Most claims only fill in order; only those that ask for a role or for a name back need
+//! reading. Their tickets have keys of their own, read whole, and the others are only counted:
+//! with a thousand nodes in the queue, reading every ticket made each claim cost etcd
+//! milliseconds, and all of them together more than the claims themselves.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -32,6 +38,11 @@ pub struct Claimed {
     pub requests: u32,
     /// Whether the name held this node's record already (a restart within the old lease).
     pub taken_back: bool,
+    /// Every role's keys (one list per role, in Corefile order) as of the revision given, that of
+    /// the claim itself: the node's first read of the members, which it need not ask etcd for
+    /// again. `None` when keys were deleted between the last read of the names and the claim,
+    /// which the claim cannot tell apart: then the members must be read.
+    pub listing: Option<(i64, Vec<Vec<KeyValue>>)>,
 }
 
 #[derive(Debug)]
@@ -98,7 +109,10 @@ pub struct Request<'a> {
 /// Keys of one claim: the name ranges, the queue, and this node's place in it.
 struct Keys {
     names: Vec<RangeRequest>,
+    /// Every ticket.
     queue: RangeRequest,
+    /// The tickets that say more than "the next free slot": a role, or a name asked back.
+    special: RangeRequest,
     mine: Vec<u8>,
 }
 
@@ -115,43 +129,76 @@ impl Keys {
         let mut queue_end = queue.clone().into_bytes();
         queue_end.pop();
         queue_end.push(b'/' + 1);
+        // Special tickets follow `+`, which no hex digit (of plain tickets, and of the leases that
+        // named tickets in earlier versions) is.
+        let special = [queue.as_bytes(), &[SPECIAL]].concat();
+        let record: String = request.value.iter().map(|b| format!("{b:02x}")).collect();
+        let mine = match Ticket::is_special(request) {
+            true => [&special, record.as_bytes()].concat(),
+            false => [queue.as_bytes(), record.as_bytes()].concat(),
+        };
         Keys {
             names,
             queue: RangeRequest::new(queue.as_bytes(), &queue_end),
-            mine: format!("{queue}{:016x}", request.lease).into_bytes(),
+            special: RangeRequest::new(&special, &[queue.as_bytes(), &[SPECIAL + 1]].concat()),
+            mine,
         }
     }
 
-    /// The queue keys created before ours: the claims ahead of this one.
-    fn ahead(&self, queued_at: i64) -> Op {
-        Op::Range(RangeRequest { max_create_revision: queued_at - 1, ..self.queue.clone() })
+    /// The queue keys created before ours: the claims ahead of this one, read whole.
+    fn ahead(&self, queued_at: i64) -> RangeRequest {
+        RangeRequest { max_create_revision: queued_at - 1, ..self.queue.clone() }
     }
 
     /// Every role's names.
     fn read_names(&self) -> impl Iterator<Item = Op> + '_ {
         self.names.iter().cloned().map(Op::Range)
     }
+
+    /// Every role's names changed after revision `since`, and how many names each role has: what
+    /// brings a read at `since` up to date, unless names were deleted meanwhile.
+    fn names_changed_since(&self, since: i64) -> impl Iterator<Item = Op> + '_ {
+        self.names.iter().map(move |r| Op::Range(RangeRequest { min_mod_revision: since + 1, ..r.clone() }))
+    }
 }
 
+/// Claims a slot for `request`, with the patience of a node that holds no name yet (see
+/// `etcd::Client::patiently`).
 pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, ClaimError> {
+    client.patiently(|client| claim_patiently(client, request))
+}
+
+fn claim_patiently(client: &mut etcd::Client, request: &Request) -> Result<Claimed, ClaimError> {
     let keys = Keys::new(request);
     let roles = request.roles.len();
-    // Take a number: read the queue, join it, read the names, all at one revision. A retry on
-    // the same lease finds its place already taken and keeps it.
+    // Take a number: count the queue, read its special tickets, join it, read the names, all at
+    // one revision. A retry finds its place already taken and keeps it.
     let mut success = vec![
-        Op::Range(keys.queue.clone()),
         Op::Range(RangeRequest::new(&keys.mine, &[keys.mine.as_slice(), &[0]].concat())),
+        Op::Range(RangeRequest { count_only: true, ..keys.queue.clone() }),
+        Op::Range(keys.special.clone()),
         Op::Put { key: keys.mine.clone(), value: Ticket::of(request), lease: request.lease },
     ];
     success.extend(keys.read_names());
     let joined = client.txn(&Txn { compare: vec![], success, failure: vec![] })?;
     let mut requests = 1;
     let (mut ahead, queued_at, mut names) = match joined.responses.as_slice() {
-        [OpResponse::Range(queue), OpResponse::Range(mine), OpResponse::Put { revision }, names @ ..]
+        [OpResponse::Range(mine), OpResponse::Range(queue), OpResponse::Range(special), OpResponse::Put { revision }, names @ ..]
             if names.len() == roles =>
         {
-            let queued_at = mine.kvs.first().map_or(*revision, |place| place.create_revision);
-            (claims_ahead(request, &queue.kvs, queued_at), queued_at, ranges(names))
+            let ahead = match mine.kvs.first() {
+                // Every ticket there was is ahead of ours.
+                None => counted_ahead(request, queue.count, &special.kvs),
+                // Our place from an earlier try: the count takes in the tickets behind it too, so
+                // read those ahead of it.
+                Some(place) => {
+                    requests += 1;
+                    let queue = client.read(&[keys.ahead(place.create_revision)])?;
+                    let kvs = queue.first().map_or(&[][..], |q| q.kvs.as_slice());
+                    claims_ahead(request, kvs, place.create_revision)
+                }
+            };
+            (ahead, mine.kvs.first().map_or(*revision, |place| place.create_revision), ranges(names))
         }
         other => return Err(unexpected(client, other)),
     };
@@ -212,9 +259,11 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
             if own.is_some() { "taking back" } else { "trying, in turn," },
             trying.join(" ")
         );
+        // The revision the names were read at: the claim reads what changed since.
+        let read_at = names_now.first().map_or(0, |r| r.revision);
         let txn = match own {
-            Some(slot) => takeover(request, &keys, slot, queued_at),
-            None => chain(request, &keys, &slots, queued_at),
+            Some(slot) => takeover(request, &keys, slot, queued_at, read_at),
+            None => chain(request, &keys, &slots, queued_at, read_at),
         };
         requests += 1;
         let answer = match client.txn(&txn) {
@@ -226,10 +275,17 @@ pub fn claim(client: &mut etcd::Client, request: &Request) -> Result<Claimed, Cl
             Err(e) => return Err(e.into()),
         };
         match walk(&answer) {
-            Walk::Won(level) => {
+            Walk::Won(level, responses) => {
                 let Some(&slot) = slots.get(level) else { return Err(unexpected(client, &answer.responses)) };
                 let taken_back = own.is_some();
-                return Ok(Claimed { slot, name: slot.name(request.roles), requests, taken_back });
+                // The name is ours whatever the reads say; without them the members are read anew.
+                let listing = match responses {
+                    [OpResponse::Put { .. }, OpResponse::Delete, changed @ ..] if changed.len() == roles => {
+                        ranges(changed).and_then(|changed| up_to_date(names_now, &changed))
+                    }
+                    _ => None,
+                };
+                return Ok(Claimed { slot, name: slot.name(request.roles), requests, taken_back, listing });
             }
             Walk::Lost([read @ .., OpResponse::Range(queue)]) if read.len() == roles => {
                 log::debug!("claim: each was taken first; reading the names and the queue again");
@@ -257,6 +313,9 @@ fn ranges(responses: &[OpResponse]) -> Option<Vec<Range>> {
         .collect()
 }
 
+/// What follows the queue's prefix in the keys of special tickets (see `Ticket::is_special`).
+const SPECIAL: u8 = b'+';
+
 /// A claim in the queue, as its key's value says: `ROLE\nPREFERRED\nRECORD`, the role asked for
 /// (empty to fill in order), the name it asks back first (empty for none) and the node's record.
 /// Earlier versions wrote nothing there: a claim filling in order.
@@ -268,6 +327,12 @@ struct Ticket {
 }
 
 impl Ticket {
+    /// Whether a claim asks for more than the next free slot, so that the claims behind it must
+    /// read its ticket: a role of several, or a name back.
+    fn is_special(request: &Request) -> bool {
+        request.preferred.is_some() || (request.roles.len() > 1 && request.choice != Choice::Fill)
+    }
+
     fn of(request: &Request) -> Vec<u8> {
         let role = match request.choice {
             Choice::Fill => "",
@@ -310,6 +375,19 @@ fn claims_ahead(request: &Request, queue: &[KeyValue], queued_at: i64) -> Vec<Ti
             ahead.push(ticket);
         }
     }
+    ahead
+}
+
+/// The claims ahead of a new ticket, from how many tickets there were and the special ones, read
+/// whole: every other fills in order. Special ones are taken first, as if they were the oldest,
+/// since the count does not say where they stand among the others; that matters only once a role
+/// is nearly full. A plain ticket of a node whose record is already a name (it takes its name
+/// back) counts as one claim more: the nodes behind it aim one slot higher, and a slot below is
+/// left for a later claim.
+fn counted_ahead(request: &Request, count: i64, special: &[KeyValue]) -> Vec<Ticket> {
+    let mut ahead = claims_ahead(request, special, i64::MAX);
+    let plain = usize::try_from(count).unwrap_or(0).saturating_sub(special.len());
+    ahead.extend(std::iter::repeat_n(Ticket { choice: Choice::Fill, preferred: None, record: Vec::new() }, plain));
     ahead
 }
 
@@ -552,13 +630,15 @@ fn full(roles: &[Role], choice: Choice) -> String {
     }
 }
 
-/// Put our key if absent, for each slot in turn; leave the queue with it. When every slot is
-/// taken, read the names and the claims still ahead of ours.
-fn chain(request: &Request, keys: &Keys, slots: &[Slot], queued_at: i64) -> Txn {
-    let mut failure: Vec<Op> = keys.read_names().chain([keys.ahead(queued_at)]).collect();
+/// Put our key if absent, for each slot in turn; leave the queue with it, and read what changed
+/// among the names since they were read at `read_at`. When every slot is taken, read the names
+/// and the claims still ahead of ours.
+fn chain(request: &Request, keys: &Keys, slots: &[Slot], queued_at: i64, read_at: i64) -> Txn {
+    let mut failure: Vec<Op> = keys.read_names().chain([Op::Range(keys.ahead(queued_at))]).collect();
     for &slot in slots.iter().rev() {
         let name = slot.name(request.roles).into_bytes();
-        let txn = Txn { compare: vec![Compare::Absent(name.clone())], success: take(request, keys, name), failure };
+        let success = take(request, keys, name.clone(), read_at);
+        let txn = Txn { compare: vec![Compare::Absent(name)], success, failure };
         failure = vec![Op::Txn(Box::new(txn))];
     }
     match failure.pop() {
@@ -568,26 +648,51 @@ fn chain(request: &Request, keys: &Keys, slots: &[Slot], queued_at: i64) -> Txn 
 }
 
 /// Move our old record's key to the new lease, if it still holds our record.
-fn takeover(request: &Request, keys: &Keys, slot: Slot, queued_at: i64) -> Txn {
+fn takeover(request: &Request, keys: &Keys, slot: Slot, queued_at: i64, read_at: i64) -> Txn {
     let name = slot.name(request.roles).into_bytes();
     Txn {
         compare: vec![Compare::ValueIs(name.clone(), request.value.to_vec())],
-        success: take(request, keys, name),
-        failure: keys.read_names().chain([keys.ahead(queued_at)]).collect(),
+        success: take(request, keys, name, read_at),
+        failure: keys.read_names().chain([Op::Range(keys.ahead(queued_at))]).collect(),
     }
 }
 
-fn take(request: &Request, keys: &Keys, name: Vec<u8>) -> Vec<Op> {
-    vec![
+/// Takes the name and leaves the queue, then reads the names changed since `read_at`: after the
+/// put, so our own key is among them.
+fn take(request: &Request, keys: &Keys, name: Vec<u8>, read_at: i64) -> Vec<Op> {
+    let mut ops = vec![
         Op::Put { key: name, value: request.value.to_vec(), lease: request.lease },
         Op::Delete { key: keys.mine.clone() },
-    ]
+    ];
+    ops.extend(keys.names_changed_since(read_at));
+    ops
+}
+
+/// Every role's names as of the claim: `read` (every key, read earlier) updated with `changed`
+/// (the keys modified since, read by the claim, with how many keys each role has then). Keys
+/// deleted meanwhile are not among the changes; when the count says there were some, `None`.
+/// Otherwise one list per role, in key order, at the claim's revision.
+fn up_to_date(read: &[Range], changed: &[Range]) -> Option<(i64, Vec<Vec<KeyValue>>)> {
+    let revision = changed.first()?.revision;
+    if read.len() != changed.len() || changed.iter().any(|c| c.revision != revision) {
+        return None;
+    }
+    let mut roles = Vec::with_capacity(read.len());
+    for (read, changed) in read.iter().zip(changed) {
+        let mut keys: BTreeMap<&[u8], &KeyValue> = read.kvs.iter().map(|kv| (kv.key.as_slice(), kv)).collect();
+        keys.extend(changed.kvs.iter().map(|kv| (kv.key.as_slice(), kv)));
+        if i64::try_from(keys.len()).ok()? != changed.count {
+            return None;
+        }
+        roles.push(keys.into_values().cloned().collect());
+    }
+    Some((revision, roles))
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum Walk<'a> {
-    /// The transaction at this depth put our key.
-    Won(usize),
+    /// The transaction at this depth put our key; here is what it read.
+    Won(usize, &'a [OpResponse]),
     /// Every level failed; here is what the innermost one read.
     Lost(&'a [OpResponse]),
 }
@@ -597,7 +702,7 @@ fn walk(answer: &etcd::TxnResponse) -> Walk<'_> {
     let mut txn = answer;
     loop {
         if txn.succeeded {
-            return Walk::Won(level);
+            return Walk::Won(level, &txn.responses);
         }
         match txn.responses.as_slice() {
             [OpResponse::Txn(inner)] => {
@@ -796,6 +901,65 @@ mod tests {
     }
 
     #[test]
+    fn only_claims_that_ask_for_more_than_the_next_slot_are_read_whole() {
+        let roles = job();
+        let request = |choice, preferred| Request {
+            roles: &roles,
+            choice,
+            value: b"{}",
+            lease: 1,
+            renew_every: Duration::from_secs(1),
+            preferred,
+        };
+        let one = [role("worker", 0..=9)];
+        let single = |preferred| Request { roles: &one, choice: Choice::Role(0), ..request(Choice::Fill, preferred) };
+        let back = Some(Slot { role: 2, id: 3 });
+        let cases: [(Request, &[u8]); 5] = [
+            (request(Choice::Fill, None), b"chief_claims/chief{{.ID}}.tf.local./7b7d"),
+            (request(Choice::Role(1), None), b"chief_claims/chief{{.ID}}.tf.local./+7b7d"),
+            (request(Choice::Fill, back), b"chief_claims/chief{{.ID}}.tf.local./+7b7d"),
+            // With one role, asking for it is filling in order.
+            (single(None), b"worker_claims/worker{{.ID}}.tf.local./7b7d"),
+            (single(Some(Slot { role: 0, id: 3 })), b"worker_claims/worker{{.ID}}.tf.local./+7b7d"),
+        ];
+        for (request, want) in cases {
+            let keys = Keys::new(&request);
+            assert_eq!(String::from_utf8_lossy(&keys.mine), String::from_utf8_lossy(want));
+            let within = |r: &RangeRequest, key: &[u8]| r.start.as_slice() <= key && key < r.end.as_slice();
+            assert!(within(&keys.queue, &keys.mine));
+            assert_eq!(within(&keys.special, &keys.mine), Ticket::is_special(&request));
+            // Earlier versions' tickets, named by their lease, are plain.
+            let old = [keys.queue.start.as_slice(), b"000000000000002a"].concat();
+            assert!(within(&keys.queue, &old) && !within(&keys.special, &old));
+        }
+
+        // Counted: five tickets, of which two special (a ps, a worker that wants worker3 back).
+        let special = [
+            kv("q/+b", "\nworker3.tf.local.\nB", 20),
+            kv("q/+a", "ps\n\nA", 10),
+            // Another Corefile's role: no rival, but it was counted.
+            kv("q/+c", "gpu\n\nC", 30),
+        ];
+        let ahead = counted_ahead(&request(Choice::Fill, None), 6, &special);
+        let summary: Vec<(Choice, Option<Slot>)> = ahead.iter().map(|t| (t.choice, t.preferred)).collect();
+        assert_eq!(
+            summary,
+            [
+                (Choice::Role(1), None),
+                (Choice::Fill, Some(Slot { role: 2, id: 3 })),
+                (Choice::Fill, None),
+                (Choice::Fill, None),
+                (Choice::Fill, None)
+            ]
+        );
+        // chief0 and ps1 taken: the ps claim takes ps0, the three plain ones worker0 to worker2
+        // (worker3 is set aside), and this claim worker4.
+        let aim = aim_behind(&roles, &[&[0], &[1], &[]], &ahead, Choice::Fill);
+        assert_eq!(aim.as_deref(), Some("worker4.tf.local."));
+        assert!(counted_ahead(&request(Choice::Fill, None), 0, &[]).is_empty());
+    }
+
+    #[test]
     fn claims_that_take_a_particular_slot_leave_the_others_to_the_rest() {
         let ticket = |choice, preferred: Option<(usize, u32)>, record: &str| Ticket {
             choice,
@@ -878,17 +1042,27 @@ mod tests {
             preferred: None,
         };
         let keys = Keys::new(&request);
-        assert_eq!(keys.mine, b"w_claims/w{{.ID}}.z./000000000000002a");
+        // Named by the record ("{}"), so that every try of one node has one place.
+        assert_eq!(keys.mine, b"w_claims/w{{.ID}}.z./7b7d");
         assert_eq!(
             (keys.queue.start.as_slice(), keys.queue.end.as_slice()),
             (&b"w_claims/w{{.ID}}.z./"[..], &b"w_claims/w{{.ID}}.z.0"[..])
         );
         let (start, end) = roles[0].pattern.key_range();
         assert!(!(start.as_bytes()..end.as_bytes()).contains(&keys.mine.as_slice()), "outside the name range");
-        let txn = chain(&request, &keys, &[Slot { role: 0, id: 2 }, Slot { role: 1, id: 0 }], 17);
+        let txn = chain(&request, &keys, &[Slot { role: 0, id: 2 }, Slot { role: 1, id: 0 }], 17, 12);
         let Compare::Absent(key) = &txn.compare[0] else { panic!() };
         assert_eq!(key, b"w2.z.");
-        assert!(matches!(&txn.success[..], [Op::Put { lease: 0x2a, .. }, Op::Delete { key }] if *key == keys.mine));
+        // After the put, every role's names changed since the names were read.
+        assert!(matches!(
+            &txn.success[..],
+            [
+                Op::Put { lease: 0x2a, .. },
+                Op::Delete { key },
+                Op::Range(RangeRequest { min_mod_revision: 13, .. }),
+                Op::Range(RangeRequest { min_mod_revision: 13, .. }),
+            ] if *key == keys.mine
+        ));
         let Op::Txn(inner) = &txn.failure[0] else { panic!() };
         let Compare::Absent(key) = &inner.compare[0] else { panic!() };
         assert_eq!(key, b"ps0.tf.local.");
@@ -910,7 +1084,7 @@ mod tests {
                 })],
             })],
         };
-        assert_eq!(walk(&won_at_2), Walk::Won(2));
+        assert_eq!(walk(&won_at_2), Walk::Won(2, &[OpResponse::Put { revision: 9 }, OpResponse::Delete]));
         let range = Range { revision: 5, kvs: vec![], count: 0 };
         let lost = TxnResponse {
             succeeded: false,
@@ -920,6 +1094,70 @@ mod tests {
             })],
         };
         assert_eq!(walk(&lost), Walk::Lost(&[OpResponse::Range(range.clone()), OpResponse::Range(range)]));
-        assert_eq!(walk(&TxnResponse { succeeded: true, responses: vec![] }), Walk::Won(0));
+        assert_eq!(walk(&TxnResponse { succeeded: true, responses: vec![] }), Walk::Won(0, &[]));
+    }
+
+    #[test]
+    fn the_claim_brings_the_names_read_up_to_date_unless_some_were_deleted() {
+        let at = |revision: i64, count: i64, kvs: &[(&str, &str, i64)]| Range {
+            revision,
+            count,
+            kvs: kvs.iter().map(|&(key, value, revision)| kv(key, value, revision)).collect(),
+        };
+        type Keys = &'static [(&'static str, &'static str, i64)];
+        // What the names were at the read (revision 10), what changed by the claim (20, with the
+        // count then), and the listing: keys and values per role, or `None`.
+        type Case =
+            (&'static [(i64, Keys)], &'static [(i64, i64, Keys)], Option<(i64, &'static [&'static [&'static str]])>);
+        let cases: [Case; 8] = [
+            // Nothing but our own put.
+            (
+                &[(2, &[("a", "1", 3), ("b", "2", 4)])],
+                &[(20, 3, &[("c", "me", 20)])],
+                Some((20, &[&["a=1", "b=2", "c=me"]])),
+            ),
+            // Another node joined, and one changed its record.
+            (
+                &[(2, &[("a", "1", 3), ("b", "2", 4)])],
+                &[(20, 4, &[("b", "3", 15), ("d", "4", 12), ("c", "me", 20)])],
+                Some((20, &[&["a=1", "b=3", "c=me", "d=4"]])),
+            ),
+            // One left: the count is lower than the keys known, and which one left is unknown.
+            (&[(2, &[("a", "1", 3), ("b", "2", 4)])], &[(20, 2, &[("c", "me", 20)])], None),
+            // One left and another joined: the same number of keys, but the count tells.
+            (&[(2, &[("a", "1", 3), ("b", "2", 4)])], &[(20, 3, &[("c", "me", 20), ("d", "4", 12)])], None),
+            // Deleted and put again: among the changes, counted once.
+            (&[(1, &[("a", "1", 3)])], &[(20, 2, &[("a", "5", 14), ("c", "me", 20)])], Some((20, &[&["a=5", "c=me"]]))),
+            // Several roles: each its own.
+            (
+                &[(1, &[("a", "1", 3)]), (0, &[])],
+                &[(20, 1, &[]), (20, 1, &[("p", "me", 20)])],
+                Some((20, &[&["a=1"], &["p=me"]])),
+            ),
+            // The claim's reads at different revisions, or not one per role: no listing.
+            (&[(1, &[("a", "1", 3)]), (0, &[])], &[(20, 1, &[]), (21, 1, &[("p", "me", 20)])], None),
+            (&[(1, &[("a", "1", 3)]), (0, &[])], &[(20, 1, &[])], None),
+        ];
+        for (read, changed, want) in cases {
+            let read: Vec<Range> = read.iter().map(|&(count, kvs)| at(10, count, kvs)).collect();
+            let changed: Vec<Range> = changed.iter().map(|&(revision, count, kvs)| at(revision, count, kvs)).collect();
+            let got = up_to_date(&read, &changed).map(|(revision, roles)| {
+                let roles: Vec<Vec<String>> = roles
+                    .iter()
+                    .map(|kvs| {
+                        kvs.iter()
+                            .map(|kv| {
+                                format!("{}={}", String::from_utf8_lossy(&kv.key), String::from_utf8_lossy(&kv.value))
+                            })
+                            .collect()
+                    })
+                    .collect();
+                (revision, roles)
+            });
+            let want = want.map(|(revision, roles)| {
+                (revision, roles.iter().map(|kvs| kvs.iter().map(|s| s.to_string()).collect()).collect())
+            });
+            assert_eq!(got, want, "read {read:?}, changed {changed:?}");
+        }
     }
 }

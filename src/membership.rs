@@ -317,9 +317,19 @@ impl Membership {
         if lease.renewal_due(Instant::now()) {
             self.keepalive();
         }
-        // Name ourselves in the answers at once, then read the members afresh.
-        self.refresh(&[]);
-        self.read_due = true;
+        match claimed.listing {
+            // The claim read every role's keys as of its own put: a full read.
+            Some((revision, kvs)) => {
+                let known = self.view.revision();
+                let changes = self.view.load(revision, kvs);
+                self.took_read(revision, known, changes);
+            }
+            // Name ourselves in the answers at once, then read the members afresh.
+            None => {
+                self.refresh(&[]);
+                self.read_due = true;
+            }
+        }
         Ok(())
     }
 
@@ -337,7 +347,7 @@ impl Membership {
 
     fn grant(&mut self) -> Result<Lease, etcd::Error> {
         let (before, asked) = (boottime(), Instant::now());
-        let granted = self.client.lease_grant(self.settings.lease_ttl)?;
+        let granted = self.client.patiently(|client| client.lease_grant(self.settings.lease_ttl))?;
         let lease = Lease::answered(granted.id, granted.ttl, before, asked);
         self.next_keepalive = lease.renew_at();
         self.set_lease(Some(lease));
@@ -478,16 +488,7 @@ impl Membership {
                     "read every role's keys at revision {revision}: {keys} keys in {:.1} ms",
                     started.elapsed().as_secs_f64() * 1e3
                 );
-                self.last_seen = Some(revision);
-                self.next_full_read = Instant::now() + FULL_READ_EVERY;
-                if known.is_some_and(|known| known > revision) {
-                    // etcd's data was restored or replaced: the watch waits for revisions that
-                    // came before, and must follow from this read instead.
-                    log::warn!("etcd's revision went back to {revision}: following the members from there");
-                    self.watch.retire();
-                }
-                self.read_due = false;
-                self.publish(changes);
+                self.took_read(revision, known, changes);
             }
             Err(e) => {
                 // The keys read before the answer broke off are in the view: answered too.
@@ -499,6 +500,23 @@ impl Membership {
                 self.failed("cannot read the members", &e);
             }
         }
+    }
+
+    /// After a full read at `revision` (the view was at `known` before it): the members are
+    /// followed from there.
+    fn took_read(&mut self, revision: i64, known: Option<i64>, changes: Changes) {
+        self.last_seen = Some(revision);
+        let now = Instant::now();
+        self.next_full_read = now + FULL_READ_EVERY;
+        self.next_poll = now + self.poll_every().unwrap_or(FALLBACK_POLL);
+        if known.is_some_and(|known| known > revision) {
+            // etcd's data was restored or replaced: the watch waits for revisions that came
+            // before, and must follow from this read instead.
+            log::warn!("etcd's revision went back to {revision}: following the members from there");
+            self.watch.retire();
+        }
+        self.read_due = false;
+        self.publish(changes);
     }
 
     /// Takes what the watch thread sent: this message and every one already waiting behind it,

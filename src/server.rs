@@ -565,9 +565,12 @@ pub fn serve_tcp(listeners: Vec<TcpListener>, mut view: View) {
         fds.extend(connections.iter().map(Connection::pollfd));
         // Forwarded answers come by channel; the forwarding thread rings this when one does.
         fds.push(pollfd(forwarded.wake.fd(), libc::POLLIN));
+        // With nothing to time out, sleep until a client or a forwarded answer comes: an idle
+        // node costs no wake-ups. A new snapshot waits in its channel meanwhile, and is taken
+        // before anything is answered.
         let next = connections.iter().map(|c| c.deadline).chain([accept_again]).filter(|&d| d > now).min();
-        let timeout = next.map_or(Duration::from_secs(1), |d| d - now).min(Duration::from_secs(1));
-        if let Err(e) = sys::poll(&mut fds, timeout.as_millis() as libc::c_int + 1) {
+        let timeout = next.map_or(-1, |d| libc::c_int::try_from((d - now).as_millis() + 1).unwrap_or(libc::c_int::MAX));
+        if let Err(e) = sys::poll(&mut fds, timeout) {
             after_failed_wait("waiting for TCP connections", e);
             continue;
         }

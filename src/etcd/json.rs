@@ -335,6 +335,10 @@ pub(super) struct RangeRequestJson {
     range_end: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_create_revision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_mod_revision: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    count_only: bool,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     newest: Option<NewestJson>,
 }
@@ -354,6 +358,8 @@ impl From<&RangeRequest> for RangeRequestJson {
             key: BASE64.encode(&r.start),
             range_end: BASE64.encode(&r.end),
             max_create_revision: (r.max_create_revision > 0).then(|| r.max_create_revision.to_string()),
+            min_mod_revision: (r.min_mod_revision > 0).then(|| r.min_mod_revision.to_string()),
+            count_only: r.count_only,
             newest: r.newest.then_some(NewestJson {
                 limit: 1,
                 sort_order: "DESCEND",
@@ -833,6 +839,8 @@ mod tests {
             failure: vec![
                 Op::Range(RangeRequest::new(b"a", b"b")),
                 Op::Range(RangeRequest { max_create_revision: 9, ..RangeRequest::new(b"a", b"b") }),
+                Op::Range(RangeRequest { min_mod_revision: 12, ..RangeRequest::new(b"a", b"b") }),
+                Op::Range(RangeRequest { count_only: true, ..RangeRequest::new(b"a", b"b") }),
                 Op::Range(RangeRequest { newest: true, ..RangeRequest::new(b"a", b"b") }),
                 Op::Delete { key: b"k".to_vec() },
             ],
@@ -843,6 +851,8 @@ mod tests {
             "failure": [
                 { "requestRange": { "key": "YQ==", "range_end": "Yg==" } },
                 { "requestRange": { "key": "YQ==", "range_end": "Yg==", "max_create_revision": "9" } },
+                { "requestRange": { "key": "YQ==", "range_end": "Yg==", "min_mod_revision": "12" } },
+                { "requestRange": { "key": "YQ==", "range_end": "Yg==", "count_only": true } },
                 { "requestRange": {
                     "key": "YQ==", "range_end": "Yg==",
                     "limit": 1, "sort_order": "DESCEND", "sort_target": "MOD", "keys_only": true,

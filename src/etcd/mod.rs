@@ -167,6 +167,11 @@ pub struct RangeRequest {
     /// Only keys created at or before this revision (0: any). etcd still counts every key in
     /// `count`, so count the returned keys instead.
     pub max_create_revision: i64,
+    /// Only keys modified at or after this revision (0: any); `count` still counts every key, so
+    /// the two together tell whether keys were deleted since.
+    pub min_mod_revision: i64,
+    /// Only `count`, no keys: etcd does not read them, and ignores the revision limits above.
+    pub count_only: bool,
     /// Only the key modified last, without its value; `count` still counts the whole range. The
     /// pair changes exactly when something in the range changed, so it is a cheap change
     /// detector: any put raises the newest revision, and a delete alone lowers the count.

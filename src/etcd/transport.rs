@@ -14,6 +14,8 @@ use crate::metrics::Metrics;
 /// Per request at most; a keep-alive must get through well within the lease, so short leases get
 /// shorter timeouts (see `Client::new`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Per request at most while claiming (see `Client::patiently`).
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A range over every member of a 10 000-node cluster is about 2 MB of JSON.
 pub(super) const MAX_RESPONSE_BYTES: u64 = 64 << 20;
@@ -38,6 +40,15 @@ pub struct Client {
     metrics: Option<Arc<Metrics>>,
     /// Per endpoint, requests in a row that it cut off right after the TLS handshake.
     cut_off: Vec<u32>,
+    /// How long a request may take now: `timeouts.usual`, or `timeouts.claiming` in `patiently`.
+    timeout: Duration,
+    timeouts: Timeouts,
+}
+
+#[derive(Clone, Copy)]
+struct Timeouts {
+    usual: Duration,
+    claiming: Duration,
 }
 
 /// Whether a request may be sent again to another endpoint after it may already have been applied.
@@ -49,10 +60,12 @@ pub(super) enum Retry {
 
 impl Client {
     /// A client for the Corefile's endpoints, TLS and credentials. Requests may take a quarter of
-    /// the lease TTL at most: a keep-alive must get through well within the lease.
+    /// the lease TTL at most: a keep-alive must get through well within the lease. Claims may
+    /// take half of it (see `patiently`).
     pub fn new(config: &Config) -> Result<Client, Error> {
         let lease = Duration::from_secs(u64::from(config.lease));
         let timeout = (lease / 4).clamp(Duration::from_millis(500), REQUEST_TIMEOUT);
+        let claiming = (lease / 2).clamp(timeout, CLAIM_TIMEOUT);
         #[cfg_attr(not(feature = "tls"), allow(unused_variables, clippy::let_unit_value))]
         let tls = tls_config(config)?;
         let builder = || {
@@ -66,7 +79,7 @@ impl Client {
             builder
         };
         log::debug!(
-            "etcd endpoints {}: requests go to the first, and to the next only when one cannot be reached; each may take {timeout:?}",
+            "etcd endpoints {}: requests go to the first, and to the next only when one cannot be reached; each may take {timeout:?}, {claiming:?} while claiming",
             config.endpoints.join(" ")
         );
         Ok(Client {
@@ -78,7 +91,20 @@ impl Client {
             token: None,
             metrics: None,
             cut_off: vec![0; config.endpoints.len()],
+            timeout,
+            timeouts: Timeouts { usual: timeout, claiming },
         })
+    }
+
+    /// Runs the requests of a claim, each of which may take longer than usual. A node that holds
+    /// no name has no lease to keep alive in time, and a busy etcd, many nodes starting together,
+    /// answers late rather than not at all: given up on, a claim costs a new lease, a place at
+    /// the end of the queue and every request again, the more load the more often.
+    pub fn patiently<T>(&mut self, requests: impl FnOnce(&mut Client) -> T) -> T {
+        self.timeout = self.timeouts.claiming;
+        let answer = requests(self);
+        self.timeout = self.timeouts.usual;
+        answer
     }
 
     /// Counts every request from now on in `metrics`.
@@ -299,7 +325,8 @@ impl Client {
 
     fn post_once(&self, endpoint: &str, path: &str, body: &impl serde::Serialize) -> Result<Vec<u8>, Attempt> {
         let url = format!("{endpoint}{path}");
-        let mut response = self.request(&self.agent, &url).send_json(body).map_err(|e| unreachable(endpoint, e))?;
+        let request = self.request(&self.agent, &url).config().timeout_global(Some(self.timeout)).build();
+        let mut response = request.send_json(body).map_err(|e| unreachable(endpoint, e))?;
         let status = response.status().as_u16();
         let answer = response
             .body_mut()

@@ -72,6 +72,22 @@ fn a_node_started_before_etcd_claims_once_etcd_is_up() {
 }
 
 #[test]
+fn a_claim_waits_for_a_slow_etcd_instead_of_giving_up() {
+    let etcd = Etcd::start();
+    // etcd answers nothing for longer than a request of a node that holds a name may take (a
+    // quarter of the lease), as when a thousand nodes start together.
+    etcd.signal(libc::SIGSTOP);
+    let mut node = Setup::new(&etcd, "slow.test.").start();
+    std::thread::sleep(Duration::from_secs(5));
+    etcd.signal(libc::SIGCONT);
+    assert_eq!(node.claimed(), "worker1.slow.test.");
+    assert!(!node.log().contains("cannot claim"), "{}", node.log());
+    // One lease: none granted to a request given up on, and left to expire.
+    let leases = etcd.post("/v3/lease/leases", serde_json::json!({}));
+    assert_eq!(leases["leases"].as_array().map(Vec::len), Some(1), "{leases}");
+}
+
+#[test]
 fn records_written_by_the_original_plugin_are_served() {
     let etcd = Etcd::start();
     // Exactly as the Go plugin's json.Marshal writes them, one with every field, one with a few.

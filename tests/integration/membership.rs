@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use domain::base::iana::{OptRcode, Rtype};
 
-use crate::support::{eventually, Etcd, Node, Setup};
+use crate::support::{eventually, free_port, http_get, next_loopback, Etcd, Node, Setup};
 
 #[test]
 fn one_node_claims_worker1() {
@@ -21,6 +21,27 @@ fn one_node_claims_worker1() {
     assert_ne!(kv.lease, 0, "the key is attached to a lease");
     assert_eq!(node.query("worker1.one.test.", Rtype::A).data(), [node.ip.to_string()]);
     assert!(node.log().contains("claimed worker1.one.test."), "{}", node.log());
+}
+
+#[test]
+fn the_claim_is_the_first_read_of_the_members() {
+    let etcd = Etcd::start();
+    etcd.put("worker7.first.test.", r#"{"ipv4":"10.0.0.7"}"#);
+    let ip = next_loopback();
+    let metrics = free_port(ip);
+    // Polling once an hour: the members this node knows are those its claim read.
+    let setup =
+        Setup { poll: "1h", server: format!("    prometheus {ip}:{metrics}\n"), ..Setup::new(&etcd, "first.test.") };
+    let mut node = setup.start_on(ip, free_port(ip));
+    assert_eq!(node.claimed(), "worker1.first.test.");
+    node.wait_for_log("2 members at etcd revision");
+    assert_eq!(node.query("worker7.first.test.", Rtype::A).data(), ["10.0.0.7"]);
+    assert_eq!(node.query("worker1.first.test.", Rtype::A).data(), [ip.to_string()]);
+    // The lease, a place in the queue, the name: three requests, and no read of the members
+    // after them.
+    let (_, text) = http_get(&format!("http://{ip}:{metrics}/metrics")).unwrap();
+    let requests = text.lines().find_map(|l| l.strip_prefix("idetcd_etcd_request_duration_seconds_count "));
+    assert_eq!(requests, Some("3"), "{}", node.log());
 }
 
 #[test]

@@ -1,10 +1,11 @@
 //! What operators use besides DNS: the health and metrics endpoints, and the subcommands.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use domain::base::iana::Rtype;
 
-use crate::support::{eventually, free_port, http_get, next_loopback, Etcd, Node, Query, Setup, Transport};
+use crate::support::{eventually, free_port, http_get, next_loopback, within, Etcd, Node, Query, Setup, Transport};
 
 fn get(url: &str) -> (u16, String) {
     http_get(url).unwrap_or_else(|e| panic!("GET {url}: {e}"))
@@ -147,6 +148,54 @@ fn log_writes_a_line_per_answered_query_in_coredns_format() {
         assert!(took.is_some_and(|t| t >= 0.0), "{line}");
     }
     assert!(!quiet.log().contains("\" NOERROR qr,"), "without `log`, no lines:\n{}", quiet.log());
+}
+
+/// Each thread of a process with the times it went to sleep on its own: a wake-up each, what an
+/// idle node must not spend on timers.
+fn sleeps_by_thread(pid: u32) -> Vec<(String, u64)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default().trim().to_string();
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let sleeps = status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"));
+        threads.push((name, sleeps.and_then(|n| n.trim().parse().ok()).unwrap_or(0)));
+    }
+    threads.sort();
+    threads
+}
+
+#[test]
+fn an_idle_node_sleeps_until_something_happens() {
+    let etcd = Etcd::start();
+    let ip = next_loopback();
+    let (health, metrics, upstream) = (free_port(ip), free_port(ip), free_port(Ipv4Addr::LOCALHOST));
+    let server = format!(
+        "    log\n    forward . 127.0.0.1:{upstream}\n    health {ip}:{health}\n    prometheus {ip}:{metrics}\n"
+    );
+    let setup = Setup { server, poll: "1h", ..Setup::new(&etcd, "idle.test.") };
+    let mut node = setup.start_on(ip, free_port(ip));
+    node.claimed();
+    node.wait_for_log("members at etcd revision");
+    // The threads that woke in three seconds in which nothing happens (no query, no change in
+    // etcd, no signal) but for the etcd thread's lease renewals, the one wake-up an idle node
+    // needs. The first such seconds may still see the last question of `claimed` answered.
+    let mut windows = Vec::new();
+    let quiet = within(Duration::from_secs(15), || {
+        let before = sleeps_by_thread(node.pid());
+        std::thread::sleep(Duration::from_secs(3));
+        let after = sleeps_by_thread(node.pid());
+        assert_eq!(before.len(), after.len(), "threads came or went: {before:?} then {after:?}");
+        let woke: Vec<String> = before
+            .iter()
+            .zip(&after)
+            .filter(|((name, then), (_, now))| !name.starts_with("etcd") && now != then)
+            .map(|((name, then), (_, now))| format!("{name} woke {} times", now - then))
+            .collect();
+        windows.push(woke);
+        windows.last().is_some_and(Vec::is_empty).then_some(())
+    });
+    assert!(quiet.is_some(), "no quiet three seconds: {windows:?}");
 }
 
 fn idetcd(args: &[&str]) -> (Option<i32>, String, String) {

@@ -259,6 +259,15 @@ impl Etcd {
         assert!(answers.is_some(), "etcd did not start:\n{}", self.log());
     }
 
+    /// Sends this member a signal: SIGSTOP to make it answer nothing, and keep every request it
+    /// is sent meanwhile, until SIGCONT.
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: signalling our own child, which has not been reaped yet.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
