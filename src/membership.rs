@@ -320,6 +320,8 @@ impl Membership {
         match claimed.listing {
             // The claim read every role's keys as of its own put: a full read.
             Some((revision, kvs)) => {
+                let keys: usize = kvs.iter().map(Vec::len).sum();
+                log::debug!("the claim read every role's keys at revision {revision}: {keys} keys");
                 let known = self.view.revision();
                 let changes = self.view.load(revision, kvs);
                 self.took_read(revision, known, changes);

@@ -19,7 +19,7 @@ fn record(ip: &str) -> String {
 
 /// How often the node read every role's key range whole.
 fn reads(node: &Node) -> usize {
-    node.log().matches("read every role's keys at revision").count()
+    node.log().matches("every role's keys at revision").count()
 }
 
 /// How often the node opened a watch stream, first or again.
@@ -71,7 +71,7 @@ fn polling_asks_one_key_and_reads_only_when_the_members_changed() {
     let setup = Setup { poll: "100ms", ..Setup::new(&etcd, "polled.test.") };
     let mut node = setup.start();
     node.claimed();
-    node.wait_for_log("read every role's keys at revision");
+    node.wait_for_log("every role's keys at revision");
     let txns = etcd.requests("Txn");
     let ranges = etcd.requests("Range");
     // Letting a dozen polls pass, on purpose.
@@ -198,7 +198,7 @@ fn a_reload_switches_between_polling_and_watching() {
     let setup = Setup { poll: "1h", ..Setup::new(&etcd, "switch.test.") };
     let mut node = setup.start();
     node.claimed();
-    node.wait_for_log("read every role's keys at revision");
+    node.wait_for_log("every role's keys at revision");
     let corefile = std::fs::read_to_string(node.corefile_path()).unwrap();
 
     std::fs::write(node.corefile_path(), corefile.replace("        poll 1h\n", "")).unwrap();
