@@ -142,7 +142,7 @@ fn a_paused_node_stops_naming_itself_and_claims_again() {
 #[test]
 fn sixty_four_nodes_ten_times_never_share_a_name() {
     let etcd = Etcd::start();
-    let setup = Setup { limit: 64, poll: "500ms", ..Setup::new(&etcd, "rounds.test.") };
+    let setup = Setup { limit: 64, ..Setup::new(&etcd, "rounds.test.") };
     let want: Vec<String> = (1..=64).map(|i| format!("worker{i}.rounds.test.")).collect();
     for round in 0..10 {
         let mut nodes: Vec<Node> = (0..64).map(|_| setup.start()).collect();

@@ -103,7 +103,8 @@ pub fn eventually<T>(what: &str, timeout: Duration, check: impl FnMut() -> Optio
     within(timeout, check).unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
-/// How long the `Node::wait_for_*` helpers wait for what should come within a poll or two.
+/// How long the `Node::wait_for_*` helpers wait for what should come at once: a change the watch
+/// brings, a poll or two of a test that polls, a renewal of a short lease.
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A GET with short timeouts: the status, whatever it is, and the body.
@@ -601,7 +602,9 @@ pub struct Setup {
     pub zone: String,
     pub limit: u32,
     pub lease: u32,
-    /// `poll`'s duration; empty for no `poll` line, which follows by watch alone.
+    /// `poll`'s duration; empty (the default) for no `poll` line: the daemon's default of reading
+    /// the members once, then following the watch stream, which is what the suite should exercise.
+    /// A test that sets one says why.
     pub poll: &'static str,
     pub ttl: u32,
     pub ipv6: bool,
@@ -625,7 +628,7 @@ impl Setup {
             zone: zone.to_string(),
             limit: 10,
             lease: 20,
-            poll: "100ms",
+            poll: "",
             ttl: 5,
             ipv6: true,
             extra: String::new(),
