@@ -77,6 +77,8 @@ struct Membership {
     watch: Following,
     /// Set when a renewal failed, until one gets through.
     renewal_failed: bool,
+    /// The endpoint the watch was last restarted for, having moved to it.
+    moved_to: Option<String>,
     /// Set when this node cannot go on; the loop ends with it.
     fatal: Option<String>,
     /// Whether the members were counted in the log once: after that, each join is told.
@@ -117,6 +119,7 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
         last_seen: None,
         watch: Following::default(),
         renewal_failed: false,
+        moved_to: None,
         fatal: None,
         members_told: false,
         trouble: Trouble::default(),
@@ -495,7 +498,7 @@ impl Membership {
             Err(e) => {
                 // The keys read before the answer broke off are in the view: answered too.
                 let changes = loading.abandon();
-                if !changes.touched.is_empty() {
+                if self.view.revision().is_some() {
                     self.publish(changes);
                 }
                 self.next_read = Instant::now() + self.read_retry.next();
@@ -589,10 +592,17 @@ impl Membership {
     /// answered: one request, no read.
     fn check_watch(&mut self) {
         let recovered = std::mem::take(&mut self.renewal_failed);
-        let moved = self.watch.endpoint.as_deref().is_some_and(|e| e != self.client.endpoint());
+        let endpoint = self.client.endpoint();
+        // Once for each move: a watch whose own client went on to another endpoint than this
+        // thread's would otherwise be restarted at every renewal.
+        let moved =
+            self.watch.endpoint.as_deref().is_some_and(|e| e != endpoint) && self.moved_to.as_deref() != Some(endpoint);
         if self.watch.stop.is_some() && (recovered || moved) {
             let why = if moved { "etcd answers at another endpoint" } else { "etcd answers again" };
-            log::debug!("restarting the etcd watch at {}: {why}", self.client.endpoint());
+            log::debug!("restarting the etcd watch at {endpoint}: {why}");
+            if moved {
+                self.moved_to = Some(endpoint.to_string());
+            }
             self.watch.retire();
         }
     }
@@ -632,11 +642,12 @@ impl Membership {
             }
         }
         self.metrics.members.store(count as u64, Relaxed);
-        self.check_own_keys();
+        // The snapshot first: a loss found next updates it again, from one that is whole.
         match changes.first {
             true => self.rebuild(),
             false => self.refresh(&changes.touched),
         }
+        self.check_own_keys();
     }
 
     /// Our key deleted or moved to another lease means the name is no longer ours; any other key
@@ -873,10 +884,22 @@ pub(crate) fn follow(
                         }
                         Err(e) => {
                             log::debug!("etcd watch: {e}");
-                            if let etcd::Error::Rejected { refusal: Refusal::InvalidToken | Refusal::NoUser, .. } = e {
+                            let forgotten = matches!(
+                                e,
+                                etcd::Error::Rejected { refusal: Refusal::InvalidToken | Refusal::NoUser, .. }
+                            ) && client.has_credentials();
+                            if forgotten {
                                 // The watch was opened with a token etcd forgot (it restarted, or
                                 // the token expired): the next one asks for a new token.
                                 client.forget_token();
+                            }
+                            let e = client.misconfigured(e);
+                            if e.is_permanent() {
+                                // Authentication turned on without our user, a role without our
+                                // keys: no retry can help. The etcd thread polls instead, and
+                                // its polls say what to change.
+                                let _ = tx.send(Watched::Ended(e.to_string()));
+                                return;
                             }
                             break;
                         }

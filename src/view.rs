@@ -110,16 +110,6 @@ pub struct Changes {
     pub elsewhere: Vec<String>,
 }
 
-impl Changes {
-    /// Adds `later`'s changes after these: bursts become one update.
-    pub fn merge(&mut self, later: Changes) {
-        self.first |= later.first;
-        self.touched.extend(later.touched);
-        self.skipped.extend(later.skipped);
-        self.elsewhere.extend(later.elsewhere);
-    }
-}
-
 /// Whether this node still holds the name it claimed, as the view has it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Own {

@@ -1045,3 +1045,127 @@ fn an_updated_snapshot_answers_as_one_built_afresh() {
         }
     }
 }
+
+/// Random puts, deletes, watched batches, whole reads and reads that break off, through the view
+/// into snapshots updated as the etcd thread updates them: each answers as one built afresh.
+#[test]
+fn snapshots_updated_as_the_etcd_thread_does_answer_as_one_built_afresh() {
+    use crate::etcd::{KeyValue, WatchEvent};
+    use crate::view::View;
+    fn inputs<'a>(roles: &'a [Role], view: &'a View, serial: u32) -> Inputs<'a, crate::view::Member> {
+        Inputs { roles, ttl: 5, serial, nameservers: 2, own_name: None, members: view.members() }
+    }
+    let roles: Vec<Role> = ["ps", "worker"]
+        .iter()
+        .map(|name| Role {
+            name: name.to_string(),
+            pattern: Pattern::parse(&format!("{name}{{{{.ID}}}}.tf.local.")).unwrap(),
+            ids: 0..=u32::MAX,
+        })
+        .collect();
+    let ids = [0u32, 1, 2, 255, 256, 300, 511, 512];
+    for seed in 0..12u64 {
+        let mut random = crate::random::Random::from_seed(seed + 100);
+        let mut view = View::new(&roles, b"{\"ipv4\":\"10.9.9.9\"}");
+        let mut etcd: BTreeMap<String, (String, i64)> = BTreeMap::new();
+        let mut revision = 1i64;
+        let mut pending: Vec<WatchEvent> = Vec::new();
+        let mut snapshot = Snapshot::empty("tf.local.");
+        let mut serial = 0u32;
+        for step in 0..300 {
+            let changes = match random.below(10) {
+                0..=5 => {
+                    revision += 1;
+                    let role = ["ps", "worker"][random.below(2)];
+                    let key = match random.below(12) {
+                        0 => format!("{role}0{}.tf.local.", ids[random.below(ids.len())]),
+                        1 => format!("{role}{}.other.zone.", ids[random.below(ids.len())]),
+                        _ => format!("{role}{}.tf.local.", ids[random.below(ids.len())]),
+                    };
+                    let kv = |value: &str| KeyValue {
+                        key: key.clone().into_bytes(),
+                        value: value.as_bytes().to_vec(),
+                        create_revision: revision,
+                        mod_revision: revision,
+                        lease: 0,
+                    };
+                    if etcd.contains_key(&key) && random.below(3) == 0 {
+                        etcd.remove(&key);
+                        pending.push(WatchEvent { deleted: true, kv: kv("") });
+                    } else {
+                        let value = match random.below(6) {
+                            0 => "nonsense".to_string(),
+                            n => format!(r#"{{"ipv4":"10.0.0.{}","ipv6":"fd00::{}"}}"#, n % 3, random.below(3)),
+                        };
+                        etcd.insert(key.clone(), (value.clone(), revision));
+                        pending.push(WatchEvent { deleted: false, kv: kv(&value) });
+                    }
+                    None
+                }
+                6..=7 => {
+                    let n = random.below(pending.len() + 1);
+                    view.apply(pending.drain(..n).collect())
+                }
+                _ => {
+                    let breaks = random.below(3) == 0;
+                    let stop_after = random.below(etcd.len() + 1);
+                    let mut loading = view.loading();
+                    for (n, (key, (value, modified))) in etcd.iter().enumerate() {
+                        if breaks && n == stop_after {
+                            break;
+                        }
+                        let Some(role) = roles.iter().position(|r| r.pattern.in_key_range(key.as_bytes())) else {
+                            continue;
+                        };
+                        let kv = KeyValue {
+                            key: key.clone().into_bytes(),
+                            value: value.clone().into_bytes(),
+                            create_revision: *modified,
+                            mod_revision: *modified,
+                            lease: 0,
+                        };
+                        loading.put(role, kv);
+                    }
+                    match breaks {
+                        // As membership::read: published only when a member was touched.
+                        true => Some(loading.abandon()).filter(|c| !c.touched.is_empty()),
+                        false => Some(loading.finish(revision)),
+                    }
+                }
+            };
+            if let (Some(changes), Some(_)) = (changes, view.revision()) {
+                serial = view.newest().unwrap_or(0) as u32;
+                snapshot = match changes.first {
+                    true => Snapshot::build(&inputs(&roles, &view, serial)),
+                    false => snapshot.update(&inputs(&roles, &view, serial), &changes.touched),
+                };
+            }
+            if view.revision().is_none() {
+                continue;
+            }
+            let fresh = Snapshot::build(&inputs(&roles, &view, serial));
+            let mut questions = vec![
+                ("tf.local.".to_string(), Rtype::NS),
+                ("_idetcd._udp.tf.local.".to_string(), Rtype::SRV),
+                ("nothing.tf.local.".to_string(), Rtype::A),
+            ];
+            for id in ids {
+                for role in ["ps", "worker"] {
+                    questions.push((format!("{role}{id}.tf.local."), Rtype::A));
+                    questions.push((format!("{role}{id}.tf.local."), Rtype::AAAA));
+                }
+            }
+            for n in 0..3 {
+                questions.push((format!("{n}.0.0.10.in-addr.arpa."), Rtype::PTR));
+            }
+            for (name, rtype) in questions {
+                let (mut a, mut b) = (vec![0u8; 65535], vec![0u8; 65535]);
+                let query = packet(&name, rtype);
+                let (left, right) = (respond(&query, &snapshot, HELD, &mut a), respond(&query, &fresh, HELD, &mut b));
+                assert_eq!(left, right, "seed {seed} step {step}: {name} {rtype}");
+                let len = reply_len(left);
+                assert_eq!(a[..len], b[..len], "seed {seed} step {step}: {name} {rtype}");
+            }
+        }
+    }
+}

@@ -172,6 +172,10 @@ impl Client {
         answer
     }
 
+    pub fn has_credentials(&self) -> bool {
+        self.credentials.is_some()
+    }
+
     /// Drops the token, so that the next request gets a new one: for a watch etcd accepted with a
     /// token it no longer takes, and then cancelled.
     pub fn forget_token(&mut self) {
@@ -203,8 +207,9 @@ impl Client {
         answer.map_err(|e| self.misconfigured(e))
     }
 
-    /// Refusals that say the Corefile's credentials do not fit this etcd.
-    fn misconfigured(&self, e: Error) -> Error {
+    /// Refusals that say the Corefile's credentials do not fit this etcd: for a watch, whose
+    /// refusals come inside its stream.
+    pub fn misconfigured(&self, e: Error) -> Error {
         let Error::Rejected { endpoint, refusal, .. } = &e else { return e };
         let message = match (&self.credentials, refusal) {
             (None, Refusal::NoUser) => {

@@ -190,6 +190,7 @@ fn the_start_counts_the_members_and_later_joins_and_leaves_are_told_with_address
 #[test]
 fn with_watch_changes_show_long_before_the_next_poll() {
     let mut etcd = Etcd::start();
+    // `poll` with `watch`, the watch kept on over a poll: the one test of that combination.
     // Polling once an hour: within the test, only the watch can bring a change.
     let setup = Setup { poll: "1h", extra: "        watch\n".into(), ..Setup::new(&etcd, "watch.test.") };
     let mut observer = setup.start();
@@ -215,8 +216,8 @@ fn with_watch_changes_show_long_before_the_next_poll() {
 #[test]
 fn with_watch_every_change_of_one_transaction_shows() {
     let etcd = Etcd::start();
-    // Polling once an hour: within the test, only the watch can bring a change.
-    let setup = Setup { poll: "1h", extra: "        watch\n".into(), ..Setup::new(&etcd, "batch.test.") };
+    // Followed by the watch alone, the default: only the watch can bring a change.
+    let setup = Setup::new(&etcd, "batch.test.");
     let mut observer = setup.start();
     observer.claimed();
     let record = |ip: &str| format!(r#"{{"ipv4":"{ip}"}}"#);

@@ -53,7 +53,7 @@ fn break_the_stream(node: &Node, etcd: &mut Etcd, meanwhile: impl FnOnce(&Etcd))
 fn an_idle_node_asks_etcd_for_nothing_but_keep_alives() {
     let etcd = Etcd::start();
     // Renewed every second, so that a few seconds show the renewals.
-    let setup = Setup { poll: "", lease: 3, ..Setup::new(&etcd, "idle.test.") };
+    let setup = Setup { lease: 3, ..Setup::new(&etcd, "idle.test.") };
     let _node = watching(&setup);
     let count = || ["Range", "Txn", "Watch", "LeaseKeepAlive"].map(|method| etcd.requests(method));
     let before = count();
@@ -93,7 +93,7 @@ fn polling_asks_one_key_and_reads_only_when_the_members_changed() {
 #[test]
 fn the_watch_resumes_after_etcd_restarts() {
     let mut etcd = Etcd::start();
-    let setup = Setup { poll: "", ..Setup::new(&etcd, "restart.follow.test.") };
+    let setup = Setup::new(&etcd, "restart.follow.test.");
     let node = watching(&setup);
     etcd.put("worker5.restart.follow.test.", &record("10.0.0.5"));
     node.wait_for_address("worker5.restart.follow.test.", "10.0.0.5");
@@ -113,7 +113,7 @@ fn the_watch_resumes_after_etcd_restarts() {
 #[test]
 fn changes_made_while_the_stream_is_broken_show_when_it_resumes_without_a_read() {
     let mut etcd = Etcd::start();
-    let setup = Setup { poll: "", ..Setup::new(&etcd, "broken.test.") };
+    let setup = Setup::new(&etcd, "broken.test.");
     let node = watching(&setup);
     etcd.put("worker5.broken.test.", &record("10.0.0.5"));
     node.wait_for_address("worker5.broken.test.", "10.0.0.5");
@@ -132,7 +132,7 @@ fn changes_made_while_the_stream_is_broken_show_when_it_resumes_without_a_read()
 #[test]
 fn past_a_compaction_the_members_are_read_again_and_nothing_is_missed() {
     let mut etcd = Etcd::start();
-    let setup = Setup { poll: "", ..Setup::new(&etcd, "compacted.test.") };
+    let setup = Setup::new(&etcd, "compacted.test.");
     let node = watching(&setup);
     etcd.put("worker5.compacted.test.", &record("10.0.0.5"));
     node.wait_for_address("worker5.compacted.test.", "10.0.0.5");
@@ -155,7 +155,7 @@ fn past_a_compaction_the_members_are_read_again_and_nothing_is_missed() {
 #[test]
 fn a_progress_notification_moves_where_the_watch_resumes() {
     let mut etcd = Etcd::start_with(&["--experimental-watch-progress-notify-interval", "500ms"]);
-    let setup = Setup { poll: "", ..Setup::new(&etcd, "progress.test.") };
+    let setup = Setup::new(&etcd, "progress.test.");
     let node = watching(&setup);
     // Others' changes move etcd's revision past the last member change.
     for i in 0..3 {
@@ -175,7 +175,7 @@ fn a_progress_notification_moves_where_the_watch_resumes() {
 #[test]
 fn the_changes_of_one_transaction_make_one_update() {
     let etcd = Etcd::start_with(&["--max-txn-ops", "1000"]);
-    let setup = Setup { poll: "", limit: 400, ..Setup::new(&etcd, "burst.test.") };
+    let setup = Setup { limit: 400, ..Setup::new(&etcd, "burst.test.") };
     let node = watching(&setup);
     let snapshots = || node.log().matches(" a snapshot of ").count();
     let before = snapshots();
@@ -303,7 +303,7 @@ fn a_watch_on_a_connection_gone_silent_is_restarted_once_renewals_get_through_ag
     let etcd = Etcd::start();
     let proxy = Proxy::to(&etcd);
     // Renewed every 3 s, each renewal waiting 2.25 s at most: one fails well within the lease.
-    let setup = Setup { endpoints: proxy.url.clone(), poll: "", lease: 9, ..Setup::new(&etcd, "silent.test.") };
+    let setup = Setup { endpoints: proxy.url.clone(), lease: 9, ..Setup::new(&etcd, "silent.test.") };
     let node = watching(&setup);
     etcd.put("worker5.silent.test.", &record("10.0.0.5"));
     node.wait_for_address("worker5.silent.test.", "10.0.0.5");
@@ -323,7 +323,7 @@ fn a_watch_left_on_an_endpoint_gone_silent_follows_the_renewals_to_the_next() {
     let etcd = Etcd::start();
     let (first, second) = (Proxy::to(&etcd), Proxy::to(&etcd));
     let endpoints = format!("{} {}", first.url, second.url);
-    let setup = Setup { endpoints, poll: "", lease: 9, ..Setup::new(&etcd, "moved.test.") };
+    let setup = Setup { endpoints, lease: 9, ..Setup::new(&etcd, "moved.test.") };
     let node = watching(&setup);
     assert!(node.log().contains(&format!("etcd watch opened at {}", first.url)), "{}", node.log());
 

@@ -198,7 +198,7 @@ fn a_deleted_key_is_claimed_again_without_renewing_the_lease_to_find_out() {
 #[test]
 fn thirty_two_nodes_starting_together_get_1_to_32() {
     let etcd = Etcd::start();
-    let setup = Setup { limit: 40, poll: "1s", ..Setup::new(&etcd, "herd.test.") };
+    let setup = Setup { limit: 40, ..Setup::new(&etcd, "herd.test.") };
     let mut nodes: Vec<Node> = (0..32).map(|_| setup.start()).collect();
     let mut names: Vec<String> = nodes.iter_mut().map(|n| n.claimed()).collect();
     names.sort_by_key(|n| crate::support::id_of(n));

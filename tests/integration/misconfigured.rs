@@ -75,12 +75,32 @@ fn plain_http_to_an_etcd_that_speaks_only_tls() {
 #[test]
 fn once_serving_the_same_errors_are_warnings_and_answers_go_on() {
     let mut etcd = Etcd::start();
-    let setup = Setup::new(&etcd, "later.test.");
+    // Polling: the next poll is refused. Following by the watch, see the test below.
+    let setup = Setup { poll: "100ms", ..Setup::new(&etcd, "later.test.") };
     let mut node = setup.start();
     let name = node.claimed();
     // Authentication turned on under a running node: every request of it is refused from now on.
     etcd.enable_auth("worker");
     // A warning naming credentials.
+    node.wait_for_log("add `credentials USER PASSWORD`");
+    assert!(node.exited().is_none(), "{}", node.log());
+    assert_eq!(node.query(&name, Rtype::A).data(), [node.ip.to_string()]);
+}
+
+/// A watch stream opened before authentication goes on (and etcd 3.4 renews leases without a
+/// user); once it breaks, every attempt to reopen it is refused. The node must say so, as a
+/// refused poll does, not retry in silence while changes no longer show.
+#[test]
+fn a_refused_watch_is_a_warning_and_answers_go_on() {
+    let mut etcd = Etcd::start();
+    let setup = Setup::new(&etcd, "watchauth.test.");
+    let mut node = setup.start();
+    let name = node.claimed();
+    node.wait_for_log("etcd watch opened at");
+    etcd.enable_auth("worker");
+    // A restart breaks the stream; the one reopened is refused.
+    etcd.stop();
+    etcd.resume();
     node.wait_for_log("add `credentials USER PASSWORD`");
     assert!(node.exited().is_none(), "{}", node.log());
     assert_eq!(node.query(&name, Rtype::A).data(), [node.ip.to_string()]);

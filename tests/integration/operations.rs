@@ -75,7 +75,9 @@ fn health_and_metrics() {
     assert_eq!(get(&format!("http://{ip}:{health}/nothing")).0, 404);
 
     etcd.stop();
-    let (status, body) = eventually("health to turn bad", Duration::from_secs(10), || {
+    // Following by the watch, the node finds etcd gone at its next renewal, every lease/3 (under
+    // 7 s), which the wait must span.
+    let (status, body) = eventually("health to turn bad", Duration::from_secs(20), || {
         Some(get(&health_url)).filter(|(status, _)| *status == 503)
     });
     assert_eq!((status, body.as_str()), (503, "etcd is not answering\n"));

@@ -287,12 +287,11 @@ fn single_role_corefiles_in_one_etcd_each_serve_their_own_names() {
 }
 
 #[test]
-fn with_watch_every_roles_changes_show_long_before_the_next_poll() {
-    // One watch stream with a watcher per role; polling once an hour, only the watch can bring a
-    // change within the test.
+fn with_watch_every_roles_changes_show() {
+    // One watch stream with a watcher per role; with no `poll`, only the watch can bring a change.
     let etcd = Etcd::start();
     let zone = "rwatch.test.";
-    let setup = Setup { poll: "1h", extra: "        watch\n".into(), ..Setup::three_roles(&etcd, zone) };
+    let setup = Setup::three_roles(&etcd, zone);
     let nodes = setup.start_together(2);
     let observer = &nodes[0];
     assert_eq!(observer.identity().unwrap(), format!("chief0.{zone}"));

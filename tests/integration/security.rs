@@ -130,9 +130,9 @@ fn debug_logs_say_what_the_node_does_and_never_the_password() {
 fn with_watch_a_restarted_etcd_gets_a_new_token_and_changes_still_show() {
     let mut etcd = Etcd::start();
     etcd.enable_auth("worker");
-    // Polling once an hour: within the test, only the watch can bring a change.
-    let extra = "        credentials node nodepw\n        watch\n".into();
-    let setup = Setup { poll: "1h", extra, ..Setup::new(&etcd, "authwatch.test.") };
+    // With no `poll`, only the watch can bring a change.
+    let extra = "        credentials node nodepw\n".into();
+    let setup = Setup { extra, ..Setup::new(&etcd, "authwatch.test.") };
     let mut observer = setup.start();
     assert_eq!(observer.claimed(), "worker1.authwatch.test.");
     // A restarted etcd forgets every token, the watch's too; it accepts a watch opened with a

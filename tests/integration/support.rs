@@ -103,7 +103,8 @@ pub fn eventually<T>(what: &str, timeout: Duration, check: impl FnMut() -> Optio
     within(timeout, check).unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
-/// How long the `Node::wait_for_*` helpers wait for what should come within a poll or two.
+/// How long the `Node::wait_for_*` helpers wait for what should come at once: a change the watch
+/// brings, a poll or two of a test that polls, a renewal of a short lease.
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A GET with short timeouts: the status, whatever it is, and the body.
@@ -275,33 +276,50 @@ impl Etcd {
         }
     }
 
-    fn try_post(&self, path: &str, body: &Value) -> Option<Value> {
+    fn try_post(&self, path: &str, body: &Value) -> Result<Value, Failure> {
         let mut request = self.http.post(&format!("{}{path}", self.url));
         if let Some(token) = &self.token {
             request = request.header("Authorization", token);
         }
-        let mut response = request.send_json(body).ok()?;
-        if response.status() != 200 {
-            return None;
+        let mut response = request.send_json(body).map_err(|e| Failure::Other(e.to_string()))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let text = response.body_mut().read_to_string().unwrap_or_default();
+            return Err(match status {
+                503 => Failure::Unavailable(text),
+                _ => Failure::Other(format!("{status} {text}")),
+            });
         }
-        response.body_mut().read_json().ok()
+        response.body_mut().read_json().map_err(|e| Failure::Other(e.to_string()))
     }
 
     pub fn post(&self, path: &str, body: Value) -> Value {
-        self.try_post(path, &body).unwrap_or_else(|| panic!("etcd {path} {body} failed"))
+        self.try_post(path, &body).unwrap_or_else(|e| panic!("etcd {path} {body} failed: {e}"))
     }
 
     /// Every key from `start` up to (not including) `end`, with values, as text.
     pub fn range(&self, start: &str, end: &str) -> Vec<Kv> {
-        let answer = self.post("/v3/kv/range", json!({ "key": BASE64.encode(start), "range_end": BASE64.encode(end) }));
+        self.try_range(start, end).unwrap_or_else(|e| panic!("etcd range {start:?}..{end:?} failed: {e}"))
+    }
+
+    /// As `range`, but etcd's answer that it cannot serve the read now is the caller's to wait
+    /// through; any other failure still fails the test.
+    fn try_range(&self, start: &str, end: &str) -> Result<Vec<Kv>, Unavailable> {
+        let body = json!({ "key": BASE64.encode(start), "range_end": BASE64.encode(end) });
+        let answer = match self.try_post("/v3/kv/range", &body) {
+            Ok(answer) => answer,
+            Err(Failure::Unavailable(why)) => return Err(Unavailable(why)),
+            Err(e) => panic!("etcd range {start:?}..{end:?} failed: {e}"),
+        };
         let kvs = answer["kvs"].as_array().cloned().unwrap_or_default();
-        kvs.iter()
+        Ok(kvs
+            .iter()
             .map(|kv| Kv {
                 key: text(&kv["key"]),
                 value: text(&kv["value"]),
                 lease: kv["lease"].as_str().unwrap_or("0").parse().unwrap(),
             })
-            .collect()
+            .collect())
     }
 
     /// The keys holding names of `worker{{.ID}}.<zone>`.
@@ -313,9 +331,15 @@ impl Etcd {
     }
 
     pub fn get(&self, key: &str) -> Option<Kv> {
+        self.try_get(key).unwrap_or_else(|e| panic!("etcd get {key:?} failed: {e}"))
+    }
+
+    /// As `get`, for a wait through an election: while a cluster regains its quorum, etcd answers
+    /// 503 ("leader changed", "no leader"), which is no answer yet, not a failure.
+    pub fn try_get(&self, key: &str) -> Result<Option<Kv>, Unavailable> {
         let mut end = key.as_bytes().to_vec();
         end.push(0);
-        self.range(key, std::str::from_utf8(&end).unwrap()).into_iter().next()
+        Ok(self.try_range(key, std::str::from_utf8(&end).unwrap())?.into_iter().next())
     }
 
     /// Waits until `key` is gone: deleted, or its lease ran out.
@@ -417,6 +441,32 @@ impl Etcd {
         self.token = None;
         let answer = self.post("/v3/auth/authenticate", json!({ "name": "root", "password": "rootpw" }));
         self.token = answer["token"].as_str().map(str::to_string);
+    }
+}
+
+/// Why etcd gave no answer to a request.
+enum Failure {
+    /// HTTP 503 (gRPC Unavailable), with etcd's message: it cannot serve the request now.
+    Unavailable(String),
+    /// Anything else: no connection, a refusal, an answer that does not parse.
+    Other(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Unavailable(why) => write!(f, "503 {why}"),
+            Failure::Other(why) => f.write_str(why),
+        }
+    }
+}
+
+/// etcd's message when it cannot serve a request now (HTTP 503), as while it elects a leader.
+pub struct Unavailable(String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "503 {}", self.0)
     }
 }
 
@@ -561,7 +611,9 @@ pub struct Setup {
     pub zone: String,
     pub limit: u32,
     pub lease: u32,
-    /// `poll`'s duration; empty for no `poll` line, which follows by watch alone.
+    /// `poll`'s duration; empty (the default) for no `poll` line: the daemon's default of reading
+    /// the members once, then following the watch stream, which is what the suite should exercise.
+    /// A test that sets one says why.
     pub poll: &'static str,
     pub ttl: u32,
     pub ipv6: bool,
@@ -585,7 +637,7 @@ impl Setup {
             zone: zone.to_string(),
             limit: 10,
             lease: 20,
-            poll: "100ms",
+            poll: "",
             ttl: 5,
             ipv6: true,
             extra: String::new(),
