@@ -822,9 +822,7 @@ pub(crate) fn follow(
 ) {
     let mut retry = Backoff::new();
     let mut opened = false;
-    let mut random = Random::new();
     while !stop.load(Relaxed) {
-        let mut burst = Burst::default();
         match client.watch(&ranges) {
             Ok(mut watch) => {
                 let from: Vec<String> = ranges.iter().map(|r| r.from.to_string()).collect();
@@ -850,14 +848,6 @@ pub(crate) fn follow(
                             if tx.send(Watched::Changes(events)).is_err() {
                                 return;
                             }
-                            if burst.another(Instant::now()) {
-                                // Away for a moment, then back from where it left off: what
-                                // came meanwhile comes in one message.
-                                drop(watch);
-                                std::thread::sleep(CATCH_UP + CATCH_UP.mul_f64(random.below(1000) as f64 / 1000.0));
-                                break;
-                            }
-                            continue;
                         }
                         Ok(WatchMessage::Alive) => retry.reset(),
                         Ok(WatchMessage::Progress { range, revision }) => {
@@ -908,40 +898,7 @@ pub(crate) fn follow(
             }
             Err(e) => log::debug!("cannot open the etcd watch: {e}"),
         }
-        if !burst.left {
-            std::thread::sleep(retry.next());
-        }
-    }
-}
-
-/// Changes this close together are a burst, such as many nodes starting at once. etcd sends a
-/// watcher that keeps up one message per change, which through the JSON gateway costs it tens of
-/// microseconds for each watcher; a watch reopened a moment later from where it left off gets all
-/// it missed in one message. A change alone still shows at once.
-const BURST_GAP: Duration = Duration::from_millis(50);
-const BURST_MESSAGES: u32 = 3;
-/// How long a watch is away in a burst: this, and up to as much again, at random.
-const CATCH_UP: Duration = Duration::from_millis(200);
-
-/// Change messages close together on one stream.
-#[derive(Default)]
-struct Burst {
-    last: Option<Instant>,
-    streak: u32,
-    /// Whether the stream was left for a burst, not lost.
-    left: bool,
-}
-
-impl Burst {
-    /// Counts a change message; true when the stream should be left for a moment.
-    fn another(&mut self, now: Instant) -> bool {
-        self.streak = match self.last.is_some_and(|last| now - last < BURST_GAP) {
-            true => self.streak + 1,
-            false => 1,
-        };
-        self.last = Some(now);
-        self.left = self.streak >= BURST_MESSAGES;
-        self.left
+        std::thread::sleep(retry.next());
     }
 }
 
@@ -1005,15 +962,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_burst_is_three_changes_each_within_50_ms_of_the_last() {
-        let start = Instant::now();
-        let at = |ms: u64| start + Duration::from_millis(ms);
-        let mut burst = Burst::default();
-        let left: Vec<bool> = [0, 60, 100, 140, 300, 320, 330].into_iter().map(|ms| burst.another(at(ms))).collect();
-        assert_eq!(left, [false, false, false, true, false, false, true]);
-    }
 
     #[test]
     fn a_watch_thread_tells_its_owner_how_it_ended() {
