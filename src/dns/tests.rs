@@ -971,19 +971,36 @@ fn packet(name: &str, rtype: Rtype) -> Vec<u8> {
     b.finish()
 }
 
-/// The snapshot a change makes from the last one shares most of it; whatever the changes, it
-/// must answer every question byte for byte as one built afresh from the same members.
-#[test]
-fn an_updated_snapshot_answers_as_one_built_afresh() {
-    use crate::view::{Slot, Touch};
-    let roles: Vec<Role> = ["ps", "worker"]
+/// Roles `ps` and `worker` in `tf.local.`, any ID.
+fn ps_and_workers() -> Vec<Role> {
+    ["ps", "worker"]
         .iter()
         .map(|name| Role {
             name: name.to_string(),
             pattern: Pattern::parse(&format!("{name}{{{{.ID}}}}.tf.local.")).unwrap(),
             ids: 0..=u32::MAX,
         })
-        .collect();
+        .collect()
+}
+
+/// Asserts that two snapshots answer each question with the same bytes.
+fn same_answers(left: &Snapshot, right: &Snapshot, questions: &[(String, Rtype)], when: &str) {
+    for (name, rtype) in questions {
+        let (mut a, mut b) = (vec![0u8; 65535], vec![0u8; 65535]);
+        let query = packet(name, *rtype);
+        let (one, other) = (respond(&query, left, HELD, &mut a), respond(&query, right, HELD, &mut b));
+        assert_eq!(one, other, "{when}: {name} {rtype}");
+        let len = reply_len(one);
+        assert_eq!(a[..len], b[..len], "{when}: {name} {rtype}");
+    }
+}
+
+/// The snapshot a change makes from the last one shares most of it; whatever the changes, it
+/// must answer every question byte for byte as one built afresh from the same members.
+#[test]
+fn an_updated_snapshot_answers_as_one_built_afresh() {
+    use crate::view::{Slot, Touch};
+    let roles = ps_and_workers();
     // Few addresses, so that members share them; IDs over three runs of the member tables.
     let v4 = |n: usize| format!("10.0.0.{}", n % 7).parse().unwrap();
     let v6 = |n: usize| format!("fd00::{}", n % 5).parse().unwrap();
@@ -1035,14 +1052,7 @@ fn an_updated_snapshot_answers_as_one_built_afresh() {
             questions
                 .push((domain::base::Name::<Vec<u8>>::reverse_from_addr(ip.into()).unwrap().to_string(), Rtype::PTR));
         }
-        for (name, rtype) in questions {
-            let (mut a, mut b) = (vec![0u8; 65535], vec![0u8; 65535]);
-            let query = packet(&name, rtype);
-            let (left, right) = (respond(&query, &updated, HELD, &mut a), respond(&query, &fresh, HELD, &mut b));
-            assert_eq!(left, right, "round {round}: {name} {rtype}");
-            let len = reply_len(left);
-            assert_eq!(a[..len], b[..len], "round {round}: {name} {rtype}");
-        }
+        same_answers(&updated, &fresh, &questions, &format!("round {round}"));
     }
 }
 
@@ -1055,14 +1065,7 @@ fn snapshots_updated_as_the_etcd_thread_does_answer_as_one_built_afresh() {
     fn inputs<'a>(roles: &'a [Role], view: &'a View, serial: u32) -> Inputs<'a, crate::view::Member> {
         Inputs { roles, ttl: 5, serial, nameservers: 2, own_name: None, members: view.members() }
     }
-    let roles: Vec<Role> = ["ps", "worker"]
-        .iter()
-        .map(|name| Role {
-            name: name.to_string(),
-            pattern: Pattern::parse(&format!("{name}{{{{.ID}}}}.tf.local.")).unwrap(),
-            ids: 0..=u32::MAX,
-        })
-        .collect();
+    let roles = ps_and_workers();
     let ids = [0u32, 1, 2, 255, 256, 300, 511, 512];
     for seed in 0..12u64 {
         let mut random = crate::random::Random::from_seed(seed + 100);
@@ -1158,14 +1161,7 @@ fn snapshots_updated_as_the_etcd_thread_does_answer_as_one_built_afresh() {
             for n in 0..3 {
                 questions.push((format!("{n}.0.0.10.in-addr.arpa."), Rtype::PTR));
             }
-            for (name, rtype) in questions {
-                let (mut a, mut b) = (vec![0u8; 65535], vec![0u8; 65535]);
-                let query = packet(&name, rtype);
-                let (left, right) = (respond(&query, &snapshot, HELD, &mut a), respond(&query, &fresh, HELD, &mut b));
-                assert_eq!(left, right, "seed {seed} step {step}: {name} {rtype}");
-                let len = reply_len(left);
-                assert_eq!(a[..len], b[..len], "seed {seed} step {step}: {name} {rtype}");
-            }
+            same_answers(&snapshot, &fresh, &questions, &format!("seed {seed} step {step}"));
         }
     }
 }
