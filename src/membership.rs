@@ -38,6 +38,8 @@ use crate::zone::{Inputs, Snapshot};
 const WARN_EVERY: Duration = Duration::from_secs(30);
 const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long after the first of a run of snapshot updates freed memory is given back.
+const TRIM_AFTER: Duration = Duration::from_secs(2);
 /// Polling without a watch, read everything this often however quiet the change detector: a
 /// backstop against any way the copy in memory could drift from etcd unnoticed.
 const FULL_READ_EVERY: Duration = Duration::from_secs(600);
@@ -77,6 +79,8 @@ struct Membership {
     watch: Following,
     /// Set when a renewal failed, until one gets through.
     renewal_failed: bool,
+    /// When to give freed memory back after snapshot updates; `None` when nothing waits.
+    trim_at: Option<Instant>,
     /// The endpoint the watch was last restarted for, having moved to it.
     moved_to: Option<String>,
     /// Set when this node cannot go on; the loop ends with it.
@@ -119,6 +123,7 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
         last_seen: None,
         watch: Following::default(),
         renewal_failed: false,
+        trim_at: None,
         moved_to: None,
         fatal: None,
         members_told: false,
@@ -168,7 +173,7 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
         }
         m.start_watch();
         // Nothing to do until then but what a command or the watch brings.
-        let mut wake = m.next_keepalive;
+        let mut wake = m.trim_at.map_or(m.next_keepalive, |at| at.min(m.next_keepalive));
         match m.poll_every() {
             _ if m.read_due => wake = wake.min(m.next_read),
             Some(_) => wake = wake.min(m.next_poll),
@@ -189,6 +194,10 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
         }
         if Instant::now() >= m.next_keepalive {
             m.keepalive();
+        }
+        if m.trim_at.is_some_and(|at| Instant::now() >= at) {
+            m.trim_at = None;
+            crate::sys::return_freed_memory();
         }
     }
 }
@@ -734,6 +743,11 @@ impl Membership {
             Some(touched) => self.state.snapshot.update(&inputs, touched),
             None => Snapshot::build(&inputs),
         };
+        if touched.is_some_and(|t| !t.is_empty()) && self.trim_at.is_none() {
+            // Each update frees the parts it replaced, scattered over the heap; once the changes
+            // pause, what is whole pages goes back. Not at every change: that walks the heap.
+            self.trim_at = Some(Instant::now() + TRIM_AFTER);
+        }
         log::debug!(
             "{} a snapshot of {} members in {:.2} ms at revision {revision}",
             if touched.is_some() { "updated" } else { "built" },
