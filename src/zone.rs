@@ -268,7 +268,7 @@ impl Snapshot {
         }
         // Each shard's edits, in order: a member's old addresses go, its new ones come.
         let mut edits: BTreeMap<usize, Vec<(IpAddr, Holder, bool)>> = BTreeMap::new();
-        for t in touched {
+        for t in touched.iter().filter(|t| t.slot.role < roles.len()) {
             let owner = Holder::from(t.slot);
             let before = t.before.iter().flat_map(addresses).map(|ip| (ip, owner, false));
             for (ip, slot, add) in before.chain(t.after.iter().flat_map(addresses).map(|ip| (ip, owner, true))) {
