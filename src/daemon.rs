@@ -491,8 +491,7 @@ fn upstreams_but_us(
     let local = address::local_addresses();
     let ours = |a: &&std::net::SocketAddr| {
         let ip = a.ip();
-        let published =
-            [record.ipv4.map(std::net::IpAddr::V4), record.ipv6.map(std::net::IpAddr::V6)].contains(&Some(ip));
+        let published = record.ips().any(|published| published == ip);
         a.port() == config.port
             && (listen.contains(&ip)
                 || (wildcard && (ip.is_loopback() || ip.is_unspecified() || published || local.contains(&ip))))

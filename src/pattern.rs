@@ -140,14 +140,11 @@ impl Pattern {
         let rest = name.strip_prefix(self.prefix.as_str())?;
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         let (number, tail) = rest.split_at(digits);
-        if number.is_empty() || (number.len() > 1 && number.starts_with('0')) {
-            return None;
-        }
         let tail = tail.strip_prefix(self.suffix.as_str())?;
         if tail.strip_prefix('.')? != self.zone {
             return None;
         }
-        number.parse().ok()
+        canonical_id(number.as_bytes())
     }
 
     /// Whether a name could follow both patterns, or a DNS lookup not tell them apart: then the
@@ -175,6 +172,16 @@ impl Pattern {
     pub fn key_range(&self) -> (String, String) {
         (format!("{}0", self.prefix), format!("{}:", self.prefix))
     }
+}
+
+/// The ID `digits` write as a pattern writes IDs: decimal, without a leading zero, within 32
+/// bits. Keys and query names are read by this one rule, so that a name answers exactly when its
+/// key would be a member's.
+pub fn canonical_id(digits: &[u8]) -> Option<u32> {
+    if digits.is_empty() || (digits.len() > 1 && digits[0] == b'0') || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 impl fmt::Display for Pattern {
@@ -283,6 +290,23 @@ mod tests {
         assert_eq!(p.name(7), "worker7-gpu.tf.local.");
         assert_eq!(p, Pattern::parse("worker{{.ID}}-gpu.tf.local.").unwrap());
         assert_eq!(p.id_of("worker7-gpu.tf.local."), Some(7));
+    }
+
+    #[test]
+    fn canonical_ids_only() {
+        let cases: [(&[u8], Option<u32>); 8] = [
+            (b"0", Some(0)),
+            (b"7", Some(7)),
+            (b"4294967295", Some(u32::MAX)),
+            (b"", None),
+            (b"00", None),
+            (b"07", None),
+            (b"4294967296", None),
+            (b"1a", None),
+        ];
+        for (digits, want) in cases {
+            assert_eq!(canonical_id(digits), want, "{:?}", String::from_utf8_lossy(digits));
+        }
     }
 
     #[test]

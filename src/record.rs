@@ -45,6 +45,11 @@ impl fmt::Display for RecordError {
 }
 
 impl Record {
+    /// Its addresses, IPv4 first.
+    pub fn ips(&self) -> impl Iterator<Item = std::net::IpAddr> {
+        [self.ipv4.map(std::net::IpAddr::V4), self.ipv6.map(std::net::IpAddr::V6)].into_iter().flatten()
+    }
+
     pub fn to_json(self) -> String {
         let mut fields = Vec::with_capacity(3);
         if let Some(ip) = self.ipv4 {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use domain::base::iana::{Class, Rtype};
 
 use crate::config::Role;
+use crate::pattern::canonical_id;
 use crate::record::Record;
 use crate::view::{Slot, Touch};
 use crate::wire::{self, Owner, Part, Section, SectionWriter, HEADER_LEN};
@@ -225,7 +226,7 @@ impl Snapshot {
                 while let Some((&id, member)) = ids.next_if(|(&id, _)| id / CHUNK == number) {
                     let record = member.as_ref();
                     run.push((id, *record));
-                    for ip in addresses(record) {
+                    for ip in record.ips() {
                         shards[shard(ip)].push((ip, Slot { role, id }.into()));
                     }
                 }
@@ -270,8 +271,8 @@ impl Snapshot {
         let mut edits: BTreeMap<usize, Vec<(IpAddr, Holder, bool)>> = BTreeMap::new();
         for t in touched.iter().filter(|t| t.slot.role < roles.len()) {
             let owner = Holder::from(t.slot);
-            let before = t.before.iter().flat_map(addresses).map(|ip| (ip, owner, false));
-            for (ip, slot, add) in before.chain(t.after.iter().flat_map(addresses).map(|ip| (ip, owner, true))) {
+            let before = t.before.iter().flat_map(Record::ips).map(|ip| (ip, owner, false));
+            for (ip, slot, add) in before.chain(t.after.iter().flat_map(Record::ips).map(|ip| (ip, owner, true))) {
                 edits.entry(shard(ip)).or_default().push((ip, slot, add));
             }
         }
@@ -371,25 +372,10 @@ impl Members {
 
     /// The records of the member whose label (lowercase) this is, if it is one of this role's.
     fn lookup(&self, label: &[u8]) -> Option<Rrsets<'_>> {
-        let id = label.strip_prefix(&*self.prefix)?.strip_suffix(&*self.suffix).and_then(decimal)?;
+        let id = label.strip_prefix(&*self.prefix)?.strip_suffix(&*self.suffix).and_then(canonical_id)?;
         let i = self.chunks.binary_search_by_key(&(id / CHUNK), |(n, _)| *n).ok()?;
         self.chunks[i].1.lookup(id % CHUNK)
     }
-}
-
-/// The ID written in a name: decimal digits without a leading zero, as the pattern writes it.
-fn decimal(digits: &[u8]) -> Option<u32> {
-    if digits.is_empty() || digits.len() > 10 || (digits.len() > 1 && digits[0] == b'0') {
-        return None;
-    }
-    let mut id: u64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        id = id * 10 + u64::from(d - b'0');
-    }
-    u32::try_from(id).ok()
 }
 
 impl Chunk {
@@ -438,10 +424,6 @@ impl Pointers {
         arena.shrink_to_fit();
         Pointers { owners, records, arena }
     }
-}
-
-fn addresses(record: &Record) -> impl Iterator<Item = IpAddr> {
-    [record.ipv4.map(IpAddr::V4), record.ipv6.map(IpAddr::V6)].into_iter().flatten()
 }
 
 /// The shard an address's PTR records are in.
