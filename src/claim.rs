@@ -38,10 +38,12 @@ pub struct Claimed {
     pub requests: u32,
     /// Whether the name held this node's record already (a restart within the old lease).
     pub taken_back: bool,
-    /// Every role's keys (one list per role, in Corefile order) as of the revision given, that of
-    /// the claim itself: the node's first read of the members, which it need not ask etcd for
-    /// again. `None` when keys were deleted between the last read of the names and the claim,
-    /// which the claim cannot tell apart: then the members must be read.
+    /// Every role's keys (one list per role, in Corefile order) as of the revision given: the
+    /// node's first read of the members, which it need not ask etcd for again. The revision is
+    /// that of the claim itself, or with `FirstRead::ToBeWatched` that of the names read before
+    /// (with the claimed name besides), to be followed from. `None` when keys were deleted
+    /// between the last read of the names and the claim, which the claim cannot tell apart: then
+    /// the members must be read.
     pub listing: Option<(i64, Vec<Vec<KeyValue>>)>,
 }
 
@@ -92,6 +94,18 @@ impl Choice {
     }
 }
 
+/// What the claim hands over as the node's first view of the members (`Claimed::listing`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstRead {
+    /// The names as of the claim itself: those read when joining the queue, brought up to date
+    /// by the claim transaction, which for that passes over every name in etcd. For a node that
+    /// polls, which must start from the truth.
+    AsOfClaim,
+    /// The names as read when joining the queue, with the name claimed: a watch from that read's
+    /// revision brings them up to date, so the claim transaction reads nothing.
+    ToBeWatched,
+}
+
 /// What a claim needs to know besides the etcd client.
 pub struct Request<'a> {
     pub roles: &'a [Role],
@@ -104,11 +118,15 @@ pub struct Request<'a> {
     pub renew_every: Duration,
     /// The slot to try first, if free: the one this node held before it lost its lease.
     pub preferred: Option<Slot>,
+    pub first_read: FirstRead,
 }
 
 /// Keys of one claim: the name ranges, the queue, and this node's place in it.
 struct Keys {
     names: Vec<RangeRequest>,
+    /// A large role's index and where its names are cut in two halves, read at once when joining
+    /// the queue (see `view::halves`).
+    cut: Option<(usize, Vec<u8>)>,
     /// Every ticket.
     queue: RangeRequest,
     /// The tickets that say more than "the next free slot": a role, or a name asked back.
@@ -139,6 +157,7 @@ impl Keys {
         };
         Keys {
             names,
+            cut: crate::view::halves(request.roles),
             queue: RangeRequest::new(queue.as_bytes(), &queue_end),
             special: RangeRequest::new(&special, &[queue.as_bytes(), &[SPECIAL + 1]].concat()),
             mine,
@@ -153,6 +172,18 @@ impl Keys {
     /// Every role's names.
     fn read_names(&self) -> impl Iterator<Item = Op> + '_ {
         self.names.iter().cloned().map(Op::Range)
+    }
+
+    /// Every role's names, but a large role's first half only; and its second half, to be read
+    /// at the same time by another request.
+    fn read_names_in_halves(&self) -> (Vec<Op>, Option<(usize, RangeRequest)>) {
+        let mut names = self.names.clone();
+        let second = self.cut.as_ref().map(|(role, cut)| {
+            let second = RangeRequest::new(cut, &names[*role].end);
+            names[*role].end.clone_from(cut);
+            (*role, second)
+        });
+        (names.into_iter().map(Op::Range).collect(), second)
     }
 
     /// Every role's names changed after revision `since`, and how many names each role has: what
@@ -179,9 +210,10 @@ fn claim_patiently(client: &mut etcd::Client, request: &Request) -> Result<Claim
         Op::Range(keys.special.clone()),
         Op::Put { key: keys.mine.clone(), value: Ticket::of(request), lease: request.lease },
     ];
-    success.extend(keys.read_names());
-    let joined = client.txn(&Txn { compare: vec![], success, failure: vec![] })?;
-    let mut requests = 1;
+    let (reads, second_half) = keys.read_names_in_halves();
+    success.extend(reads);
+    let (joined, second_half) = join_while_reading(client, &Txn { success, ..Txn::default() }, second_half)?;
+    let mut requests = 1 + u32::from(second_half.is_some());
     let (mut ahead, queued_at, mut names) = match joined.responses.as_slice() {
         [OpResponse::Range(mine), OpResponse::Range(queue), OpResponse::Range(special), OpResponse::Put { revision }, names @ ..]
             if names.len() == roles =>
@@ -198,7 +230,11 @@ fn claim_patiently(client: &mut etcd::Client, request: &Request) -> Result<Claim
                     claims_ahead(request, kvs, place.create_revision)
                 }
             };
-            (ahead, mine.kvs.first().map_or(*revision, |place| place.create_revision), ranges(names))
+            let mut names = ranges(names);
+            if let (Some(names), Some((role, half))) = (names.as_mut(), second_half) {
+                join_halves(names, role, half);
+            }
+            (ahead, mine.kvs.first().map_or(*revision, |place| place.create_revision), names)
         }
         other => return Err(unexpected(client, other)),
     };
@@ -279,9 +315,21 @@ fn claim_patiently(client: &mut etcd::Client, request: &Request) -> Result<Claim
                 let Some(&slot) = slots.get(level) else { return Err(unexpected(client, &answer.responses)) };
                 let taken_back = own.is_some();
                 // The name is ours whatever the reads say; without them the members are read anew.
-                let listing = match responses {
-                    [OpResponse::Put { .. }, OpResponse::Delete, changed @ ..] if changed.len() == roles => {
+                let listing = match (request.first_read, responses) {
+                    (FirstRead::AsOfClaim, [OpResponse::Put { .. }, OpResponse::Delete, changed @ ..])
+                        if changed.len() == roles =>
+                    {
                         ranges(changed).and_then(|changed| up_to_date(names_now, &changed))
+                    }
+                    (FirstRead::ToBeWatched, [OpResponse::Put { revision }, OpResponse::Delete]) => {
+                        let own = KeyValue {
+                            key: slot.name(request.roles).into_bytes(),
+                            value: request.value.to_vec(),
+                            create_revision: *revision,
+                            mod_revision: *revision,
+                            lease: request.lease,
+                        };
+                        names.take().map(|names| with_own(names, slot.role, own))
                     }
                     _ => None,
                 };
@@ -294,6 +342,47 @@ fn claim_patiently(client: &mut etcd::Client, request: &Request) -> Result<Claim
             }
             Walk::Lost(other) => return Err(unexpected(client, other)),
         }
+    }
+}
+
+/// Runs `join`, and meanwhile reads `second_half` (a role's index and range) over another
+/// connection, so that etcd puts a core on each. Should that read fail, it is made again after.
+fn join_while_reading(
+    client: &mut etcd::Client,
+    join: &Txn,
+    second_half: Option<(usize, RangeRequest)>,
+) -> Result<(etcd::TxnResponse, Option<(usize, Range)>), etcd::Error> {
+    let Some((role, half)) = second_half else { return Ok((client.txn(join)?, None)) };
+    let mut sibling = client.clone();
+    let (joined, read) = std::thread::scope(|scope| {
+        let reading = scope.spawn(|| sibling.read(std::slice::from_ref(&half)));
+        (client.txn(join), reading.join())
+    });
+    let joined = joined?;
+    let read = match read {
+        Ok(Ok(read)) => read,
+        _ => client.read(std::slice::from_ref(&half))?,
+    };
+    match read.into_iter().next() {
+        Some(range) => Ok((joined, Some((role, range)))),
+        None => Err(etcd::Error::Malformed {
+            endpoint: client.endpoint().to_string(),
+            detail: "a read answered nothing".into(),
+        }),
+    }
+}
+
+/// Puts a role's second half, read by itself, back into its range. The two were read at different
+/// revisions, so the names count as read at the older: the claim then reads what changed since.
+fn join_halves(names: &mut [Range], role: usize, half: Range) {
+    let revision = names.iter().map(|r| r.revision).chain([half.revision]).min().unwrap_or(0);
+    if let Some(first) = names.get_mut(role) {
+        // Every key of the second half sorts after every key of the first.
+        first.kvs.extend(half.kvs);
+        first.count += half.count;
+    }
+    for range in names {
+        range.revision = revision;
     }
 }
 
@@ -657,15 +746,32 @@ fn takeover(request: &Request, keys: &Keys, slot: Slot, queued_at: i64, read_at:
     }
 }
 
-/// Takes the name and leaves the queue, then reads the names changed since `read_at`: after the
-/// put, so our own key is among them.
+/// Takes the name and leaves the queue, then, for `FirstRead::AsOfClaim`, reads the names changed
+/// since `read_at`: after the put, so our own key is among them.
 fn take(request: &Request, keys: &Keys, name: Vec<u8>, read_at: i64) -> Vec<Op> {
     let mut ops = vec![
         Op::Put { key: name, value: request.value.to_vec(), lease: request.lease },
         Op::Delete { key: keys.mine.clone() },
     ];
-    ops.extend(keys.names_changed_since(read_at));
+    if request.first_read == FirstRead::AsOfClaim {
+        ops.extend(keys.names_changed_since(read_at));
+    }
     ops
+}
+
+/// Every role's names as read (at the revision of the first range), with this node's own key as
+/// the claim put it: the watch from that revision repeats the put, to no effect.
+fn with_own(names: Vec<Range>, role: usize, own: KeyValue) -> (i64, Vec<Vec<KeyValue>>) {
+    let revision = names.first().map_or(0, |r| r.revision);
+    let mut roles: Vec<Vec<KeyValue>> = names.into_iter().map(|r| r.kvs).collect();
+    if let Some(kvs) = roles.get_mut(role) {
+        match kvs.binary_search_by(|kv| kv.key.as_slice().cmp(&own.key)) {
+            // Our record from an earlier run, moved to this lease.
+            Ok(at) => kvs[at] = KeyValue { create_revision: kvs[at].create_revision, ..own },
+            Err(at) => kvs.insert(at, own),
+        }
+    }
+    (revision, roles)
 }
 
 /// Every role's names as of the claim: `read` (every key, read earlier) updated with `changed`
@@ -851,6 +957,7 @@ mod tests {
             lease: 1,
             renew_every: Duration::from_secs(1),
             preferred: Some(Slot { role: 1, id: 1 }),
+            first_read: FirstRead::AsOfClaim,
         };
         assert_eq!(Ticket::of(&request), b"ps\nps1.tf.local.\n{\"ipv4\":\"10.0.0.1\"}");
         let fill = Request { choice: Choice::Fill, preferred: None, ..request };
@@ -893,6 +1000,7 @@ mod tests {
                 lease: 1,
                 renew_every: Duration::from_secs(1),
                 preferred: None,
+                first_read: FirstRead::AsOfClaim,
             }
         };
         assert_eq!(records(&node(b"M"), 50), [b"A".to_vec(), b"N".to_vec(), b"X".to_vec()]);
@@ -910,6 +1018,7 @@ mod tests {
             lease: 1,
             renew_every: Duration::from_secs(1),
             preferred,
+            first_read: FirstRead::AsOfClaim,
         };
         let one = [role("worker", 0..=9)];
         let single = |preferred| Request { roles: &one, choice: Choice::Role(0), ..request(Choice::Fill, preferred) };
@@ -1040,6 +1149,7 @@ mod tests {
             lease: 0x2a,
             renew_every: Duration::from_secs(1),
             preferred: None,
+            first_read: FirstRead::AsOfClaim,
         };
         let keys = Keys::new(&request);
         // Named by the record ("{}"), so that every try of one node has one place.
@@ -1158,6 +1268,47 @@ mod tests {
                 (revision, roles.iter().map(|kvs| kvs.iter().map(|s| s.to_string()).collect()).collect())
             });
             assert_eq!(got, want, "read {read:?}, changed {changed:?}");
+        }
+    }
+
+    #[test]
+    fn halves_read_apart_count_as_read_at_the_older_revision() {
+        let range = |revision, keys: &[&str]| Range {
+            revision,
+            count: keys.len() as i64,
+            kvs: keys.iter().map(|key| kv(key, "v", 3)).collect(),
+        };
+        // The second half read before the join (12) and after it (19): the older counts.
+        for (second_at, want) in [(12, 12), (19, 15)] {
+            let mut names = vec![range(15, &["ps0"]), range(15, &["w1", "w3"])];
+            join_halves(&mut names, 1, range(second_at, &["w5", "w9"]));
+            let keys: Vec<Vec<&[u8]>> =
+                names.iter().map(|r| r.kvs.iter().map(|kv| kv.key.as_slice()).collect()).collect();
+            assert_eq!(keys, [vec![&b"ps0"[..]], vec![b"w1", b"w3", b"w5", b"w9"]]);
+            assert_eq!(names.iter().map(|r| (r.revision, r.count)).collect::<Vec<_>>(), [(want, 1), (want, 4)]);
+        }
+    }
+
+    #[test]
+    fn a_listing_to_be_watched_holds_the_claimed_name_in_key_order() {
+        let names =
+            || vec![Range { revision: 7, count: 3, kvs: vec![kv("w1", "a", 2), kv("w3", "me", 4), kv("w5", "c", 6)] }];
+        let own = |key: &str| KeyValue { lease: 0x2a, ..kv(key, "me", 9) };
+        // A free name: inserted in its place. Our record from an earlier run: moved to the new
+        // lease, created when it was first.
+        let cases = [
+            ("w2", vec![("w1", 2, 0), ("w2", 9, 0x2a), ("w3", 4, 0), ("w5", 6, 0)]),
+            ("w3", vec![("w1", 2, 0), ("w3", 4, 0x2a), ("w5", 6, 0)]),
+            ("w9", vec![("w1", 2, 0), ("w3", 4, 0), ("w5", 6, 0), ("w9", 9, 0x2a)]),
+        ];
+        for (claimed, want) in cases {
+            let (revision, roles) = with_own(names(), 0, own(claimed));
+            assert_eq!(revision, 7);
+            let got: Vec<(&str, i64, i64)> = roles[0]
+                .iter()
+                .map(|kv| (std::str::from_utf8(&kv.key).unwrap(), kv.create_revision, kv.lease))
+                .collect();
+            assert_eq!(got, want, "{claimed}");
         }
     }
 }

@@ -281,6 +281,10 @@ impl Membership {
             lease: lease.id,
             renew_every: renew_interval(lease.ttl),
             preferred: self.holding.last,
+            first_read: match self.settings.tuning.follow.watches() && !self.watch.failed {
+                true => claim::FirstRead::ToBeWatched,
+                false => claim::FirstRead::AsOfClaim,
+            },
         };
         let claimed = match claim::claim(&mut self.client, &request) {
             Ok(claimed) => claimed,
@@ -565,7 +569,7 @@ impl Membership {
         }
         if let Some(why) = ended {
             log::warn!("the etcd watch stopped ({why}); polling every {FALLBACK_POLL:?} instead");
-            self.watch = Following::failed();
+            self.fall_back_to_polling();
         }
     }
 
@@ -589,9 +593,17 @@ impl Membership {
             Ok(changes) => self.watch = Following { changes, stop: Some(stop), endpoint: None, failed: false },
             Err(e) => {
                 log::warn!("cannot start the watch thread ({e}); polling every {FALLBACK_POLL:?} instead");
-                self.watch = Following::failed();
+                self.fall_back_to_polling();
             }
         }
+    }
+
+    /// Polls from now on. Polling tells changes by each role's newest revision and count, which
+    /// holds only for a view that was true at some revision: one that the watch was to bring up
+    /// to date (a claim's listing, see `claim::FirstRead`) may not be, so it is read again.
+    fn fall_back_to_polling(&mut self) {
+        self.watch = Following::failed();
+        self.read_due = true;
     }
 
     /// After a renewal got an answer. A watch stream can die without a word (a partition, etcd's

@@ -37,6 +37,39 @@ pub fn ranges(roles: &[Role]) -> Vec<RangeRequest> {
         .collect()
 }
 
+/// Roles with this many IDs or more have their names read in two halves at once when a node
+/// claims: etcd answers one range on one core, and at 100 000 names its JSON gateway takes most
+/// of a second over it. Below, a second request costs more than it saves.
+const HALVED_FROM: u64 = 16_384;
+
+/// For the role with the most IDs, when it has many: its index, and a key that cuts its range in
+/// two with about as many IDs on each side. Keys order IDs by their leading digit first, so the
+/// cut falls between two leading digits.
+pub fn halves(roles: &[Role]) -> Option<(usize, Vec<u8>)> {
+    let (index, role) = roles.iter().enumerate().max_by_key(|(_, r)| r.limit())?;
+    if role.limit() < HALVED_FROM {
+        return None;
+    }
+    let total = role.limit();
+    let digit = (2..=9u8).min_by_key(|&d| (2 * led_by_less_than(&role.ids, d)).abs_diff(total))?;
+    Some((index, format!("{}{digit}", role.pattern.prefix()).into_bytes()))
+}
+
+/// How many of `ids` are written with a leading digit below `digit`.
+fn led_by_less_than(ids: &std::ops::RangeInclusive<u32>, digit: u8) -> u64 {
+    let (low, high) = (u64::from(*ids.start()), u64::from(*ids.end()));
+    // 0 is the one ID led by 0.
+    let mut count = u64::from(low == 0);
+    let mut power = 1u64;
+    while power <= high {
+        // The IDs with as many digits as `power` led by a smaller digit: [power, digit × power).
+        let (from, to) = (power.max(low), (u64::from(digit) * power - 1).min(high));
+        count += (to + 1).saturating_sub(from);
+        power *= 10;
+    }
+    count
+}
+
 pub struct View {
     roles: Vec<Role>,
     /// This node's record exactly as stored, to tell our own keys from others'.
@@ -496,6 +529,27 @@ mod tests {
             ],
         );
         view
+    }
+
+    #[test]
+    fn halves_cut_a_large_role_near_its_middle_and_leave_small_ones_whole() {
+        let role = |name: &str, ids: std::ops::RangeInclusive<u32>| Role {
+            name: name.to_string(),
+            pattern: crate::pattern::Pattern::parse(&format!("{name}{{{{.ID}}}}.tf.local.")).unwrap(),
+            ids,
+        };
+        assert_eq!(halves(&[role("worker", 1..=16_383)]), None);
+        for ids in [1..=16_384, 1..=100_010, 0..=99_999, 5000..=60_000, 1..=1_000_000] {
+            let roles = [role("ps", 1..=2), role("worker", ids.clone())];
+            let (index, cut) = halves(&roles).unwrap();
+            assert_eq!(index, 1);
+            // Counted by the keys themselves, as etcd will cut them.
+            let below = ids.clone().filter(|&id| roles[1].pattern.name(id).as_bytes() < cut.as_slice()).count();
+            let share = below as f64 / roles[1].limit() as f64;
+            assert!((0.4..=0.6).contains(&share), "{ids:?}: {share} below {}", String::from_utf8_lossy(&cut));
+            let (start, end) = roles[1].pattern.key_range();
+            assert!(start.as_bytes() < cut.as_slice() && cut.as_slice() < end.as_bytes());
+        }
     }
 
     #[test]

@@ -45,6 +45,31 @@ fn the_claim_is_the_first_read_of_the_members() {
 }
 
 #[test]
+fn a_large_role_is_read_in_two_halves_and_followed_from_there() {
+    let etcd = Etcd::start();
+    // 20 000 IDs: the claim reads the names in two requests at once, cut between leading digits.
+    let members = [1, 2, 9, 10_000, 15_000, 19_999, 4, 5, 7];
+    let puts: Vec<(String, String)> = members
+        .iter()
+        .map(|id| (format!("worker{id}.halves.test."), format!(r#"{{"ipv4":"10.1.{}.{}"}}"#, id / 256, id % 256)))
+        .collect();
+    etcd.put_all(&puts.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>());
+    let mut node = Setup { limit: 20_000, ..Setup::new(&etcd, "halves.test.") }.start();
+    assert_eq!(node.claimed(), "worker3.halves.test.");
+    node.wait_for_log("10 members at etcd revision");
+    for id in members {
+        let name = format!("worker{id}.halves.test.");
+        assert_eq!(node.query(&name, Rtype::A).data(), [format!("10.1.{}.{}", id / 256, id % 256)], "{name}");
+    }
+    assert_eq!(node.query("worker14999.halves.test.", Rtype::A).rcode, OptRcode::NXDOMAIN);
+    // Followed from the read: a change in either half shows.
+    etcd.put("worker14999.halves.test.", r#"{"ipv4":"10.9.9.9"}"#);
+    etcd.delete("worker5.halves.test.");
+    assert_eq!(node.wait_for_rcode("worker14999.halves.test.", OptRcode::NOERROR).data(), ["10.9.9.9"]);
+    node.wait_for_rcode("worker5.halves.test.", OptRcode::NXDOMAIN);
+}
+
+#[test]
 fn five_nodes_take_1_to_5_and_resolve_each_other() {
     let etcd = Etcd::start();
     let setup = Setup { limit: 5, ..Setup::new(&etcd, "five.test.") };
