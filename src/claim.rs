@@ -45,6 +45,8 @@ pub struct Claimed {
     /// between the last read of the names and the claim, which the claim cannot tell apart: then
     /// the members must be read.
     pub listing: Option<(i64, Vec<Vec<KeyValue>>)>,
+    /// Claims still in the queue when this one took its name: nodes starting at the same time.
+    pub queued: i64,
 }
 
 #[derive(Debug)]
@@ -315,6 +317,10 @@ fn claim_patiently(client: &mut etcd::Client, request: &Request) -> Result<Claim
                 let Some(&slot) = slots.get(level) else { return Err(unexpected(client, &answer.responses)) };
                 let taken_back = own.is_some();
                 // The name is ours whatever the reads say; without them the members are read anew.
+                let (queued, responses) = match responses {
+                    [rest @ .., OpResponse::Range(queue)] => (queue.count, rest),
+                    _ => (0, responses),
+                };
                 let listing = match (request.first_read, responses) {
                     (FirstRead::AsOfClaim, [OpResponse::Put { .. }, OpResponse::Delete, changed @ ..])
                         if changed.len() == roles =>
@@ -333,7 +339,7 @@ fn claim_patiently(client: &mut etcd::Client, request: &Request) -> Result<Claim
                     }
                     _ => None,
                 };
-                return Ok(Claimed { slot, name: slot.name(request.roles), requests, taken_back, listing });
+                return Ok(Claimed { slot, name: slot.name(request.roles), requests, taken_back, listing, queued });
             }
             Walk::Lost([read @ .., OpResponse::Range(queue)]) if read.len() == roles => {
                 log::debug!("claim: each was taken first; reading the names and the queue again");
@@ -747,7 +753,8 @@ fn takeover(request: &Request, keys: &Keys, slot: Slot, queued_at: i64, read_at:
 }
 
 /// Takes the name and leaves the queue, then, for `FirstRead::AsOfClaim`, reads the names changed
-/// since `read_at`: after the put, so our own key is among them.
+/// since `read_at` (after the put, so our own key is among them); last, counts the claims left in
+/// the queue.
 fn take(request: &Request, keys: &Keys, name: Vec<u8>, read_at: i64) -> Vec<Op> {
     let mut ops = vec![
         Op::Put { key: name, value: request.value.to_vec(), lease: request.lease },
@@ -756,6 +763,7 @@ fn take(request: &Request, keys: &Keys, name: Vec<u8>, read_at: i64) -> Vec<Op> 
     if request.first_read == FirstRead::AsOfClaim {
         ops.extend(keys.names_changed_since(read_at));
     }
+    ops.push(Op::Range(RangeRequest { count_only: true, ..keys.queue.clone() }));
     ops
 }
 
@@ -1163,7 +1171,8 @@ mod tests {
         let txn = chain(&request, &keys, &[Slot { role: 0, id: 2 }, Slot { role: 1, id: 0 }], 17, 12);
         let Compare::Absent(key) = &txn.compare[0] else { panic!() };
         assert_eq!(key, b"w2.z.");
-        // After the put, every role's names changed since the names were read.
+        // After the put, every role's names changed since the names were read; last, the claims
+        // left in the queue, counted.
         assert!(matches!(
             &txn.success[..],
             [
@@ -1171,7 +1180,15 @@ mod tests {
                 Op::Delete { key },
                 Op::Range(RangeRequest { min_mod_revision: 13, .. }),
                 Op::Range(RangeRequest { min_mod_revision: 13, .. }),
-            ] if *key == keys.mine
+                Op::Range(RangeRequest { count_only: true, start, .. }),
+            ] if *key == keys.mine && *start == keys.queue.start
+        ));
+        // A node that will watch reads no names in the claim: the watch brings what changed.
+        let watching = Request { first_read: FirstRead::ToBeWatched, ..request };
+        let watched = chain(&watching, &keys, &[Slot { role: 0, id: 2 }], 17, 12);
+        assert!(matches!(
+            &watched.success[..],
+            [Op::Put { .. }, Op::Delete { .. }, Op::Range(RangeRequest { count_only: true, .. })]
         ));
         let Op::Txn(inner) = &txn.failure[0] else { panic!() };
         let Compare::Absent(key) = &inner.compare[0] else { panic!() };

@@ -72,7 +72,9 @@ impl Client {
             let builder = ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .timeout_connect(Some(CONNECT_TIMEOUT))
-                .user_agent(concat!("idetcd/", env!("CARGO_PKG_VERSION")));
+                .user_agent(concat!("idetcd/", env!("CARGO_PKG_VERSION")))
+                .input_buffer_size(16 << 10)
+                .output_buffer_size(16 << 10);
             // Without TLS, ureq has no TLS settings at all.
             #[cfg(feature = "tls")]
             let builder = builder.tls_config(tls.clone());
