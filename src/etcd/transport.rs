@@ -73,6 +73,9 @@ impl Client {
                 .http_status_as_error(false)
                 .timeout_connect(Some(CONNECT_TIMEOUT))
                 .user_agent(concat!("idetcd/", env!("CARGO_PKG_VERSION")))
+                // Answers stream through these, whatever their size. ureq's 128 KB each, for every
+                // connection (requests, the watch, a claim's second read), were half a megabyte of
+                // a node's memory.
                 .input_buffer_size(16 << 10)
                 .output_buffer_size(16 << 10);
             // Without TLS, ureq has no TLS settings at all.
