@@ -139,29 +139,21 @@ struct Keys {
 impl Keys {
     fn new(request: &Request) -> Keys {
         let names = crate::view::ranges(request.roles);
-        // The first role's queue serves them all, so that one Corefile's nodes see each other's
-        // claims whatever their roles. It lies under the pattern's literal prefix, so that an etcd
-        // user granted that prefix may claim, but outside the name range (names continue the
-        // prefix with a digit), so member reads never see it. With one role, it is where earlier
-        // versions queued.
-        let first = request.roles.first().map(|r| &r.pattern);
-        let queue = first.map_or_else(String::new, |p| format!("{}_claims/{p}/", p.prefix()));
-        let mut queue_end = queue.clone().into_bytes();
-        queue_end.pop();
-        queue_end.push(b'/' + 1);
+        let queue_keys = queue(request.roles);
+        let queue = queue_keys.start.as_slice();
         // Special tickets follow `+`, which no hex digit (of plain tickets, and of the leases that
         // named tickets in earlier versions) is.
-        let special = [queue.as_bytes(), &[SPECIAL]].concat();
+        let special = [queue, &[SPECIAL]].concat();
         let record: String = request.value.iter().map(|b| format!("{b:02x}")).collect();
         let mine = match Ticket::is_special(request) {
             true => [&special, record.as_bytes()].concat(),
-            false => [queue.as_bytes(), record.as_bytes()].concat(),
+            false => [queue, record.as_bytes()].concat(),
         };
         Keys {
             names,
             cut: crate::view::halves(request.roles),
-            queue: RangeRequest::new(queue.as_bytes(), &queue_end),
-            special: RangeRequest::new(&special, &[queue.as_bytes(), &[SPECIAL + 1]].concat()),
+            special: RangeRequest::new(&special, &[queue, &[SPECIAL + 1]].concat()),
+            queue: queue_keys,
             mine,
         }
     }
@@ -193,6 +185,20 @@ impl Keys {
     fn names_changed_since(&self, since: i64) -> impl Iterator<Item = Op> + '_ {
         self.names.iter().map(move |r| Op::Range(RangeRequest { min_mod_revision: since + 1, ..r.clone() }))
     }
+}
+
+/// Every ticket of the claim queue. The first role's queue serves them all, so that one Corefile's
+/// nodes see each other's claims whatever their roles. It lies under the pattern's literal
+/// prefix, so that an etcd user granted that prefix may claim, but outside the name range (names
+/// continue the prefix with a digit), so member reads never see it. With one role, it is where
+/// earlier versions queued.
+pub fn queue(roles: &[Role]) -> RangeRequest {
+    let first = roles.first().map(|r| &r.pattern);
+    let queue = first.map_or_else(String::new, |p| format!("{}_claims/{p}/", p.prefix()));
+    let mut end = queue.clone().into_bytes();
+    end.pop();
+    end.push(b'/' + 1);
+    RangeRequest::new(queue.as_bytes(), &end)
 }
 
 /// Claims a slot for `request`, with the patience of a node that holds no name yet (see

@@ -43,15 +43,16 @@ const TRIM_AFTER: Duration = Duration::from_secs(2);
 /// Polling without a watch, read everything this often however quiet the change detector: a
 /// backstop against any way the copy in memory could drift from etcd unnoticed.
 const FULL_READ_EVERY: Duration = Duration::from_secs(600);
-/// A node that takes its name while other claims are still queued waits this long per claim (and
-/// at most `WATCH_DEFERRED_AT_MOST`) before it follows the members. Every node of a fleet
-/// starting together would otherwise be sent every later claim as it happens, one message per
-/// node and claim: at 1000 nodes half a million messages through etcd's JSON gateway, about
-/// 65 µs of etcd CPU each, that slow the claims themselves fivefold. A watch opened after the
-/// claims gets them all in one message, at about 15 µs each. The claims take etcd about 2 ms
-/// each here; meanwhile the node answers with the members it read.
+/// A node that takes its name while other claims are still queued waits this long per claim
+/// before it follows the members, then counts the queue again, and waits again while the claims
+/// move on, at most `WATCH_DEFERRED_AT_MOST` in all. Every node of a fleet starting together
+/// would otherwise be sent every later claim as it happens, one message per node and claim: at
+/// 1000 nodes half a million messages through etcd's JSON gateway, about 65 µs of etcd CPU each,
+/// that slow the claims themselves severalfold. A watch opened after the claims gets them all in
+/// one message, at about 15 µs each. Meanwhile the node answers with the members it read.
 const WATCH_DEFERRED_PER_CLAIM: Duration = Duration::from_millis(3);
-const WATCH_DEFERRED_AT_MOST: Duration = Duration::from_secs(3);
+const WATCH_DEFERRED_AT_LEAST: Duration = Duration::from_millis(200);
+const WATCH_DEFERRED_AT_MOST: Duration = Duration::from_secs(10);
 
 pub struct Settings {
     pub roles: Vec<Role>,
@@ -86,8 +87,8 @@ struct Membership {
     last_seen: Option<i64>,
     /// The watch stream, when one runs.
     watch: Following,
-    /// Not before then does the watch start: claims were still queued behind this node's.
-    watch_deferred: Option<Instant>,
+    /// Claims were still queued when this node took its name: the watch waits for them.
+    watch_deferred: Option<Deferral>,
     /// Set when a renewal failed, until one gets through.
     renewal_failed: bool,
     /// When to give freed memory back after snapshot updates; `None` when nothing waits.
@@ -102,6 +103,32 @@ struct Membership {
     next_keepalive: Instant,
     next_poll: Instant,
     next_full_read: Instant,
+}
+
+/// A watch put off while other nodes claim (see `WATCH_DEFERRED_PER_CLAIM`).
+struct Deferral {
+    since: Instant,
+    until: Instant,
+    /// Claims queued at the last count.
+    queued: i64,
+}
+
+impl Deferral {
+    /// Waits again after counting `queued` claims at `now`, while claims come and go: a count that
+    /// stays is a ticket left by a node that stopped claiming, which its lease will remove.
+    fn again(self, queued: i64, now: Instant) -> Option<Deferral> {
+        let moving = queued > 0 && (queued != self.queued || self.since == now);
+        let wait = WATCH_DEFERRED_PER_CLAIM.saturating_mul(u32::try_from(queued).unwrap_or(u32::MAX));
+        let until = now + wait.clamp(WATCH_DEFERRED_AT_LEAST, WATCH_DEFERRED_AT_MOST);
+        let deferral = Deferral { until: until.min(self.since + WATCH_DEFERRED_AT_MOST), queued, ..self };
+        match moving && now < deferral.until {
+            true => {
+                log::debug!("{queued} claims queued: following the members in {:?}, after them", deferral.until - now);
+                Some(deferral)
+            }
+            false => None,
+        }
+    }
 }
 
 /// How the etcd thread talks to the others.
@@ -191,8 +218,8 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
             Some(_) => wake = wake.min(m.next_poll),
             None => {}
         }
-        if let Some(deferred) = m.watch_deferred {
-            wake = wake.min(deferred);
+        if let Some(deferred) = &m.watch_deferred {
+            wake = wake.min(deferred.until);
         }
         let changes = m.watch.changes.clone();
         select! {
@@ -357,13 +384,9 @@ impl Membership {
                 let changes = self.view.load(revision, kvs);
                 self.took_read(revision, known, changes);
                 if claimed.queued > 0 && self.settings.tuning.follow.watches() {
-                    let wait = (WATCH_DEFERRED_PER_CLAIM * claimed.queued.clamp(0, 1 << 20) as u32)
-                        .min(WATCH_DEFERRED_AT_MOST);
-                    log::debug!(
-                        "{} claims still queued: following the members in {wait:?}, after them",
-                        claimed.queued
-                    );
-                    self.watch_deferred = Some(Instant::now() + wait);
+                    let now = Instant::now();
+                    let deferral = Deferral { since: now, until: now, queued: claimed.queued };
+                    self.watch_deferred = deferral.again(claimed.queued, now);
                 }
             }
             // Name ourselves in the answers at once, then read the members afresh.
@@ -605,10 +628,17 @@ impl Membership {
         if !wanted || self.watch.stop.is_some() || revisions.is_empty() {
             return;
         }
-        match self.watch_deferred {
-            Some(until) if Instant::now() < until => return,
-            Some(_) => self.watch_deferred = None,
-            None => {}
+        if let Some(deferral) = self.watch_deferred.take() {
+            let now = Instant::now();
+            if now < deferral.until {
+                self.watch_deferred = Some(deferral);
+                return;
+            }
+            let counted = self.client.range_count(&claim::queue(&self.settings.roles));
+            self.watch_deferred = counted.ok().and_then(|queued| deferral.again(queued, now));
+            if self.watch_deferred.is_some() {
+                return;
+            }
         }
         let ranges: Vec<WatchRange> = self
             .ranges()
@@ -1017,6 +1047,27 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watch_waits_for_the_claims_while_they_move_and_not_for_long() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let first = |queued| Deferral { since: t0, until: t0, queued }.again(queued, t0);
+        // 3 ms a claim queued, at least 200 ms, at most 10 s.
+        assert_eq!(first(1000).map(|d| d.until), Some(at(3000)));
+        assert_eq!(first(10).map(|d| d.until), Some(at(200)));
+        assert_eq!(first(100_000).map(|d| d.until), Some(at(10_000)));
+        assert!(first(0).is_none());
+        // Counted again: fewer (or more) claims wait again; the same count, a ticket left behind,
+        // or none, do not; nor past 10 s from the claim.
+        let later = |queued, ms| first(1000).and_then(|d| d.again(queued, at(ms))).map(|d| d.until);
+        assert_eq!(later(400, 3000), Some(at(4200)));
+        assert_eq!(later(1200, 3000), Some(at(6600)));
+        assert_eq!(later(1000, 3000), None);
+        assert_eq!(later(0, 3000), None);
+        assert_eq!(later(3000, 9000), Some(at(10_000)));
+        assert_eq!(later(3000, 10_000), None);
+    }
 
     #[test]
     fn a_watch_thread_tells_its_owner_how_it_ended() {

@@ -20,6 +20,13 @@ impl Client {
         answer.decode().map_err(|detail| Error::Malformed { endpoint, detail })
     }
 
+    /// How many keys `range` holds; etcd does not read them.
+    pub fn range_count(&mut self, range: &RangeRequest) -> Result<i64, Error> {
+        let body = RangeRequestJson::from(&RangeRequest { count_only: true, ..range.clone() });
+        let (endpoint, answer) = self.post::<RangeJson>("/v3/kv/range", &body, Retry::Safe)?;
+        answer.decode().map(|range| range.count).map_err(|detail| Error::Malformed { endpoint, detail })
+    }
+
     /// Reads several ranges at one revision, in one request (a transaction that only reads).
     pub fn read(&mut self, ranges: &[RangeRequest]) -> Result<Vec<Range>, Error> {
         let txn = Txn { success: ranges.iter().cloned().map(Op::Range).collect(), ..Txn::default() };
