@@ -220,8 +220,9 @@ fn claim_patiently(client: &mut etcd::Client, request: &Request) -> Result<Claim
     ];
     let (reads, second_half) = keys.read_names_in_halves();
     success.extend(reads);
-    let (joined, second_half) = join_while_reading(client, &Txn { success, ..Txn::default() }, second_half)?;
-    let mut requests = 1 + u32::from(second_half.is_some());
+    let Joined { answer: joined, second_half, reads } =
+        join_while_reading(client, &Txn { success, ..Txn::default() }, second_half)?;
+    let mut requests = 1 + reads;
     let (mut ahead, queued_at, mut names) = match joined.responses.as_slice() {
         [OpResponse::Range(mine), OpResponse::Range(queue), OpResponse::Range(special), OpResponse::Put { revision }, names @ ..]
             if names.len() == roles =>
@@ -357,26 +358,41 @@ fn claim_patiently(client: &mut etcd::Client, request: &Request) -> Result<Claim
     }
 }
 
+/// The answer to joining the queue, and the second half of a role's names read meanwhile.
+struct Joined {
+    answer: etcd::TxnResponse,
+    second_half: Option<(usize, Range)>,
+    /// Requests the second half took.
+    reads: u32,
+}
+
 /// Runs `join`, and meanwhile reads `second_half` (a role's index and range) over another
-/// connection, so that etcd puts a core on each. Should that read fail, it is made again after.
+/// connection, so that etcd puts a core on each. Should that read fail, or its thread not start,
+/// it is made after. Returns how many requests the read took besides the join.
 fn join_while_reading(
     client: &mut etcd::Client,
     join: &Txn,
     second_half: Option<(usize, RangeRequest)>,
-) -> Result<(etcd::TxnResponse, Option<(usize, Range)>), etcd::Error> {
-    let Some((role, half)) = second_half else { return Ok((client.txn(join)?, None)) };
+) -> Result<Joined, etcd::Error> {
+    let Some((role, half)) = second_half else {
+        return Ok(Joined { answer: client.txn(join)?, second_half: None, reads: 0 });
+    };
     let mut sibling = client.clone();
     let (joined, read) = std::thread::scope(|scope| {
-        let reading = scope.spawn(|| sibling.read(std::slice::from_ref(&half)));
-        (client.txn(join), reading.join())
+        let reading = std::thread::Builder::new()
+            .name("etcd-read".into())
+            .spawn_scoped(scope, || sibling.read(std::slice::from_ref(&half)));
+        let joined = client.txn(join);
+        (joined, reading.ok().map(|reading| reading.join()))
     });
     let joined = joined?;
-    let read = match read {
-        Ok(Ok(read)) => read,
-        _ => client.read(std::slice::from_ref(&half))?,
+    let (read, requests) = match read {
+        Some(Ok(Ok(read))) => (read, 1),
+        Some(_) => (client.read(std::slice::from_ref(&half))?, 2),
+        None => (client.read(std::slice::from_ref(&half))?, 1),
     };
     match read.into_iter().next() {
-        Some(range) => Ok((joined, Some((role, range)))),
+        Some(range) => Ok(Joined { answer: joined, second_half: Some((role, range)), reads: requests }),
         None => Err(etcd::Error::Malformed {
             endpoint: client.endpoint().to_string(),
             detail: "a read answered nothing".into(),

@@ -49,8 +49,11 @@ const FULL_READ_EVERY: Duration = Duration::from_secs(600);
 /// would otherwise be sent every later claim as it happens, one message per node and claim: at
 /// 1000 nodes half a million messages through etcd's JSON gateway, about 65 µs of etcd CPU each,
 /// that slow the claims themselves severalfold. A watch opened after the claims gets them all in
-/// one message, at about 15 µs each. Meanwhile the node answers with the members it read.
+/// one message, at about 15 µs each. Meanwhile the node answers with the members it read. (An
+/// etcd that keeps only its last few thousand revisions may compact them away meanwhile: then
+/// the watch says so and the members are read whole.)
 const WATCH_DEFERRED_PER_CLAIM: Duration = Duration::from_millis(3);
+/// Between two counts of the queue, however short: each is a request to etcd.
 const WATCH_DEFERRED_AT_LEAST: Duration = Duration::from_millis(200);
 const WATCH_DEFERRED_AT_MOST: Duration = Duration::from_secs(10);
 
@@ -114,10 +117,15 @@ struct Deferral {
 }
 
 impl Deferral {
+    /// After a claim at `now` that left `queued` claims in the queue.
+    fn first(queued: i64, now: Instant) -> Option<Deferral> {
+        Deferral { since: now, until: now, queued: 0 }.again(queued, now)
+    }
+
     /// Waits again after counting `queued` claims at `now`, while claims come and go: a count that
     /// stays is a ticket left by a node that stopped claiming, which its lease will remove.
     fn again(self, queued: i64, now: Instant) -> Option<Deferral> {
-        let moving = queued > 0 && (queued != self.queued || self.since == now);
+        let moving = queued > 0 && queued != self.queued;
         let wait = WATCH_DEFERRED_PER_CLAIM.saturating_mul(u32::try_from(queued).unwrap_or(u32::MAX));
         let until = now + wait.clamp(WATCH_DEFERRED_AT_LEAST, WATCH_DEFERRED_AT_MOST);
         let deferral = Deferral { until: until.min(self.since + WATCH_DEFERRED_AT_MOST), queued, ..self };
@@ -207,7 +215,8 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
             if now >= m.next_read {
                 m.read();
             }
-        } else if m.poll_every().is_some() && now >= m.next_poll {
+        } else if m.poll_every().is_some() && now >= m.next_poll && m.watch_deferred.is_none() {
+            // Polls wait with the watch: while claims go on they would read everything each time.
             m.poll();
         }
         m.start_watch();
@@ -230,7 +239,7 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
             recv(changes) -> message => match message {
                 Ok(message) => m.followed(message, &changes),
                 // The channel closes only after the guard sent `Ended`, which already stopped listening.
-                Err(_) => m.watch = Following::failed(),
+                Err(_) => m.fall_back_to_polling(),
             },
             default(wake.saturating_duration_since(Instant::now())) => {}
         }
@@ -299,7 +308,12 @@ impl Membership {
             self.next_poll = Instant::now() + every;
         }
         match (before.follow.watches(), tuning.follow.watches()) {
-            (true, false) => self.watch.retire(),
+            // Polling must start from a view true at one revision (see `fall_back_to_polling`).
+            (true, false) => {
+                self.watch.retire();
+                self.watch_deferred = None;
+                self.read_due = true;
+            }
             // A watch that failed gets another chance.
             (false, true) => self.watch = Following::default(),
             _ => {}
@@ -366,6 +380,7 @@ impl Membership {
             claimed.requests
         );
         self.holding.claimed(claimed.name, claimed.slot);
+        self.watch_deferred = None;
         self.metrics.claims.fetch_add(1, Relaxed);
         self.metrics.holds_name.store(true, Relaxed);
         self.state.held_until = self.holding.held_until();
@@ -383,10 +398,10 @@ impl Membership {
                 let known = self.view.revision();
                 let changes = self.view.load(revision, kvs);
                 self.took_read(revision, known, changes);
-                if claimed.queued > 0 && self.settings.tuning.follow.watches() {
-                    let now = Instant::now();
-                    let deferral = Deferral { since: now, until: now, queued: claimed.queued };
-                    self.watch_deferred = deferral.again(claimed.queued, now);
+                // A watch that runs already (the name was lost and claimed again) goes on.
+                let waits = self.watch.stop.is_none() && !self.watch.failed;
+                if claimed.queued > 0 && self.settings.tuning.follow.watches() && waits {
+                    self.watch_deferred = Deferral::first(claimed.queued, Instant::now());
                 }
             }
             // Name ourselves in the answers at once, then read the members afresh.
@@ -634,8 +649,17 @@ impl Membership {
                 self.watch_deferred = Some(deferral);
                 return;
             }
-            let counted = self.client.range_count(&claim::queue(&self.settings.roles));
-            self.watch_deferred = counted.ok().and_then(|queued| deferral.again(queued, now));
+            let counted = match now < deferral.since + WATCH_DEFERRED_AT_MOST {
+                true => self.client.range_count(&claim::queue(&self.settings.roles)),
+                false => Ok(0),
+            };
+            self.watch_deferred = match counted {
+                Ok(queued) => deferral.again(queued, now),
+                Err(e) => {
+                    log::debug!("cannot count the claims queued ({e}): following the members now");
+                    None
+                }
+            };
             if self.watch_deferred.is_some() {
                 return;
             }
@@ -1052,7 +1076,7 @@ mod tests {
     fn a_watch_waits_for_the_claims_while_they_move_and_not_for_long() {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let first = |queued| Deferral { since: t0, until: t0, queued }.again(queued, t0);
+        let first = |queued| Deferral::first(queued, t0);
         // 3 ms a claim queued, at least 200 ms, at most 10 s.
         assert_eq!(first(1000).map(|d| d.until), Some(at(3000)));
         assert_eq!(first(10).map(|d| d.until), Some(at(200)));

@@ -251,6 +251,12 @@ impl View {
                 continue;
             }
             self.revisions[role] = self.revisions[role].max(event.kv.mod_revision);
+            // A key's revisions only rise: an older change of a key the view holds newer is a
+            // replay from before the read of it (a claim's listing holds this node's own key, put
+            // after the names were read, and a read in halves is at two revisions).
+            if self.held_revision(role, &event.kv.key).is_some_and(|held| held >= event.kv.mod_revision) {
+                continue;
+            }
             applied = true;
             match event.deleted {
                 true => self.delete(role, &event.kv.key, &mut changes),
@@ -379,6 +385,15 @@ impl View {
         if let (Some(before), Some(id)) = (self.remove(role, key), self.id_of(role, key)) {
             changes.touched.push(Touch { slot: Slot { role, id }, before: Some(before), after: None });
         }
+    }
+
+    /// The revision of the key's last change, if the view holds the key.
+    fn held_revision(&self, role: usize, key: &[u8]) -> Option<i64> {
+        if let Some(other) = self.others.get(key) {
+            return Some(other.mod_revision);
+        }
+        let id = self.id_of(role, key)?;
+        self.members[role].get(&id).map(|m| m.mod_revision)
     }
 
     /// Takes a key out of the view, and says which member's record it held, if any.
@@ -529,6 +544,46 @@ mod tests {
             ],
         );
         view
+    }
+
+    #[test]
+    fn a_listing_to_be_watched_comes_true_as_the_watch_replays_from_its_read() {
+        // Read at 10; worker2 joined at 11 and left at 12; worker1 changed at 13; another node
+        // held worker3 from 14 to 15; this node put worker3 at 16 (in the listing, the claim's own
+        // put). A watch from 11 sends every one of those, maybe over several messages.
+        let ours = std::str::from_utf8(OURS).unwrap();
+        let listing = || {
+            let mut view = View::new(&roles(), OURS);
+            let worker3 = KeyValue { mod_revision: 16, create_revision: 16, ..kv("worker3.tf.local.", ours, 16, 0x2a) };
+            view.load(10, vec![vec![], vec![kv("worker1.tf.local.", &ip(1), 5, 8), worker3]]);
+            view
+        };
+        let events = [
+            put("worker2.tf.local.", &ip(2), 11),
+            delete("worker2.tf.local.", 12),
+            put("worker1.tf.local.", &ip(3), 13),
+            put("worker3.tf.local.", &ip(4), 14),
+            delete("worker3.tf.local.", 15),
+            WatchEvent { deleted: false, kv: kv("worker3.tf.local.", ours, 16, 0x2a) },
+        ];
+        // A read at 16, for comparison.
+        let mut truth = View::new(&roles(), OURS);
+        truth.load(
+            16,
+            vec![vec![], vec![kv("worker1.tf.local.", &ip(3), 13, 8), kv("worker3.tf.local.", ours, 16, 0x2a)]],
+        );
+        let members =
+            |view: &View| -> Vec<(Slot, Record)> { view.records().map(|(slot, record, _)| (slot, *record)).collect() };
+        for split in 0..=events.len() {
+            let mut view = listing();
+            for part in [&events[..split], &events[split..]] {
+                view.apply(part.to_vec());
+                // Between the messages too, this node's name stays its own.
+                let check = view.check(Some(b"worker3.tf.local."), 0x2a);
+                assert!(matches!(check.own, Some(Own::Held)), "split at {split}: {:?}", check.own);
+            }
+            assert_eq!(members(&view), members(&truth), "split at {split}");
+        }
     }
 
     #[test]

@@ -56,6 +56,8 @@ fn a_large_role_is_read_in_two_halves_and_followed_from_there() {
     etcd.put_all(&puts.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>());
     let mut node = Setup { limit: 20_000, ..Setup::new(&etcd, "halves.test.") }.start();
     assert_eq!(node.claimed(), "worker3.halves.test.");
+    // The join with the first half, the second half, the name.
+    assert!(node.log().contains(", 3 etcd requests)"), "{}", node.log());
     node.wait_for_log("10 members at etcd revision");
     for id in members {
         let name = format!("worker{id}.halves.test.");
@@ -67,6 +69,20 @@ fn a_large_role_is_read_in_two_halves_and_followed_from_there() {
     etcd.delete("worker5.halves.test.");
     assert_eq!(node.wait_for_rcode("worker14999.halves.test.", OptRcode::NOERROR).data(), ["10.9.9.9"]);
     node.wait_for_rcode("worker5.halves.test.", OptRcode::NXDOMAIN);
+}
+
+#[test]
+fn a_watch_put_off_for_claims_queued_opens_when_the_queue_stands_still() {
+    let etcd = Etcd::start();
+    // A ticket left in the claim queue by a node that stopped claiming (its lease would remove it).
+    etcd.put("worker_claims/worker{{.ID}}.defer.test./7b7d", "");
+    let mut node = Setup::new(&etcd, "defer.test.").start();
+    // The claim ahead would take worker1.
+    assert_eq!(node.claimed(), "worker2.defer.test.");
+    node.wait_for_log("1 claims queued: following the members in");
+    etcd.put("worker7.defer.test.", r#"{"ipv4":"10.0.0.7"}"#);
+    assert_eq!(node.wait_for_rcode("worker7.defer.test.", OptRcode::NOERROR).data(), ["10.0.0.7"]);
+    assert!(node.log().contains("etcd watch opened"), "{}", node.log());
 }
 
 #[test]
