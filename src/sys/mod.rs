@@ -20,8 +20,8 @@ pub fn boottime() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// Clock ticks per second and the page size, to read /proc's figures.
-pub fn ticks_and_page_size() -> (i64, i64) {
+/// Clock ticks per second and the page size, to read /proc's figures (a C `long`: 32 bits on armv7).
+pub fn ticks_and_page_size() -> (libc::c_long, libc::c_long) {
     // SAFETY: sysconf only reads a system constant.
     unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) }
 }
