@@ -381,23 +381,17 @@ fn join_while_reading(
     let (joined, read) = std::thread::scope(|scope| {
         let reading = std::thread::Builder::new()
             .name("etcd-read".into())
-            .spawn_scoped(scope, || sibling.read(std::slice::from_ref(&half)));
+            .spawn_scoped(scope, || sibling.range(&half.start, &half.end));
         let joined = client.txn(join);
         (joined, reading.ok().map(|reading| reading.join()))
     });
     let joined = joined?;
-    let (read, requests) = match read {
-        Some(Ok(Ok(read))) => (read, 1),
-        Some(_) => (client.read(std::slice::from_ref(&half))?, 2),
-        None => (client.read(std::slice::from_ref(&half))?, 1),
+    let (range, reads) = match read {
+        Some(Ok(Ok(range))) => (range, 1),
+        Some(_) => (client.range(&half.start, &half.end)?, 2),
+        None => (client.range(&half.start, &half.end)?, 1),
     };
-    match read.into_iter().next() {
-        Some(range) => Ok(Joined { answer: joined, second_half: Some((role, range)), reads: requests }),
-        None => Err(etcd::Error::Malformed {
-            endpoint: client.endpoint().to_string(),
-            detail: "a read answered nothing".into(),
-        }),
-    }
+    Ok(Joined { answer: joined, second_half: Some((role, range)), reads })
 }
 
 /// Puts a role's second half, read by itself, back into its range. The two were read at different
