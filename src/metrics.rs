@@ -168,12 +168,25 @@ impl Metrics {
         self.etcd_reachable.store(ok, Relaxed);
     }
 
-    /// `/health`: healthy when this node holds its name and etcd answers.
-    pub fn health(&self) -> Result<String, String> {
-        match (self.holds_name.load(Relaxed), self.etcd_reachable.load(Relaxed)) {
-            (true, true) => Ok("OK\n".to_string()),
-            (false, _) => Err("this node holds no name\n".to_string()),
-            (true, false) => Err("etcd is not answering\n".to_string()),
+    /// `/health` at `now` (`clock::boottime`): healthy when this node holds its name and etcd
+    /// answers; otherwise why not, and what follows for the name.
+    pub fn health(&self, now: Duration) -> Result<String, String> {
+        let unanswered = match self.etcd_reachable.load(Relaxed) {
+            true => "",
+            false => " (etcd is not answering)",
+        };
+        let held_for =
+            Duration::from_nanos(self.held_until_nanos.load(Relaxed)).checked_sub(now).filter(|d| !d.is_zero());
+        match (self.holds_name.load(Relaxed), held_for) {
+            (false, _) => Err(format!("this node holds no name{unanswered}\n")),
+            (true, None) => Err(format!(
+                "this node no longer answers for its name: its lease may have run out unrenewed{unanswered}\n"
+            )),
+            (true, Some(_)) if unanswered.is_empty() => Ok("OK\n".to_string()),
+            (true, Some(left)) => Err(format!(
+                "etcd is not answering: this node keeps its name {:.0}s more unless its lease is renewed\n",
+                left.as_secs_f64().ceil()
+            )),
         }
     }
 
@@ -505,13 +518,23 @@ mod tests {
     }
 
     #[test]
-    fn health_needs_a_name_and_etcd() {
+    fn health_needs_a_name_and_etcd_and_says_why_not() {
         let metrics = Metrics::default();
-        assert!(metrics.health().is_err());
-        metrics.holds_name.store(true, Relaxed);
+        let (now, later) = (Duration::from_secs(100), Duration::from_secs(120));
         metrics.etcd_request(Duration::from_millis(1), true);
-        assert_eq!(metrics.health(), Ok("OK\n".to_string()));
+        assert_eq!(metrics.health(now), Err("this node holds no name\n".to_string()));
+        metrics.holds_name.store(true, Relaxed);
+        metrics.set_held_until(Some(later));
+        assert_eq!(metrics.health(now), Ok("OK\n".to_string()));
         metrics.etcd_request(Duration::from_millis(1), false);
-        assert_eq!(metrics.health(), Err("etcd is not answering\n".to_string()));
+        let unrenewed = "etcd is not answering: this node keeps its name 20s more unless its lease is renewed\n";
+        assert_eq!(metrics.health(now), Err(unrenewed.to_string()));
+        assert_eq!(
+            metrics.health(later),
+            Err("this node no longer answers for its name: its lease may have run out unrenewed (etcd is not answering)\n"
+                .to_string())
+        );
+        metrics.holds_name.store(false, Relaxed);
+        assert_eq!(metrics.health(now), Err("this node holds no name (etcd is not answering)\n".to_string()));
     }
 }

@@ -118,7 +118,7 @@ fn answer(mut stream: TcpStream, endpoints: Endpoints, metrics: &Metrics) -> std
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
     let (status, body) = match (method, path) {
-        ("GET" | "HEAD", "/health") if endpoints.health => match metrics.health() {
+        ("GET" | "HEAD", "/health") if endpoints.health => match metrics.health(crate::clock::boottime()) {
             Ok(body) => ("200 OK", body),
             Err(body) => ("503 Service Unavailable", body),
         },

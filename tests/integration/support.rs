@@ -50,7 +50,7 @@ impl Drop for TempDir {
 
 /// A child process that dies with the test: killed on drop, and by the kernel if the test
 /// process itself dies first.
-fn spawn(command: &mut Command) -> Child {
+pub fn spawn(command: &mut Command) -> Child {
     // SAFETY: prctl is async-signal-safe and touches nothing of the parent.
     unsafe {
         command.pre_exec(|| {
@@ -153,6 +153,8 @@ pub struct Etcd {
     token: Option<String>,
     /// More command-line arguments, for every start.
     args: Vec<String>,
+    /// The network namespace it runs in, in the lab (tests/lab).
+    netns: Option<String>,
 }
 
 impl Etcd {
@@ -208,12 +210,52 @@ impl Etcd {
                 tls: tls.clone(),
                 token: None,
                 args: args.iter().map(|a| a.to_string()).collect(),
+                netns: None,
             })
             .collect();
         for member in &mut members {
             member.launch();
         }
         members
+    }
+
+    /// A cluster of one member per `(network namespace, address)`, each on etcd's own ports,
+    /// started and answering. The calling thread must be in a namespace that reaches them.
+    #[allow(dead_code)] // the lab's (tests/lab)
+    pub fn cluster_in(hosts: &[(String, Ipv4Addr)]) -> Vec<Etcd> {
+        let initial_cluster =
+            hosts.iter().enumerate().map(|(i, (_, ip))| format!("m{i}=http://{ip}:2380")).collect::<Vec<_>>().join(",");
+        let mut members: Vec<Etcd> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, (netns, ip))| Etcd {
+                child: None,
+                url: format!("http://{ip}:2379"),
+                name: format!("m{i}"),
+                peer: format!("http://{ip}:2380"),
+                initial_cluster: initial_cluster.clone(),
+                dir: TempDir::new("etcd"),
+                http: http_agent(None),
+                tls: None,
+                token: None,
+                args: Vec::new(),
+                netns: Some(netns.clone()),
+            })
+            .collect();
+        for member in &mut members {
+            member.launch();
+        }
+        for member in &members {
+            member.wait_ready();
+        }
+        members
+    }
+
+    /// Whether this member is the cluster's leader, as it says itself.
+    #[allow(dead_code)] // the lab's (tests/lab)
+    pub fn is_leader(&self) -> bool {
+        let status = self.try_post("/v3/maintenance/status", &json!({}));
+        status.is_ok_and(|s| s["leader"].is_string() && s["leader"] == s["header"]["member_id"])
     }
 
     /// Starts this member (again) with the same ports and data directory, and waits until it
@@ -230,7 +272,7 @@ impl Etcd {
             .find(|p| Path::new(p).exists())
             .unwrap_or_else(|| panic!("etcd is not installed: run scripts/test, which installs Debian's etcd-server"));
         let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("etcd.log")).unwrap();
-        let mut command = Command::new(binary);
+        let mut command = in_netns(self.netns.as_deref(), binary);
         command
             .args(["--name", &self.name, "--data-dir"])
             .arg(self.dir.path().join("data"))
@@ -550,6 +592,18 @@ impl Pki {
 }
 
 /// Every member's client URL, space-separated as `endpoint` takes them.
+/// `program`, run in network namespace `netns` when there is one.
+fn in_netns(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", netns, program]);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
 pub fn endpoints(members: &[Etcd]) -> String {
     members.iter().map(|m| m.url.as_str()).collect::<Vec<_>>().join(" ")
 }
@@ -732,13 +786,18 @@ impl Node {
     /// As `start_with`, with more arguments after `-conf PATH` and more environment variables.
     /// `IDETCD_ROLE` is only set when `env` sets it.
     pub fn start_with_args(corefile: String, ip: Ipv4Addr, args: &[&str], env: &[(&str, &str)]) -> Node {
+        Node::start_in(None, corefile, ip, args, env)
+    }
+
+    /// As `start_with_args`, in network namespace `netns` when there is one (the lab's hosts).
+    pub fn start_in(netns: Option<&str>, corefile: String, ip: Ipv4Addr, args: &[&str], env: &[(&str, &str)]) -> Node {
         let port =
             corefile.split(['{', '\n']).next().and_then(|k| k.trim().rsplit(':').next()).and_then(|p| p.parse().ok());
         let dir = TempDir::new("node");
         let conf = dir.path().join("Corefile");
         fs::write(&conf, &corefile).unwrap();
         let log = fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let mut command = Command::new(BINARY);
+        let mut command = in_netns(netns, BINARY);
         command
             .arg("-conf")
             .arg(&conf)
@@ -1022,7 +1081,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn from(m: &Message<Vec<u8>>) -> Answer {
+    pub fn from(m: &Message<Vec<u8>>) -> Answer {
         let records = |section: Result<domain::base::message::RecordSection<'_, Vec<u8>>, _>| -> Vec<String> {
             section
                 .expect("section parses")
@@ -1056,7 +1115,9 @@ impl Answer {
 pub fn exchange(server: SocketAddr, transport: Transport, packet: &[u8]) -> Option<Message<Vec<u8>>> {
     let bytes = match transport {
         Transport::Udp => {
-            let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).ok()?;
+            // Loopback for the nodes on loopback; the lab's (tests/lab) are on a network.
+            let local = if server.ip().is_loopback() { Ipv4Addr::LOCALHOST } else { Ipv4Addr::UNSPECIFIED };
+            let socket = UdpSocket::bind((local, 0)).ok()?;
             socket.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
             let mut buf = vec![0u8; 65535];
             (0..3).find_map(|_| {

@@ -1,0 +1,206 @@
+//! The fencing invariant, checked all through a fault: every 50 ms a checker in the client
+//! namespace asks every node host `CH TXT id.server.` and reads the names from etcd before and
+//! after. A violation is a sample where two nodes both say they hold one name, or where a node
+//! says it holds a name whose etcd key carries another node's record in both reads (the key
+//! unchanged between them, so that the sample cannot have straddled a hand-over).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use domain::base::iana::{Class, Rtype};
+use domain::base::Message;
+use serde_json::{json, Value};
+
+use crate::support::{Answer, Query};
+
+const EVERY: Duration = Duration::from_millis(50);
+/// How long a sample waits for the nodes' answers: a node cut off from the client gives none.
+const ANSWERS_WITHIN: Duration = Duration::from_millis(40);
+
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub samples: u64,
+    /// Samples whose etcd reads both succeeded, so that the second rule could be checked.
+    pub checked_against_etcd: u64,
+    pub violations: Vec<String>,
+}
+
+pub struct Checker {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Counts>,
+}
+
+/// A name's key as etcd holds it: the holder's IPv4 address and the revision it was last put at.
+type Holders = BTreeMap<String, (Option<Ipv4Addr>, i64)>;
+
+impl Checker {
+    /// Checks `nodes` (their addresses, all on port 53) against the etcd members at `endpoints`,
+    /// from the calling thread's network namespace.
+    pub fn start(nodes: Vec<Ipv4Addr>, endpoints: Vec<String>) -> Checker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let socket = UdpSocket::bind("0.0.0.0:0").expect("a UDP socket in the client namespace");
+            socket.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+            let etcd = EtcdReader::new(endpoints);
+            let mut counts = Counts::default();
+            let mut id = 0u16;
+            while !stopping.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let before = etcd.holders();
+                id = id.wrapping_add(1);
+                let claims = identities(&socket, &nodes, id);
+                let after = etcd.holders();
+                counts.samples += 1;
+                let both = before.zip(after);
+                if both.is_some() {
+                    counts.checked_against_etcd += 1;
+                }
+                for violation in violations(&claims, both.as_ref().map(|(b, a)| (b, a))) {
+                    if counts.violations.len() < 5 {
+                        eprintln!("fencing violation: {violation}");
+                    }
+                    counts.violations.push(violation);
+                }
+                std::thread::sleep(EVERY.saturating_sub(started.elapsed()));
+            }
+            counts
+        });
+        Checker { stop, thread }
+    }
+
+    pub fn finish(self) -> Counts {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the fencing checker")
+    }
+}
+
+impl Counts {
+    /// Prints the counts for the test's log and fails the test on any violation.
+    pub fn assert_none(&self, test: &str) {
+        println!(
+            "{test}: fencing checker: {} samples ({} checked against etcd), {} violations",
+            self.samples,
+            self.checked_against_etcd,
+            self.violations.len()
+        );
+        assert!(self.samples > 0, "the fencing checker took no sample");
+        assert!(self.violations.is_empty(), "fencing violations: {:#?}", self.violations);
+    }
+}
+
+/// The rules, for one sample: `claims` pairs each node that answered with the name it gave.
+fn violations(claims: &[(Ipv4Addr, String)], etcd: Option<(&Holders, &Holders)>) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut by_name: HashMap<&str, Vec<Ipv4Addr>> = HashMap::new();
+    for (node, name) in claims {
+        by_name.entry(name).or_default().push(*node);
+    }
+    for (name, nodes) in &by_name {
+        if nodes.len() > 1 {
+            found.push(format!("{nodes:?} all say they hold {name}"));
+        }
+    }
+    if let Some((before, after)) = etcd {
+        for (node, name) in claims {
+            if let (Some(b), Some(a)) = (before.get(name), after.get(name)) {
+                if b == a && b.0 != Some(*node) {
+                    found.push(format!(
+                        "{node} says it holds {name}, whose key in etcd is {:?}'s (revision {})",
+                        b.0, b.1
+                    ));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Asks every node `CH TXT id.server.` at once; the nodes that answered within `ANSWERS_WITHIN`
+/// with a name, and that name.
+fn identities(socket: &UdpSocket, nodes: &[Ipv4Addr], id: u16) -> Vec<(Ipv4Addr, String)> {
+    let mut packet = Query::new("id.server.", Rtype::TXT).class(Class::CH).packet();
+    packet[..2].copy_from_slice(&id.to_be_bytes());
+    for node in nodes {
+        // A node whose link is down may refuse at once: then it has no answer either.
+        let _ = socket.send_to(&packet, SocketAddr::from((*node, 53)));
+    }
+    let mut claims = Vec::new();
+    let mut answered = 0;
+    let deadline = Instant::now() + ANSWERS_WITHIN;
+    let mut buf = [0u8; 512];
+    while answered < nodes.len() && Instant::now() < deadline {
+        let Ok((len, SocketAddr::V4(from))) = socket.recv_from(&mut buf) else { continue };
+        let Ok(message) = Message::from_octets(buf[..len].to_vec()) else { continue };
+        if message.header().id() != id || !nodes.contains(from.ip()) {
+            continue;
+        }
+        answered += 1;
+        let answer = Answer::from(&message);
+        if let Some(name) = answer.answers.first().and_then(|r| r.rsplit(' ').next()) {
+            claims.push((*from.ip(), name.trim_matches('"').to_string()));
+        }
+    }
+    claims
+}
+
+/// Reads the names from whichever etcd member answers a linearizable read, starting with the
+/// one that answered last.
+struct EtcdReader {
+    endpoints: Vec<String>,
+    agent: ureq::Agent,
+    last: std::cell::Cell<usize>,
+}
+
+impl EtcdReader {
+    fn new(endpoints: Vec<String>) -> EtcdReader {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_millis(300)))
+            .build()
+            .into();
+        EtcdReader { endpoints, agent, last: std::cell::Cell::new(0) }
+    }
+
+    fn holders(&self) -> Option<Holders> {
+        let n = self.endpoints.len();
+        (0..n).map(|k| (self.last.get() + k) % n).find_map(|i| {
+            let holders = self.read(&self.endpoints[i])?;
+            self.last.set(i);
+            Some(holders)
+        })
+    }
+
+    fn read(&self, endpoint: &str) -> Option<Holders> {
+        let body = json!({ "key": BASE64.encode("node"), "range_end": BASE64.encode("node:") });
+        let mut response = self.agent.post(&format!("{endpoint}/v3/kv/range")).send_json(&body).ok()?;
+        if response.status().as_u16() != 200 {
+            return None;
+        }
+        let answer: Value = response.body_mut().read_json().ok()?;
+        let decode = |v: &Value| String::from_utf8(BASE64.decode(v.as_str().unwrap_or("")).ok()?).ok();
+        let kvs = answer["kvs"].as_array().cloned().unwrap_or_default();
+        let mut holders = Holders::new();
+        for kv in &kvs {
+            let Some(key) = decode(&kv["key"]) else { continue };
+            // Names only: the claim queue shares the prefix.
+            if !key["node".len()..].starts_with(|c: char| c.is_ascii_digit()) {
+                continue;
+            }
+            let record: Option<Value> = decode(&kv["value"]).and_then(|v| serde_json::from_str(&v).ok());
+            let ipv4 = record.and_then(|r| r["ipv4"].as_str()?.parse().ok());
+            let revision = kv["mod_revision"].as_str().and_then(|r| r.parse().ok()).unwrap_or(0);
+            holders.insert(key, (ipv4, revision));
+        }
+        Some(holders)
+    }
+}
+
+#[cfg(test)]
+mod tests {}
