@@ -213,7 +213,9 @@ pub fn join_netns(netns: &str) {
 /// Kills what still runs in `netns` and removes it (with its end of the link).
 fn remove_netns(netns: &str) {
     if let Ok(output) = ip_command(&["netns", "pids", netns]).output() {
-        for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+        // Not this process, whose thread may be in the namespace.
+        let me = std::process::id().to_string();
+        for pid in String::from_utf8_lossy(&output.stdout).split_whitespace().filter(|p| *p != me) {
             if let Ok(pid) = pid.parse::<i32>() {
                 // SAFETY: a plain kill of a process left in the lab's own namespace.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
