@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use domain::base::iana::Rtype;
 
-use crate::support::{eventually, free_port, http_get, next_loopback, within, Etcd, Node, Query, Setup, Transport};
+use crate::support::{
+    eventually, free_port, http_get, next_loopback, within, Etcd, Node, Query, Setup, Transport, WAIT,
+};
 
 fn get(url: &str) -> (u16, String) {
     http_get(url).unwrap_or_else(|e| panic!("GET {url}: {e}"))
@@ -129,7 +131,6 @@ fn log_writes_a_line_per_answered_query_in_coredns_format() {
         asked.push((query.clone(), transport, node.ask(transport, &query)));
         quiet.ask(transport, &query);
     }
-    let log = node.log();
     for (query, transport, answer) in asked {
         let proto = if transport == Transport::Udp { "udp" } else { "tcp" };
         let bufsize = if transport == Transport::Udp { 512 } else { 65535 };
@@ -141,7 +142,9 @@ fn log_writes_a_line_per_answered_query_in_coredns_format() {
             answer.rcode,
             answer.size
         );
-        let line = log.lines().find(|l| l.contains(&head)).unwrap_or_else(|| panic!("no {head:?} in\n{log}"));
+        // The line is written once the answer is sent: it may come just after the answer.
+        let line = within(WAIT, || node.log().lines().find(|l| l.contains(&head)).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {head:?} in\n{}", node.log()));
         // INFO client:port - ID "…" … seconds
         let (before, after) = line.split_once(&head).unwrap();
         let client: Option<std::net::SocketAddr> = before.rsplit(' ').nth(3).and_then(|c| c.parse().ok());
