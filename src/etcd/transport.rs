@@ -6,6 +6,8 @@ use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ureq::Timeout;
+
 use super::json::{gateway_error, AuthenticateJson, TokenJson};
 use super::{Error, Refusal};
 use crate::config::{Config, Credentials};
@@ -547,7 +549,14 @@ pub(super) fn unreachable(endpoint: &str, e: ureq::Error) -> Attempt {
             }
         }
     }
-    Attempt::Unreachable { sent: !network, why: describe(&e) }
+    // A request that timed out once connected may have arrived, and its transaction may be
+    // applied yet, however late: only one that never got a connection surely was not sent.
+    let sent = match &e {
+        ureq::Error::Timeout(Timeout::Resolve | Timeout::Connect) => false,
+        ureq::Error::Timeout(_) => true,
+        _ => !network,
+    };
+    Attempt::Unreachable { sent, why: describe(&e) }
 }
 
 enum Protocol {
@@ -617,6 +626,41 @@ mod tests {
             ("", None),
         ] {
             assert_eq!(cancelled_for(reason), refusal, "{reason}");
+        }
+    }
+
+    #[test]
+    fn a_transaction_goes_to_the_next_endpoint_only_if_it_cannot_have_arrived() {
+        use std::io::Read;
+        use std::net::TcpListener;
+        // The first endpoint refuses the connection, or takes the request and never answers.
+        let refusing = || {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let silent = || {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let address = listener.local_addr().unwrap();
+            std::thread::spawn(move || {
+                let (mut held, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 4096];
+                while held.read(&mut buf).is_ok_and(|n| n > 0) {}
+            });
+            address
+        };
+        for (first, resent) in [(refusing(), true), (silent(), false)] {
+            let next = TcpListener::bind("127.0.0.1:0").unwrap();
+            let text = format!(
+                ". {{\n idetcd {{\n  endpoint http://{first} http://{}\n  lease 2\n  pattern w{{{{.ID}}}}.t.\n }}\n}}",
+                next.local_addr().unwrap()
+            );
+            let config = crate::corefile::parse(&text, std::path::Path::new("Corefile"), &|_| None).unwrap();
+            let mut client = Client::new(&config).unwrap();
+            let answer = client.txn(&super::super::Txn::default());
+            assert!(matches!(answer, Err(Error::Unreachable(_))), "{answer:?}");
+            next.set_nonblocking(true).unwrap();
+            // The kernel takes the next endpoint's connection whether or not it is accepted.
+            assert_eq!(next.accept().is_ok(), resent, "first endpoint {first}: {answer:?}");
         }
     }
 

@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, UdpSocket};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use domain::base::iana::{Class, OptRcode, Rcode, Rtype};
 use domain::base::{Message, MessageBuilder, Name};
 use domain::rdata::Txt;
+use serde_json::json;
 
-use crate::fencing::Checker;
+use crate::fencing::{Checker, EtcdReader};
 use crate::lab::{self, Lab, LEASE_SECONDS, ZONE};
 use crate::support::{eventually, http_get, within, Node};
 
@@ -53,6 +54,92 @@ fn all_agree(lab: &Lab, holders: &BTreeMap<String, Ipv4Addr>) {
         let agreed = within(Duration::from_secs(15), || (answers(node, limit) == want).then_some(()));
         assert!(agreed.is_some(), "node {} answers {:#?}, not {want:#?}", i + 1, answers(node, limit));
     }
+}
+
+/// Which etcd member `node` sends its requests to, as its debug log last said: the Corefile's
+/// first endpoint until a request fails over to the next, and a watch opens where requests go.
+fn endpoint_in_use(lab: &Lab, node: &Node) -> usize {
+    let mut url = lab.etcd[0].url.as_str();
+    for line in node.log().lines() {
+        // "etcd watch opened at URL from revision 7", "etcd URL/v3/...: why; URL is next"
+        let named = match (line.find("etcd watch "), line.rfind("; ")) {
+            (Some(_), _) => line.split(" at ").nth(1).and_then(|rest| rest.split(' ').next()),
+            (None, Some(at)) if line.ends_with(" is next") => line[at + 2..].strip_suffix(" is next"),
+            _ => None,
+        };
+        if let Some(member) = named.and_then(|n| lab.etcd.iter().find(|m| m.url == n)) {
+            url = &member.url;
+        }
+    }
+    lab.etcd.iter().position(|m| m.url == url).expect("one of the lab's members")
+}
+
+/// etcd member `i`'s ID, as its status says.
+fn member_id(lab: &Lab, i: usize) -> String {
+    let status = lab.etcd[i].post("/v3/maintenance/status", json!({}));
+    status["header"]["member_id"].as_str().expect("a member ID").to_string()
+}
+
+/// Whether etcd member `i` knows a leader (itself or another).
+fn has_leader(lab: &Lab, i: usize) -> bool {
+    let status = lab.etcd[i].post("/v3/maintenance/status", json!({}));
+    status["leader"].as_str().is_some_and(|leader| leader != "0")
+}
+
+/// Makes etcd member `to` the leader: the leader hands over (etcd's MoveLeader).
+fn move_leadership(lab: &Lab, to: usize) {
+    let leader = lab.leader();
+    if leader != to {
+        let body = json!({ "targetID": member_id(lab, to) });
+        lab.etcd[leader].post("/v3/maintenance/transfer-leadership", body);
+    }
+    eventually("the leadership to move", Duration::from_secs(30), || lab.etcd[to].is_leader().then_some(()));
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    Cut,
+    Heal,
+}
+
+/// Cuts each of etcd members `members` off from every other member, both ways, or heals those
+/// cuts. The nodes and the client still reach every member.
+fn isolate_members(lab: &Lab, members: &[usize], cut: Cut) {
+    let all = 0..lab.etcd.len();
+    // Each pair once: two members cut off are cut off from each other too.
+    let pairs = members.iter().flat_map(|&a| all.clone().map(move |b| (a, b)));
+    for (a, b) in pairs.filter(|&(a, b)| a != b && !(members.contains(&b) && b < a)) {
+        for (from, to) in [(a, b), (b, a)] {
+            let host = format!("e{}", from + 1);
+            match cut {
+                Cut::Cut => lab.cut(&host, lab::etcd_ip(to)),
+                Cut::Heal => lab.uncut(&host, lab::etcd_ip(to)),
+            }
+        }
+    }
+}
+
+/// Waits until every running node names itself, and etcd holds exactly those names, each with
+/// its node's address; returns them.
+fn everyone_holds_a_name(lab: &Lab) -> BTreeMap<String, Ipv4Addr> {
+    let etcd = EtcdReader::new(lab.etcd.iter().map(|m| m.url.clone()).collect());
+    let running = lab.running().count();
+    let held = within(Duration::from_secs(60), || {
+        let named: BTreeMap<String, Ipv4Addr> =
+            lab.running().filter_map(|(i, node)| Some((node.identity()?, lab::node_ip(i)))).collect();
+        let in_etcd: BTreeMap<String, Ipv4Addr> =
+            etcd.holders()?.into_iter().filter_map(|(name, (ip, _))| Some((name, ip?))).collect();
+        (named.len() == running && named == in_etcd).then_some(named)
+    });
+    held.unwrap_or_else(|| {
+        let named: Vec<_> = lab.running().map(|(i, node)| (i + 1, node.identity())).collect();
+        let logs: Vec<String> = lab.running().map(|(i, node)| format!("node {}:\n{}", i + 1, node.log())).collect();
+        panic!(
+            "not every node holds a name that etcd holds for it: {named:?}, etcd {:?}\n{}",
+            etcd.holders(),
+            logs.join("\n")
+        )
+    })
 }
 
 /// The checker must be able to fail: a host that says it is node 1's name while node 1 runs
@@ -173,4 +260,138 @@ pub fn node_cut_off_from_everything() {
     holders.insert(cut, lab::node_ip(0));
     all_agree(&lab, &holders);
     checker.finish().assert_none("node_cut_off_from_everything");
+}
+
+/// The etcd leader's host cut off from the other two members, while every node still reaches
+/// it: the two elect a leader of their own, and the nodes that talk to the old leader move to
+/// them. Nobody gives up a name for it, a newcomer claims through the new leader, and once the
+/// old leader is back in the cluster every node answers every name as etcd holds them.
+pub fn etcd_leader_cut_off_from_the_other_members() {
+    let mut lab = Lab::new(4);
+    let names = start_all(&mut lab, 0..3);
+    let checker = checker(&lab);
+    let holders: BTreeMap<String, Ipv4Addr> =
+        names.iter().enumerate().map(|(i, name)| (name.clone(), lab::node_ip(i))).collect();
+    all_agree(&lab, &holders);
+    // The nodes send everything to the Corefile's first endpoint while it answers (one that
+    // failed over at its start stays where it went): the member node 1 talks to is made the
+    // leader, so that at least one node, mostly all, talks to the leader about to be cut off.
+    let old = endpoint_in_use(&lab, lab.nodes[0].as_ref().expect("node 1 runs"));
+    for (i, node) in lab.running() {
+        println!("node {} talks to member {}", i + 1, endpoint_in_use(&lab, node) + 1);
+    }
+    move_leadership(&lab, old);
+
+    isolate_members(&lab, &[old], Cut::Cut);
+    let leader = eventually("the other two members to elect a leader", Duration::from_secs(30), || {
+        (0..3).find(|&m| m != old && lab.etcd[m].is_leader())
+    });
+    println!("member {} leads while member {} is cut off", leader + 1, old + 1);
+    // A newcomer claims through the new leader, and the nodes see it: they follow the members
+    // that can commit, not the old leader, which cannot.
+    let newcomer = lab.start(3).claimed();
+    for (_, node) in lab.running() {
+        node.wait_for_address(&newcomer, &lab::node_ip(3).to_string());
+    }
+    // Renewals go on through the new leader while a lease's time passes, three times: each node
+    // keeps its name (one that lost its lease while its renewals failed over, on a machine too
+    // busy, claims again).
+    std::thread::sleep(LEASE_LOST_WITHIN);
+    let during = everyone_holds_a_name(&lab);
+    for (i, node) in lab.running() {
+        let member = endpoint_in_use(&lab, node);
+        let kept = match names.get(i) {
+            None => "the newcomer".to_string(),
+            Some(name) if during.get(name) == Some(&lab::node_ip(i)) => format!("keeps {name}"),
+            Some(name) => format!("lost {name} with its lease, and claimed {:?}", node.identity()),
+        };
+        println!("node {} talks to member {} while member {} is cut off: {kept}", i + 1, member + 1, old + 1);
+        assert_ne!(member, old, "node {} still talks to the member cut off:\n{}", i + 1, node.log());
+    }
+
+    isolate_members(&lab, &[old], Cut::Heal);
+    eventually("the old leader to follow a leader", Duration::from_secs(30), || has_leader(&lab, old).then_some(()));
+    let holders = everyone_holds_a_name(&lab);
+    all_agree(&lab, &holders);
+    checker.finish().assert_none("etcd_leader_cut_off_from_the_other_members");
+}
+
+/// Two of the three etcd members cut off from the others: no member has a quorum, so nothing
+/// can be claimed or renewed. The nodes answer the others' names from what they hold, stop naming
+/// themselves once their leases may have run out, and claim nothing, newcomer or not, until the
+/// cluster is whole again; then every node holds a name again and all agree.
+pub fn etcd_without_quorum() {
+    let mut lab = Lab::new(4);
+    let names = start_all(&mut lab, 0..3);
+    let checker = checker(&lab);
+    let holders: BTreeMap<String, Ipv4Addr> =
+        names.iter().enumerate().map(|(i, name)| (name.clone(), lab::node_ip(i))).collect();
+    all_agree(&lab, &holders);
+
+    let cut_at = Instant::now();
+    isolate_members(&lab, &[1, 2], Cut::Cut);
+    lab.start(3);
+    let others_answered = |lab: &mut Lab| {
+        for i in 0..3 {
+            for (j, name) in names.iter().enumerate().filter(|&(j, _)| j != i) {
+                lab.node(i).wait_for_address(name, &lab::node_ip(j).to_string());
+            }
+        }
+    };
+    others_answered(&mut lab);
+    let quiet = within(LEASE_LOST_WITHIN, || lab.running().all(|(_, node)| node.identity().is_none()).then_some(()));
+    let named: Vec<_> = lab.running().map(|(i, node)| (i + 1, node.identity())).collect();
+    assert!(quiet.is_some(), "nodes still name themselves with no quorum in etcd: {named:?}");
+    // Past every lease's deadline, however late the leases were renewed last: still no claim.
+    std::thread::sleep(LEASE_LOST_WITHIN.saturating_sub(cut_at.elapsed()));
+    others_answered(&mut lab);
+    for (i, node) in lab.running() {
+        let claims = node.log().matches("] claimed ").count();
+        assert_eq!(claims, usize::from(i < 3), "node {} claimed with no quorum in etcd:\n{}", i + 1, node.log());
+        assert_eq!(node.identity(), None, "node {}", i + 1);
+    }
+    println!("no quorum for {:.1}s: no claims, no node names itself", cut_at.elapsed().as_secs_f64());
+
+    isolate_members(&lab, &[1, 2], Cut::Heal);
+    let holders = everyone_holds_a_name(&lab);
+    for (i, name) in names.iter().enumerate() {
+        let again = holders.iter().find(|(_, ip)| **ip == lab::node_ip(i)).map(|(name, _)| name);
+        println!("node {} held {name}, and claimed {again:?} once etcd had a quorum again", i + 1);
+    }
+    all_agree(&lab, &holders);
+    checker.finish().assert_none("etcd_without_quorum");
+}
+
+/// A node's link flapping, down for a second and up again, for a minute, then steady: whatever
+/// it held or lost meanwhile, it ends holding a name, and every node answers every name as etcd
+/// holds them.
+pub fn node_link_flapping() {
+    let mut lab = Lab::new(3);
+    let names = start_all(&mut lab, 0..3);
+    let checker = checker(&lab);
+    let holders: BTreeMap<String, Ipv4Addr> =
+        names.iter().enumerate().map(|(i, name)| (name.clone(), lab::node_ip(i))).collect();
+    all_agree(&lab, &holders);
+
+    // Up a quarter second longer than down: the flaps drift across the node's renewals, every
+    // third of the lease, instead of keeping step with them, up or down at each.
+    let flapping = Instant::now();
+    while flapping.elapsed() < Duration::from_secs(60) {
+        lab.link("n1", false);
+        std::thread::sleep(Duration::from_secs(1));
+        lab.link("n1", true);
+        std::thread::sleep(Duration::from_millis(1250));
+    }
+    let holders = everyone_holds_a_name(&lab);
+    let log = lab.node(0).log();
+    println!(
+        "node 1 after a minute of flapping holds {:?} (held {}); its log: {} renewals failed, {} names lost, {} claims",
+        lab.node(0).identity(),
+        names[0],
+        log.matches("cannot renew the lease").count(),
+        log.matches("claiming a name again").count(),
+        log.matches("] claimed ").count()
+    );
+    all_agree(&lab, &holders);
+    checker.finish().assert_none("node_link_flapping");
 }

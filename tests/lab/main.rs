@@ -24,6 +24,9 @@ const TESTS: &[Test] = &[
     ("fencing_checker_sees_two_hosts_claiming_one_name", faults::fencing_checker_sees_two_hosts_claiming_one_name),
     ("node_cut_off_from_etcd_keeps_answering_then_gives_up_its_name", faults::node_cut_off_from_etcd),
     ("node_cut_off_from_everything_claims_its_name_again", faults::node_cut_off_from_everything),
+    ("etcd_leader_cut_off_from_the_other_members", faults::etcd_leader_cut_off_from_the_other_members),
+    ("etcd_without_quorum_then_healed", faults::etcd_without_quorum),
+    ("node_link_flapping_for_a_minute", faults::node_link_flapping),
 ];
 
 fn main() {
