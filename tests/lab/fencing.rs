@@ -37,7 +37,7 @@ pub struct Checker {
 }
 
 /// A name's key as etcd holds it: the holder's IPv4 address and the revision it was last put at.
-type Holders = BTreeMap<String, (Option<Ipv4Addr>, i64)>;
+pub type Holders = BTreeMap<String, (Option<Ipv4Addr>, i64)>;
 
 impl Checker {
     /// Checks `nodes` (their addresses, all on port 53) against the etcd members at `endpoints`,
@@ -152,14 +152,14 @@ fn identities(socket: &UdpSocket, nodes: &[Ipv4Addr], id: u16) -> Vec<(Ipv4Addr,
 
 /// Reads the names from whichever etcd member answers a linearizable read, starting with the
 /// one that answered last.
-struct EtcdReader {
+pub struct EtcdReader {
     endpoints: Vec<String>,
     agent: ureq::Agent,
     last: std::cell::Cell<usize>,
 }
 
 impl EtcdReader {
-    fn new(endpoints: Vec<String>) -> EtcdReader {
+    pub fn new(endpoints: Vec<String>) -> EtcdReader {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_millis(300)))
@@ -168,7 +168,7 @@ impl EtcdReader {
         EtcdReader { endpoints, agent, last: std::cell::Cell::new(0) }
     }
 
-    fn holders(&self) -> Option<Holders> {
+    pub fn holders(&self) -> Option<Holders> {
         let n = self.endpoints.len();
         (0..n).map(|k| (self.last.get() + k) % n).find_map(|i| {
             let holders = self.read(&self.endpoints[i])?;

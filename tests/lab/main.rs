@@ -6,6 +6,8 @@
 //!
 //!   cargo test --test lab [-- NAME...]      the tests whose name contains a NAME (default: all)
 //!   scripts/lab                             a lab to explore by hand (see explore.rs)
+//!   cargo test --test lab -- soak MINUTES [SEED]
+//!                                           the soak, as scripts/soak runs it (see soak.rs)
 
 #[allow(dead_code)]
 #[path = "../integration/support.rs"]
@@ -15,6 +17,7 @@ mod explore;
 mod faults;
 mod fencing;
 mod lab;
+mod soak;
 
 use std::time::Instant;
 
@@ -24,6 +27,7 @@ const TESTS: &[Test] = &[
     ("fencing_checker_sees_two_hosts_claiming_one_name", faults::fencing_checker_sees_two_hosts_claiming_one_name),
     ("node_cut_off_from_etcd_keeps_answering_then_gives_up_its_name", faults::node_cut_off_from_etcd),
     ("node_cut_off_from_everything_claims_its_name_again", faults::node_cut_off_from_everything),
+    ("soak_answer_checker_rules", soak::answer_checker_rules),
 ];
 
 fn main() {
@@ -31,6 +35,10 @@ fn main() {
     let words: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     if words.first().map(String::as_str) == Some("explore") {
         explore::run(&words[1..]);
+        return;
+    }
+    if words.first().map(String::as_str) == Some("soak") {
+        soak::run(&words[1..]);
         return;
     }
     // SAFETY: geteuid has no preconditions.
