@@ -11,11 +11,25 @@
 //! - The fencing checker (fencing.rs) on every host, every 50 ms.
 //! - The answer checker (below) on every host, every 50 ms.
 //!
-//! At the end churn stops, every fault is healed and every node started, and then: every node
-//! answers every name as etcd holds it, no wrong answer, no fencing violation, no node that ended
-//! on its own (but one started with its link down, which finds no address to publish and says
-//! so) or otherwise than its signal says, and, for each steady node, its RSS within 10% of what
-//! it was after the first minute, and no more threads or open descriptors than then.
+//! At the end churn stops, every fault is healed and every node started, and the soak passes
+//! when:
+//! - every node holds the name etcd holds for its address, and answers every name as etcd holds
+//!   it (`faults::all_agree`);
+//! - no answer was wrong: an answer naming an address (or NXDOMAIN) that etcd's reads did not
+//!   show for the name at any time from 2 s before the question to the read after the answer
+//!   (for a host under a fault, or within 10 s of its healing, from 2 s before the fault began),
+//!   or any rcode but NOERROR with addresses, NXDOMAIN and SERVFAIL (a node before its first
+//!   read; counted apart), or NOERROR without an address (see `judge`);
+//! - the fencing checker counted no violation;
+//! - no node ended on its own (but one started with its link down, which finds no address to
+//!   publish and says so), or otherwise than its signal says (SIGTERM: exit 0);
+//! - each steady node is the process it was, its RSS (`VmRSS`) at the end within 10% of its RSS
+//!   60 s into the churn, and its threads (`/proc/PID/task`) and open descriptors
+//!   (`/proc/PID/fd`) at the end no more than then.
+//!
+//! dnsperf's lost questions, the SERVFAIL and unanswered counts, and how long healed hosts
+//! answered from what they held before are figures. A failed soak keeps every node process's
+//! log, etcd's and the churn's steps, and says where.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -157,6 +171,7 @@ fn soak(minutes: u64, seed: u64, interrupted: &AtomicBool) -> Verdict {
         churn.step(plan);
     }
     if interrupted.load(Ordering::Relaxed) {
+        let _ = fs::remove_dir_all(&logs.dir);
         return Verdict::Interrupted;
     }
     println!("soak: churn over after {:.0} s; healing, starting every node", started.elapsed().as_secs_f64());
