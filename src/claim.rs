@@ -106,7 +106,9 @@ pub enum FirstRead {
     /// polls, which must start from the truth.
     AsOfClaim,
     /// The names as read when joining the queue, with the name claimed: a watch from that read's
-    /// revision brings them up to date, so the claim transaction reads nothing.
+    /// revision brings them up to date, so the claim transaction reads nothing. But a claim that
+    /// first watched another lease (one holding this node's record) reads as `AsOfClaim`: its
+    /// names are seconds old by then, and would be served until the watch caught up.
     ToBeWatched,
 }
 
@@ -252,6 +254,8 @@ fn claim_patiently(client: &mut etcd::Client, request: &Request) -> Result<Claim
     let mut window = WINDOW;
     // Leases of our own record already looked at: one look at each is enough.
     let mut looked: Vec<(i64, Renewal)> = Vec::new();
+    // Whether the names were read before a look at another lease, which may take seconds.
+    let mut names_aged = false;
     loop {
         let Some(names_now) = names.as_deref() else { return Err(unexpected(client, &joined.responses)) };
         let mut spaces = spaces(request.roles, names_now);
@@ -267,6 +271,7 @@ fn claim_patiently(client: &mut etcd::Client, request: &Request) -> Result<Claim
                     None => {
                         let renewal = renewed_by_someone(client, lease, request)?;
                         looked.push((lease, renewal));
+                        names_aged = true;
                         renewal
                     }
                 };
@@ -308,6 +313,11 @@ fn claim_patiently(client: &mut etcd::Client, request: &Request) -> Result<Claim
         );
         // The revision the names were read at: the claim reads what changed since.
         let read_at = names_now.first().map_or(0, |r| r.revision);
+        // Names read before waiting seconds for another lease are that old at the claim: a node
+        // would serve them until its watch brought it the changes since, which the claim reads
+        // itself instead, as a polling node's does.
+        let as_of_claim = Request { first_read: FirstRead::AsOfClaim, ..*request };
+        let request = if names_aged { &as_of_claim } else { request };
         let txn = match own {
             Some(slot) => takeover(request, &keys, slot, queued_at, read_at),
             None => chain(request, &keys, &slots, queued_at, read_at),
@@ -353,6 +363,7 @@ fn claim_patiently(client: &mut etcd::Client, request: &Request) -> Result<Claim
             Walk::Lost([read @ .., OpResponse::Range(queue)]) if read.len() == roles => {
                 log::debug!("claim: each was taken first; reading the names and the queue again");
                 names = ranges(read);
+                names_aged = false;
                 ahead = claims_ahead(request, &queue.kvs, queued_at);
             }
             Walk::Lost(other) => return Err(unexpected(client, other)),

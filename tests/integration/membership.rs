@@ -195,6 +195,39 @@ fn a_restarted_node_takes_its_old_name_back() {
     assert_eq!(etcd.names("restart.test."), ["worker1.restart.test.", "worker2.restart.test."], "no second name");
 }
 
+/// A node restarted within its old lease takes its record back only once that lease is seen not
+/// renewed, seconds later: the names it read on joining the queue are that old by then. What it
+/// serves from its claim on must be the members as they are then: one that left meanwhile is not
+/// among them, not even until the watch would bring its leaving.
+#[test]
+fn a_node_that_waited_to_take_its_name_back_serves_the_members_as_of_its_claim() {
+    let etcd = Etcd::start();
+    // The wait for the old lease lasts at least 5 s: longer than a member's leaving.
+    let setup = Setup { lease: 20, ..Setup::new(&etcd, "waited.test.") };
+    let mut node = setup.start();
+    assert_eq!(node.claimed(), "worker1.waited.test.");
+    let mut leaving = setup.start();
+    assert_eq!(leaving.claimed(), "worker2.waited.test.");
+    let corefile = std::fs::read_to_string(node.corefile_path()).unwrap();
+    let ip = node.ip;
+    node.kill();
+    let again = Node::start_with(corefile, ip);
+    again.wait_for_log("watching whether anyone renews it");
+
+    leaving.signal(libc::SIGTERM);
+    leaving.wait_exit(Duration::from_secs(10));
+    etcd.wait_until_gone("worker2.waited.test.");
+    assert!(!again.log().contains("claimed worker1"), "claimed before the member left:\n{}", again.log());
+    again.wait_for_log("claimed worker1.waited.test. back");
+    again.wait_for_rcode("worker2.waited.test.", OptRcode::NXDOMAIN);
+    // The members it served first, listed in its log at debug level, and every change after.
+    let log = again.log();
+    assert!(
+        !log.contains("member worker2.waited.test.") && !log.contains("member left: worker2.waited.test."),
+        "served worker2, gone before its claim:\n{log}"
+    );
+}
+
 #[test]
 fn a_revoked_lease_is_noticed_and_the_same_name_claimed_again() {
     let etcd = Etcd::start();

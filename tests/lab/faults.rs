@@ -41,7 +41,7 @@ fn answers(node: &Node, limit: usize) -> BTreeMap<String, String> {
 
 /// Waits until every running node answers every name as the holders say: `holders` pairs each
 /// name held with its holder's address; the other names do not exist.
-fn all_agree(lab: &Lab, holders: &BTreeMap<String, Ipv4Addr>) {
+pub fn all_agree(lab: &Lab, holders: &BTreeMap<String, Ipv4Addr>) {
     let limit = lab.nodes.len();
     let want: BTreeMap<String, String> = (1..=limit)
         .map(|id| {

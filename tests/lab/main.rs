@@ -6,6 +6,8 @@
 //!
 //!   cargo test --test lab [-- NAME...]      the tests whose name contains a NAME (default: all)
 //!   scripts/lab                             a lab to explore by hand (see explore.rs)
+//!   cargo test --test lab -- soak MINUTES [SEED]
+//!                                           the soak, as scripts/soak runs it (see soak.rs)
 
 #[allow(dead_code)]
 #[path = "../integration/support.rs"]
@@ -15,6 +17,7 @@ mod explore;
 mod faults;
 mod fencing;
 mod lab;
+mod soak;
 
 use std::time::Instant;
 
@@ -27,6 +30,7 @@ const TESTS: &[Test] = &[
     ("etcd_leader_cut_off_from_the_other_members", faults::etcd_leader_cut_off_from_the_other_members),
     ("etcd_without_quorum_then_healed", faults::etcd_without_quorum),
     ("node_link_flapping_for_a_minute", faults::node_link_flapping),
+    ("soak_answer_checker_rules", soak::answer_checker_rules),
 ];
 
 fn main() {
@@ -34,6 +38,10 @@ fn main() {
     let words: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     if words.first().map(String::as_str) == Some("explore") {
         explore::run(&words[1..]);
+        return;
+    }
+    if words.first().map(String::as_str) == Some("soak") {
+        soak::run(&words[1..]);
         return;
     }
     // SAFETY: geteuid has no preconditions.
