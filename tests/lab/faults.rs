@@ -128,7 +128,7 @@ fn everyone_holds_a_name(lab: &Lab) -> BTreeMap<String, Ipv4Addr> {
         let named: BTreeMap<String, Ipv4Addr> =
             lab.running().filter_map(|(i, node)| Some((node.identity()?, lab::node_ip(i)))).collect();
         let in_etcd: BTreeMap<String, Ipv4Addr> =
-            etcd.holders()?.into_iter().filter_map(|(name, (ip, _))| Some((name, ip?))).collect();
+            etcd.holders()?.into_iter().filter_map(|(name, holder)| Some((name, holder.ip?))).collect();
         (named.len() == running && named == in_etcd).then_some(named)
     });
     held.unwrap_or_else(|| {

@@ -38,8 +38,18 @@ pub struct Checker {
     thread: JoinHandle<Counts>,
 }
 
-/// A name's key as etcd holds it: the holder's IPv4 address and the revision it was last put at.
-pub type Holders = BTreeMap<String, (Option<Ipv4Addr>, i64)>;
+/// A name's key as etcd holds it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Holder {
+    /// The holder's IPv4 address, from its record.
+    pub ip: Option<Ipv4Addr>,
+    /// The revision the key was last put at.
+    pub revision: i64,
+    /// The revision it was created at: another one means it was deleted in between.
+    pub created: i64,
+}
+
+pub type Holders = BTreeMap<String, Holder>;
 
 impl Checker {
     /// Checks `nodes` (their addresses, all on port 53) against the etcd members at `endpoints`,
@@ -119,10 +129,10 @@ fn violations(claims: &[(Ipv4Addr, String)], etcd: Option<(&Holders, &Holders)>)
     if let Some((before, after)) = etcd {
         for (node, name) in claims {
             if let (Some(b), Some(a)) = (before.get(name), after.get(name)) {
-                if b == a && b.0 != Some(*node) {
+                if b == a && b.ip != Some(*node) {
                     found.push(format!(
                         "{node} says it holds {name}, whose key in etcd is {:?}'s (revision {})",
-                        b.0, b.1
+                        b.ip, b.revision
                     ));
                 }
             }
@@ -204,8 +214,9 @@ impl EtcdReader {
             }
             let record: Option<Value> = decode(&kv["value"]).and_then(|v| serde_json::from_str(&v).ok());
             let ipv4 = record.and_then(|r| r["ipv4"].as_str()?.parse().ok());
-            let revision = kv["mod_revision"].as_str().and_then(|r| r.parse().ok()).unwrap_or(0);
-            holders.insert(key, (ipv4, revision));
+            let number = |field: &str| kv[field].as_str().and_then(|r| r.parse().ok()).unwrap_or(0);
+            holders
+                .insert(key, Holder { ip: ipv4, revision: number("mod_revision"), created: number("create_revision") });
         }
         Some(holders)
     }

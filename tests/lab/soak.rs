@@ -224,7 +224,7 @@ fn settled(lab: &Lab) -> Vec<String> {
     let agreed = within(Duration::from_secs(30), || {
         let holders = etcd.holders()?;
         let named = lab.running().all(|(i, node)| {
-            node.identity().is_some_and(|name| holders.get(&name).is_some_and(|h| h.0 == Some(lab::node_ip(i))))
+            node.identity().is_some_and(|name| holders.get(&name).is_some_and(|h| h.ip == Some(lab::node_ip(i))))
         });
         (named && holders.len() == lab.running().count()).then_some(holders)
     });
@@ -233,7 +233,7 @@ fn settled(lab: &Lab) -> Vec<String> {
         return vec![format!("the nodes did not all come to hold a name etcd agrees with: {names:?}")];
     };
     let holders: BTreeMap<String, Ipv4Addr> =
-        holders.into_iter().filter_map(|(name, (ip, _))| Some((name, ip?))).collect();
+        holders.into_iter().filter_map(|(name, holder)| Some((name, holder.ip?))).collect();
     // all_agree fails the test by panicking: a panic here is a failure like the others.
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| all_agree(lab, &holders))) {
         Ok(()) => {
@@ -709,16 +709,18 @@ impl AnswerChecker {
             let etcd = EtcdReader::new(endpoints);
             let names: Vec<String> = (1..=NODES).map(|id| format!("node{id}.{ZONE}")).collect();
             let mut histories: HashMap<String, History> = names.iter().map(|n| (n.clone(), Vec::new())).collect();
+            // Each name's key's create revision, as last read.
+            let mut created: HashMap<String, i64> = HashMap::new();
             let mut counts = AnswerCounts::default();
             let mut round = 0usize;
             let begun = Instant::now();
             while !stopping.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                note(&mut histories, etcd.holders());
+                note(&mut histories, &mut created, etcd.holders());
                 round += 1;
                 let asked: Vec<&str> = (0..hosts.len()).map(|h| names[(round + h) % names.len()].as_str()).collect();
                 let got = ask(&socket, &hosts, &asked, round as u16);
-                note(&mut histories, etcd.holders());
+                note(&mut histories, &mut created, etcd.holders());
                 let now = Instant::now();
                 let now_spans: Vec<Span> = spans.lock().unwrap().clone();
                 for (host, got) in got.into_iter().enumerate() {
@@ -790,12 +792,23 @@ impl AnswerChecker {
     }
 }
 
-/// Adds what a read of etcd showed (`None`: it failed) to every name's history.
-fn note(histories: &mut HashMap<String, History>, read: Option<Holders>) {
+/// Adds what a read of etcd showed (`None`: it failed) to every name's history. A key created
+/// again since the read before was deleted in between, however briefly (a lease that ran out,
+/// its node back at once): its history gets that moment without a holder too.
+fn note(histories: &mut HashMap<String, History>, created: &mut HashMap<String, i64>, read: Option<Holders>) {
     let now = Instant::now();
     for (name, history) in histories.iter_mut() {
-        let seen = match &read {
-            Some(holders) => Seen::Held(holders.get(name).and_then(|(ip, _)| *ip)),
+        let holder = read.as_ref().map(|holders| holders.get(name));
+        if let Some(Some(holder)) = holder {
+            let before = created.insert(name.clone(), holder.created);
+            if before.is_some_and(|c| c != holder.created)
+                && history.last().map(|(_, last)| *last) != Some(Seen::Held(None))
+            {
+                history.push((now, Seen::Held(None)));
+            }
+        }
+        let seen = match holder {
+            Some(holder) => Seen::Held(holder.and_then(|h| h.ip)),
             None => Seen::Unknown,
         };
         if history.last().map(|(_, last)| *last) != Some(seen) {
@@ -861,6 +874,23 @@ pub fn answer_checker_rules() {
     for (got, states, want) in cases {
         assert_eq!(judge(got, states), *want, "{got:?} against {states:?}");
     }
+    // A key deleted and put again between two reads (its lease ran out, its node claimed it back
+    // at once) was without a holder for a moment: NXDOMAIN then was right.
+    let name = format!("node1.{ZONE}");
+    let read = |created: i64| {
+        let holder = crate::fencing::Holder { ip: Some(a), revision: created, created };
+        Some(Holders::from([(name.clone(), holder)]))
+    };
+    let mut histories = HashMap::from([(name.clone(), History::new())]);
+    let mut created = HashMap::new();
+    note(&mut histories, &mut created, read(7));
+    note(&mut histories, &mut created, read(7));
+    let seen =
+        |histories: &HashMap<String, History>| -> Vec<Seen> { histories[&name].iter().map(|(_, s)| *s).collect() };
+    assert_eq!(seen(&histories), [Seen::Held(Some(a))], "the same key, read twice");
+    note(&mut histories, &mut created, read(9));
+    assert_eq!(seen(&histories), [Seen::Held(Some(a)), Seen::Held(None), Seen::Held(Some(a))], "created again");
+    assert_eq!(judge(&Got::NxDomain, &states_since(&histories[&name], t0)), Judged::Right);
     // A fault stretches the window back to its beginning, until CATCH_UP after it healed; a
     // second fault before then keeps the first one's beginning.
     let mut span = Span::default();
