@@ -21,6 +21,18 @@ fn start_all(lab: &mut Lab, which: std::ops::Range<usize>) -> Vec<String> {
     which.map(|i| lab.start(i).claimed()).collect()
 }
 
+/// A lab of `hosts` node hosts, the first three started and holding names, every node agreeing,
+/// and the fencing checker running: the names, and their holders' addresses.
+fn three_holding_names(hosts: usize) -> (Lab, Vec<String>, Checker, BTreeMap<String, Ipv4Addr>) {
+    let mut lab = Lab::new(hosts);
+    let names = start_all(&mut lab, 0..3);
+    let checker = checker(&lab);
+    let holders: BTreeMap<String, Ipv4Addr> =
+        names.iter().enumerate().map(|(i, name)| (name.clone(), lab::node_ip(i))).collect();
+    all_agree(&lab, &holders);
+    (lab, names, checker, holders)
+}
+
 fn checker(lab: &Lab) -> Checker {
     let nodes = (0..lab.nodes.len()).map(lab::node_ip).collect();
     Checker::start(nodes, lab.etcd.iter().map(|m| m.url.clone()).collect())
@@ -191,12 +203,7 @@ fn id_server_reply(packet: &[u8], name: &str) -> Option<Vec<u8>> {
 /// holds; once its lease may have run out it stops naming itself and /health says why; another
 /// node then takes its name; healed, it claims again and says so.
 pub fn node_cut_off_from_etcd() {
-    let mut lab = Lab::new(4);
-    let names = start_all(&mut lab, 0..3);
-    let checker = checker(&lab);
-    let holders: BTreeMap<String, Ipv4Addr> =
-        names.iter().enumerate().map(|(i, name)| (name.clone(), lab::node_ip(i))).collect();
-    all_agree(&lab, &holders);
+    let (mut lab, names, checker, holders) = three_holding_names(4);
 
     for member in 0..3 {
         lab.cut("n1", lab::etcd_ip(member));
@@ -241,12 +248,7 @@ pub fn node_cut_off_from_etcd() {
 /// A node cut off from everything: the others drop its name once etcd lets its lease go; healed,
 /// it claims its name again, still free, and every node answers for it again.
 pub fn node_cut_off_from_everything() {
-    let mut lab = Lab::new(3);
-    let names = start_all(&mut lab, 0..3);
-    let checker = checker(&lab);
-    let mut holders: BTreeMap<String, Ipv4Addr> =
-        names.iter().enumerate().map(|(i, name)| (name.clone(), lab::node_ip(i))).collect();
-    all_agree(&lab, &holders);
+    let (mut lab, names, checker, mut holders) = three_holding_names(3);
 
     lab.link("n1", false);
     let cut = holders.remove(&names[0]).map(|_| names[0].clone()).expect("node 1 held a name");
@@ -267,12 +269,7 @@ pub fn node_cut_off_from_everything() {
 /// them. Nobody gives up a name for it, a newcomer claims through the new leader, and once the
 /// old leader is back in the cluster every node answers every name as etcd holds them.
 pub fn etcd_leader_cut_off_from_the_other_members() {
-    let mut lab = Lab::new(4);
-    let names = start_all(&mut lab, 0..3);
-    let checker = checker(&lab);
-    let holders: BTreeMap<String, Ipv4Addr> =
-        names.iter().enumerate().map(|(i, name)| (name.clone(), lab::node_ip(i))).collect();
-    all_agree(&lab, &holders);
+    let (mut lab, names, checker, _) = three_holding_names(4);
     // The nodes send everything to the Corefile's first endpoint while it answers (one that
     // failed over at its start stays where it went): the member node 1 talks to is made the
     // leader, so that at least one node, mostly all, talks to the leader about to be cut off.
@@ -321,12 +318,7 @@ pub fn etcd_leader_cut_off_from_the_other_members() {
 /// themselves once their leases may have run out, and claim nothing, newcomer or not, until the
 /// cluster is whole again; then every node holds a name again and all agree.
 pub fn etcd_without_quorum() {
-    let mut lab = Lab::new(4);
-    let names = start_all(&mut lab, 0..3);
-    let checker = checker(&lab);
-    let holders: BTreeMap<String, Ipv4Addr> =
-        names.iter().enumerate().map(|(i, name)| (name.clone(), lab::node_ip(i))).collect();
-    all_agree(&lab, &holders);
+    let (mut lab, names, checker, _) = three_holding_names(4);
 
     let cut_at = Instant::now();
     isolate_members(&lab, &[1, 2], Cut::Cut);
@@ -366,12 +358,7 @@ pub fn etcd_without_quorum() {
 /// it held or lost meanwhile, it ends holding a name, and every node answers every name as etcd
 /// holds them.
 pub fn node_link_flapping() {
-    let mut lab = Lab::new(3);
-    let names = start_all(&mut lab, 0..3);
-    let checker = checker(&lab);
-    let holders: BTreeMap<String, Ipv4Addr> =
-        names.iter().enumerate().map(|(i, name)| (name.clone(), lab::node_ip(i))).collect();
-    all_agree(&lab, &holders);
+    let (mut lab, names, checker, _) = three_holding_names(3);
 
     // Up a quarter second longer than down: the flaps drift across the node's renewals, every
     // third of the lease, instead of keeping step with them, up or down at each.
