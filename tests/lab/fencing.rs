@@ -23,7 +23,7 @@ const EVERY: Duration = Duration::from_millis(50);
 /// After no member answered a read, how long the checker asks only the nodes.
 const ETCD_AGAIN_AFTER: Duration = Duration::from_secs(3);
 /// How long a sample waits for the nodes' answers: a node cut off from the client gives none.
-const ANSWERS_WITHIN: Duration = Duration::from_millis(40);
+pub const ANSWERS_WITHIN: Duration = Duration::from_millis(40);
 
 #[derive(Debug, Default)]
 pub struct Counts {
@@ -144,29 +144,56 @@ fn violations(claims: &[(Ipv4Addr, String)], etcd: Option<(&Holders, &Holders)>)
 /// Asks every node `CH TXT id.server.` at once; the nodes that answered within `ANSWERS_WITHIN`
 /// with a name, and that name.
 fn identities(socket: &UdpSocket, nodes: &[Ipv4Addr], id: u16) -> Vec<(Ipv4Addr, String)> {
-    let mut packet = Query::new("id.server.", Rtype::TXT).class(Class::CH).packet();
-    packet[..2].copy_from_slice(&id.to_be_bytes());
-    for node in nodes {
-        // A node whose link is down may refuse at once: then it has no answer either.
-        let _ = socket.send_to(&packet, SocketAddr::from((*node, 53)));
+    let question = Query::new("id.server.", Rtype::TXT).class(Class::CH);
+    let questions: Vec<&Query> = nodes.iter().map(|_| &question).collect();
+    let answers = ask_each(socket, nodes, &questions, id);
+    nodes
+        .iter()
+        .zip(answers)
+        .filter_map(|(node, answer)| {
+            let answer = Answer::from(&answer?);
+            let name = answer.answers.first()?.rsplit(' ').next()?.trim_matches('"').to_string();
+            Some((*node, name))
+        })
+        .collect()
+}
+
+/// Sends `questions[h]` to host `h` on port 53, all at once, under ID `id`; each host's answer
+/// to its own question, if it came within `ANSWERS_WITHIN`.
+pub fn ask_each(
+    socket: &UdpSocket,
+    hosts: &[Ipv4Addr],
+    questions: &[&Query],
+    id: u16,
+) -> Vec<Option<Message<Vec<u8>>>> {
+    let packets: Vec<Vec<u8>> = questions
+        .iter()
+        .map(|question| {
+            let mut packet = question.packet();
+            packet[..2].copy_from_slice(&id.to_be_bytes());
+            packet
+        })
+        .collect();
+    for (host, packet) in hosts.iter().zip(&packets) {
+        // A host whose link is down may refuse at once: then it has no answer either.
+        let _ = socket.send_to(packet, SocketAddr::from((*host, 53)));
     }
-    let mut claims = Vec::new();
-    let mut answered = 0;
+    let mut got: Vec<Option<Message<Vec<u8>>>> = vec![None; hosts.len()];
     let deadline = Instant::now() + ANSWERS_WITHIN;
     let mut buf = [0u8; 512];
-    while answered < nodes.len() && Instant::now() < deadline {
+    while got.iter().any(Option::is_none) && Instant::now() < deadline {
         let Ok((len, SocketAddr::V4(from))) = socket.recv_from(&mut buf) else { continue };
         let Ok(message) = Message::from_octets(buf[..len].to_vec()) else { continue };
-        if message.header().id() != id || !nodes.contains(from.ip()) {
+        let Some(host) = hosts.iter().position(|h| h == from.ip()) else { continue };
+        // The question repeated, as sent: a late answer to an earlier round has another ID.
+        let asked = message.first_question().map(|q| q.qname().to_string());
+        let sent = questions[host].name.trim_end_matches('.');
+        if message.header().id() != id || asked.as_deref().map(|a| a.trim_end_matches('.')) != Some(sent) {
             continue;
         }
-        answered += 1;
-        let answer = Answer::from(&message);
-        if let Some(name) = answer.answers.first().and_then(|r| r.rsplit(' ').next()) {
-            claims.push((*from.ip(), name.trim_matches('"').to_string()));
-        }
+        got[host] = Some(message);
     }
-    claims
+    got
 }
 
 /// Reads the names from whichever etcd member answers a linearizable read, starting with the

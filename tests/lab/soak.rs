@@ -34,7 +34,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, UdpSocket};
 use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,10 +42,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use domain::base::iana::{OptRcode, Rtype};
-use domain::base::Message;
 
 use crate::faults::all_agree;
-use crate::fencing::{Checker, Counts, EtcdReader, Holders};
+use crate::fencing::{ask_each, Checker, Counts, EtcdReader, Holders};
 use crate::lab::{self, Lab, ZONE};
 use crate::support::{arbitrary, dnsperf, dnsperf_field, within, Answer, Node, Query};
 
@@ -70,9 +69,8 @@ const LAG: Duration = Duration::from_secs(2);
 /// backoff (at most 5 s), a request that was under way when the fault began (a quarter of the
 /// lease), the read or the watch that follows, and `LAG`.
 const CATCH_UP: Duration = Duration::from_secs(10);
-/// How often the answer checker asks every host, and how long it waits for their answers.
+/// How often the answer checker asks every host.
 const EVERY: Duration = Duration::from_millis(50);
-const ANSWERS_WITHIN: Duration = Duration::from_millis(40);
 
 pub fn run(args: &[String]) {
     let usage = || -> ! {
@@ -818,30 +816,12 @@ fn note(histories: &mut HashMap<String, History>, created: &mut HashMap<String, 
 }
 
 /// Asks host `h` the A question of `names[h]`, all at once; each host's answer, if it came
-/// within `ANSWERS_WITHIN`.
+/// within `fencing::ANSWERS_WITHIN`.
 fn ask(socket: &UdpSocket, hosts: &[Ipv4Addr], names: &[&str], id: u16) -> Vec<Option<Got>> {
-    for (host, name) in hosts.iter().zip(names) {
-        let mut packet = Query::new(name, Rtype::A).packet();
-        packet[..2].copy_from_slice(&id.to_be_bytes());
-        // A host whose link is down may refuse at once: then it has no answer either.
-        let _ = socket.send_to(&packet, SocketAddr::from((*host, 53)));
-    }
-    let mut got: Vec<Option<Got>> = vec![None; hosts.len()];
-    let deadline = Instant::now() + ANSWERS_WITHIN;
-    let mut buf = [0u8; 512];
-    while got.iter().any(Option::is_none) && Instant::now() < deadline {
-        let Ok((len, SocketAddr::V4(from))) = socket.recv_from(&mut buf) else { continue };
-        let Ok(message) = Message::from_octets(buf[..len].to_vec()) else { continue };
-        let Some(host) = hosts.iter().position(|h| h == from.ip()) else { continue };
-        let asked = message.first_question().map(|q| q.qname().to_string());
-        if message.header().id() != id
-            || asked.as_deref().map(|a| a.trim_end_matches('.')) != Some(names[host].trim_end_matches('.'))
-        {
-            continue;
-        }
-        got[host] = Some(Got::from(&Answer::from(&message)));
-    }
-    got
+    let questions: Vec<Query> = names.iter().map(|name| Query::new(name, Rtype::A)).collect();
+    let questions: Vec<&Query> = questions.iter().collect();
+    let answers = ask_each(socket, hosts, &questions, id);
+    answers.into_iter().map(|answer| Some(Got::from(&Answer::from(&answer?)))).collect()
 }
 
 /// The answer checker's rules, on made-up histories (the lab's harness has no unit tests of its
