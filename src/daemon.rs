@@ -362,7 +362,13 @@ fn signal_name(signal: i32) -> &'static str {
 
 /// What the etcd thread takes from the configuration and may be changed by a reload.
 fn tuning(config: &Config) -> Tuning {
-    Tuning { ttl: config.ttl, nameservers: config.nameservers, follow: config.follow, log: config.log }
+    Tuning {
+        ttl: config.ttl,
+        nameservers: config.nameservers,
+        follow: config.follow,
+        autosync: config.autosync,
+        log: config.log,
+    }
 }
 
 /// Waits for the reason to stop, reloading meanwhile when asked, then for the etcd thread to

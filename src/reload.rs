@@ -60,6 +60,7 @@ pub fn plan(running: &Config, new: Config) -> Result<Plan, Refused> {
         (running.nameservers != new.nameservers, "nameservers"),
         (running.follow.poll() != new.follow.poll(), "poll"),
         (running.follow.watches() != new.follow.watches(), "watch"),
+        (running.autosync != new.autosync, "autosync"),
         (running.forward != new.forward, "forward"),
         (running.log != new.log, "log"),
         (running.health != new.health, "health"),
