@@ -150,3 +150,26 @@ fn a_node_told_of_one_member_uses_every_member_and_one_added_later() {
     }
     all_agree(&nodes, &names);
 }
+
+#[test]
+fn a_member_advertising_a_url_the_node_cannot_reach_is_skipped_with_one_warning() {
+    let zone = "unreachable.test.";
+    let ip = std::net::Ipv4Addr::LOCALHOST;
+    // Nothing listens there: a client URL that no node can use.
+    let nowhere = format!("http://127.0.0.1:{}", crate::support::free_port(ip));
+    let etcd = Etcd::start_with(&["--advertise-client-urls", &nowhere]);
+    assert_eq!(etcd.member_urls(), [nowhere.clone()]);
+    let extra = "        autosync 1s\n".to_string();
+    let mut node = Setup { extra, ..Setup::new(&etcd, zone) }.start();
+    let name = node.claimed();
+    // Several member-list reads, each skipping it, one warning.
+    std::thread::sleep(Duration::from_secs(4));
+    let log = node.log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("cannot be reached from here")).collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("WARN") && warnings[0].contains(&nowhere), "{log}");
+    assert!(log.matches("still cannot be reached").count() >= 2, "{log}");
+    // The Corefile's endpoint has the final say.
+    assert_eq!(node.etcd_endpoint(), etcd.url, "{log}");
+    assert_eq!(node.identity(), Some(name));
+}
