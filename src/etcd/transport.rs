@@ -332,10 +332,10 @@ impl Client {
         }
     }
 
-    /// `GET url`, given `CONNECT_TIMEOUT` to connect and as long again to answer: whether a
-    /// member's URL answers at all.
+    /// `GET url`, in the time a usual request has (a quarter of the lease, at most 3 s): whether
+    /// a member's URL answers at all. The etcd thread waits for it, renewals too.
     pub(super) fn probe(&self, url: &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
-        self.agent.get(url).config().timeout_global(Some(2 * CONNECT_TIMEOUT)).build().call()
+        self.agent.get(url).config().timeout_global(Some(self.timeouts.usual)).build().call()
     }
 
     /// A request for a stream, which has no overall deadline: a watch.

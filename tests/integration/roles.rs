@@ -114,7 +114,11 @@ fn members_lists_every_role_in_corefile_order_then_by_id() {
     assert_eq!(rows.len(), want.len(), "{json}");
     for (row, (role, id, ipv4)) in rows.iter().zip(&want) {
         let keys: BTreeSet<&str> = row.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, BTreeSet::from(["role", "id", "name", "ipv4", "ipv6", "port", "lease_ttl", "error"]), "{row}");
+        assert_eq!(
+            keys,
+            BTreeSet::from(["role", "id", "name", "ipv4", "ipv6", "port", "lease_ttl", "etcd", "error"]),
+            "{row}"
+        );
         assert_eq!(row["role"], *role, "{json}");
         assert_eq!(row["id"], *id, "{json}");
         assert_eq!(row["name"], format!("{role}{id}.{zone}"), "{json}");
