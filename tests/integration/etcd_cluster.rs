@@ -18,6 +18,17 @@ fn names(nodes: &[Node]) -> Vec<(String, String)> {
     nodes.iter().map(|n| (n.identity().expect("a node holds its name"), n.ip.to_string())).collect()
 }
 
+/// Stops asking; every answer was right.
+fn none_wrong(asker: Asker) {
+    let (asked, problems) = asker.finish();
+    assert!(
+        problems.is_empty(),
+        "{} of {asked} answers wrong: {:?}",
+        problems.len(),
+        &problems[..problems.len().min(5)]
+    );
+}
+
 /// Every node answers every name with its holder's address.
 fn all_agree(nodes: &[Node], names: &[(String, String)]) {
     for node in nodes {
@@ -67,15 +78,7 @@ fn thirty_nodes_share_three_members_and_move_when_the_busiest_dies() {
     let moved_to: std::collections::BTreeSet<String> = moving.iter().map(|n| n.etcd_endpoint()).collect();
     assert!(!moved_to.contains(&killed), "{moved_to:?}");
     assert_eq!(moved_to.len(), 2, "the nodes of the member that died spread over both others: {moved_to:?}");
-    for asker in askers {
-        let (asked, problems) = asker.finish();
-        assert!(
-            problems.is_empty(),
-            "{} of {asked} answers wrong: {:?}",
-            problems.len(),
-            &problems[..5.min(problems.len())]
-        );
-    }
+    askers.into_iter().for_each(none_wrong);
     all_agree(&nodes, &names);
     let live: Vec<&Etcd> = members.iter().filter(|m| m.url != killed).collect();
     let counts = served_in(&live, Duration::from_secs(6));
@@ -110,13 +113,7 @@ fn a_node_told_of_one_member_uses_every_member_and_one_added_later() {
         assert_eq!(node.identity().as_deref(), Some(name.as_str()), "{}", node.log());
         assert_ne!(node.etcd_endpoint(), first, "{}", node.log());
     }
-    let (asked, problems) = asker.finish();
-    assert!(
-        problems.is_empty(),
-        "{} of {asked} answers wrong: {:?}",
-        problems.len(),
-        &problems[..5.min(problems.len())]
-    );
+    none_wrong(asker);
     members[0].resume();
 
     // A fourth member: every node reads it in the next member list, and spreads again.
