@@ -252,10 +252,11 @@ impl Client {
             }
         }
         let changed = self.endpoints.take(urls);
-        // After a failover, back to the member this node left once it answers again: else the
-        // nodes of a member that restarted would stay on the others for good.
+        // After a failover, back to the member this node left once it is healthy again: else
+        // the nodes of a member that restarted would stay on the others for good. Healthy, not
+        // only reachable: a member cut off from the others answers, but serves nothing.
         if let Some(share) = self.endpoints.away_from() {
-            if self.reachable(&share).is_ok() {
+            if self.healthy(&share) {
                 self.endpoints.back();
             }
         }
@@ -280,6 +281,17 @@ impl Client {
             Ok(version) if !version.etcdserver.is_empty() => Ok(()),
             _ => Err("not an etcd client URL".to_string()),
         }
+    }
+
+    /// Whether the member at `url` says it is healthy (`GET /health`: it has a leader and serves
+    /// reads), which also needs no credentials.
+    fn healthy(&self, url: &str) -> bool {
+        #[derive(Deserialize)]
+        struct Health {
+            health: String,
+        }
+        let answer = self.probe(&format!("{url}/health"));
+        answer.is_ok_and(|mut a| a.body_mut().read_json::<Health>().is_ok_and(|h| h.health == "true"))
     }
 
     /// The endpoint a node that spreads by `key` prefers: for `idetcd members`.
