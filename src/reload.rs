@@ -104,6 +104,8 @@ mod tests {
             ("ttl 5", "ttl 5\n poll 250ms\n watch", vec!["poll"]),
             ("ttl 5", "ttl 5\n poll 250ms", vec!["poll", "watch"]),
             ("ttl 5", "ttl 5\n watch", vec![]),
+            ("ttl 5", "ttl 5\n autosync 1m", vec!["autosync"]),
+            ("ttl 5", "ttl 5\n autosync 5m", vec![]),
             ("bind 127.0.0.1", "bind 127.0.0.1\n forward . 10.0.0.2\n health :8080", vec!["forward", "health"]),
             ("bind 127.0.0.1", "bind 127.0.0.1\n prometheus :9153", vec!["prometheus"]),
             ("ttl 5", "ttl 5", vec![]),
