@@ -405,15 +405,16 @@ LIVE = []  # every node process started, stopped at exit whatever happens
 
 
 class Node:
-    def __init__(self, args, label, ip, dns_port, etcd_port, limit):
+    def __init__(self, args, label, ip, dns_port, etcd_port, limit, endpoints=None):
         self.ip = ip
+        endpoints = endpoints or f"http://127.0.0.1:{etcd_port}"
         self.corefile = os.path.join(args.work, f"Corefile.{label}")
         self.log_path = os.path.join(args.work, f"log.{label}")
         extras = "".join(f"        {line}\n" for line in args.with_)
         with open(self.corefile, "w") as f:
             f.write(
                 f".:{dns_port} {{\n    bind {ip}\n    idetcd {{\n"
-                f"        endpoint http://127.0.0.1:{etcd_port}\n"
+                f"        endpoint {endpoints}\n"
                 f"        limit {limit}\n        pattern {PATTERN}\n        address {ip}\n{extras}"
                 f"    }}\n}}\n"
             )
@@ -449,6 +450,44 @@ def stop_all(processes, grace=15.0):
             p.wait()
         if p in LIVE:
             LIVE.remove(p)
+
+
+def free_tcp_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_etcd_cluster(work, size):
+    """`size` etcd members on free loopback ports, forming one cluster, each in a data directory
+    of its own under `work`; returns [(client port, process)] once every member answers."""
+    ports = [(free_tcp_port(), free_tcp_port()) for _ in range(size)]
+    initial = ",".join(f"m{k}=http://127.0.0.1:{peer}" for k, (_, peer) in enumerate(ports))
+    members = []
+    for k, (client, peer) in enumerate(ports):
+        data = os.path.join(work, f"cluster-m{k}")
+        with open(data + ".log", "w") as log_file:
+            process = subprocess.Popen(
+                ["etcd", "--name", f"m{k}", "--data-dir", data]
+                + ["--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}"]
+                + ["--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}"]
+                + ["--initial-cluster", initial],
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )
+        LIVE.append(process)
+        members.append((client, process))
+    deadline = time.monotonic() + 30
+    for client, _ in members:
+        while True:
+            try:
+                Etcd(client).request("POST", "/v3/kv/range", b'{"key":"AA=="}')
+                break
+            except (RuntimeError, OSError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the three-member etcd did not start (logs in {work}/cluster-m*.log)")
+                time.sleep(0.2)
+    return members
 
 
 def free_dns_port():
@@ -940,23 +979,7 @@ class Bench:
         ]
         name, want = name_of(n), has(address_of(n))
         started = time.monotonic()
-        ready, pending = [], []
-        for first in range(0, m, WAVE):
-            if time.monotonic() - started > a.start_timeout:
-                break
-            wave = nodes[first : first + WAVE]
-            for node in wave:
-                node.start()
-            pending = list(wave)
-            while pending and time.monotonic() - started < a.start_timeout:
-                pending = [
-                    node for node in pending if node.alive() and not _answered(self.prober, name, want, node.ip, 0.2)
-                ]
-                if pending:
-                    time.sleep(0.2)
-            ready += [node for node in wave if node not in pending]
-            if pending:
-                break
+        ready = self.start_in_waves(nodes, lambda node: _answered(self.prober, name, want, node.ip, 0.2))
         ready_seconds = time.monotonic() - started
         unready = [node for node in nodes if node.process is not None and node not in ready]
         unstarted = sum(1 for node in nodes if node.process is None)
@@ -1008,6 +1031,85 @@ class Bench:
         log(f"stopping {k} nodes")
         stop_all([node.process for node in ready])
 
+    def start_in_waves(self, nodes, answers):
+        """Starts `nodes`, WAVE at a time, each wave once the last answers (`answers(node)`), until
+        `--start-timeout`; returns those that answered. What is measured after is being idle, not
+        claiming together (scripts/bench-claim measures that)."""
+        started = time.monotonic()
+        ready, pending = [], []
+        for first in range(0, len(nodes), WAVE):
+            if time.monotonic() - started > self.args.start_timeout:
+                break
+            wave = nodes[first : first + WAVE]
+            for node in wave:
+                node.start()
+            pending = list(wave)
+            while pending and time.monotonic() - started < self.args.start_timeout:
+                pending = [node for node in pending if node.alive() and not answers(node)]
+                if pending:
+                    time.sleep(0.2)
+            ready += [node for node in wave if node not in pending]
+            if pending:
+                break
+        return ready
+
+    # -- 6. the nodes spread over a three-member etcd ---------------------------------------------
+    def spread(self):
+        """M idle nodes whose Corefile names every member of a three-member etcd: each member's
+        share of their requests (gRPC messages it received from clients) and its CPU per second,
+        alone and with the nodes. All members share this machine's cores: the shares, not the
+        members' capacity, are the figure."""
+        a = self.args
+        m = a.spread
+        self.out(f"\n{m} idle nodes on a three-member etcd, their Corefile naming all three:")
+        log("starting a three-member etcd")
+        members = start_etcd_cluster(a.work, 3)
+        clients = [Etcd(port) for port, _ in members]
+        endpoints = " ".join(f"http://127.0.0.1:{port}" for port, _ in members)
+
+        def measure(seconds):
+            before = [(sum(c.requests()[0].values()), process_cpu(p.pid)) for c, (_, p) in zip(clients, members)]
+            time.sleep(seconds)
+            after = [(sum(c.requests()[0].values()), process_cpu(p.pid)) for c, (_, p) in zip(clients, members)]
+            # The measuring requests themselves (one /metrics each) are not gRPC.
+            return [((r1 - r0) / seconds, (c1 - c0) / 1e6 / seconds) for (r0, c0), (r1, c1) in zip(before, after)]
+
+        time.sleep(2)
+        log(f"the three members alone, {a.window:.0f} s")
+        alone = measure(a.window)
+        nodes = [
+            Node(a, f"spread-{k}", f"127.5.{k // 250}.{k % 250 + 1}", self.dns_port, None, m + 10, endpoints)
+            for k in range(m)
+        ]
+        log(f"starting {m} nodes, {WAVE} at a time")
+        ready = self.start_in_waves(nodes, lambda node: self.prober.ask(node.ip, "id.server.", 0.2) is not None)
+        # Held names: every node has claimed, and spread over the members by its name.
+        deadline = time.monotonic() + a.start_timeout
+        while time.monotonic() < deadline:
+            held = json.loads(clients[0].request("POST", "/v3/kv/range", json.dumps(
+                {"key": b64("worker0"), "range_end": b64("worker:"), "count_only": True}).encode()))
+            if int(held.get("count", 0)) >= len(ready):
+                break
+            time.sleep(0.5)
+        time.sleep(3)
+        log(f"{len(ready)} nodes idle on three members, {a.window:.0f} s")
+        loaded = measure(a.window)
+        total = sum(r for r, _ in loaded) or 1
+        self.out(f"  {len(ready)} of {m} nodes answering; each member's part of their requests:")
+        self.out(f"    {'member':<24} {'requests':>10} {'share':>6} {'CPU alone':>10} {'CPU with nodes':>15}")
+        for (port, _), (rate, cpu), (_, cpu_alone) in zip(members, loaded, alone):
+            self.out(
+                f"    http://127.0.0.1:{port:<7} {rate:8.1f}/s {rate / total * 100:5.1f}% "
+                f"{cpu_alone:7.1f} ms/s {cpu:12.1f} ms/s"
+            )
+        shares = sorted(rate / total for rate, _ in loaded)
+        text = " / ".join(f"{s * 100:.0f}%" for s in shares)
+        self.row(f"{len(ready)} nodes on 3 etcd members: requests' shares", None, None, "", text=text)
+        self.row(f"{len(ready)} nodes on 3 etcd members: largest share", None, shares[-1] * 100, "%", goal=50)
+        log(f"stopping {len(ready)} nodes and the three members")
+        stop_all([node.process for node in nodes if node.process is not None])
+        stop_all([p for _, p in members], grace=5)
+
     def settle_etcd(self, longest=20.0):
         """Waits until etcd's CPU rate holds still (two seconds in a row within 15%, after at least
         three): nodes that started or stopped make the others read the members again."""
@@ -1022,7 +1124,7 @@ class Bench:
             if len(rates) >= 3 and abs(rates[-1] - rates[-2]) <= 0.15 * max(rates[-1], rates[-2]):
                 return
 
-    # -- 6. claims -------------------------------------------------------------------------------
+    # -- 7. claims -------------------------------------------------------------------------------
     def claims(self):
         for count in self.args.claims:
             log(f"scripts/bench-claim {count}")
@@ -1138,6 +1240,8 @@ def _fmt(value, unit):
         return f"{value:.1f} {unit}" if value >= 10 else f"{value:.2f} {unit}"
     if unit in ("ms", "ms/s"):
         return f"{value:.3f} {unit}" if value < 1 else f"{value:.1f} {unit}"
+    if unit == "%":
+        return f"{value:.0f}%"
     if unit == "/s":
         return f"{value:.2f}/s"
     return f"{value:g}"
@@ -1162,6 +1266,17 @@ def parse_args(argv):
         help="a line added to every node's idetcd block, e.g. 'watch' or 'poll 5s'",
     )
     p.add_argument(
+        "--spread",
+        type=int,
+        metavar="M",
+        help="idle nodes on a three-member etcd, for each member's share (default 100, 30 with --quick; 0 for none)",
+    )
+    p.add_argument(
+        "--only-spread",
+        action="store_true",
+        help="measure the three-member etcd alone: no member counts, no claims",
+    )
+    p.add_argument(
         "--claims",
         help="node counts for scripts/bench-claim, comma-separated"
         " (default 256,512,1000; 256 with --quick; 0 for none)",
@@ -1175,7 +1290,13 @@ def parse_args(argv):
     a = p.parse_args(argv)
     if any(n <= SMALL_N or n > 900000 for n in a.members):
         p.error(f"member counts are from {SMALL_N + 1} to 900000")
-    a.members = a.members or ([10000] if a.quick else [10000, 100000])
+    if a.only_spread:
+        a.members, a.claims = [], "0"
+    else:
+        a.members = a.members or ([10000] if a.quick else [10000, 100000])
+    a.spread = a.spread if a.spread is not None else (30 if a.quick else 100)
+    if not 0 <= a.spread <= 2500:
+        p.error("--spread is from 0 to 2500")
     a.nodes = a.nodes if a.nodes is not None else (50 if a.quick else 200)
     if not 0 <= a.nodes <= 2500:
         p.error("--nodes is from 0 to 2500")
@@ -1203,11 +1324,13 @@ def main(argv):
         extras = "; ".join(a.with_) or "none (the defaults)"
         version = subprocess.run(["etcd", "--version"], stdout=subprocess.PIPE, text=True).stdout.split("\n")[0]
         binary = os.path.relpath(a.bin)
-        print(f"scale: {binary} against one etcd ({version}), {os.cpu_count()} cores, Linux {os.uname().release}")
+        print(f"scale: {binary} against etcd ({version}), {os.cpu_count()} cores, Linux {os.uname().release}")
         print(f"Corefile additions: {extras}; {a.nodes} idle nodes; idle windows of {a.window:.0f} s")
         small_rss = bench.small_memory() if a.members else 0
         for n in sorted(a.members):
             bench.stage(n, small_rss)
+        if a.spread:
+            bench.spread()
         if a.claims:
             print()
             bench.claims()

@@ -14,6 +14,9 @@ pub const DEFAULT_LIMIT: u32 = 10;
 pub const DEFAULT_PORT: u16 = 53;
 pub const DEFAULT_TTL: u32 = 5;
 pub const DEFAULT_LEASE: u32 = 20;
+/// How often etcd's member list is read (`autosync`): as often as a member is added or replaced,
+/// which is rarely, and a read costs etcd one small request.
+pub const DEFAULT_AUTOSYNC: Duration = Duration::from_secs(300);
 /// How many members the zone's NS set names: enough that one node down leaves two.
 pub const DEFAULT_NAMESERVERS: u32 = 3;
 /// The most `nameservers` takes: the root zone's count, and about what fits a 512-byte answer.
@@ -59,6 +62,9 @@ pub struct Config {
     pub lease: u32,
     /// How the members are followed: `poll` and `watch`.
     pub follow: Follow,
+    /// How often etcd's member list is read, to use every member's client URL; `None`: never, only
+    /// the `endpoint`s are used.
+    pub autosync: Option<Duration>,
     /// UDP answering threads per listen address, sharing it with `SO_REUSEPORT`.
     pub threads: u32,
 }

@@ -47,7 +47,7 @@ impl std::error::Error for Error {}
 
 const SERVER_DIRECTIVES: &str = "bind, forward, log, errors, cache, reload, health, prometheus, ready, idetcd";
 const IDETCD_DIRECTIVES: &str =
-    "endpoint, tls, credentials, limit, start, pattern, role, address, ttl, nameservers, lease, poll, watch, threads";
+    "endpoint, autosync, tls, credentials, limit, start, pattern, role, address, ttl, nameservers, lease, poll, watch, threads";
 /// Each role adds a range to the claim and read transactions, and etcd caps their operations.
 const MAX_ROLES: usize = 32;
 
@@ -386,6 +386,7 @@ fn build(blocks: &[Block], source: &Path, reader: Reader) -> Result<Config, Fail
             (Some(every), None) => Follow::Poll(every),
             (Some(every), Some(_)) => Follow::WatchAndPoll(every),
         },
+        autosync: settings.autosync.unwrap_or(Some(config::DEFAULT_AUTOSYNC)),
         threads: settings.threads.unwrap_or(1),
     })
 }
@@ -742,6 +743,7 @@ struct Settings {
     lease: Option<u32>,
     poll: Option<std::time::Duration>,
     watch: Option<bool>,
+    autosync: Option<Option<std::time::Duration>>,
     threads: Option<u32>,
 }
 
@@ -898,6 +900,22 @@ impl Settings {
                     return Err((a.line, format!("watch takes no arguments: unexpected {:?}", a.text)));
                 }
                 replace(&mut self.watch, true).map_err(|_| twice())
+            }
+            "autosync" => {
+                let [a] = d.args.as_slice() else {
+                    return Err((line, "autosync takes one duration, such as 5m, or off".into()));
+                };
+                let every = match a.text.as_str() {
+                    "off" => None,
+                    text => {
+                        let every = config::parse_duration(text).map_err(|m| (a.line, format!("autosync: {m}")))?;
+                        if every < std::time::Duration::from_secs(1) {
+                            return Err((a.line, "autosync must be at least 1s, or off".into()));
+                        }
+                        Some(every)
+                    }
+                };
+                replace(&mut self.autosync, every).map_err(|_| twice())
             }
             "threads" => {
                 let n = number(d, 1, 64)?;

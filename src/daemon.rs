@@ -58,9 +58,10 @@ impl fmt::Display for Error {
             Error::Bind(e) => e.fmt(f),
             Error::Interface(e) => e.fmt(f),
             Error::Etcd(e) => e.fmt(f),
-            Error::NoAddress => {
-                write!(f, "found no address to publish for this node; name one with `address` in the Corefile")
-            }
+            Error::NoAddress => write!(
+                f,
+                "found no address to publish for this node: no route to etcd, and no interface up but loopback (is the network up yet?); once it is, start again, or name the address with `address` in the Corefile"
+            ),
             Error::Role(why) => f.write_str(why),
             Error::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
             Error::Spawn(e) => write!(f, "cannot start a thread: {e}"),
@@ -362,7 +363,13 @@ fn signal_name(signal: i32) -> &'static str {
 
 /// What the etcd thread takes from the configuration and may be changed by a reload.
 fn tuning(config: &Config) -> Tuning {
-    Tuning { ttl: config.ttl, nameservers: config.nameservers, follow: config.follow, log: config.log }
+    Tuning {
+        ttl: config.ttl,
+        nameservers: config.nameservers,
+        follow: config.follow,
+        autosync: config.autosync,
+        log: config.log,
+    }
 }
 
 /// Waits for the reason to stop, reloading meanwhile when asked, then for the etcd thread to

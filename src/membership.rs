@@ -38,6 +38,8 @@ use crate::zone::{Inputs, Snapshot};
 const WARN_EVERY: Duration = Duration::from_secs(30);
 const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// A member list that could not be read is read again after this long, or `autosync` if sooner.
+const SYNC_RETRY: Duration = Duration::from_secs(30);
 /// How long after the first of a run of snapshot updates freed memory is given back.
 const TRIM_AFTER: Duration = Duration::from_secs(2);
 /// Polling without a watch, read everything this often however quiet the change detector: a
@@ -106,6 +108,8 @@ struct Membership {
     next_keepalive: Instant,
     next_poll: Instant,
     next_full_read: Instant,
+    /// When to read etcd's member list next (`autosync`).
+    next_sync: Instant,
 }
 
 /// A watch put off while other nodes claim (see `WATCH_DEFERRED_PER_CLAIM`).
@@ -178,7 +182,14 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
         next_keepalive: now,
         next_poll: now,
         next_full_read: now + FULL_READ_EVERY,
+        next_sync: now,
     };
+    // Without the member list, the Corefile's endpoints are all there is to spread over; with
+    // it, the first request, for the list, goes to the first endpoint, so that one that does not
+    // fit is heard of at once.
+    if m.settings.tuning.autosync.is_none() {
+        m.client.spread(spread_key(&m.value));
+    }
     let mut retry = Backoff::new();
     loop {
         if let Some(why) = m.fatal.take() {
@@ -188,6 +199,12 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
             return;
         }
         let now = Instant::now();
+        if now >= m.next_sync {
+            m.sync_members();
+            if m.fatal.is_some() {
+                continue;
+            }
+        }
         if m.holding.held.is_none() {
             // A lease kept from an earlier attempt stays alive while the claims fail.
             if m.holding.lease.is_some() && now >= m.next_keepalive {
@@ -229,6 +246,9 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
         }
         if let Some(deferred) = &m.watch_deferred {
             wake = wake.min(deferred.until);
+        }
+        if m.settings.tuning.autosync.is_some() {
+            wake = wake.min(m.next_sync);
         }
         let changes = m.watch.changes.clone();
         select! {
@@ -318,10 +338,41 @@ impl Membership {
             (false, true) => self.watch = Following::default(),
             _ => {}
         }
+        if before.autosync != tuning.autosync {
+            self.next_sync = Instant::now();
+        }
         self.state.log = tuning.log;
         match (before.ttl, before.nameservers) != (tuning.ttl, tuning.nameservers) {
             true => self.rebuild(),
             false => self.broadcast(),
+        }
+    }
+
+    /// Reads etcd's member list, to use every member from now on (`autosync`, see
+    /// `etcd::Client::sync_members`); again after `autosync`, or sooner if it failed.
+    fn sync_members(&mut self) {
+        let now = Instant::now();
+        let Some(every) = self.settings.tuning.autosync else {
+            self.next_sync = now + FULL_READ_EVERY;
+            return;
+        };
+        self.next_sync = match self.client.sync_members() {
+            Ok(_) => now + every,
+            Err(e) => {
+                match e {
+                    // The other requests warn about that.
+                    etcd::Error::Unreachable(_) => log::debug!("cannot read etcd's member list: {e}"),
+                    // Ends a node that is still starting, as any request would.
+                    _ if e.is_permanent() => self.failed("cannot read etcd's member list", &e),
+                    _ => log::warn!("cannot read etcd's member list ({e}): the endpoints known are used"),
+                }
+                now + every.min(SYNC_RETRY)
+            }
+        };
+        // Until it holds a name, a node spreads by its address: nodes that start together claim
+        // through different members.
+        if self.holding.last.is_none() {
+            self.client.spread(spread_key(&self.value));
         }
     }
 
@@ -358,7 +409,7 @@ impl Membership {
                 return Err(ClaimError::Etcd(e));
             }
         };
-        self.trouble.recovered(self.client.endpoint());
+        self.trouble.recovered(&self.client);
         let role = &self.settings.roles[claimed.slot.role];
         let as_role = match self.settings.roles.len() {
             1 => String::new(),
@@ -371,13 +422,16 @@ impl Membership {
             Some(last) => format!(" in place of {}, which is no longer free", last.name(&self.settings.roles)),
             None => String::new(),
         };
+        // From now on, a node spreads by its name: a cluster's nodes share the members evenly.
+        self.client.spread(claimed.slot.rank(&self.settings.roles));
         log::info!(
-            "claimed {}{again} ({as_role}ID {}, lease {:x} of {}s, {} etcd requests)",
+            "claimed {}{again} ({as_role}ID {}, lease {:x} of {}s, {} etcd requests); etcd requests go to {}",
             claimed.name,
             claimed.slot.id,
             lease.id,
             lease.ttl.as_secs(),
-            claimed.requests
+            claimed.requests,
+            self.client.endpoint()
         );
         self.holding.claimed(claimed.name, claimed.slot);
         self.watch_deferred = None;
@@ -452,7 +506,7 @@ impl Membership {
         let (before, asked) = (boottime(), Instant::now());
         match self.client.lease_keepalive(lease.id) {
             Ok(Some(ttl)) => {
-                self.trouble.recovered(self.client.endpoint());
+                self.trouble.recovered(&self.client);
                 self.check_watch();
                 log::debug!("renewed lease {:x} for {ttl}s", lease.id);
                 self.metrics.renewals.fetch_add(1, Relaxed);
@@ -465,7 +519,7 @@ impl Membership {
                 }
             }
             Ok(None) => {
-                self.trouble.recovered(self.client.endpoint());
+                self.trouble.recovered(&self.client);
                 self.check_watch();
                 self.lose(LeaseState::Gone);
             }
@@ -523,10 +577,8 @@ impl Membership {
         // it stayed, nothing changed. etcd looks up one key for it, whatever the cluster's size.
         let Some(first) = self.ranges().into_iter().next() else { return };
         match self.client.range(&first.start, &[]) {
-            Ok(answer) if Some(answer.revision) == self.last_seen => {
-                return self.trouble.recovered(self.client.endpoint())
-            }
-            Ok(_) => self.trouble.recovered(self.client.endpoint()),
+            Ok(answer) if Some(answer.revision) == self.last_seen => return self.trouble.recovered(&self.client),
+            Ok(_) => self.trouble.recovered(&self.client),
             Err(e) => return self.failed("cannot read the members", &e),
         }
         // Something changed, perhaps elsewhere: each role's newest revision and count tell whether
@@ -534,7 +586,7 @@ impl Membership {
         let newest: Vec<RangeRequest> = self.ranges().into_iter().map(|r| RangeRequest { newest: true, ..r }).collect();
         match self.client.read(&newest) {
             Ok(ranges) => {
-                self.trouble.recovered(self.client.endpoint());
+                self.trouble.recovered(&self.client);
                 let marker = |r: &etcd::Range| (r.count, r.kvs.first().map_or(0, |kv| kv.mod_revision));
                 if ranges.iter().map(marker).eq(self.view.markers()) {
                     self.last_seen = ranges.first().map(|r| r.revision);
@@ -562,7 +614,7 @@ impl Membership {
         match read {
             Ok(revision) => {
                 let changes = loading.finish(revision);
-                self.trouble.recovered(self.client.endpoint());
+                self.trouble.recovered(&self.client);
                 self.read_retry.reset();
                 log::debug!(
                     "read every role's keys at revision {revision}: {keys} keys in {:.1} ms",
@@ -699,13 +751,13 @@ impl Membership {
         let endpoint = self.client.endpoint();
         // Once for each move: a watch whose own client went on to another endpoint than this
         // thread's would otherwise be restarted at every renewal.
-        let moved =
-            self.watch.endpoint.as_deref().is_some_and(|e| e != endpoint) && self.moved_to.as_deref() != Some(endpoint);
+        let moved = self.watch.endpoint.as_deref().is_some_and(|e| e != endpoint)
+            && self.moved_to.as_deref() != Some(endpoint.as_str());
         if self.watch.stop.is_some() && (recovered || moved) {
             let why = if moved { "etcd answers at another endpoint" } else { "etcd answers again" };
             log::debug!("restarting the etcd watch at {endpoint}: {why}");
             if moved {
-                self.moved_to = Some(endpoint.to_string());
+                self.moved_to = Some(endpoint.clone());
             }
             self.watch.retire();
         }
@@ -1038,12 +1090,19 @@ impl Trouble {
         }
     }
 
-    fn recovered(&mut self, endpoint: &str) {
+    fn recovered(&mut self, client: &etcd::Client) {
         self.last_warning = None;
         if let Some(since) = self.since.take() {
-            log::info!("etcd at {endpoint} answers again after {:.1}s", since.elapsed().as_secs_f64());
+            log::info!("etcd at {} answers again after {:.1}s", client.endpoint(), since.elapsed().as_secs_f64());
         }
     }
+}
+
+/// What a node spreads over etcd's members by until it holds a name: its record, which holds its
+/// address, hashed.
+fn spread_key(record: &str) -> u64 {
+    // FNV-1a: the same on every build, so that a node restarted goes where it went before.
+    record.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Exponential backoff with jitter, so that a cluster's nodes do not retry in lockstep.

@@ -64,6 +64,8 @@ pub struct Tuning {
     pub nameservers: u32,
     /// Watch, poll, or both.
     pub follow: Follow,
+    /// How often etcd's member list is read (`autosync`).
+    pub autosync: Option<Duration>,
     /// A line per answered query (`log`), which travels to the answering threads in `Update`.
     pub log: bool,
 }

@@ -137,6 +137,9 @@ pub struct Metrics {
     pub forwarded_durations: Durations,
     etcd_requests: [AtomicU64; BUCKETS.len() + 1],
     etcd_seconds_micros: AtomicU64,
+    /// Per etcd endpoint tried, in the order first tried: attempts, and those that got no answer.
+    /// A failover tries several endpoints for one request.
+    etcd_endpoints: Mutex<Vec<(String, u64, u64)>>,
     /// Whether this node holds a name, and whether etcd answered its last request: `/health`.
     pub holds_name: AtomicBool,
     pub etcd_reachable: AtomicBool,
@@ -166,6 +169,20 @@ impl Metrics {
             self.etcd_errors.fetch_add(1, Relaxed);
         }
         self.etcd_reachable.store(ok, Relaxed);
+    }
+
+    /// One attempt at `endpoint`; `answered` is false when it could not be reached.
+    pub fn etcd_endpoint(&self, endpoint: &str, answered: bool) {
+        let Ok(mut all) = self.etcd_endpoints.lock() else { return };
+        let at = match all.iter().position(|(e, _, _)| e == endpoint) {
+            Some(at) => at,
+            None => {
+                all.push((endpoint.to_string(), 0, 0));
+                all.len() - 1
+            }
+        };
+        all[at].1 += 1;
+        all[at].2 += u64::from(!answered);
     }
 
     /// `/health` at `now` (`clock::boottime`): healthy when this node holds its name and etcd
@@ -277,6 +294,20 @@ impl Metrics {
         ] {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
+        }
+        let endpoints = self.etcd_endpoints.lock().map(|e| e.clone()).unwrap_or_default();
+        for (name, help, value) in [
+            (
+                "idetcd_etcd_endpoint_requests_total",
+                "Requests sent to each etcd endpoint; a failover sends one request to several.",
+                (|e: &(String, u64, u64)| e.1) as fn(&(String, u64, u64)) -> u64,
+            ),
+            ("idetcd_etcd_endpoint_unreachable_total", "Requests each etcd endpoint did not answer.", |e| e.2),
+        ] {
+            header(&mut out, name, "counter", help);
+            for e in &endpoints {
+                let _ = writeln!(out, "{name}{{endpoint=\"{}\"}} {}", e.0, value(e));
+            }
         }
         histogram(
             &mut out,
@@ -426,6 +457,9 @@ mod tests {
         metrics.members.store(5, Relaxed);
         metrics.etcd_request(Duration::from_micros(1500), true);
         metrics.etcd_request(Duration::from_secs(3), false);
+        metrics.etcd_endpoint("http://10.0.0.1:2379", true);
+        metrics.etcd_endpoint("http://10.0.0.1:2379", false);
+        metrics.etcd_endpoint("http://10.0.0.2:2379", true);
         let text = metrics.render();
         for line in [
             "idetcd_dns_queries_total{type=\"A\",rcode=\"NOERROR\"} 3",
@@ -434,6 +468,10 @@ mod tests {
             "idetcd_dns_forwarded_total{type=\"A\"} 1",
             "idetcd_members 5",
             "idetcd_etcd_errors_total 1",
+            "idetcd_etcd_endpoint_requests_total{endpoint=\"http://10.0.0.1:2379\"} 2",
+            "idetcd_etcd_endpoint_requests_total{endpoint=\"http://10.0.0.2:2379\"} 1",
+            "idetcd_etcd_endpoint_unreachable_total{endpoint=\"http://10.0.0.1:2379\"} 1",
+            "idetcd_etcd_endpoint_unreachable_total{endpoint=\"http://10.0.0.2:2379\"} 0",
             "idetcd_etcd_request_duration_seconds_bucket{le=\"0.001\"} 0",
             "idetcd_etcd_request_duration_seconds_bucket{le=\"0.0025\"} 1",
             "idetcd_etcd_request_duration_seconds_bucket{le=\"+Inf\"} 2",

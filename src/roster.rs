@@ -79,6 +79,13 @@ impl From<std::io::Error> for Error {
 /// `idetcd members`.
 pub fn members(config: &Config, json: bool, out: &mut impl Write) -> Result<(), Error> {
     let mut client = etcd::Client::new(config)?;
+    // The nodes spread over the members the list names, as the daemons read it.
+    if config.autosync.is_some() {
+        // Unreachable, the read says so; else the Corefile's endpoints do.
+        if let Err(e) = client.sync_members() {
+            log::debug!("cannot read etcd's member list: {e}");
+        }
+    }
     let view = read(&mut client, config)?;
     let members = view.records().map(|(slot, record, lease)| (slot, lease, Ok(*record)));
     // A value that is no record still blocks its ID: listed, so that a skipped ID has a reason.
@@ -95,6 +102,7 @@ pub fn members(config: &Config, json: bool, out: &mut impl Write) -> Result<(), 
             role: &config.roles[slot.role].name,
             id: slot.id,
             name: slot.name(&config.roles),
+            etcd: record.is_ok().then(|| client.preferred_for(slot.rank(&config.roles))),
             record,
             ttl,
         });
@@ -325,10 +333,12 @@ struct Row<'a> {
     record: Result<Record, String>,
     /// Seconds its lease has left; `None` without a lease (a record put by hand, say).
     ttl: Option<i64>,
+    /// The etcd endpoint the node uses while it answers (see `etcd::Client::spread`).
+    etcd: Option<String>,
 }
 
 fn table(rows: &[Row]) -> String {
-    let cells: Vec<[String; 7]> = rows
+    let cells: Vec<[String; 8]> = rows
         .iter()
         .map(|m| {
             let (ipv4, ipv6, port) = match &m.record {
@@ -347,12 +357,13 @@ fn table(rows: &[Row]) -> String {
                 ipv6,
                 port,
                 m.ttl.map_or("-".into(), |t| format!("{t}s")),
+                m.etcd.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    let header = ["ROLE", "ID", "NAME", "IPV4", "IPV6", "PORT", "LEASE"].map(String::from);
+    let header = ["ROLE", "ID", "NAME", "IPV4", "IPV6", "PORT", "LEASE", "ETCD"].map(String::from);
     let widths: Vec<usize> =
-        (0..7).map(|i| cells.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0)).collect();
+        (0..8).map(|i| cells.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for row in [&header].into_iter().chain(&cells) {
         let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
@@ -382,6 +393,7 @@ fn to_json(rows: &[Row]) -> String {
                 "ipv6": m.record.as_ref().ok().and_then(|r| r.ipv6).map(|ip| ip.to_string()),
                 "port": m.record.as_ref().ok().and_then(|r| r.port),
                 "lease_ttl": m.ttl,
+                "etcd": m.etcd,
                 "error": m.record.as_ref().err(),
             })
         })
@@ -400,28 +412,29 @@ mod tests {
             name: format!("{role}{id}.tf.local."),
             record: Ok(Record { ipv4: Some(ipv4.parse().unwrap()), ipv6: None, port: Some(53) }),
             ttl,
+            etcd: Some(format!("http://10.1.0.{}:2379", id % 3 + 1)),
         }
     }
 
     #[test]
     fn table_and_json() {
-        let garbage = Row { record: Err("not JSON".into()), ..row("worker", 4, "10.0.0.4", None) };
+        let garbage = Row { record: Err("not JSON".into()), etcd: None, ..row("worker", 4, "10.0.0.4", None) };
         let rows = [row("ps", 1, "10.0.0.1", Some(17)), garbage, row("worker", 12, "10.0.0.12", None)];
         assert_eq!(
             table(&rows),
-            "ROLE    ID  NAME                IPV4          IPV6  PORT  LEASE\n\
-             ps      1   ps1.tf.local.       10.0.0.1      -     53    17s\n\
-             worker  4   worker4.tf.local.   (unreadable)  -     -     -\n\
-             worker  12  worker12.tf.local.  10.0.0.12     -     53    -\n\
+            "ROLE    ID  NAME                IPV4          IPV6  PORT  LEASE  ETCD\n\
+             ps      1   ps1.tf.local.       10.0.0.1      -     53    17s    http://10.1.0.2:2379\n\
+             worker  4   worker4.tf.local.   (unreadable)  -     -     -      -\n\
+             worker  12  worker12.tf.local.  10.0.0.12     -     53    -      http://10.1.0.1:2379\n\
              worker4.tf.local.: its value is no record, and the ID stays taken until the key goes: not JSON\n"
         );
         let json: serde_json::Value = serde_json::from_str(&to_json(&rows)).unwrap();
         assert_eq!(
             json[0],
-            json!({"role": "ps", "id": 1, "name": "ps1.tf.local.", "ipv4": "10.0.0.1", "ipv6": null, "port": 53, "lease_ttl": 17, "error": null})
+            json!({"role": "ps", "id": 1, "name": "ps1.tf.local.", "ipv4": "10.0.0.1", "ipv6": null, "port": 53, "lease_ttl": 17, "etcd": "http://10.1.0.2:2379", "error": null})
         );
         assert_eq!(json[1]["error"], "not JSON");
-        assert_eq!(table(&[]), "ROLE  ID  NAME  IPV4  IPV6  PORT  LEASE\n");
+        assert_eq!(table(&[]), "ROLE  ID  NAME  IPV4  IPV6  PORT  LEASE  ETCD\n");
     }
 
     #[test]

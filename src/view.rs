@@ -24,6 +24,14 @@ impl Slot {
     pub fn name(self, roles: &[Role]) -> String {
         roles.get(self.role).map_or_else(String::new, |r| r.pattern.name(self.id))
     }
+
+    /// Its place among every role's IDs, from 0: the first role's, then the next role's. The
+    /// members are numbered alike on every node, so that their nodes can spread evenly over etcd.
+    pub fn rank(self, roles: &[Role]) -> u64 {
+        let before: u64 = roles.iter().take(self.role).map(Role::limit).sum();
+        let start = roles.get(self.role).map_or(0, |r| *r.ids.start());
+        before + u64::from(self.id.saturating_sub(start))
+    }
 }
 
 /// Every role's key range, in Corefile order: what a full read asks etcd for.

@@ -90,6 +90,18 @@ fn poll_and_watch_choose_how_members_are_followed() {
 }
 
 #[test]
+fn autosync_reads_the_member_list_every_5_minutes_unless_told() {
+    for (lines, want) in [
+        ("", Some(Duration::from_secs(300))),
+        ("  autosync 30s\n", Some(Duration::from_secs(30))),
+        ("  autosync off\n", None),
+    ] {
+        let c = parse_ok(&format!(". {{\n idetcd {{\n  pattern worker{{{{.ID}}}}.tf.local.\n{lines} }}\n}}"));
+        assert_eq!(c.autosync, want, "{lines:?}");
+    }
+}
+
+#[test]
 fn pattern_with_spaces_inside_the_braces() {
     let c = parse_ok(". {\n idetcd {\n  pattern worker{{ .ID }}.tf.local.\n }\n}");
     assert_eq!(c.roles[0].pattern.name(7), "worker7.tf.local.");
@@ -152,6 +164,9 @@ fn errors_name_the_line_and_the_problem() {
             "Corefile:4: start 4294967295 with limit 2 runs past the largest ID, 4294967295",
         ),
         (idetcd("        watch yes"), "Corefile:4: watch takes no arguments: unexpected \"yes\""),
+        (idetcd("        autosync 500ms"), "Corefile:4: autosync must be at least 1s, or off"),
+        (idetcd("        autosync"), "Corefile:4: autosync takes one duration, such as 5m, or off"),
+        (idetcd("        autosync never"), "Corefile:4: autosync: \"never\" is not a duration (examples: 500ms, 2s, 1m)"),
         (idetcd("        threads 0"), "Corefile:4: threads: \"0\" is not a number from 1 to 64"),
         (idetcd("        pattern x{{.ID}}.y."), "Corefile:4: pattern is given twice"),
         (idetcd("        limit 3\n        limit 4"), "Corefile:5: limit is given twice"),
@@ -159,7 +174,7 @@ fn errors_name_the_line_and_the_problem() {
             ". {\n idetcd {\n  pattern w{{.ID}}.z. 5\n }\n}".into(),
             "Corefile:3: pattern takes one pattern: unexpected \"5\" after it",
         ),
-        (idetcd("        upstream 8.8.8.8"), "Corefile:4: unknown directive \"upstream\" in idetcd block (known: endpoint, tls, credentials, limit, start, pattern, role, address, ttl, nameservers, lease, poll, watch, threads)"),
+        (idetcd("        upstream 8.8.8.8"), "Corefile:4: unknown directive \"upstream\" in idetcd block (known: endpoint, autosync, tls, credentials, limit, start, pattern, role, address, ttl, nameservers, lease, poll, watch, threads)"),
         (idetcd("        limit 3 {\n        }"), "Corefile:4: limit does not take a block"),
         (
             ". {\n idetcd {\n  pattern worker.tf.local.\n }\n}".into(),

@@ -8,7 +8,7 @@ use base64::Engine;
 use serde_json::Value;
 
 use super::{
-    Compare, KeyValue, Lease, Op, OpResponse, Range, RangeRequest, TimeToLive, Txn, TxnResponse, WatchEvent,
+    Compare, KeyValue, Lease, Member, Op, OpResponse, Range, RangeRequest, TimeToLive, Txn, TxnResponse, WatchEvent,
     WatchMessage, WatchRange,
 };
 
@@ -442,6 +442,47 @@ impl From<&Txn> for TxnRequestJson {
 pub(super) struct LeaseGrantJson {
     #[serde(rename = "TTL")]
     pub(super) ttl: u32,
+}
+
+/// `/v3/cluster/member/list`'s answer.
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+pub(super) struct MemberListJson {
+    members: Vec<MemberJson>,
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct MemberJson {
+    /// A 64-bit unsigned integer, which the gateway writes as a string.
+    #[serde(rename = "ID")]
+    id: Value,
+    name: String,
+    #[serde(rename = "clientURLs")]
+    client_urls: Vec<String>,
+    #[serde(rename = "isLearner")]
+    is_learner: bool,
+}
+
+impl MemberListJson {
+    /// The members in the order of their IDs, which every node sees alike.
+    pub(super) fn decode(self) -> Result<Vec<Member>, String> {
+        let mut members = Vec::with_capacity(self.members.len());
+        for m in self.members {
+            let id = match &m.id {
+                Value::String(s) => s.parse().ok(),
+                Value::Number(n) => n.as_u64(),
+                _ => None,
+            };
+            let id = id.ok_or_else(|| format!("a member whose ID is {}", m.id))?;
+            members.push(Member { id, name: m.name, client_urls: m.client_urls, learner: m.is_learner });
+        }
+        if members.is_empty() {
+            return Err("a member list without members".into());
+        }
+        members.sort_by_key(|m| m.id);
+        Ok(members)
+    }
 }
 
 /// A keep-alive, time-to-live or revoke request: the lease's ID.

@@ -2,10 +2,12 @@
 //!
 //! Only this module knows HTTP, the gateway's JSON and base64. Everything else sees typed requests
 //! and answers. Calls go to one endpoint at a time; when it cannot be reached the next one is tried,
-//! in the order the Corefile lists them, and the one that answered is used from then on.
+//! and the one that answered is used from then on.
 //!
 //! The parts, each owning one thing:
-//! - `transport`: the `Client`: endpoints and failover, HTTP, TLS and the probes that tell a
+//! - `endpoints`: which endpoints a client uses, read from etcd's member list too, which one it
+//!   uses now, and how a cluster's nodes spread over them;
+//! - `transport`: the `Client`: failover, HTTP, TLS and the probes that tell a
 //!   misfit endpoint from one that is down, the user's token, and what an error answer means;
 //! - `api`: the v3 calls (ranges, transactions, leases) in the types defined here;
 //! - `json`: the gateway's JSON, written and read through serde structs, and base64;
@@ -14,6 +16,7 @@
 //! Here: the requests and answers as callers see them, and the errors.
 
 mod api;
+mod endpoints;
 mod json;
 mod transport;
 mod watch;
@@ -199,6 +202,16 @@ pub enum OpResponse {
 pub struct TxnResponse {
     pub succeeded: bool,
     pub responses: Vec<OpResponse>,
+}
+
+/// One member of the etcd cluster, as its member list says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    pub name: String,
+    pub client_urls: Vec<String>,
+    /// A learner serves no client requests.
+    pub learner: bool,
 }
 
 /// One range of a watch, and the revision to follow it from.

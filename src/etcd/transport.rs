@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use ureq::Timeout;
 
+use super::endpoints::{Endpoints, Snapshot};
 use super::json::{gateway_error, AuthenticateJson, TokenJson};
 use super::{Error, Refusal};
 use crate::config::{Config, Credentials};
@@ -33,15 +34,13 @@ pub struct Client {
     agent: ureq::Agent,
     /// For watches: no overall deadline, but a silent stream is given up after `WATCH_SILENCE`.
     stream_agent: ureq::Agent,
-    endpoints: Vec<String>,
-    current: usize,
+    /// Shared with the clones: where one fails over, the others go next.
+    pub(super) endpoints: Arc<Endpoints>,
     credentials: Option<Credentials>,
     /// The token `credentials` got, sent with every request; renewed when etcd no longer takes it.
     token: Option<String>,
     /// Where request durations and failures are counted.
     metrics: Option<Arc<Metrics>>,
-    /// Per endpoint, requests in a row that it cut off right after the TLS handshake.
-    cut_off: Vec<u32>,
     /// How long a request may take now: `timeouts.usual`, or `timeouts.claiming` in `patiently`.
     timeout: Duration,
     timeouts: Timeouts,
@@ -86,18 +85,16 @@ impl Client {
             builder
         };
         log::debug!(
-            "etcd endpoints {}: requests go to the first, and to the next only when one cannot be reached; each may take {timeout:?}, {claiming:?} while claiming",
+            "etcd endpoints {}, and the members' client URLs once their list is read: requests go to one, and to the next only when it cannot be reached; each may take {timeout:?}, {claiming:?} while claiming",
             config.endpoints.join(" ")
         );
         Ok(Client {
             agent: builder().timeout_global(Some(timeout)).build().into(),
             stream_agent: builder().timeout_per_read(Some(WATCH_SILENCE)).build().into(),
-            endpoints: config.endpoints.iter().map(|e| e.trim_end_matches('/').to_string()).collect(),
-            current: 0,
+            endpoints: Arc::new(Endpoints::new(&config.endpoints)),
             credentials: config.credentials.clone(),
             token: None,
             metrics: None,
-            cut_off: vec![0; config.endpoints.len()],
             timeout,
             timeouts: Timeouts { usual: timeout, claiming },
         })
@@ -120,8 +117,13 @@ impl Client {
     }
 
     /// The endpoint requests go to now.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoints[self.current]
+    pub fn endpoint(&self) -> String {
+        self.endpoints.current()
+    }
+
+    /// Every endpoint this client may use, the members' first.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.endpoints.all()
     }
 
     /// Sends one request, failing over to the next endpoints when one cannot be reached. Returns the
@@ -240,37 +242,47 @@ impl Client {
     ) -> Result<T, Error> {
         let mut tries = Vec::new();
         let mut misfits = Vec::new();
-        for _ in 0..self.endpoints.len() {
-            let (index, endpoint) = (self.current, self.endpoints[self.current].clone());
-            let outcome = attempt(self, &endpoint);
-            let cut_offs = match &outcome {
-                Err(Attempt::CutOff { .. }) => self.cut_off[index] + 1,
-                _ => 0,
-            };
-            self.cut_off[index] = cut_offs;
+        let Snapshot { urls, order } = self.endpoints.snapshot();
+        for (turn, &index) in order.iter().enumerate() {
+            let endpoint = &urls[index];
+            let outcome = attempt(self, endpoint);
+            if let Some(metrics) = &self.metrics {
+                metrics.etcd_endpoint(
+                    endpoint,
+                    !matches!(outcome, Err(Attempt::Unreachable { .. } | Attempt::CutOff { .. })),
+                );
+            }
+            let cut_offs = self.endpoints.cut_off(&urls, index, matches!(outcome, Err(Attempt::CutOff { .. })));
             let (why, sent) = match outcome {
-                Ok(answer) => return Ok(answer),
-                Err(Attempt::Failed(e)) => return Err(e),
+                Ok(answer) => {
+                    self.answered(&urls, index, order[0]);
+                    return Ok(answer);
+                }
+                Err(Attempt::Failed(e)) => {
+                    self.answered(&urls, index, order[0]);
+                    return Err(e);
+                }
                 Err(Attempt::Unreachable { why, sent }) => (why, sent),
                 // Once could be a restart; again and again, etcd turns this client away.
                 Err(Attempt::CutOff { why }) if cut_offs >= CUT_OFFS_TO_GIVE_UP => {
-                    self.cut_off[index] = 0;
+                    self.endpoints.cut_off(&urls, index, false);
                     let message = format!(
                         "it speaks TLS, but closed the connection right after the handshake {CUT_OFFS_TO_GIVE_UP} times in a row ({why}): it wants a client certificate it trusts (`tls CERT KEY CACERT`)"
                     );
                     let misfit = Error::Misconfigured { endpoint: endpoint.clone(), directive: "tls", message };
-                    (self.misfit(misfit, &mut misfits), false)
+                    (misfit_noted(misfit, urls.len(), &mut misfits), false)
                 }
                 Err(Attempt::CutOff { why }) => (why, true),
                 // This endpoint will not do, whatever happens; the others may.
-                Err(Attempt::Misfit(e)) => (self.misfit(e, &mut misfits), false),
+                Err(Attempt::Misfit(e)) => (misfit_noted(e, urls.len(), &mut misfits), false),
             };
-            self.current = (self.current + 1) % self.endpoints.len();
-            match self.endpoints.len() {
+            let next = order[(turn + 1) % order.len()];
+            self.endpoints.failed(&urls, index, next);
+            match urls.len() {
                 1 => log::debug!("etcd {endpoint}{path}: {why}"),
-                _ => log::debug!("etcd {endpoint}{path}: {why}; {} is next", self.endpoints[self.current]),
+                _ => log::debug!("etcd {endpoint}{path}: {why}; {} is next", urls[next]),
             }
-            tries.push((endpoint, why));
+            tries.push((endpoint.clone(), why));
             if sent && retry == Retry::OnlyIfUnsent {
                 break;
             }
@@ -282,14 +294,12 @@ impl Client {
         }
     }
 
-    /// Notes an endpoint that does not fit the Corefile; says so when there are others to use.
-    fn misfit(&self, e: Error, misfits: &mut Vec<Error>) -> String {
-        let why = e.to_string();
-        if self.endpoints.len() > 1 {
-            log::warn!("{why}; trying the other endpoints");
+    /// `urls[index]` answered a request that started at `urls[first]`: requests go there now.
+    fn answered(&self, urls: &Arc<[String]>, index: usize, first: usize) {
+        if index != first {
+            log::debug!("etcd requests go to {} now", urls[index]);
         }
-        misfits.push(e);
-        why
+        self.endpoints.answered(urls, index);
     }
 
     /// Trades the credentials for a token. A refused password is an `Error::Auth`.
@@ -322,6 +332,12 @@ impl Client {
         }
     }
 
+    /// `GET url`, in the time a usual request has (a quarter of the lease, at most 3 s): whether
+    /// a member's URL answers at all. The etcd thread waits for it, renewals too.
+    pub(super) fn probe(&self, url: &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        self.agent.get(url).config().timeout_global(Some(self.timeouts.usual)).build().call()
+    }
+
     /// A request for a stream, which has no overall deadline: a watch.
     pub(super) fn stream_request(&self, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
         self.request(&self.stream_agent, url)
@@ -351,6 +367,16 @@ impl Client {
         }
         Err(rejection(endpoint, status, &answer))
     }
+}
+
+/// Notes an endpoint that does not fit the Corefile; says so when there are others to use.
+fn misfit_noted(e: Error, endpoints: usize, misfits: &mut Vec<Error>) -> String {
+    let why = e.to_string();
+    if endpoints > 1 {
+        log::warn!("{why}; trying the other endpoints");
+    }
+    misfits.push(e);
+    why
 }
 
 /// What an error answer means: another endpoint may do better, or the request was refused.

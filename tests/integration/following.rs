@@ -308,7 +308,9 @@ fn a_watch_on_a_connection_gone_silent_is_restarted_once_renewals_get_through_ag
     let etcd = Etcd::start();
     let proxy = Proxy::to(&etcd);
     // Renewed every 3 s, each renewal waiting 2.25 s at most: one fails well within the lease.
-    let setup = Setup { endpoints: proxy.url.clone(), lease: 9, ..Setup::new(&etcd, "silent.test.") };
+    // Without `autosync off`, the node would read etcd's own URL from its member list, and use it.
+    let extra = "        autosync off\n".to_string();
+    let setup = Setup { endpoints: proxy.url.clone(), lease: 9, extra, ..Setup::new(&etcd, "silent.test.") };
     let node = watching(&setup);
     etcd.put("worker5.silent.test.", &record("10.0.0.5"));
     node.wait_for_address("worker5.silent.test.", "10.0.0.5");
@@ -326,10 +328,16 @@ fn a_watch_on_a_connection_gone_silent_is_restarted_once_renewals_get_through_ag
 #[test]
 fn a_watch_left_on_an_endpoint_gone_silent_follows_the_renewals_to_the_next() {
     let etcd = Etcd::start();
-    let (first, second) = (Proxy::to(&etcd), Proxy::to(&etcd));
-    let endpoints = format!("{} {}", first.url, second.url);
-    let setup = Setup { endpoints, lease: 9, ..Setup::new(&etcd, "moved.test.") };
+    let (a, b) = (Proxy::to(&etcd), Proxy::to(&etcd));
+    let endpoints = format!("{} {}", a.url, b.url);
+    let extra = "        autosync off\n".to_string();
+    let setup = Setup { endpoints, lease: 9, extra, ..Setup::new(&etcd, "moved.test.") };
     let node = watching(&setup);
+    // The node spread to one of the two.
+    let (first, second) = match node.log().contains(&format!("etcd watch opened at {}", a.url)) {
+        true => (a, b),
+        false => (b, a),
+    };
     assert!(node.log().contains(&format!("etcd watch opened at {}", first.url)), "{}", node.log());
 
     first.freeze();

@@ -4,6 +4,7 @@
 mod cli;
 mod corefile;
 mod dns;
+mod etcd_cluster;
 mod faults;
 mod following;
 mod hostile;

@@ -219,16 +219,19 @@ fn members_and_tf_config() {
     let (code, table, _) = idetcd(&["members", "-conf", &conf(&nodes[0])]);
     assert_eq!(code, Some(0));
     let lines: Vec<&str> = table.lines().collect();
-    assert!(lines[0].starts_with("ROLE  ") && lines[0].ends_with("LEASE"), "{table}");
+    assert!(lines[0].starts_with("ROLE  ") && lines[0].ends_with("ETCD"), "{table}");
     assert_eq!(
         lines[0].split_whitespace().collect::<Vec<_>>(),
-        ["ROLE", "ID", "NAME", "IPV4", "IPV6", "PORT", "LEASE"]
+        ["ROLE", "ID", "NAME", "IPV4", "IPV6", "PORT", "LEASE", "ETCD"]
     );
     assert_eq!(lines.len(), 4, "{table}");
     for (line, node) in lines[1..].iter().zip(&nodes) {
         assert!(line.contains(&node.identity().unwrap()) && line.contains(&node.ip.to_string()), "{table}");
-        let ttl = line.rsplit(' ').next().unwrap();
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        let ttl = cells[6];
         assert!(ttl.ends_with('s') && ttl.trim_end_matches('s').parse::<u32>().unwrap() <= 20, "{table}");
+        // One etcd member: every node uses it.
+        assert_eq!(cells[7], etcd.url, "{table}");
     }
     let (code, json, _) = idetcd(&["members", "--json", "--conf", &conf(&nodes[0])]);
     assert_eq!(code, Some(0));
@@ -236,6 +239,7 @@ fn members_and_tf_config() {
     assert_eq!(json.as_array().unwrap().len(), 3);
     assert_eq!(json[1]["name"], "worker2.tf.test.");
     assert_eq!(json[1]["ipv4"], nodes[1].ip.to_string());
+    assert_eq!(json[1]["etcd"], etcd.url);
 
     // The second node's Corefile names its own address: it is task 1.
     let (code, spec, err) = idetcd(&["tf-config", "--job", "worker", "-conf", &conf(&nodes[1])]);

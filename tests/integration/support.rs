@@ -251,6 +251,51 @@ impl Etcd {
         members
     }
 
+    /// A member added to the cluster of `members` (`member add`, then started to join it), and
+    /// answering.
+    #[allow(dead_code)] // not every test binary adds one
+    pub fn add_to(members: &[Etcd]) -> Etcd {
+        let ip = Ipv4Addr::LOCALHOST;
+        let (client, peer) = (free_port(ip), free_port(ip));
+        let name = format!("m{}", members.len());
+        let peer = format!("http://127.0.0.1:{peer}");
+        // A member that started moments ago makes etcd call the cluster unhealthy for a while.
+        eventually("etcd to add a member", Duration::from_secs(30), || {
+            members[0].try_post("/v3/cluster/member/add", &json!({ "peerURLs": [peer] })).ok()
+        });
+        let mut member = Etcd {
+            child: None,
+            url: format!("http://127.0.0.1:{client}"),
+            initial_cluster: format!("{},{name}={peer}", members[0].initial_cluster),
+            name,
+            peer,
+            dir: TempDir::new("etcd"),
+            http: http_agent(None),
+            tls: None,
+            token: None,
+            args: vec!["--initial-cluster-state".into(), "existing".into()],
+            netns: None,
+        };
+        member.launch();
+        member.wait_ready();
+        member
+    }
+
+    /// The client URLs of the cluster's members, in the order of their IDs: the order in which
+    /// nodes spread over them.
+    #[allow(dead_code)] // not every test binary asks
+    pub fn member_urls(&self) -> Vec<String> {
+        let list = self.post("/v3/cluster/member/list", json!({}));
+        let mut members: Vec<(u64, String)> = list["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["ID"].as_str().unwrap().parse().unwrap(), m["clientURLs"][0].as_str().unwrap().to_string()))
+            .collect();
+        members.sort();
+        members.into_iter().map(|(_, url)| url).collect()
+    }
+
     /// Whether this member is the cluster's leader, as it says itself.
     #[allow(dead_code)] // the lab's (tests/lab)
     pub fn is_leader(&self) -> bool {
@@ -438,6 +483,18 @@ impl Etcd {
     /// Drops etcd's history before `revision`: a watch that would resume from earlier is refused.
     pub fn compact(&self, revision: i64) {
         self.post("/v3/kv/compaction", json!({ "revision": revision.to_string(), "physical": true }));
+    }
+
+    /// How many client requests this member started since it started, whatever the method,
+    /// gateway requests included, from its own /metrics; 0 when it does not answer.
+    #[allow(dead_code)] // not every test binary asks
+    pub fn requests_served(&self) -> u64 {
+        let Ok(mut response) = self.http.get(&format!("{}/metrics", self.url)).call() else { return 0 };
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        text.lines()
+            .filter(|line| line.starts_with("grpc_server_started_total{"))
+            .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+            .sum()
     }
 
     /// How many requests etcd started for a gRPC method (`Range`, `Txn`, `Watch`,
@@ -855,6 +912,15 @@ impl Node {
             self.identity()
         });
         name.unwrap_or_else(|| panic!("node {} claimed no name in time:\n{}", self.ip, self.log()))
+    }
+
+    /// The etcd endpoint the node said last that its requests go to (when it claimed, or moved).
+    #[allow(dead_code)] // not every test binary asks
+    pub fn etcd_endpoint(&self) -> String {
+        let log = self.log();
+        let said = log.rsplit("etcd requests go to ").next().filter(|_| log.contains("etcd requests go to "));
+        let said = said.unwrap_or_else(|| panic!("{} never said where its etcd requests go:\n{log}", self.ip));
+        said.split_whitespace().next().unwrap_or_default().to_string()
     }
 
     /// Waits until the node's log holds `text`.

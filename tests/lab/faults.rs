@@ -68,15 +68,17 @@ pub fn all_agree(lab: &Lab, holders: &BTreeMap<String, Ipv4Addr>) {
     }
 }
 
-/// Which etcd member `node` sends its requests to, as its debug log last said: the Corefile's
-/// first endpoint until a request fails over to the next, and a watch opens where requests go.
+/// Which etcd member `node` sends its requests to, as its debug log last said: its share of the
+/// members once it claimed, the next when a request fails over, and where a watch opens.
 fn endpoint_in_use(lab: &Lab, node: &Node) -> usize {
     let mut url = lab.etcd[0].url.as_str();
     for line in node.log().lines() {
-        // "etcd watch opened at URL from revision 7", "etcd URL/v3/...: why; URL is next"
-        let named = match (line.find("etcd watch "), line.rfind("; ")) {
-            (Some(_), _) => line.split(" at ").nth(1).and_then(|rest| rest.split(' ').next()),
-            (None, Some(at)) if line.ends_with(" is next") => line[at + 2..].strip_suffix(" is next"),
+        // "claimed … ; etcd requests go to URL", "etcd requests go to URL now", "etcd watch
+        // opened at URL from revision 7", "etcd URL/v3/...: why; URL is next"
+        let named = match (line.find("etcd requests go to "), line.find("etcd watch "), line.rfind("; ")) {
+            (Some(at), _, _) => line[at..].split(' ').nth(4),
+            (None, Some(_), _) => line.split(" at ").nth(1).and_then(|rest| rest.split(' ').next()),
+            (None, None, Some(at)) if line.ends_with(" is next") => line[at + 2..].strip_suffix(" is next"),
             _ => None,
         };
         if let Some(member) = named.and_then(|n| lab.etcd.iter().find(|m| m.url == n)) {
@@ -270,9 +272,8 @@ pub fn node_cut_off_from_everything() {
 /// old leader is back in the cluster every node answers every name as etcd holds them.
 pub fn etcd_leader_cut_off_from_the_other_members() {
     let (mut lab, names, checker, _) = three_holding_names(4);
-    // The nodes send everything to the Corefile's first endpoint while it answers (one that
-    // failed over at its start stays where it went): the member node 1 talks to is made the
-    // leader, so that at least one node, mostly all, talks to the leader about to be cut off.
+    // The nodes spread over the members, one each: the member node 1 talks to is made the
+    // leader, so that a node talks to the leader about to be cut off.
     let old = endpoint_in_use(&lab, lab.nodes[0].as_ref().expect("node 1 runs"));
     for (i, node) in lab.running() {
         println!("node {} talks to member {}", i + 1, endpoint_in_use(&lab, node) + 1);
