@@ -184,12 +184,6 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
         next_full_read: now + FULL_READ_EVERY,
         next_sync: now,
     };
-    // Without the member list, the Corefile's endpoints are all there is to spread over; with
-    // it, the first request, for the list, goes to the first endpoint, so that one that does not
-    // fit is heard of at once.
-    if m.settings.tuning.autosync.is_none() {
-        m.client.spread(spread_key(&m.value));
-    }
     let mut retry = Backoff::new();
     loop {
         if let Some(why) = m.fatal.take() {
@@ -199,7 +193,10 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
             return;
         }
         let now = Instant::now();
-        if now >= m.next_sync {
+        // The member list is read once the name is held, and the claims queued with this
+        // node's have gone by: a fleet starting together claims without it, a request lighter
+        // for etcd each (see `claim`).
+        if m.holding.last.is_some() && m.watch_deferred.is_none() && now >= m.next_sync {
             m.sync_members();
             if m.fatal.is_some() {
                 continue;
@@ -247,7 +244,7 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
         if let Some(deferred) = &m.watch_deferred {
             wake = wake.min(deferred.until);
         }
-        if m.settings.tuning.autosync.is_some() {
+        if m.settings.tuning.autosync.is_some() && m.holding.last.is_some() && m.watch_deferred.is_none() {
             wake = wake.min(m.next_sync);
         }
         let changes = m.watch.changes.clone();
@@ -369,17 +366,22 @@ impl Membership {
                 now + every.min(SYNC_RETRY)
             }
         };
-        // Until it holds a name, a node spreads by its address: nodes that start together claim
-        // through different members.
-        if self.holding.last.is_none() {
-            self.client.spread(spread_key(&self.value));
-        }
     }
 
     fn claim(&mut self) -> Result<(), ClaimError> {
         let lease = match self.holding.lease {
             Some(lease) => lease,
-            None => self.grant()?,
+            None => {
+                let lease = self.grant()?;
+                // The first grant went to the Corefile's first endpoint, so that one that does
+                // not fit is heard of at once. Until it holds a name, a node spreads over the
+                // Corefile's endpoints by its address: nodes that start together claim through
+                // different ones. The member list comes after the claim.
+                if self.holding.last.is_none() {
+                    self.client.spread(spread_key(&self.value));
+                }
+                lease
+            }
         };
         let request = claim::Request {
             roles: &self.settings.roles,
