@@ -160,7 +160,7 @@ fn a_member_advertising_a_url_the_node_cannot_reach_is_skipped_with_one_warning(
     // Nothing listens there: a client URL that no node can use.
     let nowhere = format!("http://127.0.0.1:{}", crate::support::free_port(ip));
     let etcd = Etcd::start_with(&["--advertise-client-urls", &nowhere]);
-    assert_eq!(etcd.member_urls(), [nowhere.clone()]);
+    assert_eq!(etcd.member_urls(), std::slice::from_ref(&nowhere));
     let extra = "        autosync 1s\n".to_string();
     let mut node = Setup { extra, ..Setup::new(&etcd, zone) }.start();
     let name = node.claimed();
