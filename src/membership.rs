@@ -104,6 +104,8 @@ struct Membership {
     fatal: Option<String>,
     /// Whether the members were counted in the log once: after that, each join is told.
     members_told: bool,
+    /// Whether this node spread over the etcd endpoints by its address yet (see `claim`).
+    spread: bool,
     trouble: Trouble,
     next_keepalive: Instant,
     next_poll: Instant,
@@ -178,6 +180,7 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
         moved_to: None,
         fatal: None,
         members_told: false,
+        spread: false,
         trouble: Trouble::default(),
         next_keepalive: now,
         next_poll: now,
@@ -374,10 +377,12 @@ impl Membership {
             None => {
                 let lease = self.grant()?;
                 // The first grant went to the Corefile's first endpoint, so that one that does
-                // not fit is heard of at once. Until it holds a name, a node spreads over the
-                // Corefile's endpoints by its address: nodes that start together claim through
-                // different ones. The member list comes after the claim.
-                if self.holding.last.is_none() {
+                // not fit is heard of at once. Then, until it holds a name, a node spreads over
+                // the Corefile's endpoints by its address: nodes that start together claim
+                // through different ones. Once only: a claim that failed there (a member cut off
+                // from the others) goes on where the failover took it. The member list comes
+                // after the claim.
+                if !std::mem::replace(&mut self.spread, true) {
                     self.client.spread(spread_key(&self.value));
                 }
                 lease
@@ -439,6 +444,7 @@ impl Membership {
         self.watch_deferred = None;
         self.metrics.claims.fetch_add(1, Relaxed);
         self.metrics.holds_name.store(true, Relaxed);
+        self.metrics.name_lost.store(false, Relaxed);
         self.state.held_until = self.holding.held_until();
         // A lease kept through failed claims, or through a claim that watched another lease, may
         // be due for renewal already, its deadline as known here even past: renewed now, so that
@@ -552,6 +558,7 @@ impl Membership {
         }
         self.metrics.lease_losses.fetch_add(1, Relaxed);
         self.metrics.holds_name.store(false, Relaxed);
+        self.metrics.name_lost.store(true, Relaxed);
         log::warn!("{loss}");
         self.state.held_until = None;
         // No answer may name this node by its old name any more.

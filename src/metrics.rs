@@ -142,6 +142,8 @@ pub struct Metrics {
     etcd_endpoints: Mutex<Vec<(String, u64, u64)>>,
     /// Whether this node holds a name, and whether etcd answered its last request: `/health`.
     pub holds_name: AtomicBool,
+    /// Set when this node lost the name it held, until it claims one again: `/health` says so.
+    pub name_lost: AtomicBool,
     pub etcd_reachable: AtomicBool,
     /// `/ready`: whether a snapshot of the members was ever built, and until when (nanoseconds on
     /// the boot-time clock, `clock::boottime`) this node holds its name, 0 when it holds none.
@@ -195,6 +197,14 @@ impl Metrics {
         let held_for =
             Duration::from_nanos(self.held_until_nanos.load(Relaxed)).checked_sub(now).filter(|d| !d.is_zero());
         match (self.holds_name.load(Relaxed), held_for) {
+            // Whichever notices first, the answering threads (by the deadline) or the etcd
+            // thread (by a renewal that failed once more), /health says the same.
+            (false, _) if self.name_lost.load(Relaxed) && !unanswered.is_empty() => Err(format!(
+                "this node lost its name: its lease may have run out unrenewed{unanswered}; it claims one again once etcd answers\n"
+            )),
+            (false, _) if self.name_lost.load(Relaxed) => {
+                Err("this node lost its name: its lease ran out or was revoked; it is claiming one again\n".to_string())
+            }
             (false, _) => Err(format!("this node holds no name{unanswered}\n")),
             (true, None) => Err(format!(
                 "this node no longer answers for its name: its lease may have run out unrenewed{unanswered}\n"
@@ -574,5 +584,15 @@ mod tests {
         );
         metrics.holds_name.store(false, Relaxed);
         assert_eq!(metrics.health(now), Err("this node holds no name (etcd is not answering)\n".to_string()));
+        metrics.name_lost.store(true, Relaxed);
+        assert_eq!(
+            metrics.health(later),
+            Err("this node lost its name: its lease may have run out unrenewed (etcd is not answering); it claims one again once etcd answers\n".to_string())
+        );
+        metrics.etcd_request(Duration::from_millis(1), true);
+        assert_eq!(
+            metrics.health(later),
+            Err("this node lost its name: its lease ran out or was revoked; it is claiming one again\n".to_string())
+        );
     }
 }
