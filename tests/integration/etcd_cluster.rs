@@ -18,17 +18,6 @@ fn names(nodes: &[Node]) -> Vec<(String, String)> {
     nodes.iter().map(|n| (n.identity().expect("a node holds its name"), n.ip.to_string())).collect()
 }
 
-/// Stops asking; every answer was right.
-fn none_wrong(asker: Asker) {
-    let (asked, problems) = asker.finish();
-    assert!(
-        problems.is_empty(),
-        "{} of {asked} answers wrong: {:?}",
-        problems.len(),
-        &problems[..problems.len().min(5)]
-    );
-}
-
 /// Waits until `node` says its requests go to `share`, of the members `order`.
 fn on_its_share(node: &Node, share: &str, order: &[String]) {
     if crate::support::within(WAIT, || (node.etcd_endpoint() == share).then_some(())).is_none() {
@@ -85,7 +74,7 @@ fn thirty_nodes_share_three_members_and_move_when_the_busiest_dies() {
     let moved_to: std::collections::BTreeSet<String> = moving.iter().map(|n| n.etcd_endpoint()).collect();
     assert!(!moved_to.contains(&killed), "{moved_to:?}");
     assert_eq!(moved_to.len(), 2, "the nodes of the member that died spread over both others: {moved_to:?}");
-    askers.into_iter().for_each(none_wrong);
+    askers.into_iter().for_each(Asker::finish_all_right);
     all_agree(&nodes, &names);
     let live: Vec<&Etcd> = members.iter().filter(|m| m.url != killed).collect();
     let counts = served_in(&live, Duration::from_secs(6));
@@ -120,7 +109,7 @@ fn a_node_told_of_one_member_uses_every_member_and_one_added_later() {
         assert_eq!(node.identity().as_deref(), Some(name.as_str()), "{}", node.log());
         assert_ne!(node.etcd_endpoint(), first, "{}", node.log());
     }
-    none_wrong(asker);
+    asker.finish_all_right();
     members[0].resume();
 
     // A fourth member: every node reads it in the next member list, and spreads again.

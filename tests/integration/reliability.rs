@@ -55,13 +55,7 @@ fn a_three_member_cluster_loses_a_member_then_its_quorum() {
     // Until the cluster has a leader again, etcd answers "leader changed" and the like (503).
     eventually("quorum again", Duration::from_secs(20), || members[2].try_get("worker1.quorum.test.").ok().flatten());
 
-    let (asked, problems) = asker.finish();
-    assert!(
-        problems.is_empty(),
-        "{} of {asked} questions went wrong: {:?}",
-        problems.len(),
-        &problems[..problems.len().min(5)]
-    );
+    asker.finish_all_right();
     for (node, name) in [(&a, "worker1"), (&b, "worker2"), (&c, "worker3")] {
         let name = format!("{name}.quorum.test.");
         eventually("every node to name itself again", Duration::from_secs(10), || {
@@ -188,17 +182,11 @@ fn answers_stay_right_under_load_through_churn_and_failover() {
     asker.wait_for_a_round();
 
     let report = load.join().unwrap();
-    let (asked, problems) = asker.finish();
+    asker.finish_all_right();
     // "Queries completed:    49998 (100.00%)": some answers came...
     let completed = dnsperf_field(&report, "Queries completed:").and_then(|f| f.split(' ').next()?.parse::<u64>().ok());
     assert!(completed.is_some_and(|n| n > 0), "{report}");
     // ...and every one was NOERROR: "Response codes:       NOERROR 49998 (100.00%)", nothing after.
     let rcodes = dnsperf_field(&report, "Response codes:").unwrap_or_default();
     assert!(rcodes.starts_with("NOERROR") && !rcodes.contains(','), "only NOERROR: {report}");
-    assert!(
-        problems.is_empty(),
-        "{} of {asked} questions went wrong: {:?}",
-        problems.len(),
-        &problems[..problems.len().min(5)]
-    );
 }

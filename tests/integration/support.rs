@@ -1266,6 +1266,17 @@ impl Asker {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("the asking thread")
     }
+
+    /// Stops asking; fails unless every question got its one right answer.
+    pub fn finish_all_right(self) {
+        let (asked, problems) = self.finish();
+        assert!(
+            problems.is_empty(),
+            "{} of {asked} questions went wrong: {:?}",
+            problems.len(),
+            &problems[..problems.len().min(5)]
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
