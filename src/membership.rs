@@ -196,10 +196,7 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
             return;
         }
         let now = Instant::now();
-        // The member list is read once the name is held, and the claims queued with this
-        // node's have gone by: a fleet starting together claims without it, a request lighter
-        // for etcd each (see `claim`).
-        if m.holding.last.is_some() && m.watch_deferred.is_none() && now >= m.next_sync {
+        if m.sync_due().is_some_and(|at| now >= at) {
             m.sync_members();
             if m.fatal.is_some() {
                 continue;
@@ -247,8 +244,8 @@ pub fn run(settings: Settings, client: etcd::Client, channels: Channels, first: 
         if let Some(deferred) = &m.watch_deferred {
             wake = wake.min(deferred.until);
         }
-        if m.settings.tuning.autosync.is_some() && m.holding.last.is_some() && m.watch_deferred.is_none() {
-            wake = wake.min(m.next_sync);
+        if let Some(at) = m.sync_due() {
+            wake = wake.min(at);
         }
         let changes = m.watch.changes.clone();
         select! {
@@ -348,14 +345,20 @@ impl Membership {
         }
     }
 
+    /// When etcd's member list is to be read next, if at all: with `autosync`, once the name is
+    /// held and the claims queued with this node's have gone by. A fleet starting together claims
+    /// without it, a request lighter for etcd each (see `claim`).
+    fn sync_due(&self) -> Option<Instant> {
+        let waits = self.holding.last.is_none() || self.watch_deferred.is_some();
+        (self.settings.tuning.autosync.is_some() && !waits).then_some(self.next_sync)
+    }
+
     /// Reads etcd's member list, to use every member from now on (`autosync`, see
     /// `etcd::Client::sync_members`); again after `autosync`, or sooner if it failed.
     fn sync_members(&mut self) {
         let now = Instant::now();
-        let Some(every) = self.settings.tuning.autosync else {
-            self.next_sync = now + FULL_READ_EVERY;
-            return;
-        };
+        // Called only when `sync_due` says so, with `autosync` on.
+        let Some(every) = self.settings.tuning.autosync else { return };
         self.next_sync = match self.client.sync_members() {
             Ok(_) => now + every,
             Err(e) => {
