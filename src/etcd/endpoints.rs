@@ -116,7 +116,7 @@ impl Endpoints {
     /// Which URL a node spreading by `key` prefers.
     pub(super) fn preferred_for(&self, key: u64) -> String {
         let list = self.lock();
-        list.urls[spread_index(key, list.members, list.urls.len())].clone()
+        list.urls[list.share(key)].clone()
     }
 
     /// Takes the members' URLs (one each, in member order); returns whether the list changed.
@@ -178,7 +178,14 @@ impl Endpoints {
 
 impl List {
     fn preferred(&self) -> usize {
-        spread_index(self.key.unwrap_or(0), self.members, self.urls.len())
+        self.share(self.key.unwrap_or(0))
+    }
+
+    /// Where a node with `key` goes: nodes with keys 0, 1, 2, … land on the members in turn;
+    /// without members, on the Corefile's endpoints.
+    fn share(&self, key: u64) -> usize {
+        let over = if self.members > 0 { self.members } else { self.urls.len() };
+        (key % over as u64) as usize
     }
 
     /// The order to try the endpoints in: the one in use, then the others in turn. A node on its
@@ -196,13 +203,6 @@ impl List {
         }
         order
     }
-}
-
-/// Nodes with keys 0, 1, 2, … land on the members in turn; without members, on the Corefile's
-/// endpoints.
-fn spread_index(key: u64, members: usize, all: usize) -> usize {
-    let over = if members > 0 { members } else { all };
-    (key % over as u64) as usize
 }
 
 fn normal(url: &str) -> &str {
@@ -270,28 +270,33 @@ impl Client {
         Ok(changed)
     }
 
-    /// Whether `url` answers as an etcd client URL: `GET /version`, which needs no credentials.
+    /// Whether `url` answers as an etcd client URL: `GET /version`.
     fn reachable(&self, url: &str) -> Result<(), String> {
         #[derive(Deserialize)]
         struct Version {
             etcdserver: String,
         }
-        let mut response = self.probe(&format!("{url}/version")).map_err(|e| e.to_string())?;
-        match response.body_mut().read_json::<Version>() {
-            Ok(version) if !version.etcdserver.is_empty() => Ok(()),
+        match self.probe_json::<Version>(url, "/version")? {
+            Some(version) if !version.etcdserver.is_empty() => Ok(()),
             _ => Err("not an etcd client URL".to_string()),
         }
     }
 
     /// Whether the member at `url` says it is healthy (`GET /health`: it has a leader and serves
-    /// reads), which also needs no credentials.
+    /// reads).
     fn healthy(&self, url: &str) -> bool {
         #[derive(Deserialize)]
         struct Health {
             health: String,
         }
-        let answer = self.probe(&format!("{url}/health"));
-        answer.is_ok_and(|mut a| a.body_mut().read_json::<Health>().is_ok_and(|h| h.health == "true"))
+        matches!(self.probe_json::<Health>(url, "/health"), Ok(Some(h)) if h.health == "true")
+    }
+
+    /// `GET url path`, which etcd answers without credentials: why it got no answer, or the
+    /// answer read as `T` (`None` when it is not).
+    fn probe_json<T: serde::de::DeserializeOwned>(&self, url: &str, path: &str) -> Result<Option<T>, String> {
+        let mut response = self.probe(&format!("{url}{path}")).map_err(|e| e.to_string())?;
+        Ok(response.body_mut().read_json::<T>().ok())
     }
 
     /// The endpoint a node that spreads by `key` prefers: for `idetcd members`.

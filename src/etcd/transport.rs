@@ -121,11 +121,6 @@ impl Client {
         self.endpoints.current()
     }
 
-    /// Every endpoint this client may use, the members' first.
-    pub fn endpoints(&self) -> Vec<String> {
-        self.endpoints.all()
-    }
-
     /// Sends one request, failing over to the next endpoints when one cannot be reached. Returns the
     /// endpoint that answered with its answer, decoded as `T`.
     pub(super) fn post<T: serde::de::DeserializeOwned>(
