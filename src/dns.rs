@@ -10,7 +10,7 @@
 use domain::base::iana::{Class, Opcode, OptRcode, Rtype};
 
 use crate::wire::{is_within, Reader, Writer, HEADER_LEN};
-use crate::zone::{Answer, Found, Snapshot};
+use crate::zone::{Answer, Body, Found, Snapshot};
 
 /// The EDNS payload size we advertise and the most we send over UDP: DNS Flag Day 2020's value,
 /// which avoids IP fragmentation on any common path.
@@ -81,8 +81,7 @@ pub fn respond(query: &[u8], snapshot: &Snapshot, context: Context, out: &mut [u
             }
         }
     }
-    let body = reply.section.map_or(&[][..], |a| a.bytes);
-    let len = reply.write(body, context.transport, out);
+    let len = reply.write(context.transport, out);
     Action::Reply { len, qtype, rcode: reply.rcode }
 }
 
@@ -94,7 +93,7 @@ pub fn error_answer(query: &[u8], rcode: OptRcode, context: Context, out: &mut [
     let mut reply = Reply::new(&header, context);
     let qtype = reply.echo(&parsed);
     reply.rcode = rcode;
-    let len = reply.write(&[], context.transport, out);
+    let len = reply.write(context.transport, out);
     Action::Reply { len, qtype, rcode }
 }
 
@@ -382,8 +381,8 @@ impl<'a> Reply<'a> {
         }
     }
 
-    /// Writes the reply; `body` holds the bytes of `self.section`.
-    fn write(&self, body: &[u8], transport: Transport, out: &mut [u8]) -> usize {
+    /// Writes the reply.
+    fn write(&self, transport: Transport, out: &mut [u8]) -> usize {
         let limit = match (transport, self.edns) {
             (Transport::Tcp, _) => u16::MAX as usize,
             (Transport::Udp, None) => MIN_UDP_PAYLOAD as usize,
@@ -396,15 +395,17 @@ impl<'a> Reply<'a> {
         // What does not fit is left out: additional records quietly, as many whole RRsets as fit
         // (RFC 2181 §9), anything more with the TC bit, so that the client asks again over TCP.
         let (body, counts, truncated) = match self.section {
-            None => (&[][..], [0; 3], false),
-            Some(Answer { section: s, .. }) if fixed + body.len() <= limit => (body, s.counts, false),
-            Some(Answer { section: s, .. }) => match body.split_at_checked(s.required as usize) {
+            None => (Body::default(), [0; 3], false),
+            Some(Answer { section: s, body }) if fixed + body.byte_len() <= limit => (body, s.counts, false),
+            Some(Answer { section: s, body: Body::Ready(body) }) => match body.split_at_checked(s.required as usize) {
                 Some((required, additional)) if fixed + required.len() <= limit => {
                     let (len, count) = whole_rrsets(additional, limit - fixed - required.len());
-                    (&body[..required.len() + len], [s.counts[0], s.counts[1], count], false)
+                    (Body::Ready(&body[..required.len() + len]), [s.counts[0], s.counts[1], count], false)
                 }
-                _ => (&[][..], [0; 3], true),
+                _ => (Body::default(), [0; 3], true),
             },
+            // Written records are all required.
+            Some(Answer { body: Body::Pointers(_), .. }) => (Body::default(), [0; 3], true),
         };
         let mut flags = FLAG_QR | (self.header.flags & (OPCODE_MASK | FLAG_RD | FLAG_CD));
         flags |= u16::from(self.rcode.rcode().to_int());
@@ -425,7 +426,7 @@ impl<'a> Reply<'a> {
         w.u16(counts[1]);
         w.u16(counts[2] + u16::from(self.edns.is_some()));
         w.bytes(question);
-        w.bytes(body);
+        body.write(|bytes| w.bytes(bytes));
         if let Some(edns) = self.edns {
             w.bytes(&[0]);
             w.u16(TYPE_OPT);

@@ -7,7 +7,7 @@ use domain::base::name::Name;
 
 pub const HEADER_LEN: usize = 12;
 /// Where the question's name starts in every message: what `Owner::Question` points to.
-const QUESTION_POINTER: [u8; 2] = [0xC0, HEADER_LEN as u8];
+pub const QUESTION_POINTER: [u8; 2] = [0xC0, HEADER_LEN as u8];
 
 /// Writes into a buffer already known to be large enough (`respond` checks it first).
 pub struct Writer<'a> {

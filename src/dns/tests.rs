@@ -824,6 +824,34 @@ fn service_labels_are_empty_non_terminals() {
     assert_eq!(rcode(&answer(q("_idetcd._sctp.tf.local.", Rtype::SRV))), OptRcode::NXDOMAIN);
 }
 
+/// PTR records are written as they are sent: every member with the address, by ID, names of any
+/// length, the whole RRset or TC.
+#[test]
+fn pointer_records_of_an_address_many_members_share() {
+    let pattern = Pattern::parse("n{{.ID}}-x.tf.local.").unwrap();
+    let shared = Record { ipv4: Some([10, 0, 0, 7].into()), ipv6: None, port: None };
+    let ids = [0, 7, 10, 99, 100, 12345, u32::MAX];
+    let members: BTreeMap<u32, Record> = ids.iter().map(|&id| (id, shared)).collect();
+    let snapshot = build(&pattern, &members, 1, None);
+    let m = ask(&q("7.0.0.10.in-addr.arpa.", Rtype::PTR).packet(), &snapshot, HELD).unwrap();
+    let want: Vec<String> = ids.iter().map(|id| format!("7.0.0.10.in-addr.arpa 5 IN PTR n{id}-x.tf.local.")).collect();
+    assert_eq!(records(m.answer().unwrap()), want);
+    assert_eq!(m.header_counts().ancount(), ids.len() as u16);
+
+    // 40 members at one address: more than 512 bytes, so none over UDP, all over TCP.
+    let members: BTreeMap<u32, Record> = (1..=40).map(|id| (id * 1000, shared)).collect();
+    let snapshot = build(&pattern, &members, 1, None);
+    let query = q("7.0.0.10.in-addr.arpa.", Rtype::PTR);
+    let m = ask(&query.packet(), &snapshot, HELD).unwrap();
+    assert!(m.header().tc());
+    assert_eq!(m.header_counts().ancount(), 0);
+    let tcp = Context { transport: Transport::Tcp, identity_held: true, forward: None };
+    let m = ask(&query.packet(), &snapshot, tcp).unwrap();
+    assert!(!m.header().tc());
+    assert_eq!(records(m.answer().unwrap()).len(), 40);
+    assert_eq!(records(m.answer().unwrap())[39], "7.0.0.10.in-addr.arpa 5 IN PTR n40000-x.tf.local.");
+}
+
 #[test]
 fn pointer_records_for_member_addresses() {
     let m = answer(q("1.0.0.10.in-addr.arpa.", Rtype::PTR));
