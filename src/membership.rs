@@ -55,8 +55,13 @@ const FULL_READ_EVERY: Duration = Duration::from_secs(600);
 /// etcd that keeps only its last few thousand revisions may compact them away meanwhile: then
 /// the watch says so and the members are read whole.)
 const WATCH_DEFERRED_PER_CLAIM: Duration = Duration::from_millis(3);
-/// Between two counts of the queue, however short: each is a request to etcd.
+/// Between two counts of the queue, however short: each is a request to etcd. Doubled at each
+/// count, so that a node that claimed early in a long burst does not count the queue all along it,
+/// adding requests exactly while etcd is the busiest.
 const WATCH_DEFERRED_AT_LEAST: Duration = Duration::from_millis(200);
+/// So few claims queued that the watch opens now: a count is a gateway request, about as dear to
+/// etcd as ten changes sent to a stream one at a time.
+const WATCH_DEFERRED_FEW: i64 = 8;
 const WATCH_DEFERRED_AT_MOST: Duration = Duration::from_secs(10);
 
 pub struct Settings {
@@ -120,21 +125,25 @@ struct Deferral {
     until: Instant,
     /// Claims queued at the last count.
     queued: i64,
+    /// Waits so far.
+    waits: u32,
 }
 
 impl Deferral {
     /// After a claim at `now` that left `queued` claims in the queue.
     fn first(queued: i64, now: Instant) -> Option<Deferral> {
-        Deferral { since: now, until: now, queued: 0 }.again(queued, now)
+        Deferral { since: now, until: now, queued: 0, waits: 0 }.again(queued, now)
     }
 
     /// Waits again after counting `queued` claims at `now`, while claims come and go: a count that
     /// stays is a ticket left by a node that stopped claiming, which its lease will remove.
     fn again(self, queued: i64, now: Instant) -> Option<Deferral> {
-        let moving = queued > 0 && queued != self.queued;
+        let moving = queued > WATCH_DEFERRED_FEW && queued != self.queued;
         let wait = WATCH_DEFERRED_PER_CLAIM.saturating_mul(u32::try_from(queued).unwrap_or(u32::MAX));
-        let until = now + wait.clamp(WATCH_DEFERRED_AT_LEAST, WATCH_DEFERRED_AT_MOST);
-        let deferral = Deferral { until: until.min(self.since + WATCH_DEFERRED_AT_MOST), queued, ..self };
+        let at_least = WATCH_DEFERRED_AT_LEAST.saturating_mul(1 << self.waits.min(8));
+        let until = now + wait.max(at_least).min(WATCH_DEFERRED_AT_MOST);
+        let waits = self.waits + 1;
+        let deferral = Deferral { until: until.min(self.since + WATCH_DEFERRED_AT_MOST), queued, waits, ..self };
         match moving && now < deferral.until {
             true => {
                 log::debug!("{queued} claims queued: following the members in {:?}, after them", deferral.until - now);
@@ -1148,17 +1157,23 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let first = |queued| Deferral::first(queued, t0);
-        // 3 ms a claim queued, at least 200 ms, at most 10 s.
+        // 3 ms a claim queued, at least 200 ms, at most 10 s; a few claims are not waited for.
         assert_eq!(first(1000).map(|d| d.until), Some(at(3000)));
         assert_eq!(first(10).map(|d| d.until), Some(at(200)));
         assert_eq!(first(100_000).map(|d| d.until), Some(at(10_000)));
+        assert!(first(8).is_none());
         assert!(first(0).is_none());
-        // Counted again: fewer (or more) claims wait again; the same count, a ticket left behind,
-        // or none, do not; nor past 10 s from the claim.
+        // Counted again: fewer (or more) claims wait again, at least twice as long as the wait
+        // before; the same count, a ticket left behind, or a few, do not; nor past 10 s from the
+        // claim.
         let later = |queued, ms| first(1000).and_then(|d| d.again(queued, at(ms))).map(|d| d.until);
         assert_eq!(later(400, 3000), Some(at(4200)));
         assert_eq!(later(1200, 3000), Some(at(6600)));
+        assert_eq!(later(20, 3000), Some(at(3400)));
+        let third = first(1000).and_then(|d| d.again(500, at(3000))).and_then(|d| d.again(20, at(4500)));
+        assert_eq!(third.map(|d| d.until), Some(at(5300)));
         assert_eq!(later(1000, 3000), None);
+        assert_eq!(later(5, 3000), None);
         assert_eq!(later(0, 3000), None);
         assert_eq!(later(3000, 9000), Some(at(10_000)));
         assert_eq!(later(3000, 10_000), None);
