@@ -82,12 +82,15 @@ fn a_large_role_is_read_in_two_halves_and_followed_from_there() {
 #[test]
 fn a_watch_put_off_for_claims_queued_opens_when_the_queue_stands_still() {
     let etcd = Etcd::start();
-    // A ticket left in the claim queue by a node that stopped claiming (its lease would remove it).
-    etcd.put("worker_claims/worker{{.ID}}.defer.test./7b7d", "");
-    let mut node = Setup::new(&etcd, "defer.test.").start();
-    // The claim ahead would take worker1.
-    assert_eq!(node.claimed(), "worker2.defer.test.");
-    node.wait_for_log("1 claims queued: following the members in");
+    // Tickets left in the claim queue by nodes that stopped claiming (their leases would remove
+    // them): more than the few a node opens its watch at once for.
+    for i in 0..10 {
+        etcd.put(&format!("worker_claims/worker{{{{.ID}}}}.defer.test./7b7d{i}"), "");
+    }
+    let mut node = Setup { limit: 20, ..Setup::new(&etcd, "defer.test.") }.start();
+    // The claims ahead would take worker1 to worker10.
+    assert_eq!(node.claimed(), "worker11.defer.test.");
+    node.wait_for_log("10 claims queued: following the members in");
     etcd.put("worker7.defer.test.", r#"{"ipv4":"10.0.0.7"}"#);
     assert_eq!(node.wait_for_rcode("worker7.defer.test.", OptRcode::NOERROR).data(), ["10.0.0.7"]);
     assert!(node.log().contains("etcd watch opened"), "{}", node.log());
