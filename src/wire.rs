@@ -7,7 +7,22 @@ use domain::base::name::Name;
 
 pub const HEADER_LEN: usize = 12;
 /// Where the question's name starts in every message: what `Owner::Question` points to.
-pub const QUESTION_POINTER: [u8; 2] = [0xC0, HEADER_LEN as u8];
+const QUESTION_POINTER: [u8; 2] = [0xC0, HEADER_LEN as u8];
+
+/// Length of a record's fixed part when the question owns it: owner pointer, type, class, TTL and
+/// data length.
+pub const FIXED_AT_QUESTION: usize = 2 + 10;
+
+/// The fixed part of a record the question owns, for records written as they are sent.
+pub fn fixed_at_question(rtype: Rtype, class: Class, ttl: u32, data_len: u16) -> [u8; FIXED_AT_QUESTION] {
+    let mut fixed = [0; FIXED_AT_QUESTION];
+    fixed[..2].copy_from_slice(&QUESTION_POINTER);
+    fixed[2..4].copy_from_slice(&rtype.to_int().to_be_bytes());
+    fixed[4..6].copy_from_slice(&class.to_int().to_be_bytes());
+    fixed[6..10].copy_from_slice(&ttl.to_be_bytes());
+    fixed[10..].copy_from_slice(&data_len.to_be_bytes());
+    fixed
+}
 
 /// Writes into a buffer already known to be large enough (`respond` checks it first).
 pub struct Writer<'a> {

@@ -229,23 +229,16 @@ pub struct Pointed<'a> {
 }
 
 impl Pointed<'_> {
-    /// Owner pointer, type, class, TTL, data length.
-    const FIXED: usize = 2 + 10;
-
     fn len(&self) -> usize {
-        self.names().map(|(members, digits)| Self::FIXED + members.name_len(digits.len(), self.apex)).sum()
+        self.names().map(|(members, digits)| wire::FIXED_AT_QUESTION + members.name_len(digits.len(), self.apex)).sum()
     }
 
     fn write(&self, mut out: impl FnMut(&[u8])) {
-        let ttl = self.ttl.to_be_bytes();
         for (members, digits) in self.names() {
             let label = members.prefix.len() + digits.len() + members.suffix.len();
+            // A name is at most 255 bytes.
             let data = (1 + label + self.apex.len()) as u16;
-            let [ptr_high, ptr_low] = Rtype::PTR.to_int().to_be_bytes();
-            let [class_high, class_low] = Class::IN.to_int().to_be_bytes();
-            out(&wire::QUESTION_POINTER);
-            out(&[ptr_high, ptr_low, class_high, class_low, ttl[0], ttl[1], ttl[2], ttl[3]]);
-            out(&data.to_be_bytes());
+            out(&wire::fixed_at_question(Rtype::PTR, Class::IN, self.ttl, data));
             // Patterns are checked to make labels of at most 63 bytes.
             out(&[label as u8]);
             out(&members.prefix);
