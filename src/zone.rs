@@ -223,36 +223,36 @@ fn answer(arena: &[u8], section: Section) -> Answer<'_> {
 #[derive(Clone, Copy)]
 pub struct Pointed<'a> {
     owners: &'a [(IpAddr, Holder)],
-    roles: &'a [Members],
-    apex: &'a [u8],
-    ttl: u32,
+    /// For the roles' labels, the apex and the TTL: one pointer, as answers are copied about.
+    snapshot: &'a Snapshot,
 }
 
 impl Pointed<'_> {
     fn len(&self) -> usize {
-        self.names().map(|(members, digits)| wire::FIXED_AT_QUESTION + members.name_len(digits.len(), self.apex)).sum()
+        let apex = &self.snapshot.apex;
+        self.names().map(|(members, digits)| wire::FIXED_AT_QUESTION + members.name_len(digits.len(), apex)).sum()
     }
 
     fn write(&self, mut out: impl FnMut(&[u8])) {
+        let (apex, ttl) = (&self.snapshot.apex, self.snapshot.ttl);
         for (members, digits) in self.names() {
             let label = members.prefix.len() + digits.len() + members.suffix.len();
             // A name is at most 255 bytes.
-            let data = (1 + label + self.apex.len()) as u16;
-            out(&wire::fixed_at_question(Rtype::PTR, Class::IN, self.ttl, data));
+            let data = (1 + label + apex.len()) as u16;
+            out(&wire::fixed_at_question(Rtype::PTR, Class::IN, ttl, data));
             // Patterns are checked to make labels of at most 63 bytes.
             out(&[label as u8]);
             out(&members.prefix);
             out(digits.as_str());
             out(&members.suffix);
-            out(self.apex);
+            out(apex);
         }
     }
 
     /// Each owner's role and ID in decimal; an owner of a role not in the snapshot has no record.
     fn names(&self) -> impl Iterator<Item = (&Members, Digits)> {
-        self.owners
-            .iter()
-            .filter_map(|(_, owner)| Some((self.roles.get(usize::from(owner.role))?, Digits::of(owner.id))))
+        let roles = &self.snapshot.roles;
+        self.owners.iter().filter_map(|(_, owner)| Some((roles.get(usize::from(owner.role))?, Digits::of(owner.id))))
     }
 }
 
@@ -445,8 +445,7 @@ impl Snapshot {
         if first == last {
             return None;
         }
-        let (owners, roles, apex, ttl) = (&shard.owners[first..last], &self.roles[..], &self.apex[..], self.ttl);
-        Some(Rrsets::Pointers(Pointed { owners, roles, apex, ttl }))
+        Some(Rrsets::Pointers(Pointed { owners: &shard.owners[first..last], snapshot: self }))
     }
 
     /// Whether a lowercase wire-form name is the zone or below it (reverse names are neither).
