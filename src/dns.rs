@@ -396,7 +396,7 @@ impl<'a> Reply<'a> {
         // (RFC 2181 §9), anything more with the TC bit, so that the client asks again over TCP.
         let (body, counts, truncated) = match self.section {
             None => (Body::default(), [0; 3], false),
-            Some(Answer { section: s, body }) if fixed + body.byte_len() <= limit => (body, s.counts, false),
+            Some(Answer { section: s, body }) if fixed + s.len as usize <= limit => (body, s.counts, false),
             Some(Answer { section: s, body: Body::Ready(body) }) => match body.split_at_checked(s.required as usize) {
                 Some((required, additional)) if fixed + required.len() <= limit => {
                     let (len, count) = whole_rrsets(additional, limit - fixed - required.len());

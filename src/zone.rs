@@ -180,13 +180,6 @@ impl Default for Body<'_> {
 }
 
 impl Body<'_> {
-    pub fn byte_len(&self) -> usize {
-        match self {
-            Body::Ready(bytes) => bytes.len(),
-            Body::Pointers(pointed) => pointed.len(),
-        }
-    }
-
     /// Hands the bytes over in order, in pieces.
     pub fn write(&self, mut out: impl FnMut(&[u8])) {
         match self {
@@ -204,8 +197,10 @@ impl<'a> Answer<'a> {
     }
 
     fn written(pointed: Pointed<'a>) -> Answer<'a> {
-        let len = pointed.len() as u32;
-        let count = pointed.names().count().try_into().unwrap_or(u16::MAX);
+        let apex = &pointed.snapshot.apex;
+        let (count, len) = pointed.names().fold((0u16, 0u32), |(count, len), (members, digits)| {
+            (count.saturating_add(1), len + (wire::FIXED_AT_QUESTION + members.name_len(&digits, apex)) as u32)
+        });
         Answer {
             section: Section { start: 0, len, required: len, counts: [count, 0, 0] },
             body: Body::Pointers(pointed),
@@ -228,24 +223,13 @@ pub struct Pointed<'a> {
 }
 
 impl Pointed<'_> {
-    fn len(&self) -> usize {
-        let apex = &self.snapshot.apex;
-        self.names().map(|(members, digits)| wire::FIXED_AT_QUESTION + members.name_len(digits.len(), apex)).sum()
-    }
-
     fn write(&self, mut out: impl FnMut(&[u8])) {
         let (apex, ttl) = (&self.snapshot.apex, self.snapshot.ttl);
         for (members, digits) in self.names() {
-            let label = members.prefix.len() + digits.len() + members.suffix.len();
             // A name is at most 255 bytes.
-            let data = (1 + label + apex.len()) as u16;
+            let data = members.name_len(&digits, apex) as u16;
             out(&wire::fixed_at_question(Rtype::PTR, Class::IN, ttl, data));
-            // Patterns are checked to make labels of at most 63 bytes.
-            out(&[label as u8]);
-            out(&members.prefix);
-            out(digits.as_str());
-            out(&members.suffix);
-            out(apex);
+            members.write_name(&digits, apex, &mut out);
         }
     }
 
@@ -470,21 +454,27 @@ impl Members {
         Members { prefix: lower(role.pattern.prefix()), suffix: lower(role.pattern.suffix()), chunks: Vec::new() }
     }
 
-    /// The length of a member's name in wire form, its ID being `digits` long.
-    fn name_len(&self, digits: usize, apex: &[u8]) -> usize {
-        1 + self.prefix.len() + digits + self.suffix.len() + apex.len()
+    /// The length of the member's name whose ID is `digits`, in wire form.
+    fn name_len(&self, digits: &Digits, apex: &[u8]) -> usize {
+        1 + self.prefix.len() + digits.len() + self.suffix.len() + apex.len()
+    }
+
+    /// The member's name whose ID is `digits`, lowercase wire form, handed over in pieces without
+    /// allocating (PTR records are written this way as they are sent).
+    fn write_name(&self, digits: &Digits, apex: &[u8], mut out: impl FnMut(&[u8])) {
+        // Patterns are checked to make labels of at most 63 bytes.
+        out(&[(self.prefix.len() + digits.len() + self.suffix.len()) as u8]);
+        out(&self.prefix);
+        out(digits.as_str());
+        out(&self.suffix);
+        out(apex);
     }
 
     /// The name of member `id`, lowercase wire form.
     fn name(&self, id: u32, apex: &[u8]) -> Vec<u8> {
-        let mut label = Vec::with_capacity(self.prefix.len() + 10 + self.suffix.len());
-        label.extend_from_slice(&self.prefix);
-        label.extend_from_slice(id.to_string().as_bytes());
-        label.extend_from_slice(&self.suffix);
-        let mut wire = Vec::with_capacity(1 + label.len() + apex.len());
-        wire.push(label.len() as u8);
-        wire.extend_from_slice(&label);
-        wire.extend_from_slice(apex);
+        let digits = Digits::of(id);
+        let mut wire = Vec::with_capacity(self.name_len(&digits, apex));
+        self.write_name(&digits, apex, |piece| wire.extend_from_slice(piece));
         wire
     }
 
