@@ -684,7 +684,6 @@ class Bench:
         a = self.args
         self.out(f"\n== {n} members " + "=" * 60)
         self.load_to(n)
-        time.sleep(2)
 
         # 2. etcd's own idle cost, before the node: once the load's aftermath (Go's collector giving
         # memory back) has died down, which takes etcd's rate a millisecond a second off.
@@ -977,7 +976,6 @@ class Bench:
             )
             + ":"
         )
-        time.sleep(2)
         self.settle_etcd(longest=30.0)
         log(f"etcd alone again, {a.window:.0f} s")
         baseline = self.idle_window(a.window)
